@@ -1,0 +1,5 @@
+"""The Bayesian learning rule: natural-gradient variational inference for Pyro models."""
+
+from pyro_blr.blr.driver import BLR, FitResult
+
+__all__ = ["BLR", "FitResult"]

@@ -1,0 +1,105 @@
+"""Read and write the Gaussian of Pyro's own autoguides as a flat mean and precision.
+
+``AutoNormal`` and ``AutoDiagonalNormal`` hold a diagonal Gaussian, ``AutoMultivariateNormal`` a
+full one, all over the same flat unconstrained latent vector (Pyro's prototype-trace order, which
+:func:`pyro_blr.blr.latent.latent_layout` follows). Writing goes through each parameter's constraint
+into the live unconstrained tensor, in place, so ``Predictive``, ``median()``, ``quantiles()`` and
+the param store all see the new posterior at once.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+
+import torch
+from pyro.infer.autoguide import (
+    AutoDiagonalNormal,
+    AutoGuide,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+from pyro.nn import PyroModule
+from torch import Tensor
+from torch.distributions import transform_to
+
+from pyro_blr.blr.latent import LatentLayout
+
+__all__ = ["GaussianGuide", "SUPPORTED_GUIDES", "gaussian_guide"]
+
+SUPPORTED_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
+
+
+def _write(module: PyroModule, name: str, value: Tensor) -> None:
+    """Set a parameter of ``module`` (a PyroParam or a plain one) to ``value``, in place."""
+    with torch.no_grad():
+        if name in module._pyro_params:
+            constraint, _ = module._pyro_params[name]
+            getattr(module, name + "_unconstrained").copy_(transform_to(constraint).inv(value))
+        else:
+            getattr(module, name).copy_(value)
+
+
+class GaussianGuide:
+    """A view of a Pyro Gaussian autoguide as ``(loc, precision)`` over the flat latent vector.
+
+    Args:
+        guide: an initialized ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal``.
+        layout: the model's latent layout.
+    """
+
+    def __init__(self, guide: AutoGuide, layout: LatentLayout):
+        self.guide = guide
+        self.layout = layout
+        self.diagonal = not isinstance(guide, AutoMultivariateNormal)
+
+    @torch.no_grad()
+    def read(self) -> tuple[Tensor, Tensor]:
+        """The guide's mean and precision (a vector if diagonal, else a matrix)."""
+        guide = self.guide
+        if isinstance(guide, AutoNormal):
+            locs = [attrgetter(s.name)(guide.locs).reshape(-1) for s in self.layout.sites]
+            scales = [attrgetter(s.name)(guide.scales).reshape(-1) for s in self.layout.sites]
+            return torch.cat(locs).clone(), torch.cat(scales).pow(-2)
+        if isinstance(guide, AutoDiagonalNormal):
+            return guide.loc.clone(), guide.scale.pow(-2)
+        scale_tril = guide.scale[..., None] * guide.scale_tril
+        return guide.loc.clone(), torch.cholesky_inverse(scale_tril)
+
+    def write(self, loc: Tensor, precision: Tensor) -> None:
+        """Set the guide's Gaussian to mean ``loc`` and precision ``precision``."""
+        guide = self.guide
+        if isinstance(guide, AutoNormal):
+            scale = precision.rsqrt()
+            for site in self.layout.sites:
+                block = slice(site.offset, site.offset + site.size)
+                *path, leaf = site.name.split(".")
+                locs = attrgetter(".".join(path))(guide.locs) if path else guide.locs
+                scales = attrgetter(".".join(path))(guide.scales) if path else guide.scales
+                _write(locs, leaf, loc[block].reshape(site.shape))
+                _write(scales, leaf, scale[block].reshape(site.shape))
+        elif isinstance(guide, AutoDiagonalNormal):
+            _write(guide, "loc", loc)
+            _write(guide, "scale", precision.rsqrt())
+        else:
+            covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+            scale_tril = torch.linalg.cholesky(covariance)
+            scale = scale_tril.diagonal(dim1=-2, dim2=-1)
+            _write(guide, "loc", loc)
+            _write(guide, "scale", scale)
+            _write(guide, "scale_tril", scale_tril / scale[..., None])
+
+
+def gaussian_guide(guide: object, layout: LatentLayout) -> GaussianGuide:
+    """Wrap ``guide`` for the BLR driver, or raise ``TypeError`` if it holds no Gaussian to drive."""
+    if not isinstance(guide, SUPPORTED_GUIDES):
+        raise TypeError(unsupported_guide_message(guide))
+    return GaussianGuide(guide, layout)
+
+
+def unsupported_guide_message(guide: object) -> str:
+    """The error message for a guide that the Gaussian rules cannot drive."""
+    return (
+        f"BLR cannot drive {type(guide).__name__}: the rules 'ivon', 'von' and 'newton' update a "
+        "Gaussian guide, i.e. pyro.infer.autoguide.AutoNormal or AutoDiagonalNormal (diagonal; "
+        "every rule) or AutoMultivariateNormal (full covariance; rules 'von' and 'newton')"
+    )

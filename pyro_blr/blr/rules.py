@@ -1,0 +1,247 @@
+r"""Bayesian learning rule updates of a Gaussian, as pure functions over explicit states.
+
+For a Gaussian :math:`q = \mathcal N(m, S^{-1})` and the negative log joint :math:`\ell`, the
+Bayesian learning rule (Khan & Rue 2023) with step size :math:`\rho` is the natural-gradient step
+
+.. math::
+    S \leftarrow (1-\rho) S + \rho\, \mathbb E_q[\nabla^2 \ell], \qquad
+    m \leftarrow m - \rho\, S^{-1} \mathbb E_q[\nabla \ell].
+
+The rules differ in how the expectations are estimated and how :math:`S` is kept positive definite:
+
+* ``"von"`` -- variational online Newton: Monte Carlo expectations of the exact gradient and
+  Hessian, and the improved (Riemannian) precision update of Lin, Schmidt & Khan (2020),
+  :math:`S \leftarrow S + \rho G + \tfrac{\rho^2}2 G S^{-1} G` with :math:`G = \hat H - S`, which is
+  positive definite whenever :math:`S` is, for any (even indefinite) :math:`\hat H`.
+* ``"newton"`` -- the delta method: gradient and Hessian at the mean; with :math:`\rho = 1` on a
+  quadratic :math:`\ell` it lands on the exact Gaussian posterior in one step.
+* ``"ivon"`` -- improved variational online Newton (Shen et al. 2024) for diagonal Gaussians: the
+  gradient-only Hessian estimate, momentum and a positivity-preserving curvature average.
+
+References:
+    | The Bayesian Learning Rule (Khan & Rue, JMLR 2023) https://arxiv.org/abs/2107.04562
+    | Handling the Positive-Definite Constraint in the Bayesian Learning Rule (Lin, Schmidt &
+      Khan, ICML 2020) https://arxiv.org/abs/2002.10060
+    | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)
+      https://arxiv.org/abs/2402.17641
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from pyro_blr.families.gaussian import gaussian_family
+
+__all__ = [
+    "RULES",
+    "GaussianState",
+    "IVONState",
+    "Rule",
+    "ivon_update",
+    "newton_update",
+    "riemannian_precision_update",
+    "von_update",
+]
+
+
+class GaussianState(NamedTuple):
+    """A Gaussian's mean and precision (a vector when diagonal, a matrix when full)."""
+
+    loc: Tensor
+    precision: Tensor
+
+
+class IVONState(NamedTuple):
+    """IVON's mean, Hessian estimate :math:`h` (which is the precision) and gradient momentum."""
+
+    loc: Tensor
+    precision: Tensor
+    momentum: Tensor
+
+
+def _is_positive_definite(precision: Tensor) -> bool:
+    if precision.dim() == 1:
+        return bool((precision > 0).all())
+    return bool(torch.linalg.cholesky_ex(precision).info == 0)
+
+
+def riemannian_precision_update(precision: Tensor, hess: Tensor, lr: float) -> Tensor:
+    r"""The improved precision update :math:`S + \rho G + \tfrac{\rho^2}{2} G S^{-1} G`.
+
+    With :math:`G = \hat H - S`, this is :math:`\tfrac12 (S + \rho G) S^{-1} (S + \rho G) +
+    \tfrac12 S`, a sum of a positive semi-definite and a positive definite matrix, so it stays
+    positive definite for any symmetric :math:`\hat H`; it agrees with the plain BLR update to first
+    order in :math:`\rho` (Lin, Schmidt & Khan 2020, Eq. 9).
+
+    Example:
+        >>> import torch
+        >>> # an indefinite Hessian estimate still gives a positive precision
+        >>> riemannian_precision_update(torch.tensor([1.0]), torch.tensor([-3.0]), 0.5)
+        tensor([1.])
+    """
+    g = hess - precision
+    if precision.dim() == 1:
+        return precision + lr * g + 0.5 * lr**2 * g.square() / precision
+    chol = torch.linalg.cholesky(precision)
+    correction = g @ torch.cholesky_solve(g, chol)
+    updated = precision + lr * g + 0.5 * lr**2 * correction
+    return 0.5 * (updated + updated.mT)
+
+
+def von_update(state: GaussianState, grad: Tensor, hess: Tensor, lr: float) -> GaussianState:
+    r"""One variational online Newton step.
+
+    .. math::
+        S \leftarrow S + \rho G + \tfrac{\rho^2}2 G S^{-1} G,\quad G = \hat H - S, \qquad
+        m \leftarrow m - \rho S^{-1} \hat g,
+
+    where :math:`\hat g, \hat H` are Monte Carlo estimates of :math:`\mathbb E_q[\nabla\ell]` and
+    :math:`\mathbb E_q[\nabla^2\ell]` (the Hessian's diagonal for a diagonal Gaussian).
+
+    Args:
+        state: the current mean and precision.
+        grad: the expected gradient, shape ``(D,)``.
+        hess: the expected Hessian, shaped like the precision.
+        lr: the step size :math:`\rho \in (0, 1]`.
+
+    Example:
+        >>> import torch
+        >>> s = von_update(GaussianState(torch.zeros(1), torch.ones(1)),
+        ...                torch.tensor([-2.0]), torch.tensor([2.0]), lr=1.0)
+        >>> s.precision, s.loc
+        (tensor([2.5000]), tensor([0.8000]))
+    """
+    precision = riemannian_precision_update(state.precision, hess, lr)
+    loc = state.loc - lr * gaussian_family(precision).solve(precision, grad)
+    return GaussianState(loc, precision)
+
+
+def newton_update(state: GaussianState, grad: Tensor, hess: Tensor, lr: float) -> GaussianState:
+    r"""One delta-method BLR step from the gradient and Hessian at the mean.
+
+    .. math::
+        S \leftarrow (1-\rho) S + \rho \nabla^2\ell(m), \qquad m \leftarrow m - \rho S^{-1}
+        \nabla\ell(m).
+
+    With :math:`\rho = 1` and a quadratic :math:`\ell` (a conjugate Gaussian model) the result is
+    the exact posterior. Where the plain update would leave the positive-definite cone (an
+    indefinite Hessian at the mean), the step uses :func:`riemannian_precision_update` instead.
+
+    Example:
+        >>> import torch
+        >>> # l(t) = (t - 3)^2: one step with lr=1 lands on N(3, 1/2)
+        >>> s = newton_update(GaussianState(torch.zeros(1), torch.ones(1)),
+        ...                   torch.tensor([-6.0]), torch.tensor([2.0]), lr=1.0)
+        >>> s.loc, s.precision
+        (tensor([3.]), tensor([2.]))
+    """
+    precision = (1 - lr) * state.precision + lr * hess
+    if not _is_positive_definite(precision):
+        precision = riemannian_precision_update(state.precision, hess, lr)
+    loc = state.loc - lr * gaussian_family(precision).solve(precision, grad)
+    return GaussianState(loc, precision)
+
+
+def ivon_update(
+    state: IVONState,
+    grad: Tensor,
+    hess: Tensor,
+    lr: float,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    clip_radius: float | None = None,
+) -> IVONState:
+    r"""One improved variational online Newton (IVON) step on a diagonal Gaussian.
+
+    .. math::
+        g &\leftarrow \beta_1 g + (1-\beta_1)\hat g, \\
+        h &\leftarrow \beta_2 h + (1-\beta_2)\hat h
+            + \tfrac12 (1-\beta_2)^2 (h-\hat h)^2 / h, \\
+        m &\leftarrow m - \alpha\, \frac{g / (1-\beta_1^t)}{h},
+
+    and the new precision is :math:`h`. Writing :math:`a = (1-\beta_2)(\hat h - h)/h`, the new
+    :math:`h` is :math:`h\,((1+a)^2 + 1)/2 > 0`: positivity is kept by the update itself. Here
+    :math:`\ell` is the whole negative log joint (prior included), so the paper's effective sample
+    size is 1 and its weight decay is part of :math:`\ell`.
+
+    Args:
+        state: mean, Hessian estimate and momentum.
+        grad: the gradient estimate :math:`\hat g`, shape ``(D,)``.
+        hess: the Hessian-diagonal estimate :math:`\hat h`, shape ``(D,)``.
+        lr: the step size :math:`\alpha`.
+        step: the 1-based step number :math:`t` for the bias correction.
+        beta1: momentum of the gradient.
+        beta2: momentum of the Hessian estimate.
+        clip_radius: if given, clip each coordinate of the mean's update to this radius.
+
+    References:
+        | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)
+        | https://arxiv.org/abs/2402.17641 (Algorithm 1)
+
+    Example:
+        >>> import torch
+        >>> state = IVONState(torch.zeros(1), torch.ones(1), torch.zeros(1))
+        >>> state = ivon_update(state, torch.tensor([-1.0]), torch.tensor([3.0]), 0.1, step=1,
+        ...                     beta1=0.9, beta2=0.5)
+        >>> state.precision  # 0.5 + 1.5 + 0.125 * 4
+        tensor([2.5000])
+    """
+    momentum = beta1 * state.momentum + (1 - beta1) * grad
+    h = state.precision
+    h = beta2 * h + (1 - beta2) * hess + 0.5 * (1 - beta2) ** 2 * (h - hess).square() / h
+    direction = momentum / (1 - beta1**step) / h
+    if clip_radius is not None:
+        direction = direction.clamp(-clip_radius, clip_radius)
+    return IVONState(state.loc - lr * direction, h, momentum)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the driver feeds one rule.
+
+    Attributes:
+        name: the rule's name.
+        curvature: ``"hessian"`` (exact, by autograd) or ``"reparam"`` (IVON's estimate).
+        at_mean: evaluate at the mean (delta method) instead of at samples from the guide.
+        full_covariance: whether the rule can drive a full-covariance Gaussian.
+        state_type: the rule's state; its first two fields are ``loc`` and ``precision``.
+        update: ``(state, grad, hess, lr, step, **options) -> state``.
+    """
+
+    name: str
+    curvature: str
+    at_mean: bool
+    full_covariance: bool
+    state_type: type
+    update: Callable
+
+    def init(self, loc: Tensor, precision: Tensor) -> NamedTuple:
+        """The rule's state for a Gaussian with this mean and precision (zero momentum)."""
+        extra = [torch.zeros_like(loc)] * (len(self.state_type._fields) - 2)
+        return self.state_type(loc, precision, *extra)
+
+
+RULES = {
+    "ivon": Rule("ivon", "reparam", False, False, IVONState, ivon_update),
+    "von": Rule(
+        "von",
+        "hessian",
+        False,
+        True,
+        GaussianState,
+        lambda state, grad, hess, lr, step: von_update(state, grad, hess, lr),
+    ),
+    "newton": Rule(
+        "newton",
+        "hessian",
+        True,
+        True,
+        GaussianState,
+        lambda state, grad, hess, lr, step: newton_update(state, grad, hess, lr),
+    ),
+}

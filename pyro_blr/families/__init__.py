@@ -1,0 +1,5 @@
+"""Exponential families described once: natural and expectation parameters and the maps between them."""
+
+from pyro_blr.families.gaussian import DIAGONAL, FULL, GaussianFamily, gaussian_family
+
+__all__ = ["DIAGONAL", "FULL", "GaussianFamily", "gaussian_family"]
