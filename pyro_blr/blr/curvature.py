@@ -16,7 +16,8 @@ Two kinds of curvature feed the rules:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -63,7 +64,9 @@ def _hessian(grad: Tensor, theta: Tensor) -> Tensor:
     return 0.5 * (hess + hess.mT)
 
 
-def derivatives(fn: Callable[[Tensor], Tensor], theta: Tensor, hessian: bool = False) -> Derivatives:
+def derivatives(
+    fn: Callable[[Tensor], Tensor], theta: Tensor, hessian: bool = False
+) -> Derivatives:
     """Evaluate ``fn`` (returning one value per particle) with its gradient and optional Hessian.
 
     Args:

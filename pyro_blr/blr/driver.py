@@ -9,8 +9,9 @@ writes the new mean and precision back into the guide's Pyro parameters.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from numbers import Real
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import pyro.poutine as poutine
 import torch
@@ -83,6 +84,9 @@ class BLR:
         beta2: IVON's Hessian momentum.
         clip_radius: IVON's optional per-coordinate clip of the mean's update.
         weight_decay: an optional extra Gaussian penalty :math:`\delta \ge 0` on :math:`\theta`.
+        vectorize_particles: run the model once on all particles (it must broadcast, as for
+            Pyro's ``vectorize_particles=True``: write ``(X * w).sum(-1)``, not ``X @ w``);
+            ``False`` runs it once per particle (e.g. ``PyroModule[nn.Linear]`` layers).
         max_plate_nesting: the model's number of plate dimensions; found from a model trace when
             not given.
 
@@ -118,6 +122,7 @@ class BLR:
         beta2: float = 0.999,
         clip_radius: float | None = None,
         weight_decay: float = 0.0,
+        vectorize_particles: bool = True,
         max_plate_nesting: int | None = None,
     ):
         if rule not in RULES:
@@ -151,6 +156,7 @@ class BLR:
         self.mc_samples = mc_samples
         self.antithetic = antithetic
         self.weight_decay = weight_decay
+        self.vectorize_particles = vectorize_particles
         self.max_plate_nesting = max_plate_nesting
         self._options = (
             {"beta1": beta1, "beta2": beta2, "clip_radius": clip_radius}
@@ -205,7 +211,9 @@ class BLR:
         return gaussian_family(precision).sample(loc, precision, noise)
 
     def _neg_log_joint(self, theta: Tensor, args: tuple, kwargs: dict, trace_out=None) -> Tensor:
-        value = neg_log_joint(self.model, self._layout, theta, args, kwargs, trace_out)
+        value = neg_log_joint(
+            self.model, self._layout, theta, args, kwargs, self.vectorize_particles, trace_out
+        )
         if self.weight_decay:
             value = value + 0.5 * self.weight_decay * theta.square().sum(-1)
         return value
@@ -217,19 +225,27 @@ class BLR:
             traces = []
             with torch.no_grad():
                 self._neg_log_joint(theta, args, kwargs, traces)
-            bad = [
-                name
-                for name, site in traces[0].nodes.items()
-                if "blr_log_prob" in site and not torch.isfinite(site["blr_log_prob"]).all()
-            ]
+            bad = sorted(
+                {
+                    name
+                    for trace in traces
+                    for name, site in trace.nodes.items()
+                    if "blr_log_prob" in site
+                    and not torch.isfinite(torch.as_tensor(site["blr_log_prob"])).all()
+                }
+            )
             where = f"at site(s) {bad}" if bad else "in the log-Jacobian of a constrained site"
-            raise FloatingPointError(f"BLR step {step}: the log joint is not finite {where}; {kept}")
+            raise FloatingPointError(
+                f"BLR step {step}: the log joint is not finite {where}; {kept}"
+            )
         for label, tensor in (("gradient", d.grad), ("Hessian", d.hess)):
             if tensor is None or torch.isfinite(tensor).all():
                 continue
             bad_coords = (~torch.isfinite(tensor)).reshape(-1, self._layout.dim).any(0)
             sites = sorted({self._layout.site_at(int(i)) for i in bad_coords.nonzero()})
-            raise FloatingPointError(f"BLR step {step}: the {label} is not finite at {sites}; {kept}")
+            raise FloatingPointError(
+                f"BLR step {step}: the {label} is not finite at {sites}; {kept}"
+            )
 
     def step(self, *args, **kwargs) -> float:
         """Take one BLR step with the model's arguments; returns the negative ELBO estimate.

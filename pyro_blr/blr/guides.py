@@ -24,7 +24,7 @@ from torch.distributions import transform_to
 
 from pyro_blr.blr.latent import LatentLayout
 
-__all__ = ["GaussianGuide", "SUPPORTED_GUIDES", "gaussian_guide"]
+__all__ = ["SUPPORTED_GUIDES", "GaussianGuide", "gaussian_guide"]
 
 SUPPORTED_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
 
@@ -90,7 +90,7 @@ class GaussianGuide:
 
 
 def gaussian_guide(guide: object, layout: LatentLayout) -> GaussianGuide:
-    """Wrap ``guide`` for the BLR driver, or raise ``TypeError`` if it holds no Gaussian to drive."""
+    """Wrap ``guide`` for the driver; ``TypeError`` if it holds no Gaussian a rule can drive."""
     if not isinstance(guide, SUPPORTED_GUIDES):
         raise TypeError(unsupported_guide_message(guide))
     return GaussianGuide(guide, layout)

@@ -14,14 +14,14 @@ where :math:`\log p` is the model's log joint exactly as Pyro computes it: sites
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyro
 import pyro.poutine as poutine
+import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
-import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 from torch.distributions import biject_to
@@ -149,8 +149,6 @@ def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> L
 
 def _sum_per_particle(term: Tensor, num_particles: int, max_plate_nesting: int) -> Tensor:
     """Sum a log-density term over every dimension right of the particle dimension."""
-    if not torch.is_tensor(term):
-        return term
     if term.dim() <= max_plate_nesting:  # no particle dimension: shared by all particles
         return term.sum().expand(num_particles)
     term = term.flatten(term.dim() - max_plate_nesting) if max_plate_nesting else term[..., None]
@@ -158,45 +156,14 @@ def _sum_per_particle(term: Tensor, num_particles: int, max_plate_nesting: int) 
     if term.dim() != 1:
         raise ValueError(
             f"a log density has batch shape {tuple(term.shape)} left of the model's "
-            f"{max_plate_nesting} plate dimensions; declare every batch dimension with pyro.plate"
+            f"{max_plate_nesting} plate dimensions; declare every batch dimension with pyro.plate "
+            "or pass max_plate_nesting"
         )
     return term.expand(num_particles)
 
 
-def neg_log_joint(
-    model: Callable,
-    layout: LatentLayout,
-    theta: Tensor,
-    args: tuple = (),
-    kwargs: dict | None = None,
-    trace_out: list | None = None,
-) -> Tensor:
-    r"""The negative log joint :math:`\ell(\theta_s)` of each particle, shape ``(S,)``.
-
-    The model runs once, vectorized over the particles inside a plate left of its own plates, with
-    its latent sites conditioned on :math:`T(\theta_s)`.
-
-    Args:
-        model: the Pyro model.
-        layout: its latent layout.
-        theta: unconstrained particles of shape ``(S, D)``.
-        args: the model's positional arguments.
-        kwargs: the model's keyword arguments.
-        trace_out: if given, the model trace is appended to it (to locate non-finite terms).
-    """
-    num_particles = theta.shape[0]
-    nesting = layout.max_plate_nesting
-    values = {}
-    log_det = theta.new_zeros(num_particles)
-    for site, unconstrained in zip(layout.sites, layout.unpack(theta).values()):
-        value = site.transform(unconstrained)
-        jacobian = site.transform.log_abs_det_jacobian(unconstrained, value)
-        log_det = log_det + jacobian.reshape(num_particles, -1).sum(-1)
-        values[site.name] = value
-    conditioned = poutine.condition(model, data=values)
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-        trace = poutine.trace(conditioned).get_trace(*args, **(kwargs or {}))
-    log_joint = theta.new_zeros(num_particles)
+def _log_prob_terms(trace: Trace):
+    """The scaled and masked log density of every sample site that counts in the joint."""
     for site in trace.nodes.values():
         if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
             continue
@@ -205,7 +172,74 @@ def neg_log_joint(
         log_prob = site["fn"].log_prob(site["value"])
         log_prob = scale_and_mask(log_prob, site["scale"], site["mask"])
         site["blr_log_prob"] = log_prob
+        if torch.is_tensor(log_prob):
+            yield log_prob
+
+
+def _to_constrained(site: LatentSite, unconstrained: Tensor, leading: int) -> tuple[Tensor, Tensor]:
+    value = site.transform(unconstrained)
+    jacobian = site.transform.log_abs_det_jacobian(unconstrained, value)
+    return value, jacobian.reshape(leading, -1).sum(-1)
+
+
+def neg_log_joint(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    vectorize: bool = True,
+    trace_out: list | None = None,
+) -> Tensor:
+    r"""The negative log joint :math:`\ell(\theta_s)` of each particle, shape ``(S,)``.
+
+    Args:
+        model: the Pyro model.
+        layout: its latent layout.
+        theta: unconstrained particles of shape ``(S, D)``.
+        args: the model's positional arguments.
+        kwargs: the model's keyword arguments.
+        vectorize: run the model once on all particles, inside a plate left of its own plates
+            (the model must broadcast, as for Pyro's ``vectorize_particles=True``); otherwise run
+            it once per particle.
+        trace_out: if given, the model traces are appended to it (to locate non-finite terms).
+    """
+    kwargs = kwargs or {}
+    num_particles = theta.shape[0]
+    if not vectorize:
+        return torch.cat(
+            [
+                _neg_log_joint_one(model, layout, theta[s], args, kwargs, trace_out)
+                for s in range(num_particles)
+            ]
+        )
+    nesting = layout.max_plate_nesting
+    values = {}
+    log_det = theta.new_zeros(num_particles)
+    for site, unconstrained in zip(layout.sites, layout.unpack(theta).values(), strict=True):
+        values[site.name], jacobian = _to_constrained(site, unconstrained, num_particles)
+        log_det = log_det + jacobian
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    log_joint = theta.new_zeros(num_particles)
+    for log_prob in _log_prob_terms(trace):
         log_joint = log_joint + _sum_per_particle(log_prob, num_particles, nesting)
+    if trace_out is not None:
+        trace_out.append(trace)
+    return -(log_joint + log_det)
+
+
+def _neg_log_joint_one(
+    model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict, trace_out
+) -> Tensor:
+    values = {}
+    log_det = theta.new_zeros(1)
+    for site in layout.sites:
+        unconstrained = theta[site.offset : site.offset + site.size].reshape(site.shape)
+        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
+        log_det = log_det + jacobian
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    log_joint = sum(log_prob.sum() for log_prob in _log_prob_terms(trace))
     if trace_out is not None:
         trace_out.append(trace)
     return -(log_joint + log_det)

@@ -1,4 +1,4 @@
-"""Exponential families described once: natural and expectation parameters and the maps between them."""
+"""Exponential families described once: natural and expectation parameters and their maps."""
 
 from pyro_blr.families.gaussian import DIAGONAL, FULL, GaussianFamily, gaussian_family
 

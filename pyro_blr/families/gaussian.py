@@ -12,8 +12,9 @@ family with sufficient statistics :math:`T(\theta) = (\theta, \theta\theta^\top)
     \qquad \mu = \nabla A(\lambda).
 
 Two variants share one interface: :data:`DIAGONAL` (precision is a vector, the statistics are
-:math:`(\theta, \theta^2)`) and :data:`FULL` (precision is a positive-definite matrix). All functions
-are pure and act on the trailing dimensions, so they follow the device and dtype of their inputs.
+:math:`(\theta, \theta^2)`) and :data:`FULL` (precision is a positive-definite matrix). All
+functions are pure and act on the trailing dimensions, so they follow the device and dtype of
+their inputs.
 
 References:
     | The Bayesian Learning Rule (Khan & Rue, JMLR 2023), Section 2

@@ -1,0 +1,107 @@
+"""Every documented error, with its message, and the guide left untouched on failure."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuideList,
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    init_to_value,
+)
+
+import pyro_blr as pb
+from tests.scenarios import linear_regression
+
+
+@pytest.fixture
+def scenario():
+    return linear_regression()
+
+
+@pytest.mark.parametrize(
+    "make_guide",
+    [AutoDelta, lambda model: AutoIAFNormal(model, hidden_dim=[4]), AutoGuideList],
+    ids=["AutoDelta", "AutoIAFNormal", "AutoGuideList"],
+)
+def test_guides_without_a_gaussian_are_refused(scenario, make_guide):
+    guide = make_guide(scenario.model)
+    with pytest.raises(TypeError, match=f"BLR cannot drive {type(guide).__name__}.*AutoNormal"):
+        pb.BLR(scenario.model, guide)
+
+
+def test_a_hand_written_guide_is_refused(scenario):
+    with pytest.raises(TypeError, match="BLR cannot drive function"):
+        pb.BLR(scenario.model, lambda X, y: None)
+
+
+def test_ivon_refuses_a_full_covariance_guide(scenario):
+    with pytest.raises(TypeError, match=r"rule 'ivon' drives diagonal.*'von' or 'newton'"):
+        pb.BLR(scenario.model, AutoMultivariateNormal(scenario.model), rule="ivon")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"lr": 0.0}, "lr must be a positive number, got 0.0"),
+        ({"lr": -1}, "lr must be a positive number, got -1"),
+        ({"beta1": 1.0}, r"beta1 must lie in \[0, 1\), got 1.0"),
+        ({"beta2": -0.1}, r"beta2 must lie in \[0, 1\), got -0.1"),
+        ({"rule": "adam"}, "unknown rule 'adam'; choose one of"),
+        ({"mc_samples": 3}, "mc_samples must be even, got 3"),
+        ({"mc_samples": 0}, "mc_samples must be a positive integer, got 0"),
+        ({"clip_radius": 0.0}, "clip_radius must be positive"),
+        ({"weight_decay": -1.0}, "weight_decay must be non-negative"),
+    ],
+)
+def test_bad_hyperparameters(scenario, options, message):
+    with pytest.raises(ValueError, match=message):
+        pb.BLR(scenario.model, AutoNormal(scenario.model), **options)
+
+
+def test_a_schedule_returning_a_bad_lr_is_caught_at_that_step(scenario):
+    blr = pb.BLR(scenario.model, AutoNormal(scenario.model), lr=lambda t: 0.1 - 0.1 * t)
+    blr.step(scenario.X, scenario.y)
+    with pytest.raises(ValueError, match=r"lr must be a positive number, got 0\.0"):
+        blr.step(scenario.X, scenario.y)
+
+
+def snapshot():
+    return {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+
+
+def test_non_finite_log_joint_names_the_step_and_site_and_keeps_the_guide(scenario):
+    y = scenario.y.clone()
+    guide = AutoDiagonalNormal(scenario.model)
+    blr = pb.BLR(scenario.model, guide, lr=0.1, rule="von")
+    blr.fit(scenario.X, y, num_steps=2, progress=False)
+    before = snapshot()
+    y[3] = float("inf")  # inside the support for validation, but log p = -inf
+    with pytest.raises(
+        FloatingPointError, match=r"BLR step 3: the log joint is not finite at site\(s\) \['y'\]"
+    ):
+        blr.step(scenario.X, y)
+    after = snapshot()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert blr.num_steps == 2
+
+
+def test_non_finite_gradient_names_the_site():
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        pyro.factor("kink", -b.abs().sqrt() + 0 * a)
+
+    at_zero = init_to_value(values={"a": torch.tensor(0.0), "b": torch.tensor(0.0)})
+    guide = AutoNormal(model, init_loc_fn=at_zero)
+    blr = pb.BLR(model, guide, lr=0.5, rule="newton")
+    with pytest.raises(
+        FloatingPointError, match=r"BLR step 1: the gradient is not finite at \['b'\]"
+    ):
+        blr.step()
+    torch.testing.assert_close(guide.locs.b.detach(), torch.tensor(0.0))
