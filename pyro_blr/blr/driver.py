@@ -247,7 +247,7 @@ class BLR:
                 f"BLR step {step}: the {label} is not finite at {sites}; {kept}"
             )
 
-    def step(self, *args, **kwargs) -> float:
+    def step(self, *args: Any, **kwargs: Any) -> float:
         """Take one BLR step with the model's arguments; returns the negative ELBO estimate.
 
         The loss is that of the guide before the step (as ``SVI.step`` reports it):
@@ -294,7 +294,7 @@ class BLR:
         self.num_steps += 1
         return float(loss)
 
-    def fit(self, *args, num_steps: int, progress: bool = True, **kwargs) -> FitResult:
+    def fit(self, *args: Any, num_steps: int, progress: bool = True, **kwargs: Any) -> FitResult:
         """Take ``num_steps`` steps; returns the losses and the wall-clock seconds.
 
         Args:

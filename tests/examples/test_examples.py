@@ -1,0 +1,31 @@
+"""Every example runs in its smoke mode (same code path, fewer steps), so none can rot."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_smoke(capsys):
+    result = load("quickstart").main(smoke=True)
+    out = capsys.readouterr().out
+    assert "BLR (von, full covariance)" in out and "SVI + Adam" in out
+    assert math.isfinite(result["blr_elbo"]) and math.isfinite(result["adam_elbo"])
+
+
+@pytest.mark.slow
+def test_quickstart_full_run_beats_adam(capsys):
+    # The full run: 40 BLR steps reach a higher ELBO than 2000 Adam steps on the same guide
+    # (measured -58.6 vs -59.5; each ELBO estimate has MC sd < 0.1 with 1000 particles).
+    result = load("quickstart").main(smoke=False)
+    assert result["blr_elbo"] > result["adam_elbo"]
