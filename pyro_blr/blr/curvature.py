@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Derivatives", "derivatives", "reparam_hessian_diagonal"]
+__all__ = ["Derivatives", "derivatives", "hessian_from_grad", "reparam_hessian_diagonal"]
 
 
 class Derivatives(NamedTuple):
@@ -39,7 +39,8 @@ class Derivatives(NamedTuple):
     hess: Tensor | None
 
 
-def _hessian(grad: Tensor, theta: Tensor) -> Tensor:
+def hessian_from_grad(grad: Tensor, theta: Tensor) -> Tensor:
+    """Per-particle Hessians ``(S, D, D)`` from gradients ``(S, D)`` built with ``create_graph``."""
     num_particles, dim = theta.shape
     zeros = theta.new_zeros(num_particles, dim, dim)
     if not grad.requires_grad:  # the gradient does not depend on theta: a linear log joint
@@ -85,7 +86,7 @@ def derivatives(
         theta = theta.detach().requires_grad_(True)
         value = fn(theta)
         (grad,) = torch.autograd.grad(value.sum(), theta, create_graph=hessian)
-        hess = _hessian(grad, theta) if hessian else None
+        hess = hessian_from_grad(grad, theta) if hessian else None
     return Derivatives(value.detach(), grad.detach(), None if hess is None else hess.detach())
 
 

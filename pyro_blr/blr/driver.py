@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from numbers import Real
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro.poutine as poutine
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_diagonal
-from pyro_blr.blr.guides import gaussian_guide
+from pyro_blr.blr.guides import GaussianGuide, check_guide
 from pyro_blr.blr.latent import latent_layout, neg_log_joint
 from pyro_blr.blr.rules import RULES
 from pyro_blr.families.gaussian import gaussian_family
@@ -128,7 +128,7 @@ class BLR:
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
         self.rule = RULES[rule]
-        gaussian_guide(guide, None)  # raises TypeError for a guide no rule can drive
+        check_guide(guide)
         if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
             full = [name for name, r in RULES.items() if r.full_covariance]
             raise TypeError(
@@ -193,7 +193,7 @@ class BLR:
         if self.max_plate_nesting is not None:
             layout = type(layout)(layout.sites, layout.dim, self.max_plate_nesting)
         self._layout = layout
-        self._gaussian = gaussian_guide(guide, layout)
+        self._gaussian = GaussianGuide(guide, layout)
         loc, precision = self._gaussian.read()
         self._state = self.rule.init(loc, precision)
         if self._pending is not None:

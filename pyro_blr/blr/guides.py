@@ -24,7 +24,7 @@ from torch.distributions import transform_to
 
 from pyro_blr.blr.latent import LatentLayout
 
-__all__ = ["SUPPORTED_GUIDES", "GaussianGuide", "gaussian_guide"]
+__all__ = ["SUPPORTED_GUIDES", "GaussianGuide", "check_guide"]
 
 SUPPORTED_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
 
@@ -89,17 +89,11 @@ class GaussianGuide:
             _write(guide, "scale_tril", scale_tril / scale[..., None])
 
 
-def gaussian_guide(guide: object, layout: LatentLayout) -> GaussianGuide:
-    """Wrap ``guide`` for the driver; ``TypeError`` if it holds no Gaussian a rule can drive."""
+def check_guide(guide: object) -> None:
+    """Raise ``TypeError`` naming the guide if it holds no Gaussian that a rule can drive."""
     if not isinstance(guide, SUPPORTED_GUIDES):
-        raise TypeError(unsupported_guide_message(guide))
-    return GaussianGuide(guide, layout)
-
-
-def unsupported_guide_message(guide: object) -> str:
-    """The error message for a guide that the Gaussian rules cannot drive."""
-    return (
-        f"BLR cannot drive {type(guide).__name__}: the rules 'ivon', 'von' and 'newton' update a "
-        "Gaussian guide, i.e. pyro.infer.autoguide.AutoNormal or AutoDiagonalNormal (diagonal; "
-        "every rule) or AutoMultivariateNormal (full covariance; rules 'von' and 'newton')"
-    )
+        raise TypeError(
+            f"BLR cannot drive {type(guide).__name__}: the rules 'ivon', 'von' and 'newton' "
+            "update a Gaussian guide, i.e. pyro.infer.autoguide.AutoNormal or AutoDiagonalNormal "
+            "(diagonal; every rule) or AutoMultivariateNormal (full covariance; 'von', 'newton')"
+        )

@@ -121,6 +121,8 @@ def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> L
     offset = 0
     for name, site in prototype_trace.iter_stochastic_nodes():
         fn = site["fn"]
+        if isinstance(fn, _Subsample):
+            continue
         if getattr(fn, "has_enumerate_support", False) or fn.support.is_discrete:
             raise ValueError(
                 f"latent site '{name}' is discrete ({type(fn).__name__}); the Bayesian learning "

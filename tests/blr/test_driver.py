@@ -163,3 +163,19 @@ def test_constrained_sites_and_nested_plates_reach_an_elbo_stationary_point():
     blr.fit(*data, num_steps=400, progress=False)
     mean, stderr = elbo_gradient()
     assert (mean.abs() < 4 * stderr + 1e-3).all(), (mean, stderr)
+
+
+def test_pyro_module_with_auto_normal_writes_dotted_site_names():
+    # AutoNormal stores "linear.weight" in nested modules; the mean-field optimum of a Gaussian
+    # posterior has the exact posterior mean.
+    s = linear_regression(dtype=torch.float32)
+    model = BayesianLinear(3)
+    guide = AutoNormal(model)
+    blr = pb.BLR(model, guide, lr=0.5, rule="von", vectorize_particles=False)
+    blr.fit(s.X, s.y, num_steps=300, progress=False)
+    X1 = torch.cat([s.X, torch.ones(len(s.y), 1)], 1).double()
+    precision = torch.eye(4, dtype=torch.float64) + X1.T @ X1 / 0.25
+    mean = torch.linalg.solve(precision, X1.T @ s.y.double() / 0.25)
+    median = guide.median(s.X, s.y)
+    found = torch.cat([median["linear.weight"].reshape(-1), median["linear.bias"].reshape(-1)])
+    torch.testing.assert_close(found.double(), mean, rtol=0, atol=1e-4)  # float32 round-off
