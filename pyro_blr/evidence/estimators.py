@@ -1,0 +1,122 @@
+r"""Log-evidence estimates :math:`\log p(\mathcal D)` from a fitted guide, with standard errors.
+
+With importance weights :math:`w_k = p(\mathcal D, z_k) / q(z_k)`, :math:`z_k \sim q`:
+
+* ``"elbo"``: :math:`\frac1K \sum_k \log w_k`, standard error
+  :math:`\operatorname{sd}(\log w)/\sqrt K`;
+* ``"iwae"``: :math:`\log \frac1K \sum_k w_k` (Burda et al. 2016), standard error by the delta
+  method, :math:`\operatorname{sd}(w) / (\sqrt K\, \bar w)`;
+* ``"renyi"``: :math:`\frac{1}{1-\alpha}\log\frac1K\sum_k w_k^{1-\alpha}`, standard error
+  :math:`\operatorname{sd}(w^{1-\alpha}) / (\sqrt K\, \overline{w^{1-\alpha}}\, |1-\alpha|)`.
+
+For :math:`\alpha \in [0, 1]` all three are lower bounds in expectation, ordered
+ELBO :math:`\le` Rényi :math:`\le` IWAE :math:`\le \log p(\mathcal D)`, and IWAE tends to
+:math:`\log p(\mathcal D)` as :math:`K` grows. Particles are drawn in vectorized chunks, so the
+memory stays bounded for any :math:`K`.
+
+References:
+    | Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016)
+    | https://arxiv.org/abs/1509.00519
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from pyro_blr.objectives.renyi import renyi_bound
+from pyro_blr.objectives.weights import guess_max_plate_nesting, log_weights
+
+__all__ = ["LogEvidence", "log_evidence"]
+
+METHODS = ("elbo", "iwae", "renyi")
+
+
+class LogEvidence(NamedTuple):
+    """A log-evidence estimate and its Monte Carlo standard error (floats)."""
+
+    value: float
+    stderr: float
+
+
+def _estimate(log_w: Tensor, method: str, alpha: float) -> LogEvidence:
+    k = log_w.shape[0]
+    order = {"elbo": 1.0, "iwae": 0.0, "renyi": alpha}[method]
+    value = float(renyi_bound(log_w, order))
+    if order == 1:
+        return LogEvidence(value, float(log_w.std() / math.sqrt(k)))
+    powered = (1 - order) * log_w
+    scaled = (powered - powered.max()).exp()
+    stderr = scaled.std() / (math.sqrt(k) * scaled.mean() * abs(1 - order))
+    return LogEvidence(value, float(stderr))
+
+
+@torch.no_grad()
+def log_evidence(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    method: str = "iwae",
+    num_particles: int = 1000,
+    alpha: float = 0.5,
+    chunk_size: int = 256,
+    max_plate_nesting: int | None = None,
+    **kwargs: Any,
+) -> LogEvidence:
+    r"""Estimate :math:`\log p(\mathcal D)` by importance sampling from ``guide``.
+
+    Args:
+        model: the Pyro model.
+        guide: a fitted guide (reparameterized or not: no gradients are taken).
+        *args: the model's positional arguments.
+        method: ``"elbo"``, ``"iwae"`` or ``"renyi"``.
+        num_particles: the number :math:`K` of importance samples.
+        alpha: the Rényi order for ``method="renyi"`` (finite, not 1).
+        chunk_size: particles drawn per vectorized model run.
+        max_plate_nesting: the model's plate nesting (found from a trace when not given).
+        **kwargs: the model's keyword arguments.
+
+    Returns:
+        ``LogEvidence(value, stderr)``.
+
+    Raises:
+        ValueError: an unknown method, bad ``num_particles``/``alpha``, or a model that
+            subsamples (the evidence is of the full data).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> import pyro_blr as pb
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> guide = AutoNormal(model, init_scale=1.0)  # q = p: every weight is 1
+        >>> estimate = pb.log_evidence(model, guide, method="iwae", num_particles=100)
+        >>> abs(estimate.value) < 1e-6 and estimate.stderr < 1e-6
+        True
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not isinstance(num_particles, int) or num_particles < 2:
+        raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
+    if method == "renyi" and (alpha == 1 or not math.isfinite(alpha)):
+        raise ValueError(f"method='renyi' needs a finite alpha != 1, got {alpha}")
+    nesting = (
+        guess_max_plate_nesting(model, guide, args, kwargs)
+        if max_plate_nesting is None
+        else max_plate_nesting
+    )
+    chunks = []
+    for start in range(0, num_particles, chunk_size):
+        size = min(chunk_size, num_particles - start)
+        weights = log_weights(model, guide, args, kwargs, size, nesting, require_rsample=False)
+        if weights.subsampled:
+            raise ValueError(
+                f"log_evidence needs the full data, but plate {list(weights.subsampled)} is "
+                "subsampled: call the model without subsample_size"
+            )
+        chunks.append(weights.joint)
+    return _estimate(torch.cat(chunks).double(), method, alpha)

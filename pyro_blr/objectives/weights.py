@@ -1,0 +1,150 @@
+r"""Log importance weights :math:`\log w_k = \log p(\mathcal D, z_k) - \log q(z_k)` from traces.
+
+The guide draws :math:`K` particles at once inside a plate left of the model's plates (Pyro's
+``vectorize_particles``), the model is replayed on them, and every site's log density (scaled by
+:math:`N/B` in subsampled plates, masked as Pyro masks it) is summed per particle.
+
+When every site of the model and the guide lies inside one plate, the joint factorizes over that
+plate's elements and so does the weight, :math:`\log w_{k} = \sum_i \log w_{k,i}`: the per-element
+weights (unscaled, shape ``(K, B)``) are what an unbiased minibatch Rényi bound needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import Trace_ELBO
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.trace_struct import Trace
+from torch import Tensor
+
+from pyro_blr.blr.latent import PARTICLE_PLATE, _sum_per_particle
+
+__all__ = ["LogWeights", "guess_max_plate_nesting", "log_weights"]
+
+
+class LogWeights(NamedTuple):
+    """Log importance weights of :math:`K` particles.
+
+    Attributes:
+        joint: :math:`\\log w_k`, shape ``(K,)`` (scaled as Pyro scales minibatches).
+        local: per-element weights :math:`\\log w_{k,i}`, shape ``(K, B)``, unscaled, or ``None``
+            when the sites do not all share one plate.
+        local_scale: the factor (:math:`N/B`) that turns the sum over the ``B`` elements into an
+            estimate of the sum over all :math:`N`.
+        subsampled: the names of subsampled plates in the model.
+        outside: latent sites outside the shared plate (why ``local`` is ``None``).
+    """
+
+    joint: Tensor
+    local: Tensor | None
+    local_scale: float
+    subsampled: tuple[str, ...]
+    outside: tuple[str, ...]
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """The model's plate nesting, by Pyro's own guess (which also validates site shapes)."""
+    elbo = Trace_ELBO()
+    elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+    return int(elbo.max_plate_nesting)
+
+
+def _sites(trace: Trace):
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            continue
+        if site["infer"].get("_deterministic"):
+            continue
+        yield name, site
+
+
+def _frames(site) -> dict:
+    return {
+        f.name: f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE
+    }
+
+
+def _per_element(log_prob: Tensor, num_particles: int, nesting: int, dim: int) -> Tensor:
+    """Sum a term over every plate dimension except ``dim``: shape ``(K, B)``."""
+    while log_prob.dim() < nesting + 1:
+        log_prob = log_prob.unsqueeze(0)
+    others = [d for d in range(-nesting, 0) if d != dim]
+    if others:
+        log_prob = log_prob.sum(others, keepdim=True)
+    return log_prob.reshape(log_prob.shape[-nesting - 1], -1).expand(num_particles, -1)
+
+
+def log_weights(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    max_plate_nesting: int,
+    require_rsample: bool = True,
+) -> LogWeights:
+    """Draw ``num_particles`` particles from ``guide`` (vectorized) and weigh them by ``model``.
+
+    Raises:
+        ValueError: a guide site that cannot be reparameterized (its gradient would need a
+            score-function term), or a model that does not broadcast over the particle plate.
+    """
+    nesting = max_plate_nesting
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    joint = 0.0
+    shared = None
+    terms = []
+    for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+        for name, site in _sites(trace):
+            if require_rsample and trace is guide_trace and not site["fn"].has_rsample:
+                raise ValueError(
+                    f"guide site '{name}' ({type(site['fn']).__name__}) cannot be "
+                    "reparameterized; these objectives need reparameterized guides"
+                )
+            raw = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+            if not torch.is_tensor(raw):
+                continue
+            scaled = raw * site["scale"]
+            joint = joint + sign * _sum_per_particle(scaled, num_particles, nesting)
+            frames = _frames(site)
+            shared = set(frames) if shared is None else shared & set(frames)
+            terms.append((sign, raw, site, frames, name, trace is model_trace))
+    subsampled = tuple(
+        sorted(
+            {
+                f.name
+                for _, _, _, frames, _, _ in terms
+                for f in frames.values()
+                if f.full_size is not None and f.full_size != f.size
+            }
+        )
+    )
+    local, local_scale, outside = None, 1.0, ()
+    if shared:
+        name = next((n for n in subsampled if n in shared), sorted(shared)[0])
+        frame = next(frames[name] for _, _, _, frames, _, _ in terms)
+        local_scale = (frame.full_size or frame.size) / frame.size
+        local = sum(
+            sign * _per_element(raw, num_particles, nesting, frame.dim)
+            for sign, raw, _, _, _, _ in terms
+        )
+    else:
+        outside = tuple(
+            sorted(
+                {
+                    site_name
+                    for _, _, site, frames, site_name, is_model in terms
+                    if is_model and not site["is_observed"] and not frames.keys() & set(subsampled)
+                }
+            )
+        )
+    return LogWeights(joint, local, local_scale, subsampled, outside)

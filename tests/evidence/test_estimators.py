@@ -1,0 +1,67 @@
+"""log_evidence on conjugate regression, whose log evidence is known exactly."""
+
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import AutoDiagonalNormal
+
+import pyro_blr as pb
+from tests.scenarios import linear_regression
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    # A mean-field fit of a correlated posterior: a good but inexact proposal.
+    pyro.set_rng_seed(0)
+    s = linear_regression()
+    guide = AutoDiagonalNormal(s.model)
+    pb.BLR(s.model, guide, lr=0.5, rule="newton").fit(s.X, s.y, num_steps=100, progress=False)
+    return s, guide
+
+
+def test_elbo_below_iwae_below_log_evidence_and_iwae_converges(fitted):
+    s, guide = fitted
+    log_z = s.log_evidence
+    elbo = pb.log_evidence(s.model, guide, s.X, s.y, method="elbo", num_particles=20000)
+    iwae = {
+        k: pb.log_evidence(s.model, guide, s.X, s.y, method="iwae", num_particles=k)
+        for k in (10, 100, 20000)
+    }
+    renyi = pb.log_evidence(
+        s.model, guide, s.X, s.y, method="renyi", alpha=0.5, num_particles=20000
+    )
+    # Each comparison allows four standard errors of the estimates involved.
+    assert elbo.value < renyi.value + 4 * (elbo.stderr + renyi.stderr)
+    assert renyi.value < iwae[20000].value + 4 * (renyi.stderr + iwae[20000].stderr)
+    assert iwae[20000].value < log_z + 4 * iwae[20000].stderr
+    assert log_z - elbo.value > 0.05  # the mean-field guide is not exact
+    assert abs(log_z - iwae[20000].value) < 0.1 * (log_z - elbo.value)  # IWAE closes the gap
+    assert iwae[10].value < iwae[20000].value
+
+
+def test_standard_errors_shrink_like_one_over_root_k(fitted):
+    s, guide = fitted
+    small = pb.log_evidence(s.model, guide, s.X, s.y, method="elbo", num_particles=400)
+    large = pb.log_evidence(s.model, guide, s.X, s.y, method="elbo", num_particles=6400)
+    assert large.stderr == pytest.approx(small.stderr / 4, rel=0.25)
+
+
+def test_chunking_does_not_change_the_estimate(fitted):
+    s, guide = fitted
+    pyro.set_rng_seed(5)
+    one = pb.log_evidence(s.model, guide, s.X, s.y, num_particles=600, chunk_size=600)
+    pyro.set_rng_seed(5)
+    many = pb.log_evidence(s.model, guide, s.X, s.y, num_particles=600, chunk_size=64)
+    assert many.value == pytest.approx(one.value, abs=0.05)  # different draws, same target
+
+
+def test_bad_arguments_and_subsampling(fitted):
+    s, guide = fitted
+    with pytest.raises(ValueError, match="unknown method 'laplace'"):
+        pb.log_evidence(s.model, guide, s.X, s.y, method="laplace")
+    with pytest.raises(ValueError, match="finite alpha != 1"):
+        pb.log_evidence(s.model, guide, s.X, s.y, method="renyi", alpha=1.0)
+    mini = linear_regression(subsample_size=5)
+    with pytest.raises(ValueError, match=r"plate \['data'\] is subsampled"):
+        pb.log_evidence(mini.model, guide, mini.X, mini.y)
+    assert torch.get_default_dtype() == torch.float32
