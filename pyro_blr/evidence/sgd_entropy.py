@@ -2,8 +2,8 @@ r"""A lower bound on the log evidence from plain (stochastic) gradient descent c
 
 Start :math:`r` chains from :math:`q_0 = \mathcal N(m_0, \sigma_0^2 I)` in the model's
 unconstrained coordinates and run gradient descent on :math:`\ell = -\log p(\mathcal D, \theta)`,
-:math:`\theta_{t+1} = \theta_t - \beta P \nabla\ell(\theta_t)` (:math:`P` an optional diagonal
-preconditioner). The chains' distribution :math:`q_t` has entropy
+:math:`\theta_{t+1} = \theta_t - \beta P \nabla\ell(\theta_t)` (:math:`P` an optional
+positive-definite preconditioner). The chains' distribution :math:`q_t` has entropy
 
 .. math::
     \mathbb H[q_{t+1}] = \mathbb H[q_t] + \mathbb E_{q_t} \log\lvert\det(I - \beta P
@@ -60,30 +60,61 @@ def _hvp(grad: Tensor, theta: Tensor, vector: Tensor) -> Tensor:
     return product
 
 
-def _log_det_exact(grad: Tensor, theta: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
-    """log|det(I - beta P H)| per chain, and beta P H's largest |eigenvalue|."""
+class _Preconditioner:
+    """P = L L^T, a positive vector (diagonal) or a positive-definite matrix."""
+
+    def __init__(self, matrix: Tensor):
+        self.diagonal = matrix.dim() == 1
+        if self.diagonal:
+            if not (matrix > 0).all():
+                raise ValueError("a vector preconditioner must be positive")
+            self.factor = matrix.sqrt()
+        else:
+            factor, info = torch.linalg.cholesky_ex(matrix)
+            if info != 0:
+                raise ValueError("a matrix preconditioner must be positive definite")
+            self.factor = factor
+        self.log_det = float(
+            2 * (self.factor if self.diagonal else self.factor.diagonal()).log().sum()
+        )
+
+    def root(self, v: Tensor) -> Tensor:
+        """L v for rows v."""
+        return self.factor * v if self.diagonal else v @ self.factor.mT
+
+    def root_t(self, v: Tensor) -> Tensor:
+        """L^T v for rows v."""
+        return self.factor * v if self.diagonal else v @ self.factor
+
+    def apply(self, v: Tensor) -> Tensor:
+        """P v for rows v."""
+        return self.root(self.root_t(v))
+
+
+def _log_det_exact(grad: Tensor, theta: Tensor, step_size: float, precond: _Preconditioner):
+    """log|det(I - beta P H)| per chain, and the largest |eigenvalue| of beta L^T H L."""
     hess = hessian_from_grad(grad, theta)  # (r, D, D)
+    factor = precond.factor if not precond.diagonal else torch.diag(precond.factor)
+    scaled = step_size * factor.mT @ hess @ factor  # similar to beta P H
     eye = torch.eye(theta.shape[-1], dtype=theta.dtype, device=theta.device)
-    log_det = torch.linalg.slogdet(eye - step.unsqueeze(-1) * hess).logabsdet
-    scaled = step.sqrt().unsqueeze(-1) * hess * step.sqrt().unsqueeze(-2)
+    log_det = torch.linalg.slogdet(eye - scaled).logabsdet
     return log_det, torch.linalg.eigvalsh(scaled).abs().amax(-1)
 
 
 def _log_det_hutchinson(
-    grad: Tensor, theta: Tensor, step: Tensor, num_probes: int
+    grad: Tensor, theta: Tensor, step_size: float, precond: _Preconditioner, num_probes: int
 ) -> tuple[Tensor, Tensor]:
-    """Second-order expansion of log|det(I - beta P H)| per chain, with Rademacher probes."""
-    root = step.sqrt()
+    """Second-order expansion of log|det(I - beta P H)| per chain, with Rademacher probes
+    on the similar matrix B = beta L^T H L: -tr B - tr(B^2)/2."""
     first = theta.new_zeros(theta.shape[0])
     second = theta.new_zeros(theta.shape[0])
     norm_ratio = theta.new_zeros(theta.shape[0])
     for _ in range(num_probes):
         v = torch.randint(0, 2, theta.shape, device=theta.device).to(theta.dtype) * 2 - 1
-        u = root * v
-        hu = _hvp(grad, theta, u)
-        first = first + (u * hu).sum(-1)  # v^T P^1/2 H P^1/2 v
-        second = second + (root * hu).square().sum(-1)  # |P^1/2 H P^1/2 v|^2
-        norm_ratio = torch.maximum(norm_ratio, (root * hu).norm(dim=-1) / v.norm(dim=-1))
+        bv = step_size * precond.root_t(_hvp(grad, theta, precond.root(v)))
+        first = first + (v * bv).sum(-1)
+        second = second + bv.square().sum(-1)
+        norm_ratio = torch.maximum(norm_ratio, bv.norm(dim=-1) / v.norm(dim=-1))
     return -(first + 0.5 * second) / num_probes, norm_ratio
 
 
@@ -118,8 +149,8 @@ def sgd_evidence(
         temperature: :math:`T` for the Langevin noise.
         init_loc: :math:`m_0` (unconstrained, shape ``(D,)``); zeros if not given.
         init_scale: :math:`\sigma_0`.
-        preconditioner: a positive vector :math:`P` (e.g. a BLR fit's posterior variances); the
-            identity if not given.
+        preconditioner: :math:`P`, a positive vector (diagonal) or a positive-definite matrix,
+            e.g. a BLR fit's posterior variances or covariance; the identity if not given.
         num_probes: Hutchinson probes per chain and step.
         **kwargs: the model's keyword arguments.
 
@@ -157,15 +188,14 @@ def sgd_evidence(
     options = {"dtype": dtype, "device": like.device}
     dim = layout.dim
     loc = torch.zeros(dim, **options) if init_loc is None else init_loc.to(**options)
-    precond = torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
-    if not (precond > 0).all():
-        raise ValueError("preconditioner must be a positive vector")
-    step = step_size * precond
+    precond = _Preconditioner(
+        torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
+    )
 
     theta = loc + init_scale * torch.randn(num_chains, dim, **options)
     entropy = 0.5 * dim * math.log(2 * math.pi * math.e * init_scale**2)
     noise_entropy = 0.5 * dim * math.log(2 * math.pi * math.e * 2 * temperature * step_size)
-    noise_entropy += 0.5 * float(precond.log().sum())
+    noise_entropy += 0.5 * precond.log_det
     bounds, worst = [], 0.0
     for t in range(num_steps + 1):
         with torch.enable_grad():
@@ -176,14 +206,17 @@ def sgd_evidence(
             if t == num_steps:
                 break
             if hessian == "exact":
-                log_det, curvature = _log_det_exact(grad, theta, step)
+                log_det, curvature = _log_det_exact(grad, theta, step_size, precond)
             else:
-                log_det, curvature = _log_det_hutchinson(grad, theta, step, num_probes)
+                log_det, curvature = _log_det_hutchinson(
+                    grad, theta, step_size, precond, num_probes
+                )
         worst = max(worst, float(curvature.detach().max()))
         entropy += float(log_det.detach().mean())
-        theta = theta.detach() - step * grad.detach()
+        theta = theta.detach() - step_size * precond.apply(grad.detach())
         if langevin:
-            theta = theta + (2 * temperature * step).sqrt() * torch.randn_like(theta)
+            noise = precond.root(torch.randn_like(theta))
+            theta = theta + math.sqrt(2 * temperature * step_size) * noise
             both = torch.tensor([2 * entropy / dim, 2 * noise_entropy / dim], dtype=torch.float64)
             entropy = 0.5 * dim * float(torch.logsumexp(both, 0))
     limit = 1.0 if hessian == "exact" else 0.5

@@ -33,8 +33,8 @@ class LogWeights(NamedTuple):
 
     Attributes:
         joint: :math:`\\log w_k`, shape ``(K,)`` (scaled as Pyro scales minibatches).
-        local: per-element weights :math:`\\log w_{k,i}`, shape ``(K, B)``, unscaled, or ``None``
-            when the sites do not all share one plate.
+        local: per-element weights :math:`\\log w_{k,i}`, shape ``(K, B)``, with the minibatch
+            scale :math:`N/B` taken out, or ``None`` when the sites do not all share one plate.
         local_scale: the factor (:math:`N/B`) that turns the sum over the ``B`` elements into an
             estimate of the sum over all :math:`N`.
         subsampled: the names of subsampled plates in the model.
@@ -53,6 +53,13 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwarg
     elbo = Trace_ELBO()
     elbo._guess_max_plate_nesting(model, guide, args, kwargs)
     return int(elbo.max_plate_nesting)
+
+
+class _Term(NamedTuple):
+    log_prob: Tensor  # signed (+ model, - guide), scaled and masked as Pyro does
+    frames: dict  # the site's vectorized plates, by name
+    name: str
+    latent: bool  # a latent site of the model
 
 
 def _sites(trace: Trace):
@@ -101,7 +108,6 @@ def log_weights(
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     joint = 0.0
-    shared = None
     terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for name, site in _sites(trace):
@@ -110,41 +116,25 @@ def log_weights(
                     f"guide site '{name}' ({type(site['fn']).__name__}) cannot be "
                     "reparameterized; these objectives need reparameterized guides"
                 )
-            raw = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
-            if not torch.is_tensor(raw):
-                continue
-            scaled = raw * site["scale"]
-            joint = joint + sign * _sum_per_particle(scaled, num_particles, nesting)
-            frames = _frames(site)
-            shared = set(frames) if shared is None else shared & set(frames)
-            terms.append((sign, raw, site, frames, name, trace is model_trace))
-    subsampled = tuple(
-        sorted(
-            {
-                f.name
-                for _, _, _, frames, _, _ in terms
-                for f in frames.values()
-                if f.full_size is not None and f.full_size != f.size
-            }
-        )
-    )
-    local, local_scale, outside = None, 1.0, ()
-    if shared:
-        name = next((n for n in subsampled if n in shared), sorted(shared)[0])
-        frame = next(frames[name] for _, _, _, frames, _, _ in terms)
-        local_scale = (frame.full_size or frame.size) / frame.size
-        local = sum(
-            sign * _per_element(raw, num_particles, nesting, frame.dim)
-            for sign, raw, _, _, _, _ in terms
-        )
-    else:
-        outside = tuple(
-            sorted(
-                {
-                    site_name
-                    for _, _, site, frames, site_name, is_model in terms
-                    if is_model and not site["is_observed"] and not frames.keys() & set(subsampled)
-                }
+            log_prob = scale_and_mask(
+                site["fn"].log_prob(site["value"]), site["scale"], site["mask"]
             )
-        )
-    return LogWeights(joint, local, local_scale, subsampled, outside)
+            if not torch.is_tensor(log_prob):
+                continue
+            joint = joint + sign * _sum_per_particle(log_prob, num_particles, nesting)
+            latent = trace is model_trace and not site["is_observed"]
+            terms.append(_Term(sign * log_prob, _frames(site), name, latent))
+    subsampled = sorted(
+        {f.name for t in terms for f in t.frames.values() if f.full_size not in (None, f.size)}
+    )
+    shared = set.intersection(*(set(t.frames) for t in terms))
+    if not shared:
+        outside = {t.name for t in terms if t.latent and not t.frames.keys() & set(subsampled)}
+        return LogWeights(joint, None, 1.0, tuple(subsampled), tuple(sorted(outside)))
+    # Every site lies in these plates: split the weight over one of them (the subsampled one, if
+    # any), undoing its N/B scale so that each element's weight is that of one datum.
+    name = next((n for n in subsampled if n in shared), sorted(shared)[0])
+    frame = terms[0].frames[name]
+    local_scale = (frame.full_size or frame.size) / frame.size
+    local = sum(_per_element(t.log_prob, num_particles, nesting, frame.dim) for t in terms)
+    return LogWeights(joint, local / local_scale, local_scale, tuple(subsampled), ())

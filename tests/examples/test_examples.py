@@ -29,3 +29,9 @@ def test_quickstart_full_run_beats_adam(capsys):
     # (measured -58.6 vs -59.5; each ELBO estimate has MC sd < 0.1 with 1000 particles).
     result = load("quickstart").main(smoke=False)
     assert result["blr_elbo"] > result["adam_elbo"]
+
+
+def test_model_selection_smoke(capsys):
+    table = load("model_selection").main(smoke=True, plot=False)
+    assert "picks" in capsys.readouterr().out
+    assert all(math.isfinite(v) for row in table.values() for v in row.values())
