@@ -2,8 +2,16 @@
 for unchanged Pyro models."""
 
 from pyro_blr.blr import BLR
+from pyro_blr.diagnostics import psis_diagnostic, to_inference_data
 from pyro_blr.evidence import log_evidence, sgd_evidence
 from pyro_blr.objectives import RenyiELBO
 
-__all__ = ["BLR", "RenyiELBO", "log_evidence", "sgd_evidence"]
+__all__ = [
+    "BLR",
+    "RenyiELBO",
+    "log_evidence",
+    "psis_diagnostic",
+    "sgd_evidence",
+    "to_inference_data",
+]
 __version__ = "0.1.0.dev0"

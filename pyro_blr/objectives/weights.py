@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pyro_blr.blr.latent import PARTICLE_PLATE, _sum_per_particle
 
-__all__ = ["LogWeights", "guess_max_plate_nesting", "log_weights"]
+__all__ = ["LogWeights", "guess_max_plate_nesting", "log_weights", "vectorized_traces"]
 
 
 class LogWeights(NamedTuple):
@@ -87,6 +87,17 @@ def _per_element(log_prob: Tensor, num_particles: int, nesting: int, dim: int) -
     return log_prob.reshape(log_prob.shape[-nesting - 1], -1).expand(num_particles, -1)
 
 
+def vectorized_traces(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, nesting: int
+) -> tuple[Trace, Trace]:
+    """Run ``guide`` on ``num_particles`` particles at once and ``model`` replayed on them."""
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
 def log_weights(
     model: Callable,
     guide: Callable,
@@ -103,10 +114,7 @@ def log_weights(
             score-function term), or a model that does not broadcast over the particle plate.
     """
     nesting = max_plate_nesting
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        replayed = poutine.replay(model, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    model_trace, guide_trace = vectorized_traces(model, guide, args, kwargs, num_particles, nesting)
     joint = 0.0
     terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):

@@ -35,3 +35,11 @@ def test_model_selection_smoke(capsys):
     table = load("model_selection").main(smoke=True, plot=False)
     assert "picks" in capsys.readouterr().out
     assert all(math.isfinite(v) for row in table.values() for v in row.values())
+
+
+def test_renyi_bnn_smoke(capsys):
+    results = load("renyi_bnn").main(smoke=True)
+    assert "Li & Turner RMSE" in capsys.readouterr().out
+    assert all(
+        math.isfinite(rmse) and math.isfinite(ll) for v in results.values() for rmse, ll in v
+    )

@@ -1,0 +1,239 @@
+r"""Posterior draws from any guide, with everything ArviZ needs, in one vectorized pass.
+
+For :math:`S` draws :math:`z_s \sim q` the guide runs once on all of them, the model is replayed on
+them and gives the latent and ``pyro.deterministic`` values, :math:`\log p(\mathcal D, z_s)`,
+:math:`\log q(z_s)`, the pointwise log-likelihood of every observed site and a posterior
+predictive draw. When the model subsamples a plate, the model is replayed on successive
+minibatches that cover all :math:`N` data, so the pointwise log-likelihood and the predictive are
+those of the full data (this needs every latent to be global).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.trace_struct import Trace
+from torch import Tensor
+
+from pyro_blr.blr.latent import PARTICLE_PLATE, _sum_per_particle
+from pyro_blr.objectives.weights import guess_max_plate_nesting, vectorized_traces
+
+__all__ = ["Draws", "draw"]
+
+
+class Draws(NamedTuple):
+    """Draws from a guide and what the model says of them; every tensor has the draws first.
+
+    Attributes:
+        posterior: latent and deterministic sites, constrained, ``(S, *shape)``.
+        log_p: :math:`\\log p(\\mathcal D, z_s)` (full data), ``(S,)``.
+        log_q: :math:`\\log q(z_s)`, ``(S,)``.
+        log_likelihood: observed site -> pointwise log-likelihood, ``(S, *batch_shape)``.
+        predictive: observed site -> posterior predictive draw, ``(S, *shape)``.
+        observed: observed site -> data, ``shape``.
+        dims: site -> names of its dimensions after the draw dimension.
+        coords: plate name -> its indices.
+    """
+
+    posterior: dict[str, Tensor]
+    log_p: Tensor
+    log_q: Tensor
+    log_likelihood: dict[str, Tensor]
+    predictive: dict[str, Tensor]
+    observed: dict[str, Tensor]
+    dims: dict[str, list[str]]
+    coords: dict[str, Tensor]
+
+
+def _sample_sites(trace: Trace):
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
+            yield name, site
+
+
+def _names(site: dict, shape: torch.Size, batch_ndim: int) -> list[str]:
+    """Dimension names of a site's value: plate names for plate dimensions, else name_dim_i."""
+    plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    names = []
+    for axis in range(len(shape)):
+        dim = axis - batch_ndim if axis < batch_ndim else None
+        names.append(plates.get(dim, f"{site['name']}_dim_{axis}"))
+    return names
+
+
+def _squeezable(site: dict, shape: torch.Size, batch_ndim: int) -> list[int]:
+    """Batch axes of size 1 that belong to no plate (broadcasting left-overs)."""
+    plates = {f.dim for f in site["cond_indep_stack"] if f.vectorized}
+    return [a for a in range(batch_ndim) if shape[a] == 1 and a - batch_ndim not in plates]
+
+
+def _natural(value: Tensor, num: int, shape: torch.Size, squeeze: list[int]) -> Tensor:
+    """(S, 1, ..., *shape) -> (S, *shape) with the squeezable axes dropped."""
+    value = value.reshape((num, *shape))
+    return value.squeeze([a + 1 for a in squeeze]) if squeeze else value
+
+
+def draw(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    max_plate_nesting: int | None = None,
+) -> Draws:
+    """Draw ``num_samples`` times from ``guide`` and evaluate ``model`` on the draws.
+
+    Raises:
+        ValueError: a latent site local to a subsampled plate (its full-data values do not exist
+            in a minibatch guide).
+    """
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    nesting = max_plate_nesting
+    with poutine.block():
+        proto_guide = poutine.trace(guide).get_trace(*args, **kwargs)
+        proto = poutine.trace(poutine.replay(model, trace=proto_guide)).get_trace(*args, **kwargs)
+        model_trace, guide_trace = vectorized_traces(
+            model, guide, args, kwargs, num_samples, nesting
+        )
+
+    subsampled = {
+        f.name: f
+        for _, site in _sample_sites(proto)
+        for f in site["cond_indep_stack"]
+        if f.vectorized and f.full_size is not None and f.full_size != f.size
+    }
+    for name, site in _sample_sites(proto):
+        local = [f.name for f in site["cond_indep_stack"] if f.name in subsampled]
+        if local and not site["is_observed"]:
+            raise ValueError(
+                f"latent site '{name}' is local to the subsampled plate {local}: its values for "
+                "all data do not exist; convert a full-data version of the model"
+            )
+
+    dims, coords = {}, {}
+    posterior, log_prior = {}, 0.0
+    for name, site in _sample_sites(proto):
+        if site["is_observed"] and not site["infer"].get("_deterministic"):
+            continue
+        shape = site["value"].shape
+        # pyro.deterministic declares its whole value an event; name its dims by the plates too.
+        deterministic = site["infer"].get("_deterministic", False)
+        batch_ndim = len(shape) if deterministic else len(shape) - site["fn"].event_dim
+        squeeze = _squeezable(site, shape, batch_ndim)
+        value = model_trace.nodes[name]["value"]
+        posterior[name] = _natural(value, num_samples, shape, squeeze)
+        dims[name] = [n for a, n in enumerate(_names(site, shape, batch_ndim)) if a not in squeeze]
+        if not deterministic:
+            vsite = model_trace.nodes[name]
+            log_prob = scale_and_mask(vsite["fn"].log_prob(vsite["value"]), 1.0, vsite["mask"])
+            log_prior = log_prior + _sum_per_particle(log_prob, num_samples, nesting)
+    log_q = 0.0
+    for _, site in _sample_sites(guide_trace):
+        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+        log_q = log_q + _sum_per_particle(log_prob, num_samples, nesting)
+
+    observed_names = [
+        n
+        for n, s in _sample_sites(proto)
+        if s["is_observed"] and not s["infer"].get("_deterministic")
+    ]
+    chunked = [  # deterministic sites inside a subsampled plate: gathered over all the data
+        n
+        for n in posterior
+        if proto.nodes[n]["infer"].get("_deterministic")
+        and any(f.name in subsampled for f in proto.nodes[n]["cond_indep_stack"])
+    ]
+    log_lik, predictive, observed, gathered = _observed(
+        model, guide_trace, args, kwargs, num_samples, nesting, proto, observed_names, subsampled,
+        chunked,
+    )  # fmt: skip
+    posterior.update(gathered)
+    log_p = log_prior + sum(lp.reshape(num_samples, -1).sum(-1) for lp in log_lik.values())
+    for name in observed_names:
+        site = proto.nodes[name]
+        batch_ndim = len(site["fn"].batch_shape)
+        full_shape = observed[name].shape
+        dims[name] = _names(site, full_shape, batch_ndim)
+        for f in site["cond_indep_stack"]:
+            if f.vectorized:
+                coords[f.name] = torch.arange(f.full_size or f.size)
+    for name in list(posterior) + observed_names:
+        for f in proto.nodes[name]["cond_indep_stack"]:
+            if f.vectorized and f.name != PARTICLE_PLATE:
+                coords.setdefault(f.name, torch.arange(f.full_size or f.size))
+    return Draws(posterior, log_p, log_q, log_lik, predictive, observed, dims, coords)
+
+
+def _minibatches(subsampled: dict) -> list[dict]:
+    """Index sets for every subsampled plate that together cover all their data."""
+    if not subsampled:
+        return [{}]
+    if len(subsampled) > 1:
+        raise ValueError(f"more than one subsampled plate: {sorted(subsampled)}")
+    ((name, frame),) = subsampled.items()
+    batches = math.ceil(frame.full_size / frame.size)
+    return [
+        {name: (torch.arange(frame.size) + b * frame.size) % frame.full_size}
+        for b in range(batches)
+    ]
+
+
+def _per_draw(value: Tensor, num: int, shape: torch.Size) -> Tensor:
+    """A value with or without the draws' dimension, as ``(S, *shape)``."""
+    if value.numel() == num * math.prod(shape):
+        return value.reshape((num, *shape))
+    return value.reshape(shape).expand((num, *shape))
+
+
+def _observed(model, guide_trace, args, kwargs, num, nesting, proto, names, subsampled, chunked):
+    """Pointwise log-likelihood, predictive draw and data of each observed site, and the values
+    of the deterministic sites ``chunked``, all over the full data."""
+    log_lik, predictive, observed, gathered = {}, {}, {}, {}
+    replayed = poutine.replay(model, trace=guide_trace)
+    for indices in _minibatches(subsampled):
+        conditioned = poutine.condition(replayed, indices)
+        with poutine.block(), pyro.plate(PARTICLE_PLATE, num, dim=-nesting - 1):
+            trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+            resampled = poutine.trace(poutine.uncondition(conditioned)).get_trace(*args, **kwargs)
+        for name in names:
+            site, site_proto = trace.nodes[name], proto.nodes[name]
+            batch_shape, value_shape = site_proto["fn"].batch_shape, site_proto["value"].shape
+            lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+            lp = _per_draw(lp, num, batch_shape)
+            pred = _per_draw(resampled.nodes[name]["value"], num, value_shape)
+            obs = site["value"].reshape(value_shape)
+            frame = next((f for f in site_proto["cond_indep_stack"] if f.name in indices), None)
+            if frame is None:
+                log_lik[name], predictive[name], observed[name] = lp, pred, obs
+                continue
+            axis = len(batch_shape) + frame.dim  # the plate's axis in the value
+            idx = indices[frame.name].to(lp.device)
+            if name not in log_lik:
+                full = list(value_shape)
+                full[axis] = frame.full_size
+                log_lik[name] = lp.new_zeros((num, *full[: len(batch_shape)]))
+                predictive[name] = pred.new_zeros((num, *full))
+                observed[name] = obs.new_zeros(full)
+            log_lik[name].index_copy_(axis + 1, idx, lp)
+            predictive[name].index_copy_(axis + 1, idx, pred)
+            observed[name].index_copy_(axis, idx, obs)
+        for name in chunked:
+            site_proto = proto.nodes[name]
+            shape = site_proto["value"].shape
+            value = _per_draw(trace.nodes[name]["value"], num, shape)
+            frame = next(f for f in site_proto["cond_indep_stack"] if f.name in indices)
+            axis = len(shape) + frame.dim
+            if name not in gathered:
+                full = list(shape)
+                full[axis] = frame.full_size
+                gathered[name] = value.new_zeros((num, *full))
+            gathered[name].index_copy_(axis + 1, indices[frame.name].to(value.device), value)
+    return log_lik, predictive, observed, gathered
