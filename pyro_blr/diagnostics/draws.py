@@ -20,6 +20,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from torch import Tensor
 
 from pyro_blr.blr.latent import PARTICLE_PLATE, _sum_per_particle
@@ -186,6 +187,19 @@ def _minibatches(subsampled: dict) -> list[dict]:
     ]
 
 
+class _Resample(UnconditionMessenger):
+    """Draw the named observed sites from the model instead of observing them (and leave
+    ``pyro.deterministic`` sites, which Pyro also marks observed, alone)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__()
+        self.names = set(names)
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] in self.names:
+            super()._pyro_sample(msg)
+
+
 def _per_draw(value: Tensor, num: int, shape: torch.Size) -> Tensor:
     """A value with or without the draws' dimension, as ``(S, *shape)``."""
     if value.numel() == num * math.prod(shape):
@@ -202,7 +216,8 @@ def _observed(model, guide_trace, args, kwargs, num, nesting, proto, names, subs
         conditioned = poutine.condition(replayed, indices)
         with poutine.block(), pyro.plate(PARTICLE_PLATE, num, dim=-nesting - 1):
             trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-            resampled = poutine.trace(poutine.uncondition(conditioned)).get_trace(*args, **kwargs)
+            resample = _Resample(names)(conditioned)
+            resampled = poutine.trace(resample).get_trace(*args, **kwargs)
         for name in names:
             site, site_proto = trace.nodes[name], proto.nodes[name]
             batch_shape, value_shape = site_proto["fn"].batch_shape, site_proto["value"].shape

@@ -43,3 +43,10 @@ def test_renyi_bnn_smoke(capsys):
     assert all(
         math.isfinite(rmse) and math.isfinite(ll) for v in results.values() for rmse, ll in v
     )
+
+
+def test_eight_schools_smoke(capsys):
+    rows = load("eight_schools").main(smoke=True)
+    assert set(rows) == {"NUTS (Pyro)", "AutoNormal + Adam", "BLR (von, full)", "BLR + PSIS"}
+    assert "Pareto k̂" in capsys.readouterr().out
+    assert all(math.isfinite(row[0]) for row in rows.values())

@@ -1,0 +1,5 @@
+"""Guides: variational families for unchanged Pyro models."""
+
+from pyro_blr.guides.flow import FLOWS, AutoFlow
+
+__all__ = ["FLOWS", "AutoFlow"]
