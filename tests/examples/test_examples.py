@@ -50,3 +50,9 @@ def test_eight_schools_smoke(capsys):
     assert set(rows) == {"NUTS (Pyro)", "AutoNormal + Adam", "BLR (von, full)", "BLR + PSIS"}
     assert "Pareto k̂" in capsys.readouterr().out
     assert all(math.isfinite(row[0]) for row in rows.values())
+
+
+def test_funnel_and_banana_smoke(capsys):
+    table = load("funnel_and_banana").main(smoke=True)
+    assert len(table) == 12 and "Pareto k̂" in capsys.readouterr().out
+    assert all(math.isfinite(elbo) for elbo, _, _ in table.values())
