@@ -1,0 +1,96 @@
+"""VonMises.rsample: gradients against closed forms and quadrature, samples against the CDF."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from pyro_blr.distributions import VonMises, von_mises_cdf
+
+N = 50_000
+
+
+def bessel_ratio(kappa):
+    return torch.special.i1e(kappa) / torch.special.i0e(kappa)
+
+
+def per_sample_gradients(loc, kappa, f):
+    """Pathwise gradients of f(z) in loc and kappa, one per draw (for means and SEs)."""
+    locs = torch.full((N,), loc, dtype=torch.float64, requires_grad=True)
+    kappas = torch.full((N,), kappa, dtype=torch.float64, requires_grad=True)
+    z = VonMises(locs, kappas).rsample()
+    return torch.autograd.grad(f(z).sum(), (locs, kappas))
+
+
+def check(estimates, expected):
+    """The mean of per-draw estimates is within four standard errors of the exact value."""
+    mean, stderr = estimates.mean(), estimates.std() / math.sqrt(len(estimates))
+    assert abs(float(mean) - expected) < 4 * float(stderr), (float(mean), expected, float(stderr))
+
+
+@pytest.mark.parametrize("kappa", [0.5, 2.0, 20.0])
+def test_gradients_match_the_closed_form_of_expected_cosine(kappa):
+    # E[cos(z - a)] = A(kappa) cos(mu - a); A'(kappa) = 1 - A / kappa - A^2.
+    loc, a = 0.7, -0.4
+    k = torch.tensor(kappa, dtype=torch.float64)
+    ratio = float(bessel_ratio(k))
+    d_loc, d_kappa = per_sample_gradients(loc, kappa, lambda z: torch.cos(z - a))
+    check(d_loc, -ratio * math.sin(loc - a))
+    check(d_kappa, (1 - ratio / kappa - ratio**2) * math.cos(loc - a))
+
+
+def test_gradients_match_finite_differences_of_a_quadrature_expectation():
+    # f(z) = sin(z) + cos(2z) + sin(3z)^2, E_q[f] by 2000-point quadrature on [mu - pi, mu + pi).
+    def f(z):
+        return torch.sin(z) + torch.cos(2 * z) + torch.sin(3 * z) ** 2
+
+    def expectation(loc, kappa):
+        t = torch.linspace(-math.pi, math.pi, 20001, dtype=torch.float64)
+        density = torch.exp(kappa * torch.cos(t)) / (
+            2 * math.pi * torch.special.i0(torch.tensor(kappa, dtype=torch.float64))
+        )
+        return float(torch.trapezoid(density * f(loc + t), t))
+
+    loc, kappa, h = 0.3, 1.5, 1e-5
+    d_loc, d_kappa = per_sample_gradients(loc, kappa, f)
+    check(d_loc, (expectation(loc + h, kappa) - expectation(loc - h, kappa)) / (2 * h))
+    check(d_kappa, (expectation(loc, kappa + h) - expectation(loc, kappa - h)) / (2 * h))
+
+
+@pytest.mark.parametrize("kappa", [0.3, 4.0, 80.0])
+def test_samples_follow_the_distribution(kappa):
+    # Kolmogorov-Smirnov against the quadrature CDF; p > 0.001 fails one seed in a thousand.
+    k = torch.tensor(kappa, dtype=torch.float64)
+    z = VonMises(torch.tensor(0.0, dtype=torch.float64), k).rsample((20000,))
+    assert ((z >= -math.pi) & (z < math.pi)).all()
+    result = stats.kstest(z.numpy(), lambda x: von_mises_cdf(torch.as_tensor(x), k).numpy())
+    assert result.pvalue > 1e-3
+
+
+def test_cdf_matches_scipy_to_float64_accuracy():
+    # SciPy's series is exact for kappa < 50 (beyond, it switches to a normal approximation).
+    x = torch.linspace(-3.14, 3.14, 41, dtype=torch.float64)
+    for kappa in (0.1, 1.0, 10.0, 40.0):
+        ours = von_mises_cdf(x, torch.tensor(kappa, dtype=torch.float64))
+        torch.testing.assert_close(ours, torch.as_tensor(stats.vonmises.cdf(x.numpy(), kappa)),
+                                   rtol=0, atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("kappa", [100.0, 500.0])
+def test_cdf_matches_arbitrary_precision_quadrature_for_large_kappa(kappa):
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    norm = 2 * mpmath.pi * mpmath.besseli(0, kappa)
+    for x in (-0.3, -0.05, 0.0, 0.02, 0.1, 2.0):
+        exact = mpmath.quad(lambda t: mpmath.exp(kappa * mpmath.cos(t)) / norm, [-mpmath.pi, 0, x])
+        ours = von_mises_cdf(torch.tensor(x, dtype=torch.float64), torch.tensor(kappa).double())
+        assert abs(float(ours) - float(exact)) < 1e-12
+
+
+def test_shapes_dtypes_and_expand():
+    d = VonMises(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    z = d.rsample((5,))
+    assert z.shape == (5, 3) and z.dtype == torch.float64
+    assert isinstance(d.expand((2, 3)), VonMises) and d.expand((2, 3)).rsample().shape == (2, 3)
+    assert d.has_rsample
