@@ -104,9 +104,8 @@ class VonMises(dist.VonMises):
     r"""Pyro's von Mises with ``rsample``: gradients in ``loc`` and ``concentration`` by implicit
     reparameterization (see the module docstring). Samples lie in :math:`[\mu - \pi, \mu + \pi)`.
 
-    Args:
-        loc: the mean direction :math:`\mu`.
-        concentration: :math:`\kappa > 0`.
+    Constructed like Pyro's: ``VonMises(loc, concentration)`` with mean direction :math:`\mu` and
+    concentration :math:`\kappa > 0`.
 
     Example:
         >>> import torch
