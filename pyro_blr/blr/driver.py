@@ -20,10 +20,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_diagonal
+from pyro_blr.blr.expfamily import ExpFamilyStepper
 from pyro_blr.blr.guides import GaussianGuide, check_guide
 from pyro_blr.blr.latent import latent_layout, neg_log_joint
 from pyro_blr.blr.rules import RULES
 from pyro_blr.families.gaussian import gaussian_family
+from pyro_blr.guides.expfamily import AutoExpFamily
 
 __all__ = ["BLR", "FitResult"]
 
@@ -74,10 +76,12 @@ class BLR:
 
     Args:
         model: a Pyro model, unchanged.
-        guide: ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal`` of ``model``.
+        guide: ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal`` of ``model``,
+            or a :class:`pyro_blr.AutoExpFamily`.
         lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step`` counts
             the steps taken so far, from 0).
-        rule: ``"ivon"``, ``"von"`` or ``"newton"``.
+        rule: ``"ivon"``, ``"von"`` or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
+            :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.expfamily`).
         mc_samples: particles per step (ignored by ``"newton"``).
         antithetic: draw the particles in antithetic pairs (needs an even ``mc_samples``).
         beta1: IVON's gradient momentum.
@@ -125,10 +129,20 @@ class BLR:
         vectorize_particles: bool = True,
         max_plate_nesting: int | None = None,
     ):
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
+        if rule not in RULES and rule != "expfamily":
+            raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)} or 'expfamily'")
+        self._expfamily = None
+        if rule == "expfamily" or isinstance(guide, AutoExpFamily):
+            if rule != "expfamily" or not isinstance(guide, AutoExpFamily):
+                raise TypeError(
+                    f"rule 'expfamily' drives pb.AutoExpFamily guides, and AutoExpFamily takes "
+                    f"rule 'expfamily' (got rule {rule!r} with {type(guide).__name__})"
+                )
+            self._expfamily = ExpFamilyStepper(model, guide, mc_samples)
+            rule = "von"  # only for the shared hyperparameter checks below
         self.rule = RULES[rule]
-        check_guide(guide)
+        if self._expfamily is None:
+            check_guide(guide)
         if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
             full = [name for name, r in RULES.items() if r.full_covariance]
             raise TypeError(
@@ -139,7 +153,7 @@ class BLR:
             self._check_lr(lr)
         if not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-        if antithetic and not self.rule.at_mean and mc_samples % 2:
+        if antithetic and not self.rule.at_mean and mc_samples % 2 and self._expfamily is None:
             raise ValueError(
                 f"antithetic sampling draws pairs: mc_samples must be even, got {mc_samples} "
                 "(or pass antithetic=False)"
@@ -259,9 +273,13 @@ class BLR:
             FloatingPointError: the log joint, a gradient or a Hessian is not finite, or the
                 update is; the message names the step and the sites, and the guide is unchanged.
         """
+        lr = self._check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
+        if self._expfamily is not None:
+            loss = self._expfamily.step(args, kwargs, lr, self.num_steps + 1)
+            self.num_steps += 1
+            return loss
         if self._state is None:
             self._setup(args, kwargs)
-        lr = self._check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
         state = self._state
         loc, precision = state.loc, state.precision
         family = gaussian_family(precision)

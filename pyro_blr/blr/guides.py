@@ -95,5 +95,6 @@ def check_guide(guide: object) -> None:
         raise TypeError(
             f"BLR cannot drive {type(guide).__name__}: the rules 'ivon', 'von' and 'newton' "
             "update a Gaussian guide, i.e. pyro.infer.autoguide.AutoNormal or AutoDiagonalNormal "
-            "(diagonal; every rule) or AutoMultivariateNormal (full covariance; 'von', 'newton')"
+            "(diagonal; every rule) or AutoMultivariateNormal (full covariance; 'von', 'newton'); "
+            "pb.AutoExpFamily takes rule 'expfamily'"
         )

@@ -1,5 +1,6 @@
 """Guides: variational families for unchanged Pyro models."""
 
+from pyro_blr.guides.expfamily import AutoExpFamily
 from pyro_blr.guides.flow import FLOWS, AutoFlow
 
-__all__ = ["FLOWS", "AutoFlow"]
+__all__ = ["FLOWS", "AutoExpFamily", "AutoFlow"]

@@ -3,10 +3,23 @@
 import pytest
 import torch
 
-from pyro_blr.families.expfamily import Beta, Categorical, Dirichlet, Gamma, VonMisesFamily
+from pyro_blr.families.expfamily import (
+    Beta,
+    Categorical,
+    Dirichlet,
+    Gamma,
+    LogNormal,
+    Normal,
+    VonMisesFamily,
+)
 
 D = torch.float64
 CASES = {
+    "normal": (Normal(), (torch.tensor([0.5, -2.0], dtype=D), torch.tensor([1.5, 0.2], dtype=D))),
+    "lognormal": (
+        LogNormal(),
+        (torch.tensor([0.5, -2.0], dtype=D), torch.tensor([0.7, 0.2], dtype=D)),
+    ),
     "gamma": (Gamma(), (torch.tensor([2.5, 0.7], dtype=D), torch.tensor([1.5, 3.0], dtype=D))),
     "beta": (Beta(), (torch.tensor([0.6, 4.0], dtype=D), torch.tensor([2.0, 1.3], dtype=D))),
     "dirichlet": (Dirichlet(), (torch.tensor([[0.5, 2.0, 3.0], [1.0, 1.0, 7.0]], dtype=D),)),
@@ -34,6 +47,8 @@ def test_natural_and_mean_parameters_are_inverse(name):
     family, params = CASES[name]
     eta = family.natural_params(*params)
     start = eta * 0.5 + (0.3 if name in ("gamma", "beta", "dirichlet") else 0.1) * eta.sign()
+    if name in ("normal", "lognormal"):
+        start = eta * torch.tensor([0.5, 1.5], dtype=D)
     start = torch.where(family.in_domain(start).unsqueeze(-1), start, eta * 0.9)
     recovered = family.from_mean(family.mean_params(eta), start)
     torch.testing.assert_close(recovered, eta, rtol=1e-8, atol=1e-8)
@@ -46,7 +61,8 @@ def test_density_and_entropy_match_the_distribution(name):
     eta = family.natural_params(*params)
     d = family.distribution(eta)
     x = d.sample((7,))
-    log_q = (eta * family.sufficient_statistics(x).to(D)).sum(-1) - family.log_normalizer(eta)
+    stats = family.sufficient_statistics(x).to(D)
+    log_q = (eta * stats).sum(-1) - family.log_normalizer(eta) + family.log_base_measure(x)
     # torch's von Mises normalizer is a polynomial approximation of log I0, good to ~1e-7.
     tol = 1e-6 if name == "von_mises" else 1e-10
     torch.testing.assert_close(log_q, d.log_prob(x), rtol=tol, atol=tol)

@@ -1,0 +1,98 @@
+"""AutoExpFamily: support-matched families recover conjugate posteriors exactly."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Predictive, Trace_ELBO
+
+import pyro_blr as pb
+from pyro_blr.distributions import VonMises
+
+D = torch.float64
+
+
+def conjugate_model(flips, counts):
+    """Beta-Bernoulli and Gamma-Poisson side by side."""
+    p = pyro.sample("p", dist.Beta(torch.tensor(2.0, dtype=D), torch.tensor(3.0, dtype=D)))
+    rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=D), torch.tensor(0.5, dtype=D)))
+    with pyro.plate("flips", len(flips)):
+        pyro.sample("flip", dist.Bernoulli(p), obs=flips)
+    with pyro.plate("counts", len(counts)):
+        pyro.sample("count", dist.Poisson(rate), obs=counts)
+
+
+FLIPS = torch.tensor([1.0, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=D)  # 7 of 10
+COUNTS = torch.tensor([3.0, 5, 2, 4, 6, 3], dtype=D)  # sum 23 over 6
+EXACT = {"p": (2.0 + 7, 3.0 + 3), "rate": (2.0 + 23, 0.5 + 6)}  # Beta(a, b), Gamma(shape, rate)
+
+
+def test_families_follow_the_supports():
+    guide = pb.AutoExpFamily(conjugate_model)
+    kinds = {k: type(d).__name__ for k, d in guide.distributions(FLIPS, COUNTS).items()}
+    assert kinds == {"p": "Beta", "rate": "Gamma"}
+    guide = pb.AutoExpFamily(conjugate_model, families={"rate": "lognormal"})
+    assert type(guide.distributions(FLIPS, COUNTS)["rate"]).__name__ == "LogNormal"
+
+
+def test_svi_moves_the_means_to_the_exact_posterior():
+    # Adam finds the posterior means quickly but crawls along the concentration directions
+    # (measured: Gamma shape 17 of 25 after 4000 steps), which the BLR update does not: see
+    # tests/blr/test_expfamily_rule.py. Here: means within 2% after 3000 decayed steps.
+    guide = pb.AutoExpFamily(conjugate_model, init_scale=0.5)
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.999})
+    svi = SVI(conjugate_model, guide, optim, Trace_ELBO(num_particles=16, vectorize_particles=True))
+    for _ in range(3000):
+        svi.step(FLIPS, COUNTS)
+    found = guide.distributions(FLIPS, COUNTS)
+    a, b = EXACT["p"]
+    shape, rate = EXACT["rate"]
+    assert float(found["p"].mean) == pytest.approx(a / (a + b), rel=0.02)
+    assert float(found["rate"].mean) == pytest.approx(shape / rate, rel=0.02)
+
+
+def test_predictive_median_quantiles_and_dtype():
+    guide = pb.AutoExpFamily(conjugate_model)
+    draws = Predictive(conjugate_model, guide=guide, num_samples=30)(FLIPS, COUNTS)
+    assert draws["p"].numel() == 30 and draws["p"].dtype == D  # Pyro pads plate dims
+    assert ((draws["p"] > 0) & (draws["p"] < 1)).all() and (draws["rate"] > 0).all()
+    median = guide.median(FLIPS, COUNTS)
+    assert set(median) == {"p", "rate"}
+    q = guide.quantiles([0.1, 0.9], FLIPS, COUNTS)
+    assert (q["p"][0] < q["p"][1]).all()
+
+
+def test_simplex_circular_and_local_sites():
+    def model(angles):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3)))
+        with pyro.plate("data", len(angles)):
+            mu = pyro.sample("mu", dist.VonMises(torch.tensor(0.0), 1.0))
+            pyro.sample("obs", VonMises(mu, 4.0), obs=angles)
+        return weights
+
+    guide = pb.AutoExpFamily(model)
+    kinds = {k: type(d).__name__ for k, d in guide.distributions(torch.zeros(5)).items()}
+    assert kinds == {"weights": "Dirichlet", "mu": "VonMises"}
+    loss = Trace_ELBO().differentiable_loss(model, guide, torch.zeros(5))
+    grads = torch.autograd.grad(loss, list(guide.parameters()))
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert guide.median(torch.zeros(5))["mu"].shape == (5,)
+
+
+def test_discrete_and_unknown_sites_are_refused():
+    def discrete():
+        pyro.sample("k", dist.Categorical(torch.ones(3) / 3))
+
+    with pytest.raises(ValueError, match="latent site 'k' is discrete"):
+        pb.AutoExpFamily(discrete)()
+    with pytest.raises(ValueError, match="unknown family 'weibull' for site 'p'"):
+        pb.AutoExpFamily(conjugate_model, families={"p": "weibull"})
+
+    def lower_cholesky():
+        pyro.sample("L", dist.LKJCholesky(3, 1.0))
+
+    with pytest.raises(ValueError, match="no family for site 'L'"):
+        pb.AutoExpFamily(lower_cholesky)()
+    assert math.isfinite(1.0)
