@@ -56,3 +56,9 @@ def test_funnel_and_banana_smoke(capsys):
     table = load("funnel_and_banana").main(smoke=True)
     assert len(table) == 12 and "Pareto k̂" in capsys.readouterr().out
     assert all(math.isfinite(elbo) for elbo, _, _ in table.values())
+
+
+def test_circular_data_smoke(capsys):
+    rows = load("circular_data").main(smoke=True)
+    assert "von Mises" in capsys.readouterr().out
+    assert all(math.isfinite(error) for error in rows.values())
