@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_diagonal
 from pyro_blr.blr.expfamily import ExpFamilyStepper
 from pyro_blr.blr.guides import GaussianGuide, check_guide
-from pyro_blr.blr.latent import latent_layout, neg_log_joint
+from pyro_blr.blr.latent import latent_layout, neg_log_joint, trace_without_rng
 from pyro_blr.blr.rules import RULES
 from pyro_blr.families.gaussian import gaussian_family
 from pyro_blr.guides.expfamily import AutoExpFamily
@@ -197,12 +197,8 @@ class BLR:
                 guide(*args, **kwargs)
         model_trace = None
         if self.max_plate_nesting is None:
-            loc = next(iter(guide.parameters()))
-            devices = [loc.device] if loc.is_cuda else []
-            # Trace the whole model (observed sites carry plates too) without moving the RNG,
-            # so that resuming from a state_dict repeats the uninterrupted run exactly.
-            with torch.random.fork_rng(devices=devices), poutine.block():
-                model_trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+            like = next(iter(guide.parameters()))
+            model_trace = trace_without_rng(self.model, args, kwargs, like)
         layout = latent_layout(guide.prototype_trace, model_trace)
         if self.max_plate_nesting is not None:
             layout = type(layout)(layout.sites, layout.dim, self.max_plate_nesting)

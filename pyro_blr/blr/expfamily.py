@@ -30,7 +30,13 @@ from pyro.infer.autoguide import AutoGuide
 from torch import Tensor
 
 from pyro_blr.blr.guides import _write
-from pyro_blr.blr.latent import PARTICLE_PLATE, _log_prob_terms, _sum_per_particle
+from pyro_blr.blr.latent import (
+    PARTICLE_PLATE,
+    _log_prob_terms,
+    _sum_per_particle,
+    max_plate_nesting,
+    trace_without_rng,
+)
 from pyro_blr.families.expfamily import FAMILIES, ExpFamily
 
 __all__ = ["ExpFamilyStepper", "expfamily_update"]
@@ -84,16 +90,7 @@ class ExpFamilyStepper:
             with poutine.block():
                 guide(*args, **kwargs)
         like = next(iter(guide.parameters()))
-        with torch.random.fork_rng(devices=[like.device] if like.is_cuda else []):
-            with poutine.block():
-                trace = poutine.trace(self.model).get_trace(*args, **kwargs)
-        nesting = 0
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized:
-                        nesting = max(nesting, -frame.dim)
-        self._nesting = nesting
+        self._nesting = max_plate_nesting(trace_without_rng(self.model, args, kwargs, like))
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> float:
         if self._nesting is None:

@@ -27,7 +27,14 @@ from torch import Tensor
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
-__all__ = ["LatentLayout", "LatentSite", "latent_layout", "neg_log_joint"]
+__all__ = [
+    "LatentLayout",
+    "LatentSite",
+    "latent_layout",
+    "max_plate_nesting",
+    "neg_log_joint",
+    "trace_without_rng",
+]
 
 PARTICLE_PLATE = "_blr_particles"
 
@@ -90,7 +97,17 @@ class LatentLayout:
         raise IndexError(f"coordinate {index} is outside the latent vector of size {self.dim}")
 
 
-def _max_plate_nesting(trace: Trace) -> int:
+def trace_without_rng(model: Callable, args: tuple, kwargs: dict, like: Tensor) -> Trace:
+    """A full trace of ``model`` (observed sites included) that leaves the RNG where it was, so
+    that a driver's set-up does not change the draws of the run it sets up (checkpoints resume
+    bit for bit). ``like`` names the device whose generator is forked."""
+    devices = [like.device] if like.is_cuda else []
+    with torch.random.fork_rng(devices=devices), poutine.block():
+        return poutine.trace(model).get_trace(*args, **kwargs)
+
+
+def max_plate_nesting(trace: Trace) -> int:
+    """How many batch dimensions the plates (and batched values) of a trace use."""
     nesting = 0
     for site in trace.nodes.values():
         if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
@@ -145,7 +162,7 @@ def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> L
         offset += size
     if not sites:
         raise ValueError("the model has no latent sites to infer")
-    nesting = _max_plate_nesting(model_trace if model_trace is not None else prototype_trace)
+    nesting = max_plate_nesting(model_trace if model_trace is not None else prototype_trace)
     return LatentLayout(tuple(sites), offset, nesting)
 
 
