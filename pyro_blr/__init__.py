@@ -4,13 +4,14 @@ for unchanged Pyro models."""
 from pyro_blr.blr import BLR
 from pyro_blr.diagnostics import psis_diagnostic, to_inference_data
 from pyro_blr.evidence import log_evidence, sgd_evidence
-from pyro_blr.guides import AutoExpFamily, AutoFlow
+from pyro_blr.guides import AutoExpFamily, AutoFlow, AutoMixture
 from pyro_blr.objectives import RenyiELBO
 
 __all__ = [
     "BLR",
     "AutoExpFamily",
     "AutoFlow",
+    "AutoMixture",
     "RenyiELBO",
     "log_evidence",
     "psis_diagnostic",

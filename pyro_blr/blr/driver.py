@@ -23,9 +23,11 @@ from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_dia
 from pyro_blr.blr.expfamily import ExpFamilyStepper
 from pyro_blr.blr.guides import GaussianGuide, check_guide
 from pyro_blr.blr.latent import latent_layout, neg_log_joint, trace_without_rng
+from pyro_blr.blr.mixture import MixtureStepper
 from pyro_blr.blr.rules import RULES
 from pyro_blr.families.gaussian import gaussian_family
 from pyro_blr.guides.expfamily import AutoExpFamily
+from pyro_blr.guides.mixture import AutoMixture
 
 __all__ = ["BLR", "FitResult"]
 
@@ -77,11 +79,12 @@ class BLR:
     Args:
         model: a Pyro model, unchanged.
         guide: ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal`` of ``model``,
-            or a :class:`pyro_blr.AutoExpFamily`.
+            or a :class:`pyro_blr.AutoExpFamily` or :class:`pyro_blr.AutoMixture`.
         lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step`` counts
             the steps taken so far, from 0).
         rule: ``"ivon"``, ``"von"`` or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
-            :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.expfamily`).
+            :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.expfamily`); ``"mixture"``
+            for :class:`pyro_blr.AutoMixture` (see :mod:`pyro_blr.blr.mixture`).
         mc_samples: particles per step (ignored by ``"newton"``).
         antithetic: draw the particles in antithetic pairs (needs an even ``mc_samples``).
         beta1: IVON's gradient momentum.
@@ -129,19 +132,26 @@ class BLR:
         vectorize_particles: bool = True,
         max_plate_nesting: int | None = None,
     ):
-        if rule not in RULES and rule != "expfamily":
-            raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)} or 'expfamily'")
-        self._expfamily = None
-        if rule == "expfamily" or isinstance(guide, AutoExpFamily):
-            if rule != "expfamily" or not isinstance(guide, AutoExpFamily):
-                raise TypeError(
-                    f"rule 'expfamily' drives pb.AutoExpFamily guides, and AutoExpFamily takes "
-                    f"rule 'expfamily' (got rule {rule!r} with {type(guide).__name__})"
-                )
-            self._expfamily = ExpFamilyStepper(model, guide, mc_samples)
+        steppers = {
+            "expfamily": (AutoExpFamily, ExpFamilyStepper),
+            "mixture": (AutoMixture, MixtureStepper),
+        }
+        if rule not in RULES and rule not in steppers:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {sorted([*RULES, *steppers])}")
+        self._stepper = None
+        for name, (guide_class, stepper) in steppers.items():
+            if rule == name or isinstance(guide, guide_class):
+                if rule != name or not isinstance(guide, guide_class):
+                    raise TypeError(
+                        f"rule {name!r} drives pb.{guide_class.__name__} guides, and "
+                        f"{guide_class.__name__} takes rule {name!r} (got rule {rule!r} with "
+                        f"{type(guide).__name__})"
+                    )
+                self._stepper = stepper(model, guide, mc_samples)
+        if self._stepper is not None:
             rule = "von"  # only for the shared hyperparameter checks below
         self.rule = RULES[rule]
-        if self._expfamily is None:
+        if self._stepper is None:
             check_guide(guide)
         if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
             full = [name for name, r in RULES.items() if r.full_covariance]
@@ -153,7 +163,7 @@ class BLR:
             self._check_lr(lr)
         if not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-        if antithetic and not self.rule.at_mean and mc_samples % 2 and self._expfamily is None:
+        if antithetic and not self.rule.at_mean and mc_samples % 2 and self._stepper is None:
             raise ValueError(
                 f"antithetic sampling draws pairs: mc_samples must be even, got {mc_samples} "
                 "(or pass antithetic=False)"
@@ -270,8 +280,8 @@ class BLR:
                 update is; the message names the step and the sites, and the guide is unchanged.
         """
         lr = self._check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
-        if self._expfamily is not None:
-            loss = self._expfamily.step(args, kwargs, lr, self.num_steps + 1)
+        if self._stepper is not None:
+            loss = self._stepper.step(args, kwargs, lr, self.num_steps + 1)
             self.num_steps += 1
             return loss
         if self._state is None:

@@ -2,5 +2,6 @@
 
 from pyro_blr.guides.expfamily import AutoExpFamily
 from pyro_blr.guides.flow import FLOWS, AutoFlow
+from pyro_blr.guides.mixture import AutoMixture
 
-__all__ = ["FLOWS", "AutoExpFamily", "AutoFlow"]
+__all__ = ["FLOWS", "AutoExpFamily", "AutoFlow", "AutoMixture"]

@@ -44,7 +44,7 @@ def test_monte_carlo_blr_recovers_beta_bernoulli_and_gamma_poisson():
     for site, values in got.items():
         for value, exact in zip(values, EXACT[site], strict=True):
             assert float(value) == pytest.approx(exact, rel=0.03), site
-    assert blr.num_steps == 200 and blr._expfamily.halvings == 0
+    assert blr.num_steps == 200 and blr._stepper.halvings == 0
 
 
 def test_circular_and_simplex_sites_stay_valid():
@@ -67,7 +67,7 @@ def test_circular_and_simplex_sites_stay_valid():
 
 
 def test_rule_and_guide_must_match():
-    with pytest.raises(TypeError, match=r"rule 'expfamily' drives pb\.AutoExpFamily"):
+    with pytest.raises(TypeError, match=r"rule 'expfamily' drives pb\.AutoExpFamily guides"):
         pb.BLR(conjugate_model, AutoNormal(conjugate_model), rule="expfamily")
     with pytest.raises(TypeError, match="AutoExpFamily takes rule 'expfamily'"):
         pb.BLR(conjugate_model, pb.AutoExpFamily(conjugate_model), rule="ivon")

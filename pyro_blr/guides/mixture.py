@@ -1,0 +1,118 @@
+r"""A mixture-of-Gaussians guide over the model's unconstrained latent vector.
+
+.. math::
+    q(z) = \sum_{k=1}^K \pi_k\, \mathcal N(z \mid m_k, S_k^{-1}),
+
+with learnable weights :math:`\pi` (softmax of logits), means and diagonal precisions.
+Components start apart: the means are the initial location plus ``init_spread`` times random
+offsets that are centred and scaled to unit spread in every coordinate, so that on every axis
+some components start on each side (with two components, exactly opposite).
+
+Two ways to fit it:
+
+* ``pb.BLR(model, guide, rule="mixture")`` -- the natural-gradient updates of Lin, Khan & Schmidt
+  (2019), with stratified expectations (every component sampled, weighted by its weight); see
+  :mod:`pyro_blr.blr.mixture`.
+* ``pyro.infer.SVI`` with any ELBO: draws come from Pyro's ``MixtureOfDiagNormals``, whose
+  pathwise gradients are reparameterized in every parameter, weights included (Jankowiak &
+  Karaletsos 2019) -- no score function of the component index.
+
+References:
+    | Fast and Simple Natural-Gradient Variational Inference with Mixture of Exponential-family
+      Approximations (Lin, Khan & Schmidt, ICML 2019) https://arxiv.org/abs/1906.02914
+    | Pathwise Derivatives for Multivariate Distributions (Jankowiak & Karaletsos, AISTATS 2019)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoContinuous, init_to_median
+from pyro.nn import PyroParam
+from torch import Tensor, nn
+
+from pyro_blr.blr.latent import latent_layout
+
+__all__ = ["AutoMixture"]
+
+
+class AutoMixture(AutoContinuous):
+    r"""A mixture of ``num_components`` Gaussians over the unconstrained latent vector.
+
+    Args:
+        model: the Pyro model.
+        num_components: :math:`K`.
+        component: ``"diagonal"`` (the only kind so far).
+        init_loc_fn: the centre the components start around.
+        init_scale: the components' initial scale.
+        init_spread: the scale of the random offsets that start the components apart.
+
+    Raises:
+        ValueError: an unknown ``component`` or ``num_components < 1``; (at the first call) a
+            discrete or subsampled local latent site.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> import pyro_blr as pb
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        >>> guide = pb.AutoMixture(model, num_components=3)
+        >>> guide()["x"].shape, guide.weights.shape
+        (torch.Size([2]), torch.Size([3]))
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        num_components: int = 2,
+        component: str = "diagonal",
+        init_loc_fn: Callable = init_to_median,
+        init_scale: float = 0.1,
+        init_spread: float = 1.0,
+    ):
+        if component != "diagonal":
+            raise ValueError(f"component must be 'diagonal', got {component!r}")
+        if not isinstance(num_components, int) or num_components < 1:
+            raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
+        super().__init__(model, init_loc_fn=init_loc_fn)
+        self.num_components, self.component = num_components, component
+        self._init_scale, self._init_spread = init_scale, init_spread
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        super()._setup_prototype(*args, **kwargs)
+        latent_layout(self.prototype_trace)  # refuses discrete and subsampled local latents
+        loc = self._init_loc()
+        k, d = self.num_components, self.latent_dim
+        offsets = torch.randn(k, d, dtype=loc.dtype, device=loc.device)
+        if k > 1:  # centred and scaled per coordinate: components on both sides of every axis
+            offsets = offsets - offsets.mean(0)
+            offsets = offsets / offsets.std(0, unbiased=False).clamp_min(1e-6)
+        self.locs = nn.Parameter(loc + self._init_spread * offsets)
+        self.logits = nn.Parameter(torch.zeros(k, dtype=loc.dtype, device=loc.device))
+        scales = torch.full((k, d), self._init_scale, dtype=loc.dtype, device=loc.device)
+        self.scales = PyroParam(scales, constraints.softplus_positive)
+
+    @property
+    def weights(self) -> Tensor:
+        """The mixture weights :math:`\\pi`."""
+        return torch.softmax(self.logits, -1)
+
+    def get_base_dist(self):
+        raise NotImplementedError("a mixture is not a transformed base distribution")
+
+    def get_posterior(self, *args, **kwargs) -> dist.Distribution:
+        return dist.MixtureOfDiagNormals(self.locs, self.scales, self.logits)
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, Tensor]:
+        """The mean of the heaviest component (a mixture has no closed-form median)."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        latent = self.locs[self.logits.argmax()]
+        return {
+            site["name"]: torch.distributions.biject_to(site["fn"].support)(value)
+            for site, value in self._unpack_latent(latent)
+        }
