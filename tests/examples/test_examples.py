@@ -77,3 +77,9 @@ def test_multimodal_posterior_full_run_finds_both_modes():
     result = load("multimodal_posterior").main(smoke=False)
     assert result["AutoMixture (K=2) + BLR"] > result["log_z"] - 0.05
     assert result["AutoNormal + Adam"] < result["log_z"] - 0.6
+
+
+def test_gaussian_mixture_cavi_smoke(capsys):
+    rows = load("gaussian_mixture_cavi").main(smoke=True)
+    assert "CAVI" in capsys.readouterr().out
+    assert all(math.isfinite(value) for _, value, _ in rows.values())
