@@ -39,7 +39,7 @@ from pyro_blr.distributions import VonMises
 
 __all__ = ["AutoExpFamily"]
 
-POSITIVE = constraints.softplus_positive
+POSITIVE = constraints.positive  # log-parameterized: Adam moves concentrations by ratios
 
 # family -> (distribution class, [(parameter, constraint)])
 _PARAMETERS = {

@@ -37,20 +37,23 @@ def test_families_follow_the_supports():
     assert type(guide.distributions(FLIPS, COUNTS)["rate"]).__name__ == "LogNormal"
 
 
-def test_svi_moves_the_means_to_the_exact_posterior():
-    # Adam finds the posterior means quickly but crawls along the concentration directions
-    # (measured: Gamma shape 17 of 25 after 4000 steps), which the BLR update does not: see
-    # tests/blr/test_expfamily_rule.py. Here: means within 2% after 3000 decayed steps.
+def test_svi_recovers_the_exact_conjugate_posteriors():
+    # The families contain the posteriors, which maximize the ELBO. Concentrations are
+    # log-parameterized, so Adam moves them by ratios; with the step decayed a hundredfold over
+    # 3000 steps the parameters settle within 1% (measured 0.8%). Tolerance: 3%.
     guide = pb.AutoExpFamily(conjugate_model, init_scale=0.5)
-    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.999})
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.01 ** (1 / 3000)})
     svi = SVI(conjugate_model, guide, optim, Trace_ELBO(num_particles=16, vectorize_particles=True))
     for _ in range(3000):
         svi.step(FLIPS, COUNTS)
     found = guide.distributions(FLIPS, COUNTS)
-    a, b = EXACT["p"]
-    shape, rate = EXACT["rate"]
-    assert float(found["p"].mean) == pytest.approx(a / (a + b), rel=0.02)
-    assert float(found["rate"].mean) == pytest.approx(shape / rate, rel=0.02)
+    got = {
+        "p": (found["p"].concentration1, found["p"].concentration0),
+        "rate": (found["rate"].concentration, found["rate"].rate),
+    }
+    for site, values in got.items():
+        for value, exact in zip(values, EXACT[site], strict=True):
+            assert float(value) == pytest.approx(exact, rel=0.03), site
 
 
 def test_predictive_median_quantiles_and_dtype():
