@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
@@ -53,7 +52,7 @@ class MixtureStepper:
     def _setup(self, args: tuple, kwargs: dict) -> None:
         guide = self.guide
         if guide.prototype_trace is None:
-            with poutine.block():
+            with poutine.block(), torch.no_grad():
                 guide(*args, **kwargs)
         trace = trace_without_rng(self.model, args, kwargs, guide.locs)
         self._layout = latent_layout(guide.prototype_trace, trace)
@@ -62,15 +61,17 @@ class MixtureStepper:
         if self._layout is None:
             self._setup(args, kwargs)
         guide = self.guide
+        full = guide.component == "full"
         with torch.no_grad():
             logits, locs = guide.logits.detach().clone(), guide.locs.detach().clone()
-            scales = guide.scales.detach().clone()
+            mixture = guide.mixture()
+            scale_trils = mixture.component_distribution.scale_tril.detach().clone()
         k, d = locs.shape
         half = max(1, self.mc_samples // 2)
         noise = torch.randn(k, half, d, dtype=locs.dtype, device=locs.device)
         noise = torch.cat([noise, -noise], 1)  # (K, S, D), antithetic
-        theta = (locs.unsqueeze(1) + scales.unsqueeze(1) * noise).reshape(-1, d)
-        mixture = dist.MixtureOfDiagNormals(locs, scales, logits)
+        offsets = (scale_trils.unsqueeze(1) @ noise.unsqueeze(-1)).squeeze(-1)
+        theta = (locs.unsqueeze(1) + offsets).reshape(-1, d)
 
         def h(t):
             return mixture.log_prob(t) + neg_log_joint(self.model, self._layout, t, args, kwargs)
@@ -79,28 +80,28 @@ class MixtureStepper:
         num = noise.shape[1]
         values = out.value.reshape(k, num)
         grads = out.grad.reshape(k, num, d).mean(1)
-        hess = out.hess.diagonal(dim1=-2, dim2=-1).reshape(k, num, d).mean(1)
-        if not (
-            torch.isfinite(values).all()
-            and torch.isfinite(grads).all()
-            and torch.isfinite(hess).all()
-        ):
+        hess = out.hess.reshape(k, num, d, d).mean(1)
+        finite = [torch.isfinite(t).all() for t in (values, grads, hess)]
+        if not all(finite):
             raise FloatingPointError(
                 f"BLR step {step_number}: a mixture expectation is not finite; "
                 "the guide's parameters were left as they were before this step"
             )
         expected = values.mean(1)  # E_{q_k}[h]
-        precision = scales.pow(-2)
-        new_locs, new_precision = [], []
-        for c in range(k):
-            state = von_update(
-                GaussianState(locs[c], precision[c]), grads[c], precision[c] + hess[c], lr
-            )
-            new_locs.append(state.loc)
-            new_precision.append(state.precision)
-        new_logits = logits - logits[-1]
-        new_logits = new_logits - lr * (expected - expected[-1])
-        _write(guide, "locs", torch.stack(new_locs))
-        _write(guide, "scales", torch.stack(new_precision).rsqrt())
+        precision = torch.cholesky_inverse(scale_trils)
+        if not full:
+            precision, hess = precision.diagonal(dim1=-2, dim2=-1), hess.diagonal(dim1=-2, dim2=-1)
+        states = [
+            von_update(GaussianState(locs[c], precision[c]), grads[c], precision[c] + hess[c], lr)
+            for c in range(k)
+        ]
+        new_logits = logits - logits[-1] - lr * (expected - expected[-1])
+        new_precision = torch.stack([state.precision for state in states])
+        _write(guide, "locs", torch.stack([state.loc for state in states]))
+        if full:
+            covariance = torch.cholesky_inverse(torch.linalg.cholesky(new_precision))
+            _write(guide, "scale_trils", torch.linalg.cholesky(covariance))
+        else:
+            _write(guide, "scales", new_precision.rsqrt())
         _write(guide, "logits", new_logits)
         return float((torch.softmax(logits, -1) * expected).sum())

@@ -3,7 +3,7 @@ r"""A mixture-of-Gaussians guide over the model's unconstrained latent vector.
 .. math::
     q(z) = \sum_{k=1}^K \pi_k\, \mathcal N(z \mid m_k, S_k^{-1}),
 
-with learnable weights :math:`\pi` (softmax of logits), means and diagonal precisions.
+with learnable weights :math:`\pi` (softmax of logits), means and precisions (diagonal or full).
 Components start apart: the means are the initial location plus ``init_spread`` times random
 offsets that are centred and scaled to unit spread in every coordinate, so that on every axis
 some components start on each side (with two components, exactly opposite).
@@ -13,9 +13,12 @@ Two ways to fit it:
 * ``pb.BLR(model, guide, rule="mixture")`` -- the natural-gradient updates of Lin, Khan & Schmidt
   (2019), with stratified expectations (every component sampled, weighted by its weight); see
   :mod:`pyro_blr.blr.mixture`.
-* ``pyro.infer.SVI`` with any ELBO: draws come from Pyro's ``MixtureOfDiagNormals``, whose
-  pathwise gradients are reparameterized in every parameter, weights included (Jankowiak &
-  Karaletsos 2019) -- no score function of the component index.
+* ``pyro.infer.SVI`` with any ELBO, for diagonal components: draws come from Pyro's
+  ``MixtureOfDiagNormals``, whose pathwise gradients are reparameterized in every parameter,
+  weights included (Jankowiak & Karaletsos 2019) -- no score function of the component index.
+  (Under ``Trace_ELBO`` the model runs once per draw, so a stratified estimator, which weighs
+  every component's model terms, cannot be formed there; the BLR forms it.) Full-covariance
+  components have no such sampler in Pyro: SVI refuses them, the BLR fits them.
 
 References:
     | Fast and Simple Natural-Gradient Variational Inference with Mixture of Exponential-family
@@ -45,7 +48,8 @@ class AutoMixture(AutoContinuous):
     Args:
         model: the Pyro model.
         num_components: :math:`K`.
-        component: ``"diagonal"`` (the only kind so far).
+        component: ``"diagonal"`` (SVI or BLR) or ``"full"`` (BLR; sampling under
+            ``torch.no_grad``, as ``Predictive`` and :func:`pyro_blr.to_inference_data` do).
         init_loc_fn: the centre the components start around.
         init_scale: the components' initial scale.
         init_spread: the scale of the random offsets that start the components apart.
@@ -73,8 +77,8 @@ class AutoMixture(AutoContinuous):
         init_scale: float = 0.1,
         init_spread: float = 1.0,
     ):
-        if component != "diagonal":
-            raise ValueError(f"component must be 'diagonal', got {component!r}")
+        if component not in ("diagonal", "full"):
+            raise ValueError(f"component must be 'diagonal' or 'full', got {component!r}")
         if not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
         super().__init__(model, init_loc_fn=init_loc_fn)
@@ -93,7 +97,10 @@ class AutoMixture(AutoContinuous):
         self.locs = nn.Parameter(loc + self._init_spread * offsets)
         self.logits = nn.Parameter(torch.zeros(k, dtype=loc.dtype, device=loc.device))
         scales = torch.full((k, d), self._init_scale, dtype=loc.dtype, device=loc.device)
-        self.scales = PyroParam(scales, constraints.softplus_positive)
+        if self.component == "diagonal":
+            self.scales = PyroParam(scales, constraints.softplus_positive)
+        else:
+            self.scale_trils = PyroParam(torch.diag_embed(scales), constraints.lower_cholesky)
 
     @property
     def weights(self) -> Tensor:
@@ -104,7 +111,23 @@ class AutoMixture(AutoContinuous):
         raise NotImplementedError("a mixture is not a transformed base distribution")
 
     def get_posterior(self, *args, **kwargs) -> dist.Distribution:
-        return dist.MixtureOfDiagNormals(self.locs, self.scales, self.logits)
+        if self.component == "diagonal":
+            return dist.MixtureOfDiagNormals(self.locs, self.scales, self.logits)
+        if torch.is_grad_enabled():  # SVI: Pyro would fall back to a score-function gradient
+            raise NotImplementedError(
+                "AutoMixture(component='full') has no reparameterized sampler for SVI; fit it "
+                "with pb.BLR(model, guide, rule='mixture'), or use component='diagonal'"
+            )
+        return self.mixture()
+
+    def mixture(self) -> dist.Distribution:
+        """The mixture as a distribution over the flat latent vector (log density, sampling)."""
+        if self.component == "diagonal":
+            scale_trils = torch.diag_embed(self.scales)
+        else:
+            scale_trils = self.scale_trils
+        components = dist.MultivariateNormal(self.locs, scale_tril=scale_trils)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:

@@ -21,17 +21,17 @@ def bimodal():
     pyro.factor("target", target - dist.Normal(torch.zeros(2), 3.0).log_prob(x).sum(-1))
 
 
-def test_blr_mixture_finds_both_modes_exactly():
+@pytest.mark.parametrize("component", ["diagonal", "full"])
+def test_blr_mixture_finds_both_modes_exactly(component):
     # Seeds 0-5 were run: five find both modes (ELBO = log 2 exactly), one collapses onto one.
-    guide = pb.AutoMixture(bimodal, num_components=2)
+    guide = pb.AutoMixture(bimodal, num_components=2, component=component)
     blr = pb.BLR(bimodal, guide, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture", mc_samples=16)
     losses = blr.fit(num_steps=300, progress=False).losses
     means = guide.locs.detach()[:, 0].sort().values
     torch.testing.assert_close(means, torch.tensor([-2.0, 2.0]), rtol=0, atol=0.01)
     torch.testing.assert_close(guide.weights.detach(), torch.tensor([0.5, 0.5]), rtol=0, atol=0.01)
-    torch.testing.assert_close(
-        guide.scales.detach()[:, 0], torch.tensor([0.5, 0.5]), rtol=0, atol=0.01
-    )
+    scale_trils = guide.mixture().component_distribution.scale_tril.detach()
+    torch.testing.assert_close(scale_trils[:, 0, 0], torch.tensor([0.5, 0.5]), rtol=0, atol=0.01)
     assert losses[-1] == pytest.approx(-math.log(2), abs=0.01)  # -ELBO = -log Z
 
 
@@ -61,9 +61,19 @@ def test_svi_with_trace_elbo_reparameterizes_every_parameter():
     assert guide.median()["x"].shape == (2,)
 
 
+def test_full_components_are_refused_by_svi_and_sampled_by_predictive():
+    guide = pb.AutoMixture(bimodal, num_components=2, component="full")
+    with torch.no_grad():
+        draws = Predictive(bimodal, guide=guide, num_samples=50)()["x"]
+    assert draws.reshape(-1, 2).shape == (50, 2)
+    svi = SVI(bimodal, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    with pytest.raises(NotImplementedError, match="rule='mixture'"):
+        svi.step()
+
+
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="component must be 'diagonal'"):
-        pb.AutoMixture(bimodal, component="full")
+    with pytest.raises(ValueError, match="component must be 'diagonal' or 'full'"):
+        pb.AutoMixture(bimodal, component="expfamily")
     with pytest.raises(ValueError, match="num_components must be a positive integer"):
         pb.AutoMixture(bimodal, num_components=0)
     with pytest.raises(TypeError, match=r"rule 'mixture' drives pb\.AutoMixture guides"):
