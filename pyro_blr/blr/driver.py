@@ -23,10 +23,11 @@ from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_dia
 from pyro_blr.blr.expfamily import ExpFamilyStepper
 from pyro_blr.blr.guides import GaussianGuide, check_guide
 from pyro_blr.blr.latent import latent_layout, neg_log_joint, trace_without_rng
-from pyro_blr.blr.mixture import MixtureStepper
+from pyro_blr.blr.mixture import ExpFamilyMixtureStepper, MixtureStepper
 from pyro_blr.blr.rules import RULES
 from pyro_blr.families.gaussian import gaussian_family
 from pyro_blr.guides.expfamily import AutoExpFamily
+from pyro_blr.guides.expfamily_mixture import ExpFamilyMixture
 from pyro_blr.guides.mixture import AutoMixture
 
 __all__ = ["BLR", "FitResult"]
@@ -132,22 +133,25 @@ class BLR:
         vectorize_particles: bool = True,
         max_plate_nesting: int | None = None,
     ):
-        steppers = {
+        steppers = {  # mixtures first: an exp-family mixture is also an AutoExpFamily
+            "mixture": ((AutoMixture, ExpFamilyMixture), MixtureStepper),
             "expfamily": (AutoExpFamily, ExpFamilyStepper),
-            "mixture": (AutoMixture, MixtureStepper),
         }
         if rule not in RULES and rule not in steppers:
             raise ValueError(f"unknown rule {rule!r}; choose one of {sorted([*RULES, *steppers])}")
         self._stepper = None
         for name, (guide_class, stepper) in steppers.items():
+            label = "AutoMixture" if name == "mixture" else "AutoExpFamily"
             if rule == name or isinstance(guide, guide_class):
                 if rule != name or not isinstance(guide, guide_class):
                     raise TypeError(
-                        f"rule {name!r} drives pb.{guide_class.__name__} guides, and "
-                        f"{guide_class.__name__} takes rule {name!r} (got rule {rule!r} with "
-                        f"{type(guide).__name__})"
+                        f"rule {name!r} drives pb.{label} guides, and {label} takes rule "
+                        f"{name!r} (got rule {rule!r} with {type(guide).__name__})"
                     )
+                if isinstance(guide, ExpFamilyMixture):
+                    stepper = ExpFamilyMixtureStepper
                 self._stepper = stepper(model, guide, mc_samples)
+                break
         if self._stepper is not None:
             rule = "von"  # only for the shared hyperparameter checks below
         self.rule = RULES[rule]

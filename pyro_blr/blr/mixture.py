@@ -24,16 +24,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
 
 from pyro_blr.blr.curvature import derivatives
+from pyro_blr.blr.expfamily import expfamily_update
 from pyro_blr.blr.guides import _write
-from pyro_blr.blr.latent import latent_layout, neg_log_joint, trace_without_rng
+from pyro_blr.blr.latent import (
+    PARTICLE_PLATE,
+    _log_prob_terms,
+    _sum_per_particle,
+    latent_layout,
+    max_plate_nesting,
+    neg_log_joint,
+    trace_without_rng,
+)
 from pyro_blr.blr.rules import GaussianState, von_update
+from pyro_blr.families.expfamily import FAMILIES
 
-__all__ = ["MixtureStepper"]
+__all__ = ["ExpFamilyMixtureStepper", "MixtureStepper"]
 
 
 class MixtureStepper:
@@ -105,3 +116,79 @@ class MixtureStepper:
             _write(guide, "scales", new_precision.rsqrt())
         _write(guide, "logits", new_logits)
         return float((torch.softmax(logits, -1) * expected).sum())
+
+
+class ExpFamilyMixtureStepper:
+    """Runs the mixture rule on ``AutoMixture(component="expfamily")``.
+
+    Every component :math:`k` draws its own reparameterized values; with
+    :math:`h = \\log q(x) - \\log p(\\mathcal D, x) + \\log h_{\\text{base}}(x)` (the mixture
+    density held fixed), each site's natural parameters in component :math:`k` move by
+    :func:`pyro_blr.blr.expfamily.expfamily_update` on :math:`\\mathbb E_{q_k}[h]`, and the
+    weights by the differences of :math:`\\mathbb E_{q_k}[h]`, as for Gaussian components.
+
+    Args:
+        model: the Pyro model.
+        guide: an ``AutoMixture(component="expfamily")`` of ``model``.
+        mc_samples: draws per component per step.
+    """
+
+    def __init__(self, model: Callable, guide: AutoGuide, mc_samples: int):
+        self.model, self.guide, self.mc_samples = model, guide, mc_samples
+        self.halvings = 0
+        self._nesting = None
+
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> float:
+        guide = self.guide
+        if self._nesting is None:
+            if guide.prototype_trace is None:
+                with poutine.block(), torch.no_grad():
+                    guide(*args, **kwargs)
+            trace = trace_without_rng(self.model, args, kwargs, guide.logits)
+            self._nesting = max_plate_nesting(trace)
+        k, num, nesting = guide.num_components, self.mc_samples, self._nesting
+        families = {name: FAMILIES[family] for name, family in guide.family.items()}
+        distributions = guide.distributions(*args, **kwargs)  # batch (K, *site batch)
+        etas = {n: f.natural_from(distributions[n]).detach() for n, f in families.items()}
+        log_weights = torch.log_softmax(guide.logits.detach(), -1)
+        with torch.enable_grad():
+            leaves = {n: eta.clone().requires_grad_(True) for n, eta in etas.items()}
+            values, log_q, log_base = {}, 0.0, 0.0
+            for name, family in families.items():
+                site = guide.prototype_trace.nodes[name]
+                shape = site["value"].shape
+                pad = (1,) * (nesting - (len(shape) - site["fn"].event_dim))
+                draws = family.distribution(leaves[name]).rsample((num,))  # (S, K, *shape)
+                draws = draws.transpose(0, 1).reshape((k * num, *shape))
+                fixed = family.distribution(etas[name])  # every component, parameters fixed
+                per_component = fixed.log_prob(draws.unsqueeze(1))  # (K*S, K, *site batch)
+                log_q = log_q + per_component.reshape(k * num, k, -1).sum(-1)
+                base = family.log_base_measure(draws)
+                if base.dim():  # only the LogNormal has one
+                    log_base = log_base + base.reshape(k * num, -1).sum(-1)
+                values[name] = draws.reshape((k * num, *pad, *shape))
+            log_mixture = torch.logsumexp(log_weights + log_q, -1)
+            conditioned = poutine.condition(self.model, data=values)
+            with pyro.plate(PARTICLE_PLATE, k * num, dim=-nesting - 1):
+                model_trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+            terms = _log_prob_terms(model_trace)
+            log_joint = sum(_sum_per_particle(t, k * num, nesting) for t in terms)
+            expected = (log_mixture - log_joint + log_base).reshape(k, num).mean(1)
+            grads = torch.autograd.grad(expected.sum(), list(leaves.values()))
+        expected = expected.detach()
+        updates = {}
+        for (name, family), grad in zip(families.items(), grads, strict=True):
+            if not (torch.isfinite(grad).all() and torch.isfinite(expected).all()):
+                raise FloatingPointError(
+                    f"BLR step {step_number}: the mixture gradient is not finite at site "
+                    f"'{name}'; the guide's parameters were left as they were before this step"
+                )
+            updates[name], halvings = expfamily_update(family, etas[name], grad, lr)
+            self.halvings += halvings
+        for name, eta in updates.items():
+            module = getattr(guide.params, name)
+            for param, value in families[name].params(eta).items():
+                _write(module, param, value.detach())
+        logits = guide.logits.detach()
+        _write(guide, "logits", logits - logits[-1] - lr * (expected - expected[-1]))
+        return float((log_weights.exp() * expected).sum())

@@ -163,13 +163,20 @@ class AutoExpFamily(AutoGuide):
                     )
             family = self._overrides.get(name) or _family_for(site)
             self.family[name] = family
-            value = site["value"].detach()
             module = PyroModule()
-            initial = _initial_params(family, value, self._init_scale)
+            initial = self._initial(family, site)
             for param, constraint in _PARAMETERS[family][1]:
-                event_dim = 1 if family == "dirichlet" else 0
+                event_dim = self._param_event_dim(family, initial[param])
                 setattr(module, param, PyroParam(initial[param].clone(), constraint, event_dim))
             setattr(self.params, name, module)
+
+    def _param_event_dim(self, family: str, value: Tensor) -> int:
+        """How many rightmost dimensions of a parameter are not plate dimensions."""
+        return 1 if family == "dirichlet" else 0
+
+    def _initial(self, family: str, site: dict) -> dict[str, Tensor]:
+        """Initial parameters of a site's distribution (centred on its initial value)."""
+        return _initial_params(family, site["value"].detach(), self._init_scale)
 
     def _distribution(self, name: str) -> dist.Distribution:
         family_class, parameters = _PARAMETERS[self.family[name]]

@@ -48,8 +48,10 @@ class AutoMixture(AutoContinuous):
     Args:
         model: the Pyro model.
         num_components: :math:`K`.
-        component: ``"diagonal"`` (SVI or BLR) or ``"full"`` (BLR; sampling under
-            ``torch.no_grad``, as ``Predictive`` and :func:`pyro_blr.to_inference_data` do).
+        component: ``"diagonal"`` (SVI or BLR), ``"full"`` (BLR; sampling under
+            ``torch.no_grad``, as ``Predictive`` and :func:`pyro_blr.to_inference_data` do) or
+            ``"expfamily"`` (support-matched families per site, BLR; see
+            :mod:`pyro_blr.guides.expfamily_mixture`).
         init_loc_fn: the centre the components start around.
         init_scale: the components' initial scale.
         init_spread: the scale of the random offsets that start the components apart.
@@ -68,6 +70,17 @@ class AutoMixture(AutoContinuous):
         (torch.Size([2]), torch.Size([3]))
     """
 
+    def __new__(cls, model: Callable, num_components: int = 2, component: str = "diagonal", **kw):
+        if component == "expfamily":  # a mixture of support-matched families, in its own class
+            from pyro_blr.guides.expfamily_mixture import ExpFamilyMixture
+
+            if not isinstance(num_components, int) or num_components < 1:
+                raise ValueError(
+                    f"num_components must be a positive integer, got {num_components!r}"
+                )
+            return ExpFamilyMixture(model, num_components, **kw)
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: Callable,
@@ -78,7 +91,9 @@ class AutoMixture(AutoContinuous):
         init_spread: float = 1.0,
     ):
         if component not in ("diagonal", "full"):
-            raise ValueError(f"component must be 'diagonal' or 'full', got {component!r}")
+            raise ValueError(
+                f"component must be 'diagonal', 'full' or 'expfamily', got {component!r}"
+            )
         if not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
         super().__init__(model, init_loc_fn=init_loc_fn)

@@ -72,9 +72,64 @@ def test_full_components_are_refused_by_svi_and_sampled_by_predictive():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="component must be 'diagonal' or 'full'"):
-        pb.AutoMixture(bimodal, component="expfamily")
+    with pytest.raises(ValueError, match="component must be 'diagonal', 'full' or 'expfamily'"):
+        pb.AutoMixture(bimodal, component="banana")
     with pytest.raises(ValueError, match="num_components must be a positive integer"):
         pb.AutoMixture(bimodal, num_components=0)
     with pytest.raises(TypeError, match=r"rule 'mixture' drives pb\.AutoMixture guides"):
         pb.BLR(bimodal, AutoNormal(bimodal), rule="mixture")
+
+
+D = torch.float64
+
+
+def symmetric_binomial(k):
+    """p ~ Beta(1, 1), k ~ Binomial(50, p^2 + (1 - p)^2): the posterior is symmetric in
+    p <-> 1 - p, with modes near 0.11 and 0.89 for k = 40."""
+    p = pyro.sample("p", dist.Beta(torch.tensor(1.0, dtype=D), torch.tensor(1.0, dtype=D)))
+    pyro.sample("k", dist.Binomial(50, p**2 + (1 - p) ** 2), obs=k)
+
+
+def test_expfamily_mixture_puts_a_beta_on_each_mode():
+    k = torch.tensor(40.0, dtype=D)
+    grid = torch.linspace(1e-6, 1 - 1e-6, 200001, dtype=D)
+    log_post = dist.Binomial(50, grid**2 + (1 - grid) ** 2).log_prob(k)
+    weights = torch.softmax(log_post, 0)
+    log_z = float(torch.logsumexp(log_post, 0) + math.log(grid[1] - grid[0]))
+    upper_mean = float((weights * grid)[grid > 0.5].sum() / weights[grid > 0.5].sum())
+
+    guide = pb.AutoMixture(symmetric_binomial, num_components=2, component="expfamily",
+                           init_scale=0.2)  # fmt: skip
+    blr = pb.BLR(symmetric_binomial, guide, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture",
+                 mc_samples=32)  # fmt: skip
+    blr.fit(k, num_steps=300, progress=False)
+    means = guide.distributions(k)["p"].mean.detach().sort().values
+    # A Beta is not the exact shape of either mode, and KL(q || p) pulls its mean inward of the
+    # exact conditional mean (measured 0.141 / 0.860 against 0.127 / 0.873); weights 0.50.
+    # Tolerance: 0.03.
+    exact = torch.tensor([1 - upper_mean, upper_mean], dtype=D)
+    torch.testing.assert_close(means, exact, rtol=0, atol=0.03)
+    assert abs(float(guide.weights[0]) - 0.5) < 0.05
+    mixture_elbo = pb.log_evidence(symmetric_binomial, guide, k, method="elbo", num_particles=4000)
+    single = pb.AutoExpFamily(symmetric_binomial, init_scale=0.2)
+    pb.BLR(symmetric_binomial, single, lr=lambda t: 0.3 / (1 + t / 50), rule="expfamily",
+           mc_samples=32).fit(k, num_steps=300, progress=False)  # fmt: skip
+    single_elbo = pb.log_evidence(symmetric_binomial, single, k, method="elbo", num_particles=4000)
+    # One Beta holds one mode (or straddles both): its ELBO is at most about log Z - log 2; the
+    # mixture's is within 0.3 of log Z (each estimate's standard error is below 0.02).
+    assert mixture_elbo.value > log_z - 0.3
+    assert single_elbo.value < mixture_elbo.value - 0.4
+
+
+def test_expfamily_mixture_samples_under_no_grad_and_refuses_svi():
+    k = torch.tensor(40.0, dtype=D)
+    guide = pb.AutoMixture(symmetric_binomial, num_components=3, component="expfamily")
+    with torch.no_grad():
+        draws = Predictive(symmetric_binomial, guide=guide, num_samples=40)(k)["p"]
+    assert ((draws > 0) & (draws < 1)).all() and draws.numel() == 40
+    assert guide.median(k)["p"].shape == () and guide.quantiles([0.5], k)["p"].shape == (1,)
+    idata = pb.to_inference_data(symmetric_binomial, guide, k, num_samples=50)
+    assert idata.posterior["p"].shape == (1, 50)
+    svi = SVI(symmetric_binomial, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    with pytest.raises(NotImplementedError, match="rule='mixture'"):
+        svi.step(k)
