@@ -3,10 +3,10 @@
 Two 2-D targets whose shape no Gaussian follows. Side by side: AutoNormal and
 AutoMultivariateNormal trained by SVI + Adam, a full-covariance Gaussian fitted by the BLR, and
 ``pb.AutoFlow`` (two IAF layers) trained cold and warm-started from the BLR fit; Pyro's own
-``AutoNormalizingFlow`` with the same transforms gives the time per step to compare against. For
-each fit: the ELBO (log Z = 0 for both targets, so -ELBO is the KL to the target), Pareto k̂ and
-the time per step, and a plot of its draws over the target's density contours. (A mixture guide
-joins this comparison once ``pb.AutoMixture`` exists.)
+``AutoNormalizingFlow`` with the same transforms gives the time per step to compare against, and
+a four-component ``pb.AutoMixture`` fitted by the BLR's mixture rule joins them. For each fit:
+the ELBO (log Z = 0 for both targets, so -ELBO is the KL to the target), Pareto k̂ and the time
+per step, and a plot of its draws over the target's density contours.
 
 Run: ``python examples/funnel_and_banana.py`` (writes examples/results/funnel_and_banana.md and
 docs/assets/funnel_and_banana.png; ``--smoke`` is quick).
@@ -88,6 +88,11 @@ def fits(model, num_steps: int):
     yield "BLR (von, full)", gaussian, fit.seconds / len(fit.losses)
     warm = pb.AutoFlow(model, flow="iaf", num_flows=2, base=gaussian)
     yield "AutoFlow warm from BLR + Adam", warm, svi_fit(model, warm, num_steps // 2)
+    pyro.clear_param_store()
+    mixture = pb.AutoMixture(model, num_components=4)
+    blr = pb.BLR(model, mixture, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture", mc_samples=8)
+    fit = blr.fit(num_steps=max(20, num_steps // 5), progress=False)
+    yield "AutoMixture (K=4) + BLR", mixture, fit.seconds / len(fit.losses)
 
 
 def main(smoke: bool = False) -> dict:

@@ -54,7 +54,7 @@ def test_eight_schools_smoke(capsys):
 
 def test_funnel_and_banana_smoke(capsys):
     table = load("funnel_and_banana").main(smoke=True)
-    assert len(table) == 12 and "Pareto k̂" in capsys.readouterr().out
+    assert len(table) == 14 and "Pareto k̂" in capsys.readouterr().out
     assert all(math.isfinite(elbo) for elbo, _, _ in table.values())
 
 
