@@ -39,7 +39,7 @@ from pyro_blr.blr.latent import (
 )
 from pyro_blr.families.expfamily import FAMILIES, ExpFamily
 
-__all__ = ["ExpFamilyStepper", "expfamily_update"]
+__all__ = ["ExpFamilyStepper", "expfamily_update", "update_sites"]
 
 
 def expfamily_update(
@@ -68,6 +68,30 @@ def expfamily_update(
             return new, halvings
         lr = lr / 2
     raise FloatingPointError(f"{family.name}: no step size keeps the natural parameters valid")
+
+
+def update_sites(
+    guide: AutoGuide, families: dict, etas: dict, grads: tuple, lr: float, step_number: int
+) -> int:
+    """Apply :func:`expfamily_update` to every site and write the guide's parameters.
+
+    All updates are computed (and checked finite) before any parameter is written, so a failure
+    leaves the guide as it was. Returns the total number of step halvings.
+    """
+    updates, total = {}, 0
+    for (name, family), grad in zip(families.items(), grads, strict=True):
+        if not torch.isfinite(grad).all():
+            raise FloatingPointError(
+                f"BLR step {step_number}: the gradient is not finite at site '{name}'; "
+                "the guide's parameters were left as they were before this step"
+            )
+        updates[name], halvings = expfamily_update(family, etas[name], grad, lr)
+        total += halvings
+    for name, eta in updates.items():
+        module = getattr(guide.params, name)
+        for param, value in families[name].params(eta).items():
+            _write(module, param, value.detach())
+    return total
 
 
 class ExpFamilyStepper:
@@ -122,17 +146,5 @@ class ExpFamilyStepper:
             grads = torch.autograd.grad(expected_loss, list(leaves.values()))
         entropy = sum(families[n].entropy(etas[n]).sum() for n in families)
         loss = float(expected_loss.detach() - entropy)
-        updates = {}
-        for (name, family), grad in zip(families.items(), grads, strict=True):
-            if not torch.isfinite(grad).all():
-                raise FloatingPointError(
-                    f"BLR step {step_number}: the gradient is not finite at site '{name}'; "
-                    "the guide's parameters were left as they were before this step"
-                )
-            updates[name], halvings = expfamily_update(family, etas[name], grad, lr)
-            self.halvings += halvings
-        for name, eta in updates.items():
-            module = getattr(guide.params, name)
-            for param, value in families[name].params(eta).items():
-                _write(module, param, value.detach())
+        self.halvings += update_sites(guide, families, etas, grads, lr, step_number)
         return loss

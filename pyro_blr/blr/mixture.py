@@ -30,7 +30,7 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 
 from pyro_blr.blr.curvature import derivatives
-from pyro_blr.blr.expfamily import expfamily_update
+from pyro_blr.blr.expfamily import update_sites
 from pyro_blr.blr.guides import _write
 from pyro_blr.blr.latent import (
     PARTICLE_PLATE,
@@ -176,19 +176,12 @@ class ExpFamilyMixtureStepper:
             expected = (log_mixture - log_joint + log_base).reshape(k, num).mean(1)
             grads = torch.autograd.grad(expected.sum(), list(leaves.values()))
         expected = expected.detach()
-        updates = {}
-        for (name, family), grad in zip(families.items(), grads, strict=True):
-            if not (torch.isfinite(grad).all() and torch.isfinite(expected).all()):
-                raise FloatingPointError(
-                    f"BLR step {step_number}: the mixture gradient is not finite at site "
-                    f"'{name}'; the guide's parameters were left as they were before this step"
-                )
-            updates[name], halvings = expfamily_update(family, etas[name], grad, lr)
-            self.halvings += halvings
-        for name, eta in updates.items():
-            module = getattr(guide.params, name)
-            for param, value in families[name].params(eta).items():
-                _write(module, param, value.detach())
+        if not torch.isfinite(expected).all():
+            raise FloatingPointError(
+                f"BLR step {step_number}: a mixture expectation is not finite; "
+                "the guide's parameters were left as they were before this step"
+            )
+        self.halvings += update_sites(guide, families, etas, grads, lr, step_number)
         logits = guide.logits.detach()
         _write(guide, "logits", logits - logits[-1] - lr * (expected - expected[-1]))
         return float((log_weights.exp() * expected).sum())
