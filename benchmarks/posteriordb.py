@@ -1,0 +1,185 @@
+"""Reference posteriors from posteriordb: every guide, objective and driver beside NUTS.
+
+Posteriors: eight schools (non-centered), sblrc-blr (badly scaled linear regression) and wells
+(logistic regression on an unscaled distance; posteriordb has no reference draws for it, so the
+reference is Pyro NUTS, computed once and cached in ``benchmarks/results/wells_nuts.json``).
+For each fit: the worst |mean error| in reference sds, the range of sd ratios, Pareto k̂ and the
+wall time, from 10000 guide draws.
+
+Run: ``python -m benchmarks.posteriordb`` (writes benchmarks/results/posteriordb.md; needs
+``../shared/posteriordb`` beside the checkout); ``--smoke`` runs toy sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_feasible
+
+import pyro_blr as pb
+from benchmarks import models
+from benchmarks.blr_vs_adam import RESULTS
+from examples import eight_schools
+
+
+def load_eight_schools():
+    sigma, y, reference = eight_schools.load()
+    names = eight_schools.PARAMETERS
+    mean = torch.tensor([reference[n]["mean"] for n in names], dtype=torch.float64)
+    sd = torch.tensor([reference[n]["sd"] for n in names], dtype=torch.float64)
+    return (sigma, y), mean, sd
+
+
+def nuts_reference(model, args, num_samples, cache):
+    """Means and sds of Pyro NUTS draws, cached in a JSON file the benchmark writes."""
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        return torch.tensor(stored["mean"]), torch.tensor(stored["sd"])
+    mcmc = MCMC(
+        NUTS(model), num_samples=num_samples, warmup_steps=num_samples, disable_progbar=True
+    )
+    mcmc.run(*args)
+    draws = torch.cat(
+        [v.reshape(num_samples, -1) for _, v in sorted(mcmc.get_samples().items())], -1
+    )
+    mean, sd = draws.mean(0).double(), draws.std(0).double()
+    cache.write_text(
+        json.dumps({"mean": mean.tolist(), "sd": sd.tolist(), "num_samples": num_samples})
+    )
+    return mean, sd
+
+
+def nuts_draws(model, args, names, num_samples):
+    """NUTS draws of the named sites (deterministic ones through Predictive), flattened."""
+    mcmc = MCMC(
+        NUTS(model), num_samples=num_samples, warmup_steps=num_samples, disable_progbar=True
+    )
+    mcmc.run(*args)
+    predictive = pyro.infer.Predictive(
+        model, posterior_samples=mcmc.get_samples(), return_sites=names
+    )
+    samples = predictive(*args)
+    return torch.cat([samples[n].reshape(num_samples, -1) for n in names], -1).double()
+
+
+def flat_draws(model, guide, args, names, num_samples):
+    idata = pb.to_inference_data(model, guide, *args, num_samples=num_samples)
+    columns = [torch.as_tensor(idata.posterior[n].values).reshape(num_samples, -1) for n in names]
+    return torch.cat(columns, -1).double()
+
+
+def fits(model, num_steps):
+    """name -> a function fitting a fresh guide and returning it."""
+
+    def svi(guide_class, objective):
+        def run(args):
+            guide = guide_class(model, init_loc_fn=init_to_feasible)
+            engine = SVI(
+                model, guide, pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.9995}), objective
+            )
+            for _ in range(num_steps):
+                engine.step(*args)
+            return guide
+
+        return run
+
+    def blr(guide_class, rule, **options):
+        def run(args):
+            guide = guide_class(model, init_loc_fn=init_to_feasible)
+            lr = lambda t: min(1.0, 10 / (t + 1))  # noqa: E731
+            pb.BLR(model, guide, lr=lr, rule=rule, **options).fit(
+                *args, num_steps=200, progress=False
+            )
+            return guide
+
+        return run
+
+    return {
+        "SVI + Adam, AutoNormal, Trace_ELBO": svi(AutoNormal, Trace_ELBO()),
+        "SVI + Adam, AutoMultivariateNormal, Trace_ELBO": svi(AutoMultivariateNormal, Trace_ELBO()),
+        "SVI + Adam, AutoMultivariateNormal, RenyiELBO(0.5, 8)": svi(
+            AutoMultivariateNormal, pb.RenyiELBO(0.5, num_particles=8)
+        ),
+        "BLR ivon, AutoNormal": blr(AutoNormal, "ivon", 0.1, mc_samples=8),
+        "BLR von, AutoMultivariateNormal": blr(
+            AutoMultivariateNormal, "von", lambda t: min(1.0, 10 / (t + 1)), mc_samples=4
+        ),
+    }
+
+
+def main(smoke: bool = False) -> str:
+    pyro.set_rng_seed(0)
+    if not models.POSTERIORDB.exists():
+        return f"skipped: {models.POSTERIORDB} not found"
+    num_steps, num_draws, nuts_samples = (20, 200, 30) if smoke else (5000, 10000, 1000)
+    problems = [
+        ("eight schools", eight_schools.model, load_eight_schools(), ["mu", "tau", "theta"]),
+        ("sblrc-blr", models.sblrc_blr, models.load_sblrc(), ["beta", "sigma"]),
+    ]
+    wells_args, _, _ = models.load_wells()
+    RESULTS.mkdir(exist_ok=True)
+    cache = RESULTS / ("wells_nuts_smoke.json" if smoke else "wells_nuts.json")
+    start = time.perf_counter()
+    wells_mean, wells_sd = nuts_reference(models.wells_dist, wells_args, nuts_samples, cache)
+    problems.append(("wells", models.wells_dist, (wells_args, wells_mean, wells_sd), ["beta"]))
+    lines = [
+        "# Reference posteriors (posteriordb)",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, pyro {pyro.__version__}. Command: "
+        f"`python -m benchmarks.posteriordb{' --smoke' if smoke else ''}`. Errors in reference "
+        f"sds; SVI runs {num_steps} steps, the BLR 200; statistics from {num_draws} draws. The "
+        f"wells reference is Pyro NUTS ({nuts_samples} draws, cached; "
+        f"{time.perf_counter() - start:.0f} s when computed here).",
+        "",
+        "| posterior | method | worst mean error | sd ratio | Pareto k̂ | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for problem, model, (args, ref_mean, ref_sd), names in problems:
+        if problem != "wells":  # wells' reference is NUTS itself
+            start = time.perf_counter()
+            draws = nuts_draws(model, args, names, nuts_samples)
+            seconds = time.perf_counter() - start
+            error = float(((draws.mean(0) - ref_mean) / ref_sd).abs().max())
+            ratio = draws.std(0) / ref_sd
+            lines.append(
+                f"| {problem} | NUTS (Pyro), {nuts_samples} draws | {error:.3g} | "
+                f"{float(ratio.min()):.3g} - {float(ratio.max()):.3g} | - | {seconds:.1f} |"
+            )
+        for name, fit in fits(model, num_steps).items():
+            pyro.clear_param_store()
+            start = time.perf_counter()
+            try:
+                guide = fit(args)
+                seconds = time.perf_counter() - start
+                draws = flat_draws(model, guide, args, names, num_draws)
+                error = float(((draws.mean(0) - ref_mean) / ref_sd).abs().max())
+                ratio = draws.std(0) / ref_sd
+                khat = pb.psis_diagnostic(model, guide, *args, num_samples=num_draws).khat
+                if not math.isfinite(error):
+                    raise FloatingPointError("non-finite posterior")
+                lines.append(
+                    f"| {problem} | {name} | {error:.3g} | {float(ratio.min()):.3g} - "
+                    f"{float(ratio.max()):.3g} | {khat:.2f} | {seconds:.1f} |"
+                )
+            except (ValueError, FloatingPointError, RuntimeError) as e:
+                reason = str(e).splitlines()[0][:60]
+                lines.append(f"| {problem} | {name} | diverged ({reason}) | - | - | - |")
+    report = "\n".join(lines)
+    print(report)
+    if not smoke:
+        (RESULTS / "posteriordb.md").write_text(report + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes")
+    main(parser.parse_args().smoke)
