@@ -152,22 +152,23 @@ class BLR:
                     stepper = ExpFamilyMixtureStepper
                 self._stepper = stepper(model, guide, mc_samples)
                 break
-        if self._stepper is not None:
-            rule = "von"  # only for the shared hyperparameter checks below
-        self.rule = RULES[rule]
+        self.rule_name = rule
+        self.rule = RULES.get(rule)  # None for the rules with their own stepper
         if self._stepper is None:
             check_guide(guide)
-        if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
-            full = [name for name, r in RULES.items() if r.full_covariance]
-            raise TypeError(
-                f"rule {rule!r} drives diagonal Gaussians only, not AutoMultivariateNormal: use "
-                f"rule {' or '.join(repr(n) for n in full)}, or AutoNormal/AutoDiagonalNormal"
-            )
+            if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
+                full = [name for name, r in RULES.items() if r.full_covariance]
+                raise TypeError(
+                    f"rule {rule!r} drives diagonal Gaussians only, not AutoMultivariateNormal: "
+                    f"use rule {' or '.join(repr(n) for n in full)}, or "
+                    "AutoNormal/AutoDiagonalNormal"
+                )
         if not callable(lr):
             self._check_lr(lr)
         if not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-        if antithetic and not self.rule.at_mean and mc_samples % 2 and self._stepper is None:
+        pairs = self.rule is not None and antithetic and not self.rule.at_mean
+        if pairs and mc_samples % 2:
             raise ValueError(
                 f"antithetic sampling draws pairs: mc_samples must be even, got {mc_samples} "
                 "(or pass antithetic=False)"
@@ -187,9 +188,7 @@ class BLR:
         self.vectorize_particles = vectorize_particles
         self.max_plate_nesting = max_plate_nesting
         self._options = (
-            {"beta1": beta1, "beta2": beta2, "clip_radius": clip_radius}
-            if self.rule.name == "ivon"
-            else {}
+            {"beta1": beta1, "beta2": beta2, "clip_radius": clip_radius} if rule == "ivon" else {}
         )
         self._layout = None
         self._gaussian = None
@@ -333,7 +332,7 @@ class BLR:
         """
         losses = []
         start = time.perf_counter()
-        bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule.name})")
+        bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
         for _ in bar:
             losses.append(self.step(*args, **kwargs))
             if progress:
@@ -346,9 +345,9 @@ class BLR:
         if self._state is None:
             if self._pending is not None:
                 return self._pending
-            return {"rule": self.rule.name, "num_steps": self.num_steps, "state": None}
+            return {"rule": self.rule_name, "num_steps": self.num_steps, "state": None}
         state = {name: value.clone() for name, value in self._state._asdict().items()}
-        return {"rule": self.rule.name, "num_steps": self.num_steps, "state": state}
+        return {"rule": self.rule_name, "num_steps": self.num_steps, "state": state}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict`; the guide's parameters are set to the restored Gaussian.
@@ -356,9 +355,9 @@ class BLR:
         If the driver has not run yet, the state is applied at the first step (after the guide
         is initialized).
         """
-        if state_dict["rule"] != self.rule.name:
+        if state_dict["rule"] != self.rule_name:
             raise ValueError(
-                f"state_dict is of rule {state_dict['rule']!r}, this driver runs {self.rule.name!r}"
+                f"state_dict is of rule {state_dict['rule']!r}, this driver runs {self.rule_name!r}"
             )
         if self._state is None:
             self._pending = state_dict

@@ -71,3 +71,12 @@ def test_rule_and_guide_must_match():
         pb.BLR(conjugate_model, AutoNormal(conjugate_model), rule="expfamily")
     with pytest.raises(TypeError, match="AutoExpFamily takes rule 'expfamily'"):
         pb.BLR(conjugate_model, pb.AutoExpFamily(conjugate_model), rule="ivon")
+
+
+def test_state_dict_names_the_rule_that_runs():
+    guide = pb.AutoExpFamily(conjugate_model)
+    blr = pb.BLR(conjugate_model, guide, lr=0.5, rule="expfamily", mc_samples=8)
+    blr.step(FLIPS, COUNTS)
+    assert blr.state_dict() == {"rule": "expfamily", "num_steps": 1, "state": None}
+    with pytest.raises(ValueError, match="this driver runs 'expfamily'"):
+        blr.load_state_dict({"rule": "von", "num_steps": 0, "state": None})
