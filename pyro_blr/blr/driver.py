@@ -13,7 +13,6 @@ from collections.abc import Callable
 from numbers import Real
 from typing import Any, NamedTuple
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
 from torch import Tensor
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_diagonal
 from pyro_blr.blr.expfamily import ExpFamilyStepper
-from pyro_blr.blr.guides import GaussianGuide, check_guide
+from pyro_blr.blr.guides import GaussianGuide, check_guide, initialize_guide
 from pyro_blr.blr.latent import latent_layout, neg_log_joint, trace_without_rng
 from pyro_blr.blr.mixture import ExpFamilyMixtureStepper, MixtureStepper
 from pyro_blr.blr.rules import RULES
@@ -205,12 +204,9 @@ class BLR:
     # ------------------------------------------------------------------ set-up
     def _setup(self, args: tuple, kwargs: dict) -> None:
         guide = self.guide
-        if guide.prototype_trace is None:
-            with poutine.block():
-                guide(*args, **kwargs)
+        like = initialize_guide(guide, args, kwargs)
         model_trace = None
         if self.max_plate_nesting is None:
-            like = next(iter(guide.parameters()))
             model_trace = trace_without_rng(self.model, args, kwargs, like)
         layout = latent_layout(guide.prototype_trace, model_trace)
         if self.max_plate_nesting is not None:

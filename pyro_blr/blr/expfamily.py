@@ -29,7 +29,7 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 from torch import Tensor
 
-from pyro_blr.blr.guides import _write
+from pyro_blr.blr.guides import _write, initialize_guide
 from pyro_blr.blr.latent import (
     PARTICLE_PLATE,
     _log_prob_terms,
@@ -110,10 +110,7 @@ class ExpFamilyStepper:
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         guide = self.guide
-        if guide.prototype_trace is None:
-            with poutine.block():
-                guide(*args, **kwargs)
-        like = next(iter(guide.parameters()))
+        like = initialize_guide(guide, args, kwargs)
         self._nesting = max_plate_nesting(trace_without_rng(self.model, args, kwargs, like))
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> float:

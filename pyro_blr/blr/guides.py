@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
+import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import (
     AutoDiagonalNormal,
@@ -24,7 +25,7 @@ from torch.distributions import transform_to
 
 from pyro_blr.blr.latent import LatentLayout
 
-__all__ = ["SUPPORTED_GUIDES", "GaussianGuide", "check_guide"]
+__all__ = ["SUPPORTED_GUIDES", "GaussianGuide", "check_guide", "initialize_guide"]
 
 SUPPORTED_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
 
@@ -87,6 +88,15 @@ class GaussianGuide:
             _write(guide, "loc", loc)
             _write(guide, "scale", scale)
             _write(guide, "scale_tril", scale_tril / scale[..., None])
+
+
+def initialize_guide(guide: AutoGuide, args: tuple, kwargs: dict) -> Tensor:
+    """Run an autoguide once (quietly, without gradients) if it has not built its parameters
+    yet; returns one of its parameters, which names the device and dtype of the fit."""
+    if guide.prototype_trace is None:
+        with poutine.block(), torch.no_grad():
+            guide(*args, **kwargs)
+    return next(iter(guide.parameters()))
 
 
 def check_guide(guide: object) -> None:

@@ -31,7 +31,7 @@ from pyro.infer.autoguide import AutoGuide
 
 from pyro_blr.blr.curvature import derivatives
 from pyro_blr.blr.expfamily import update_sites
-from pyro_blr.blr.guides import _write
+from pyro_blr.blr.guides import _write, initialize_guide
 from pyro_blr.blr.latent import (
     PARTICLE_PLATE,
     _log_prob_terms,
@@ -62,10 +62,8 @@ class MixtureStepper:
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         guide = self.guide
-        if guide.prototype_trace is None:
-            with poutine.block(), torch.no_grad():
-                guide(*args, **kwargs)
-        trace = trace_without_rng(self.model, args, kwargs, guide.locs)
+        like = initialize_guide(guide, args, kwargs)
+        trace = trace_without_rng(self.model, args, kwargs, like)
         self._layout = latent_layout(guide.prototype_trace, trace)
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> float:
@@ -141,10 +139,8 @@ class ExpFamilyMixtureStepper:
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> float:
         guide = self.guide
         if self._nesting is None:
-            if guide.prototype_trace is None:
-                with poutine.block(), torch.no_grad():
-                    guide(*args, **kwargs)
-            trace = trace_without_rng(self.model, args, kwargs, guide.logits)
+            like = initialize_guide(guide, args, kwargs)
+            trace = trace_without_rng(self.model, args, kwargs, like)
             self._nesting = max_plate_nesting(trace)
         k, num, nesting = guide.num_components, self.mc_samples, self._nesting
         families = {name: FAMILIES[family] for name, family in guide.family.items()}
