@@ -2,7 +2,9 @@
 
 import math
 
+import numpy as np
 import pytest
+import scipy.special
 import torch
 from scipy import stats
 
@@ -94,3 +96,22 @@ def test_shapes_dtypes_and_expand():
     assert z.shape == (5, 3) and z.dtype == torch.float64
     assert isinstance(d.expand((2, 3)), VonMises) and d.expand((2, 3)).rsample().shape == (2, 3)
     assert d.has_rsample
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_prob_matches_torch_and_has_finite_gradients_for_tiny_kappa(dtype):
+    kappa = torch.tensor([1e-8, 1e-6, 1e-3, 1.0, 50.0, 3000.0], dtype=dtype, requires_grad=True)
+    loc = torch.zeros_like(kappa, requires_grad=True)
+    value = torch.tensor([3.0, -3.0, 0.5, 1.0, 0.1, 0.01], dtype=dtype)
+    log_p = VonMises(loc, kappa).log_prob(value)
+    k, z = kappa.detach().double().numpy(), value.double().numpy()
+    exact = k * (np.cos(z) - 1) - np.log(2 * np.pi * scipy.special.i0e(k))
+    assert np.allclose(
+        log_p.detach().numpy(), exact, rtol=1e-6 if dtype == torch.float32 else 1e-12
+    )
+    log_p.sum().backward()
+    # d/dkappa log p = cos(z - mu) - I1(kappa)/I0(kappa); torch's own log_prob gives NaN here.
+    ratio = torch.special.i1e(kappa) / torch.special.i0e(kappa)
+    expected = torch.cos(value) - ratio.detach()
+    assert torch.isfinite(kappa.grad).all()
+    assert torch.allclose(kappa.grad, expected, atol=1e-5 if dtype == torch.float32 else 1e-10)
