@@ -83,3 +83,16 @@ def test_gaussian_mixture_cavi_smoke(capsys):
     rows = load("gaussian_mixture_cavi").main(smoke=True)
     assert "CAVI" in capsys.readouterr().out
     assert all(math.isfinite(value) for _, value, _ in rows.values())
+
+
+def test_vae_latent_families_smoke(capsys):
+    nll = load("vae_latent_families").main(smoke=True)
+    assert list(nll) == ["Normal", "Gamma", "Beta", "von Mises"]
+    assert "test NLL" in capsys.readouterr().out
+    assert all(0 < value < 64 * math.log(2) for value in nll.values())
+
+
+def test_vae_latent_family_is_checked():
+    module = load("vae_latent_families")
+    with pytest.raises(ValueError, match="unknown latent family 'Cauchy'"):
+        module.VAE("Cauchy", 2)
