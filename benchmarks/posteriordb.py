@@ -6,8 +6,9 @@ reference is Pyro NUTS, computed once and cached in ``benchmarks/results/wells_n
 For each fit: the worst |mean error| in reference sds, the range of sd ratios, Pareto k̂ and the
 wall time, from 10000 guide draws.
 
-Run: ``python -m benchmarks.posteriordb`` (writes benchmarks/results/posteriordb.md; needs
-``../shared/posteriordb`` beside the checkout); ``--smoke`` runs toy sizes.
+Run: ``python -m benchmarks.posteriordb`` (writes benchmarks/results/posteriordb.md and
+docs/assets/posteriordb.png; needs ``../shared/posteriordb`` beside the checkout); ``--smoke``
+runs toy sizes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import math
 import platform
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -27,6 +29,8 @@ import pyro_blr as pb
 from benchmarks import models
 from benchmarks.blr_vs_adam import RESULTS
 from examples import eight_schools
+
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "assets" / "posteriordb.png"
 
 
 def load_eight_schools():
@@ -112,6 +116,31 @@ def fits(model, num_steps):
     }
 
 
+def figure(errors: dict[str, dict[str, float]]) -> None:
+    """Worst mean error (in reference sds) of every method on every posterior, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(m for row in errors.values() for m in row))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(methods) + 1.2))
+    height = 0.8 / len(errors)
+    for i, (problem, row) in enumerate(errors.items()):
+        rows = [j for j, m in enumerate(methods) if m in row]
+        values = [row[methods[j]] for j in rows]
+        ax.barh([j + i * height for j in rows], values, height, label=problem)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(methods))], methods)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("worst |mean error| / reference sd (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE, dpi=110)
+    plt.close(fig)
+
+
 def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
     pyro.set_rng_seed(0)
     if not models.POSTERIORDB.exists():
@@ -145,13 +174,16 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
         "| posterior | method | worst mean error | sd ratio | Pareto k̂ | seconds |",
         "|---|---|---|---|---|---|",
     ]
+    errors: dict[str, dict[str, float]] = {}
     for problem, model, (args, ref_mean, ref_sd), names in problems:
+        errors[problem] = {}
         if problem != "wells":  # wells' reference is NUTS itself
             start = time.perf_counter()
             draws = nuts_draws(model, args, names, nuts_samples)
             seconds = time.perf_counter() - start
             error = float(((draws.mean(0) - ref_mean) / ref_sd).abs().max())
             ratio = draws.std(0) / ref_sd
+            errors[problem]["NUTS (Pyro)"] = error
             lines.append(
                 f"| {problem} | NUTS (Pyro), {nuts_samples} draws | {error:.3g} | "
                 f"{float(ratio.min()):.3g} - {float(ratio.max()):.3g} | - | {seconds:.1f} |"
@@ -168,6 +200,7 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
                 khat = pb.psis_diagnostic(model, guide, *args, num_samples=num_draws).khat
                 if not math.isfinite(error):
                     raise FloatingPointError("non-finite posterior")
+                errors[problem][name] = error
                 lines.append(
                     f"| {problem} | {name} | {error:.3g} | {float(ratio.min()):.3g} - "
                     f"{float(ratio.max()):.3g} | {khat:.2f} | {seconds:.1f} |"
@@ -179,6 +212,7 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
     print(report)
     if not smoke:
         (RESULTS / "posteriordb.md").write_text(report + "\n")
+        figure(errors)
     return report
 
 
