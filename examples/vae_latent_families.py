@@ -166,6 +166,8 @@ def figure(vaes: dict[str, VAE], test_x: torch.Tensor, labels: torch.Tensor) -> 
     for ax, (family, vae) in zip(axes, vaes.items(), strict=True):
         with torch.no_grad():
             z = vae.posterior(test_x).mean
+        if family == "von Mises":  # mean directions, read on [-pi, pi)
+            z = torch.remainder(z + math.pi, 2 * math.pi) - math.pi
         ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=6)
         ax.set_title(f"{family} latent")
     fig.tight_layout()
