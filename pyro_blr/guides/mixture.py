@@ -18,7 +18,10 @@ Two ways to fit it:
   weights included (Jankowiak & Karaletsos 2019) -- no score function of the component index.
   (Under ``Trace_ELBO`` the model runs once per draw, so a stratified estimator, which weighs
   every component's model terms, cannot be formed there; the BLR forms it.) Full-covariance
-  components have no such sampler in Pyro: SVI refuses them, the BLR fits them.
+  components have no such sampler in Pyro: SVI refuses them, the BLR fits them. Pyro's
+  derivative forms component densities outside log space and overflows in high dimensions
+  (NaN gradients from about a hundred latent dimensions, depending on the scales); the step then
+  raises ``FloatingPointError`` before the optimizer touches the guide, and the BLR is the way.
 
 References:
     | Fast and Simple Natural-Gradient Variational Inference with Mixture of Exponential-family
@@ -40,6 +43,30 @@ from torch import Tensor, nn
 from pyro_blr.blr.latent import latent_layout
 
 __all__ = ["AutoMixture"]
+
+
+class _FiniteGradients(torch.autograd.Function):
+    """Identity on the mixture's parameters whose backward refuses non-finite gradients.
+
+    Pyro's pathwise derivative for ``MixtureOfDiagNormals`` forms component densities
+    :math:`q_j(z)` and their ratios outside log space; in tens to hundreds of dimensions they
+    overflow or underflow and every gradient becomes NaN. Raising here stops the step before an
+    optimizer writes NaN into the guide."""
+
+    @staticmethod
+    def forward(ctx, *params):
+        return tuple(p.view_as(p) for p in params)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if not all(torch.isfinite(g).all() for g in grads if g is not None):
+            raise FloatingPointError(
+                "AutoMixture(component='diagonal') got non-finite gradients from Pyro's "
+                "MixtureOfDiagNormals pathwise derivative, whose component densities overflow or "
+                "underflow in high dimensions; fit this guide with "
+                "pb.BLR(model, guide, rule='mixture'), which needs no such derivative"
+            )
+        return grads
 
 
 class AutoMixture(AutoContinuous):
@@ -127,7 +154,10 @@ class AutoMixture(AutoContinuous):
 
     def get_posterior(self, *args, **kwargs) -> dist.Distribution:
         if self.component == "diagonal":
-            return dist.MixtureOfDiagNormals(self.locs, self.scales, self.logits)
+            params = (self.locs, self.scales, self.logits)
+            if torch.is_grad_enabled():
+                params = _FiniteGradients.apply(*params)
+            return dist.MixtureOfDiagNormals(*params)
         if torch.is_grad_enabled():  # SVI: Pyro would fall back to a score-function gradient
             raise NotImplementedError(
                 "AutoMixture(component='full') has no reparameterized sampler for SVI; fit it "

@@ -61,6 +61,22 @@ def test_svi_with_trace_elbo_reparameterizes_every_parameter():
     assert guide.median()["x"].shape == (2,)
 
 
+def test_svi_stops_before_nan_gradients_reach_the_guide():
+    # In 300 dimensions Pyro's MixtureOfDiagNormals pathwise derivative overflows (NaN in every
+    # gradient); the step must fail loudly and leave the guide's parameters as they were.
+    def model():
+        pyro.sample("w", dist.Normal(torch.zeros(300), 1.0).to_event(1))
+
+    guide = pb.AutoMixture(model, num_components=3)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    guide()
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    with pytest.raises(FloatingPointError, match=r"rule='mixture'"):
+        svi.step()
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value.detach(), before[name]), name
+
+
 def test_full_components_are_refused_by_svi_and_sampled_by_predictive():
     guide = pb.AutoMixture(bimodal, num_components=2, component="full")
     with torch.no_grad():
