@@ -150,30 +150,35 @@ def run_split(fit, X, y, seed, num_steps):
     return (*evaluate(guide, (X_test - x_mean) / x_sd, y_test, y_mean, y_sd), seconds)
 
 
-def summary(values: list[float]) -> str:
+def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     t = torch.tensor(values, dtype=torch.float64)
-    stderr = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
-    return f"{float(t.mean()):.2f} ± {stderr:.2f}"
+    return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
 
 
-def figure(results: dict[str, dict[str, list[tuple[float, float, float]]]]) -> None:
+def summary(values: list[float]) -> str:
+    mean, stderr = mean_and_stderr(values)
+    return f"{mean:.2f} ± {stderr:.2f}"
+
+
+def figure(log_lik: dict[str, dict[str, tuple[float, float]]]) -> None:
+    """Test log-likelihood (mean ± standard error) per method and data set, published beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.2), squeeze=False)
-    for ax, (name, per_method) in zip(axes[0], results.items(), strict=True):
-        for row, values in enumerate(per_method.values()):
-            log_lik = torch.tensor([v[1] for v in values], dtype=torch.float64)
-            stderr = float(log_lik.std() / math.sqrt(len(log_lik))) if len(log_lik) > 1 else 0
-            ax.errorbar(float(log_lik.mean()), row, xerr=stderr, fmt="o", color="C0")
+    fig, axes = plt.subplots(1, len(log_lik), figsize=(5.5 * len(log_lik), 3.4), squeeze=False)
+    for ax, (name, per_method) in zip(axes[0], log_lik.items(), strict=True):
+        for row, (mean, stderr) in enumerate(per_method.values()):
+            ax.errorbar(mean, row, xerr=stderr, fmt="o", color="C0")
         published = {k: v[1] for k, v in PUBLISHED[name].items() if v[1] != "-"}
         for row, value in enumerate(published.values(), start=len(per_method)):
             ax.plot(float(value.split()[0]), row, "s", color="C1")
-        ax.set_yticks(range(len(per_method) + len(published)), [*per_method, *published])
-        ax.set_xlabel("test log-likelihood per datum (higher is better)")
-        ax.set_title(f"{name}: measured (circles), published (squares)")
+        labels = [*per_method, *(f"{k} (published)" for k in published)]
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("test log-likelihood per datum")
+        ax.set_title(name)
+    fig.suptitle("measured (circles, ± standard error) and published (squares); higher is better")
     fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=120)
@@ -216,7 +221,12 @@ def main(smoke=False, num_splits=None, datasets=("boston", "concrete")) -> str:
     if not smoke:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "uci_bnn.md").write_text(report + "\n")
-        figure(results)
+        figure(
+            {
+                name: {m: mean_and_stderr([v[1] for v in vs]) for m, vs in per_method.items()}
+                for name, per_method in results.items()
+            }
+        )
     return report
 
 

@@ -27,3 +27,9 @@ def test_splits_are_random_ninety_ten_and_reproducible():
     assert len(X_train) == 455 and len(X_test) == 51 and (again == X_train).all()
     with pytest.raises(ValueError, match="unknown data set 'wine'"):
         uci_bnn.load("wine")
+
+
+def test_figure_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(uci_bnn, "FIGURE", tmp_path / "uci_bnn.png")
+    uci_bnn.figure({"boston": {"BLR ivon": (-2.6, 0.04)}, "concrete": {"BLR ivon": (-3.1, 0.02)}})
+    assert (tmp_path / "uci_bnn.png").stat().st_size > 1000
