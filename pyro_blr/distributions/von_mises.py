@@ -128,9 +128,7 @@ class VonMises(dist.VonMises):
             self._validate_sample(value)
         kappa = self.concentration
         log_scaled_normalizer = math.log(2 * math.pi) + torch.log(torch.special.i0e(kappa))
-        half_angle = torch.sin(
-            (value - self.loc) / 2
-        )  # cos x - 1 = -2 sin^2(x / 2), no cancellation
+        half_angle = torch.sin((value - self.loc) / 2)
         return -2 * kappa * half_angle.square() - log_scaled_normalizer
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> Tensor:
