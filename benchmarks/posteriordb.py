@@ -124,7 +124,7 @@ def figure(errors: dict[str, dict[str, float]]) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(m for row in errors.values() for m in row))
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(methods) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(methods) + 1.4))
     height = 0.8 / len(errors)
     for i, (problem, row) in enumerate(errors.items()):
         rows = [j for j, m in enumerate(methods) if m in row]
@@ -133,7 +133,7 @@ def figure(errors: dict[str, dict[str, float]]) -> None:
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(methods))], methods)
     ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_xlabel("worst |mean error| / reference sd (lower is better)")
+    ax.set_xlabel("worst |mean error| in reference sds (lower is better)")
     ax.legend()
     fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
