@@ -9,7 +9,13 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_blr as pb
 from pyro_blr.blr.expfamily import expfamily_update
 from pyro_blr.families import Beta, Gamma
-from tests.guides.test_expfamily import COUNTS, EXACT, FLIPS, conjugate_model
+from tests.guides.test_expfamily import (
+    COUNTS,
+    EXACT,
+    FLIPS,
+    assert_exact_posteriors,
+    conjugate_model,
+)
 
 D = torch.float64
 
@@ -36,14 +42,7 @@ def test_monte_carlo_blr_recovers_beta_bernoulli_and_gamma_poisson():
     blr = pb.BLR(conjugate_model, guide, lr=lambda t: 1 / (t + 1), rule="expfamily",
                  mc_samples=100)  # fmt: skip
     blr.fit(FLIPS, COUNTS, num_steps=200, progress=False)
-    found = guide.distributions(FLIPS, COUNTS)
-    got = {
-        "p": (found["p"].concentration1, found["p"].concentration0),
-        "rate": (found["rate"].concentration, found["rate"].rate),
-    }
-    for site, values in got.items():
-        for value, exact in zip(values, EXACT[site], strict=True):
-            assert float(value) == pytest.approx(exact, rel=0.03), site
+    assert_exact_posteriors(guide)
     assert blr.num_steps == 200 and blr._stepper.halvings == 0
 
 

@@ -29,6 +29,18 @@ COUNTS = torch.tensor([3.0, 5, 2, 4, 6, 3], dtype=D)  # sum 23 over 6
 EXACT = {"p": (2.0 + 7, 3.0 + 3), "rate": (2.0 + 23, 0.5 + 6)}  # Beta(a, b), Gamma(shape, rate)
 
 
+def assert_exact_posteriors(guide, rel=0.03):
+    """The guide's Beta and Gamma parameters match the conjugate posteriors ``EXACT``."""
+    found = guide.distributions(FLIPS, COUNTS)
+    got = {
+        "p": (found["p"].concentration1, found["p"].concentration0),
+        "rate": (found["rate"].concentration, found["rate"].rate),
+    }
+    for site, values in got.items():
+        for value, exact in zip(values, EXACT[site], strict=True):
+            assert float(value) == pytest.approx(exact, rel=rel), site
+
+
 def test_families_follow_the_supports():
     guide = pb.AutoExpFamily(conjugate_model)
     kinds = {k: type(d).__name__ for k, d in guide.distributions(FLIPS, COUNTS).items()}
@@ -46,14 +58,7 @@ def test_svi_recovers_the_exact_conjugate_posteriors():
     svi = SVI(conjugate_model, guide, optim, Trace_ELBO(num_particles=16, vectorize_particles=True))
     for _ in range(3000):
         svi.step(FLIPS, COUNTS)
-    found = guide.distributions(FLIPS, COUNTS)
-    got = {
-        "p": (found["p"].concentration1, found["p"].concentration0),
-        "rate": (found["rate"].concentration, found["rate"].rate),
-    }
-    for site, values in got.items():
-        for value, exact in zip(values, EXACT[site], strict=True):
-            assert float(value) == pytest.approx(exact, rel=0.03), site
+    assert_exact_posteriors(guide)
 
 
 def test_predictive_median_quantiles_and_dtype():
