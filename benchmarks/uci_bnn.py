@@ -44,6 +44,7 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_blr as pb
 from benchmarks import models
 from benchmarks.blr_vs_adam import RESULTS
+from examples.renyi_bnn import split  # the same random 90/10 splits as the Rényi tutorial
 from pyro_blr.diagnostics.draws import draw
 
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "assets" / "uci_bnn.png"
@@ -88,13 +89,6 @@ def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     X = torch.tensor(frame.drop(columns=target).values, dtype=torch.float32)
     y = torch.tensor(frame[target].values, dtype=torch.float32)
     return X, y
-
-
-def split(X: torch.Tensor, y: torch.Tensor, seed: int):
-    """A random 90/10 split."""
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.9 * len(y))
-    return (X[order[:cut]], y[order[:cut]]), (X[order[cut:]], y[order[cut:]])
 
 
 def svi_fit(objective: Callable[[], object], init_scale: float) -> Callable:
