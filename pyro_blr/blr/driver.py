@@ -18,10 +18,11 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_blr.blr.curvature import Derivatives, derivatives, reparam_hessian_diagonal
+from pyro_blr.blr.curvature import reparam_hessian_diagonal
+from pyro_blr.core import Derivatives, derivatives
 from pyro_blr.blr.expfamily import ExpFamilyStepper
-from pyro_blr.blr.guides import GaussianGuide, check_guide, initialize_guide
-from pyro_blr.blr.latent import latent_layout, neg_log_joint, trace_without_rng
+from pyro_blr.core import GaussianGuide, check_gaussian_guide, initialize_guide
+from pyro_blr.core import latent_layout, neg_log_joint, trace_without_rng
 from pyro_blr.blr.mixture import ExpFamilyMixtureStepper, MixtureStepper
 from pyro_blr.blr.rules import RULES
 from pyro_blr.families.gaussian import gaussian_family
@@ -154,7 +155,7 @@ class BLR:
         self.rule_name = rule
         self.rule = RULES.get(rule)  # None for the rules with their own stepper
         if self._stepper is None:
-            check_guide(guide)
+            check_gaussian_guide(guide, "BLR")
             if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
                 full = [name for name, r in RULES.items() if r.full_covariance]
                 raise TypeError(
@@ -229,9 +230,9 @@ class BLR:
             noise = torch.cat([noise, -noise])
         return gaussian_family(precision).sample(loc, precision, noise)
 
-    def _neg_log_joint(self, theta: Tensor, args: tuple, kwargs: dict, trace_out=None) -> Tensor:
+    def _neg_log_joint(self, theta: Tensor, args: tuple, kwargs: dict, terms_out=None) -> Tensor:
         value = neg_log_joint(
-            self.model, self._layout, theta, args, kwargs, self.vectorize_particles, trace_out
+            self.model, self._layout, theta, args, kwargs, self.vectorize_particles, terms_out
         )
         if self.weight_decay:
             value = value + 0.5 * self.weight_decay * theta.square().sum(-1)

@@ -29,11 +29,12 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 from torch import Tensor
 
-from pyro_blr.blr.guides import _write, initialize_guide
-from pyro_blr.blr.latent import (
+from pyro_blr.core import initialize_guide
+from pyro_blr.core import write_param as _write
+from pyro_blr.core import (
     PARTICLE_PLATE,
-    _log_prob_terms,
-    _sum_per_particle,
+    site_log_probs as _log_prob_terms_pairs,
+    sum_per_particle as _sum_per_particle,
     max_plate_nesting,
     trace_without_rng,
 )
@@ -137,7 +138,7 @@ class ExpFamilyStepper:
             with pyro.plate(PARTICLE_PLATE, num, dim=-self._nesting - 1):
                 trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
             log_joint = sum(
-                _sum_per_particle(t, num, self._nesting) for t in _log_prob_terms(trace)
+                _sum_per_particle(t, num, self._nesting) for _, t in _log_prob_terms_pairs(trace)
             )
             expected_loss = -(log_joint + log_base).mean()
             grads = torch.autograd.grad(expected_loss, list(leaves.values()))

@@ -29,13 +29,14 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
 
-from pyro_blr.blr.curvature import derivatives
+from pyro_blr.core import derivatives
 from pyro_blr.blr.expfamily import update_sites
-from pyro_blr.blr.guides import _write, initialize_guide
-from pyro_blr.blr.latent import (
+from pyro_blr.core import initialize_guide
+from pyro_blr.core import write_param as _write
+from pyro_blr.core import (
     PARTICLE_PLATE,
-    _log_prob_terms,
-    _sum_per_particle,
+    site_log_probs as _log_prob_terms_pairs,
+    sum_per_particle as _sum_per_particle,
     latent_layout,
     max_plate_nesting,
     neg_log_joint,
@@ -167,7 +168,7 @@ class ExpFamilyMixtureStepper:
             conditioned = poutine.condition(self.model, data=values)
             with pyro.plate(PARTICLE_PLATE, k * num, dim=-nesting - 1):
                 model_trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-            terms = _log_prob_terms(model_trace)
+            terms = (t for _, t in _log_prob_terms_pairs(model_trace))
             log_joint = sum(_sum_per_particle(t, k * num, nesting) for t in terms)
             expected = (log_mixture - log_joint + log_base).reshape(k, num).mean(1)
             grads = torch.autograd.grad(expected.sum(), list(leaves.values()))

@@ -17,6 +17,10 @@ The rules differ in how the expectations are estimated and how :math:`S` is kept
   quadratic :math:`\ell` it lands on the exact Gaussian posterior in one step.
 * ``"ivon"`` -- improved variational online Newton (Shen et al. 2024) for diagonal Gaussians: the
   gradient-only Hessian estimate, momentum and a positivity-preserving curvature average.
+* ``"expfamily"`` -- any exponential family through its natural parameters,
+  :math:`\lambda \leftarrow (1-\rho)\lambda - \rho\nabla_\mu\mathbb E_q[\ell]`.
+* ``"mixture"`` -- mixtures of Gaussians or of exponential families (Lin, Khan & Schmidt 2019):
+  a natural-gradient step per component and on the weights.
 
 References:
     | The Bayesian Learning Rule (Khan & Rue, JMLR 2023) https://arxiv.org/abs/2107.04562
@@ -24,6 +28,8 @@ References:
       Khan, ICML 2020) https://arxiv.org/abs/2002.10060
     | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)
       https://arxiv.org/abs/2402.17641
+    | Fast and Simple Natural-Gradient Variational Inference with Mixture of Exponential-family
+      Approximations (Lin, Khan & Schmidt, ICML 2019) https://arxiv.org/abs/1906.02914
 """
 
 from __future__ import annotations
@@ -41,8 +47,12 @@ __all__ = [
     "RULES",
     "GaussianState",
     "IVONState",
+    "MixtureState",
     "Rule",
+    "expfamily_update",
     "ivon_update",
+    "mixture_logits_update",
+    "mixture_update",
     "newton_update",
     "riemannian_precision_update",
     "von_update",
@@ -62,6 +72,15 @@ class IVONState(NamedTuple):
     loc: Tensor
     precision: Tensor
     momentum: Tensor
+
+
+class MixtureState(NamedTuple):
+    """A mixture of Gaussians: weight logits ``(K,)``, means ``(K, D)`` and precisions ``(K, D)``
+    (diagonal) or ``(K, D, D)`` (full)."""
+
+    logits: Tensor
+    locs: Tensor
+    precisions: Tensor
 
 
 def _is_positive_definite(precision: Tensor) -> bool:
@@ -84,7 +103,11 @@ def riemannian_precision_update(precision: Tensor, hess: Tensor, lr: float) -> T
         >>> riemannian_precision_update(torch.tensor([1.0]), torch.tensor([-3.0]), 0.5)
         tensor([1.])
     """
-    g = hess - precision
+    return _riemannian_step(precision, hess - precision, lr)
+
+
+def _riemannian_step(precision: Tensor, g: Tensor, lr: float) -> Tensor:
+    """:math:`S + \rho G + \tfrac{\rho^2}{2} G S^{-1} G` for a natural-gradient direction G."""
     if precision.dim() == 1:
         return precision + lr * g + 0.5 * lr**2 * g.square() / precision
     chol = torch.linalg.cholesky(precision)
@@ -199,6 +222,112 @@ def ivon_update(
     if clip_radius is not None:
         direction = direction.clamp(-clip_radius, clip_radius)
     return IVONState(state.loc - lr * direction, h, momentum)
+
+
+def expfamily_update(family, eta: Tensor, grad_eta: Tensor, lr: float) -> tuple[Tensor, int]:
+    r"""One BLR step on an exponential family's natural parameters.
+
+    .. math::
+        \lambda \leftarrow (1-\rho)\lambda - \rho\, F(\lambda)^{-1}
+            \nabla_\lambda \mathbb E_q[\ell],
+
+    where :math:`F = \nabla^2 A(\lambda)` is the Fisher information, so that
+    :math:`F^{-1}\nabla_\lambda = \nabla_\mu` (Khan & Rue 2023, Section 3). A step that would
+    leave the family's domain is halved until it does not (never clamped).
+
+    Args:
+        family: a :class:`pyro_blr.families.ExpFamily`.
+        eta: natural parameters :math:`\lambda`, shape ``(..., P)``.
+        grad_eta: :math:`\nabla_\lambda\mathbb E_q[\ell]`, shaped like ``eta``.
+        lr: the step size :math:`\rho`.
+
+    Returns:
+        The new natural parameters and how many times :math:`\rho` was halved.
+
+    Raises:
+        FloatingPointError: the Fisher system is singular or no step size stays in the domain.
+
+    Example:
+        >>> import torch
+        >>> from pyro_blr.families import Beta
+        >>> family = Beta()
+        >>> target = family.natural_params(torch.tensor(3.0), torch.tensor(5.0))
+        >>> eta = family.natural_params(torch.tensor(1.0), torch.tensor(1.0))
+        >>> grad = -family.fisher(eta) @ target  # E[l] = -<target, mu>: its lambda-gradient
+        >>> new, halvings = expfamily_update(family, eta, grad, lr=1.0)
+        >>> family.params(new)["concentration1"].item(), halvings
+        (3.0, 0)
+    """
+    step, info = torch.linalg.solve_ex(family.fisher(eta), grad_eta.unsqueeze(-1))
+    step = step.squeeze(-1)
+    if (info != 0).any() or not torch.isfinite(step).all():
+        raise FloatingPointError(
+            f"{family.name}: the Fisher information is singular or the natural-gradient step is "
+            "not finite"
+        )
+    for halvings in range(60):
+        new = (1 - lr) * eta - lr * step
+        if family.in_domain(new).all():
+            return new, halvings
+        lr = lr / 2
+    raise FloatingPointError(f"{family.name}: no step size keeps the natural parameters valid")
+
+
+def mixture_logits_update(logits: Tensor, expected: Tensor, lr: float) -> Tensor:
+    r"""The natural-gradient step on mixture weights (Lin, Khan & Schmidt 2019, Eq. 11).
+
+    With :math:`h = \log q - \log p(\mathcal D, \cdot)` and the last component as reference,
+
+    .. math::
+        \log\frac{\pi_k}{\pi_K} \leftarrow \log\frac{\pi_k}{\pi_K}
+            - \rho\,\big(\mathbb E_{q_k}[h] - \mathbb E_{q_K}[h]\big).
+
+    Example:
+        >>> import torch
+        >>> mixture_logits_update(torch.zeros(2), torch.tensor([1.0, 3.0]), lr=0.5)
+        tensor([1., 0.])
+    """
+    return logits - logits[-1] - lr * (expected - expected[-1])
+
+
+def mixture_update(
+    state: MixtureState, grads: Tensor, hess: Tensor, expected: Tensor, lr: float
+) -> MixtureState:
+    r"""One BLR step on a mixture of Gaussians (Lin, Khan & Schmidt 2019, Eqs. 9--11).
+
+    With :math:`h = \log q - \log p(\mathcal D, \cdot)` and :math:`G_k = \mathbb
+    E_{q_k}[\nabla^2 h]` (the curvature of the whole objective, so no :math:`-S_k` term appears),
+    each component takes the positive-definite step of Lin, Schmidt & Khan (2020),
+
+    .. math::
+        S_k \leftarrow S_k + \rho G_k + \tfrac{\rho^2}2 G_k S_k^{-1} G_k, \qquad
+        m_k \leftarrow m_k - \rho\, S_k^{-1} \mathbb E_{q_k}[\nabla h],
+
+    and the weights move by :func:`mixture_logits_update`.
+
+    Args:
+        state: the mixture's logits, means and precisions.
+        grads: :math:`\mathbb E_{q_k}[\nabla h]`, shape ``(K, D)``.
+        hess: :math:`\mathbb E_{q_k}[\nabla^2 h]`, shaped like the precisions.
+        expected: :math:`\mathbb E_{q_k}[h]`, shape ``(K,)``.
+        lr: the step size :math:`\rho`.
+
+    Example:
+        >>> import torch
+        >>> # h = x^2 (a unit-precision target times two): one full step lands on precision 2
+        >>> state = MixtureState(torch.zeros(1), torch.ones(1, 1), torch.ones(1, 1))
+        >>> new = mixture_update(state, torch.tensor([[2.0]]), torch.tensor([[1.0]]),
+        ...                      torch.zeros(1), lr=1.0)
+        >>> new.precisions, new.locs
+        (tensor([[2.5000]]), tensor([[0.2000]]))
+    """
+    locs, precisions = [], []
+    for loc, precision, grad, g in zip(state.locs, state.precisions, grads, hess, strict=True):
+        precision = _riemannian_step(precision, g, lr)
+        precisions.append(precision)
+        locs.append(loc - lr * gaussian_family(precision).solve(precision, grad))
+    logits = mixture_logits_update(state.logits, expected, lr)
+    return MixtureState(logits, torch.stack(locs), torch.stack(precisions))
 
 
 @dataclass(frozen=True)

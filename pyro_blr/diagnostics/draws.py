@@ -18,13 +18,17 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from torch import Tensor
 
-from pyro_blr.blr.latent import PARTICLE_PLATE, _sum_per_particle
-from pyro_blr.objectives.weights import guess_max_plate_nesting, vectorized_traces
+from pyro_blr.core import (
+    PARTICLE_PLATE,
+    guess_max_plate_nesting,
+    sample_sites,
+    sum_per_particle,
+    vectorized_traces,
+)
 
 __all__ = ["Draws", "draw"]
 
@@ -51,12 +55,6 @@ class Draws(NamedTuple):
     observed: dict[str, Tensor]
     dims: dict[str, list[str]]
     coords: dict[str, Tensor]
-
-
-def _sample_sites(trace: Trace):
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
-            yield name, site
 
 
 def _names(site: dict, shape: torch.Size, batch_ndim: int) -> list[str]:
@@ -107,11 +105,11 @@ def draw(
 
     subsampled = {
         f.name: f
-        for _, site in _sample_sites(proto)
+        for _, site in sample_sites(proto)
         for f in site["cond_indep_stack"]
         if f.vectorized and f.full_size is not None and f.full_size != f.size
     }
-    for name, site in _sample_sites(proto):
+    for name, site in sample_sites(proto):
         local = [f.name for f in site["cond_indep_stack"] if f.name in subsampled]
         if local and not site["is_observed"]:
             raise ValueError(
@@ -121,7 +119,7 @@ def draw(
 
     dims, coords = {}, {}
     posterior, log_prior = {}, 0.0
-    for name, site in _sample_sites(proto):
+    for name, site in sample_sites(proto):
         if site["is_observed"] and not site["infer"].get("_deterministic"):
             continue
         shape = site["value"].shape
@@ -135,15 +133,15 @@ def draw(
         if not deterministic:
             vsite = model_trace.nodes[name]
             log_prob = scale_and_mask(vsite["fn"].log_prob(vsite["value"]), 1.0, vsite["mask"])
-            log_prior = log_prior + _sum_per_particle(log_prob, num_samples, nesting)
+            log_prior = log_prior + sum_per_particle(log_prob, num_samples, nesting)
     log_q = 0.0
-    for _, site in _sample_sites(guide_trace):
+    for _, site in sample_sites(guide_trace):
         log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
-        log_q = log_q + _sum_per_particle(log_prob, num_samples, nesting)
+        log_q = log_q + sum_per_particle(log_prob, num_samples, nesting)
 
     observed_names = [
         n
-        for n, s in _sample_sites(proto)
+        for n, s in sample_sites(proto)
         if s["is_observed"] and not s["infer"].get("_deterministic")
     ]
     chunked = [  # deterministic sites inside a subsampled plate: gathered over all the data

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_blr.objectives.weights import guess_max_plate_nesting, log_weights
+from pyro_blr.core import guess_max_plate_nesting, log_weights
 
 __all__ = ["PSISDiagnostic", "psis_diagnostic", "smoothed_log_weights"]
 

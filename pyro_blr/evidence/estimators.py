@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from pyro_blr.objectives.renyi import renyi_bound
-from pyro_blr.objectives.weights import guess_max_plate_nesting, log_weights
+from pyro_blr.core import guess_max_plate_nesting, log_weights
 
 __all__ = ["LogEvidence", "log_evidence"]
 

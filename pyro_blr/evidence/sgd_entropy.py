@@ -35,8 +35,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from pyro_blr.blr.curvature import hessian_from_grad
-from pyro_blr.blr.latent import latent_layout, neg_log_joint
+from pyro_blr.core import hessian_from_grad, latent_layout, neg_log_joint
 
 __all__ = ["SGDEvidence", "sgd_evidence"]
 

@@ -29,7 +29,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["DIAGONAL", "FULL", "GaussianFamily", "gaussian_family"]
+__all__ = [
+    "DIAGONAL",
+    "FULL",
+    "GaussianFamily",
+    "gaussian_family",
+    "precision_from_scale_tril",
+    "scale_tril_from_precision",
+]
 
 
 def _diag_natural_params(loc: Tensor, precision: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,3 +193,28 @@ def gaussian_family(precision: Tensor) -> GaussianFamily:
         False
     """
     return DIAGONAL if precision.dim() == 1 else FULL
+
+
+def scale_tril_from_precision(precision: Tensor) -> Tensor:
+    r"""The lower Cholesky factor :math:`L` of the covariance :math:`S^{-1} = LL^\top`.
+
+    Example:
+        >>> import torch
+        >>> scale_tril_from_precision(torch.tensor([[4.0, 0.0], [0.0, 0.25]]))
+        tensor([[0.5000, 0.0000],
+                [0.0000, 2.0000]])
+    """
+    covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+    return torch.linalg.cholesky(covariance)
+
+
+def precision_from_scale_tril(scale_tril: Tensor) -> Tensor:
+    r"""The precision :math:`S = (LL^\top)^{-1}` of a covariance given by its Cholesky factor.
+
+    Example:
+        >>> import torch
+        >>> precision_from_scale_tril(torch.tensor([[0.5, 0.0], [0.0, 2.0]]))
+        tensor([[4.0000, 0.0000],
+                [0.0000, 0.2500]])
+    """
+    return torch.cholesky_inverse(scale_tril)

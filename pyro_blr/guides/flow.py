@@ -42,8 +42,7 @@ from pyro.nn import PyroParam
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
-from pyro_blr.blr.guides import GaussianGuide, check_guide
-from pyro_blr.blr.latent import latent_layout
+from pyro_blr.core import GaussianGuide, check_gaussian_guide, latent_layout
 
 __all__ = ["FLOWS", "AutoFlow"]
 
@@ -144,7 +143,7 @@ class AutoFlow(AutoContinuous):
         if not isinstance(num_flows, int) or num_flows < 0:
             raise ValueError(f"num_flows must be a non-negative integer, got {num_flows!r}")
         if base is not None:
-            check_guide(base)
+            check_gaussian_guide(base, "AutoFlow(base=...)")
             if base.prototype_trace is None:
                 raise ValueError("base guide is not initialized: fit it (or call it) first")
         if not init_scale > 0:

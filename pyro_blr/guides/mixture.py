@@ -40,7 +40,7 @@ from pyro.infer.autoguide import AutoContinuous, init_to_median
 from pyro.nn import PyroParam
 from torch import Tensor, nn
 
-from pyro_blr.blr.latent import latent_layout
+from pyro_blr.core import latent_layout
 
 __all__ = ["AutoMixture"]
 

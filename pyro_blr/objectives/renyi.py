@@ -29,7 +29,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
-from pyro_blr.objectives.weights import guess_max_plate_nesting, log_weights
+from pyro_blr.core import guess_max_plate_nesting, log_weights
 
 __all__ = ["RenyiELBO", "renyi_bound"]
 

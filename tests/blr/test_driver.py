@@ -11,10 +11,8 @@ from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
 import pyro_blr as pb
-from pyro_blr.blr.curvature import derivatives
-from pyro_blr.blr.latent import latent_layout, neg_log_joint
-from tests.blr.test_latent import constrained_model
-from tests.scenarios import linear_regression
+from pyro_blr.core import derivatives, latent_layout, neg_log_joint
+from tests.scenarios import constrained_model, linear_regression
 
 
 def test_minibatch_gradient_is_unbiased_for_the_full_data_gradient():

@@ -7,21 +7,8 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoDiagonalNormal
 
-from pyro_blr.blr.latent import latent_layout, neg_log_joint
-
-
-def constrained_model(x, y):
-    """Real, positive and simplex latents, nested plates, a deterministic site."""
-    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
-    sigma = pyro.sample("sigma", dist.Gamma(torch.tensor(2.0, dtype=x.dtype), 2.0))
-    probs = pyro.sample("probs", dist.Dirichlet(torch.ones(3, dtype=x.dtype)))
-    with pyro.plate("groups", 2, dim=-2):
-        offset = pyro.sample("offset", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
-        with pyro.plate("data", x.shape[-1], dim=-1):
-            mean = w[..., 0] * x + offset
-            pyro.deterministic("mean", mean)
-            pyro.sample("y", dist.Normal(mean, sigma), obs=y)
-    pyro.sample("c", dist.Categorical(probs), obs=torch.tensor(1))
+from pyro_blr.core import latent_layout, neg_log_joint
+from tests.scenarios import constrained_model
 
 
 @pytest.fixture

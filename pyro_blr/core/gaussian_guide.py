@@ -2,7 +2,7 @@
 
 ``AutoNormal`` and ``AutoDiagonalNormal`` hold a diagonal Gaussian, ``AutoMultivariateNormal`` a
 full one, all over the same flat unconstrained latent vector (Pyro's prototype-trace order, which
-:func:`pyro_blr.blr.latent.latent_layout` follows). Writing goes through each parameter's constraint
+:func:`pyro_blr.core.layout.latent_layout` follows). Writing goes through each parameter's constraint
 into the live unconstrained tensor, in place, so ``Predictive``, ``median()``, ``quantiles()`` and
 the param store all see the new posterior at once.
 """
@@ -23,14 +23,21 @@ from pyro.nn import PyroModule
 from torch import Tensor
 from torch.distributions import transform_to
 
-from pyro_blr.blr.latent import LatentLayout
+from pyro_blr.core.layout import LatentLayout
+from pyro_blr.families.gaussian import precision_from_scale_tril, scale_tril_from_precision
 
-__all__ = ["SUPPORTED_GUIDES", "GaussianGuide", "check_guide", "initialize_guide"]
+__all__ = [
+    "GAUSSIAN_GUIDES",
+    "GaussianGuide",
+    "check_gaussian_guide",
+    "initialize_guide",
+    "write_param",
+]
 
-SUPPORTED_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
+GAUSSIAN_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
 
 
-def _write(module: PyroModule, name: str, value: Tensor) -> None:
+def write_param(module: PyroModule, name: str, value: Tensor) -> None:
     """Set a parameter of ``module`` (a PyroParam or a plain one) to ``value``, in place."""
     with torch.no_grad():
         if name in module._pyro_params:
@@ -64,7 +71,7 @@ class GaussianGuide:
         if isinstance(guide, AutoDiagonalNormal):
             return guide.loc.clone(), guide.scale.pow(-2)
         scale_tril = guide.scale[..., None] * guide.scale_tril
-        return guide.loc.clone(), torch.cholesky_inverse(scale_tril)
+        return guide.loc.clone(), precision_from_scale_tril(scale_tril)
 
     def write(self, loc: Tensor, precision: Tensor) -> None:
         """Set the guide's Gaussian to mean ``loc`` and precision ``precision``."""
@@ -76,18 +83,17 @@ class GaussianGuide:
                 *path, leaf = site.name.split(".")
                 locs = attrgetter(".".join(path))(guide.locs) if path else guide.locs
                 scales = attrgetter(".".join(path))(guide.scales) if path else guide.scales
-                _write(locs, leaf, loc[block].reshape(site.shape))
-                _write(scales, leaf, scale[block].reshape(site.shape))
+                write_param(locs, leaf, loc[block].reshape(site.shape))
+                write_param(scales, leaf, scale[block].reshape(site.shape))
         elif isinstance(guide, AutoDiagonalNormal):
-            _write(guide, "loc", loc)
-            _write(guide, "scale", precision.rsqrt())
+            write_param(guide, "loc", loc)
+            write_param(guide, "scale", precision.rsqrt())
         else:
-            covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-            scale_tril = torch.linalg.cholesky(covariance)
+            scale_tril = scale_tril_from_precision(precision)
             scale = scale_tril.diagonal(dim1=-2, dim2=-1)
-            _write(guide, "loc", loc)
-            _write(guide, "scale", scale)
-            _write(guide, "scale_tril", scale_tril / scale[..., None])
+            write_param(guide, "loc", loc)
+            write_param(guide, "scale", scale)
+            write_param(guide, "scale_tril", scale_tril / scale[..., None])
 
 
 def initialize_guide(guide: AutoGuide, args: tuple, kwargs: dict) -> Tensor:
@@ -99,12 +105,15 @@ def initialize_guide(guide: AutoGuide, args: tuple, kwargs: dict) -> Tensor:
     return next(iter(guide.parameters()))
 
 
-def check_guide(guide: object) -> None:
-    """Raise ``TypeError`` naming the guide if it holds no Gaussian that a rule can drive."""
-    if not isinstance(guide, SUPPORTED_GUIDES):
+def check_gaussian_guide(guide: object, who: str) -> None:
+    """Raise ``TypeError`` naming the guide if it is not one of Pyro's Gaussian autoguides.
+
+    Args:
+        guide: the guide to check.
+        who: what needs the Gaussian, for the message (e.g. ``"BLR rule 'von'"``).
+    """
+    if not isinstance(guide, GAUSSIAN_GUIDES):
         raise TypeError(
-            f"BLR cannot drive {type(guide).__name__}: the rules 'ivon', 'von' and 'newton' "
-            "update a Gaussian guide, i.e. pyro.infer.autoguide.AutoNormal or AutoDiagonalNormal "
-            "(diagonal; every rule) or AutoMultivariateNormal (full covariance; 'von', 'newton'); "
-            "pb.AutoExpFamily takes rule 'expfamily'"
+            f"{who} needs a Gaussian guide, pyro.infer.autoguide.AutoNormal, AutoDiagonalNormal "
+            f"or AutoMultivariateNormal, not {type(guide).__name__}"
         )

@@ -18,14 +18,12 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO
-from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
-from pyro_blr.blr.latent import PARTICLE_PLATE, _sum_per_particle
+from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, sum_per_particle
 
-__all__ = ["LogWeights", "guess_max_plate_nesting", "log_weights", "vectorized_traces"]
+__all__ = ["LogWeights", "log_weights", "vectorized_traces"]
 
 
 class LogWeights(NamedTuple):
@@ -48,27 +46,11 @@ class LogWeights(NamedTuple):
     outside: tuple[str, ...]
 
 
-def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """The model's plate nesting, by Pyro's own guess (which also validates site shapes)."""
-    elbo = Trace_ELBO()
-    elbo._guess_max_plate_nesting(model, guide, args, kwargs)
-    return int(elbo.max_plate_nesting)
-
-
 class _Term(NamedTuple):
     log_prob: Tensor  # signed (+ model, - guide), scaled and masked as Pyro does
     frames: dict  # the site's vectorized plates, by name
     name: str
     latent: bool  # a latent site of the model
-
-
-def _sites(trace: Trace):
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
-            continue
-        if site["infer"].get("_deterministic"):
-            continue
-        yield name, site
 
 
 def _frames(site) -> dict:
@@ -118,7 +100,7 @@ def log_weights(
     joint = 0.0
     terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
-        for name, site in _sites(trace):
+        for name, site in sample_sites(trace, deterministic=False):
             if require_rsample and trace is guide_trace and not site["fn"].has_rsample:
                 raise ValueError(
                     f"guide site '{name}' ({type(site['fn']).__name__}) cannot be "
@@ -129,7 +111,7 @@ def log_weights(
             )
             if not torch.is_tensor(log_prob):
                 continue
-            joint = joint + sign * _sum_per_particle(log_prob, num_particles, nesting)
+            joint = joint + sign * sum_per_particle(log_prob, num_particles, nesting)
             latent = trace is model_trace and not site["is_observed"]
             terms.append(_Term(sign * log_prob, _frames(site), name, latent))
     subsampled = sorted(

@@ -1,0 +1,49 @@
+"""A Pyro model as a flat latent vector: traces and plates, the latent layout, the log joint, log
+importance weights, autodiff, and the view of a Gaussian guide. Every other package builds on
+these; they use only public Pyro APIs."""
+
+from pyro_blr.core.autodiff import Derivatives, derivatives, hessian_from_grad
+from pyro_blr.core.gaussian_guide import (
+    GAUSSIAN_GUIDES,
+    GaussianGuide,
+    check_gaussian_guide,
+    initialize_guide,
+    write_param,
+)
+from pyro_blr.core.layout import LatentLayout, LatentSite, latent_layout
+from pyro_blr.core.log_joint import log_joint, neg_log_joint
+from pyro_blr.core.traces import (
+    PARTICLE_PLATE,
+    guess_max_plate_nesting,
+    max_plate_nesting,
+    sample_sites,
+    site_log_probs,
+    sum_per_particle,
+    trace_without_rng,
+)
+from pyro_blr.core.weights import LogWeights, log_weights, vectorized_traces
+
+__all__ = [
+    "GAUSSIAN_GUIDES",
+    "PARTICLE_PLATE",
+    "Derivatives",
+    "GaussianGuide",
+    "LatentLayout",
+    "LatentSite",
+    "LogWeights",
+    "check_gaussian_guide",
+    "derivatives",
+    "guess_max_plate_nesting",
+    "hessian_from_grad",
+    "initialize_guide",
+    "latent_layout",
+    "log_joint",
+    "log_weights",
+    "max_plate_nesting",
+    "neg_log_joint",
+    "sample_sites",
+    "site_log_probs",
+    "sum_per_particle",
+    "trace_without_rng",
+    "vectorized_traces",
+]

@@ -1,0 +1,142 @@
+r"""The flat latent vector of a Pyro model: which coordinates belong to which site.
+
+A guide's prototype trace fixes the order, shapes and supports of the model's latent sites. A flat
+vector :math:`\theta \in \mathbb R^D` of unconstrained values maps to constrained values
+:math:`x = T(\theta)` site by site with ``biject_to(site.support)`` -- the bijections Pyro's
+autoguides use, in the same order, so a flat index means the same coordinate to both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from torch.distributions import biject_to
+from torch.distributions.transforms import Transform
+
+from pyro_blr.core.traces import max_plate_nesting
+
+__all__ = ["LatentLayout", "LatentSite", "latent_layout"]
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """One latent site's block of the flat unconstrained vector.
+
+    Attributes:
+        name: the sample site's name.
+        transform: the bijection from unconstrained to constrained values.
+        shape: the unconstrained value's shape in the prototype trace (plate dimensions included).
+        event_dim: how many rightmost dimensions of ``shape`` belong to the event.
+        offset: the first index of this site in the flat vector.
+        size: the number of coordinates of this site.
+    """
+
+    name: str
+    transform: Transform
+    shape: torch.Size
+    event_dim: int
+    offset: int
+    size: int
+
+    @property
+    def block(self) -> slice:
+        """This site's coordinates in the flat vector."""
+        return slice(self.offset, self.offset + self.size)
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """The flat unconstrained latent vector of a model, site by site.
+
+    Attributes:
+        sites: the latent sites in the guide's order.
+        dim: the total number of coordinates :math:`D`.
+        max_plate_nesting: the number of batch dimensions the model's plates use.
+    """
+
+    sites: tuple[LatentSite, ...]
+    dim: int
+    max_plate_nesting: int
+
+    def unpack(self, theta: Tensor) -> dict[str, Tensor]:
+        """Split particles ``theta`` of shape ``(S, D)`` into unconstrained site values.
+
+        Each value gets shape ``(S, 1, ..., 1) + site.shape`` so that the particle dimension sits
+        left of every plate dimension.
+        """
+        num_particles = theta.shape[0]
+        values = {}
+        for site in self.sites:
+            batch_dim = len(site.shape) - site.event_dim
+            pad = (1,) * (self.max_plate_nesting - batch_dim)
+            values[site.name] = theta[:, site.block].reshape((num_particles, *pad, *site.shape))
+        return values
+
+    def site_at(self, index: int) -> str:
+        """The name of the site that owns flat coordinate ``index``."""
+        for site in self.sites:
+            if site.offset <= index < site.offset + site.size:
+                return site.name
+        raise IndexError(f"coordinate {index} is outside the latent vector of size {self.dim}")
+
+    def with_plate_nesting(self, nesting: int) -> LatentLayout:
+        """The same layout for a model said to use ``nesting`` plate dimensions."""
+        return LatentLayout(self.sites, self.dim, nesting)
+
+
+def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> LatentLayout:
+    """Build the flat latent layout from a guide's prototype trace.
+
+    Args:
+        prototype_trace: a trace of the model (e.g. ``guide.prototype_trace``); its unobserved
+            sample sites, in order, are the latent sites.
+        model_trace: a full trace of the model, observed sites included, used to find how many
+            plate dimensions the model uses. Defaults to ``prototype_trace``.
+
+    Raises:
+        ValueError: for a discrete latent site, or a latent site inside a subsampled plate (its
+            value changes size with the minibatch, so it has no fixed block in the flat vector).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     pyro.sample("a", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("b", dist.Gamma(torch.ones(3), 1.0).to_event(1))
+        >>> layout = latent_layout(pyro.poutine.trace(model).get_trace())
+        >>> [(s.name, s.offset, s.size) for s in layout.sites], layout.dim
+        ([('a', 0, 1), ('b', 1, 3)], 4)
+    """
+    sites = []
+    offset = 0
+    for name, site in prototype_trace.iter_stochastic_nodes():
+        if site_is_subsample(site):
+            continue
+        fn = site["fn"]
+        if getattr(fn, "has_enumerate_support", False) or fn.support.is_discrete:
+            raise ValueError(
+                f"latent site '{name}' is discrete ({type(fn).__name__}); this needs continuous "
+                "latents: marginalize it out in the model, or observe it"
+            )
+        for frame in site["cond_indep_stack"]:
+            full_size = frame.full_size if frame.full_size is not None else frame.size
+            if frame.vectorized and full_size != frame.size:
+                raise ValueError(
+                    f"latent site '{name}' is local to the subsampled plate '{frame.name}' "
+                    f"(size {full_size}, subsample {frame.size}): its value changes with the "
+                    "minibatch, so it has no fixed place in a flat latent vector; use a "
+                    "full-data plate for local latents"
+                )
+        transform = biject_to(fn.support)
+        unconstrained = transform.inv(site["value"].detach())
+        event_dim = fn.event_dim + unconstrained.dim() - site["value"].dim()
+        size = unconstrained.numel()
+        sites.append(LatentSite(name, transform, unconstrained.shape, event_dim, offset, size))
+        offset += size
+    if not sites:
+        raise ValueError("the model has no latent sites to infer")
+    nesting = max_plate_nesting(model_trace if model_trace is not None else prototype_trace)
+    return LatentLayout(tuple(sites), offset, nesting)

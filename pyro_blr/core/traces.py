@@ -1,0 +1,139 @@
+r"""Pyro traces as this package reads them: sample sites, plates and per-particle sums.
+
+Every entry point evaluates a model on :math:`S` particles at once by running it inside one extra
+plate, :data:`PARTICLE_PLATE`, placed left of the model's own plates (Pyro's
+``vectorize_particles``). The helpers here find how many plate dimensions a model uses, validate
+site shapes as Pyro's ELBOs do, and reduce each site's log density to one number per particle.
+Only public Pyro APIs are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import is_validation_enabled
+from pyro.util import check_site_shape
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from torch import Tensor
+
+__all__ = [
+    "PARTICLE_PLATE",
+    "guess_max_plate_nesting",
+    "max_plate_nesting",
+    "sample_sites",
+    "site_log_probs",
+    "sum_per_particle",
+    "trace_without_rng",
+]
+
+PARTICLE_PLATE = "_pyro_blr_particles"
+"""The name of the plate that holds the particles, left of every plate of the model."""
+
+
+def sample_sites(trace: Trace, deterministic: bool = True) -> Iterator[tuple[str, dict]]:
+    """The sample sites of a trace, without Pyro's subsample sites.
+
+    Args:
+        trace: a Pyro trace.
+        deterministic: include ``pyro.deterministic`` sites (which Pyro marks observed).
+    """
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if not deterministic and site["infer"].get("_deterministic"):
+            continue
+        yield name, site
+
+
+def site_log_probs(trace: Trace) -> list[tuple[str, Tensor]]:
+    """``(name, log_prob)`` of every site that counts in the joint density, scaled by the
+    minibatch factor :math:`N/B` and masked exactly as Pyro scales and masks it."""
+    terms = []
+    for name, site in sample_sites(trace, deterministic=False):
+        log_prob = site["fn"].log_prob(site["value"])
+        log_prob = scale_and_mask(log_prob, site["scale"], site["mask"])
+        if torch.is_tensor(log_prob):
+            terms.append((name, log_prob))
+    return terms
+
+
+def sum_per_particle(term: Tensor, num_particles: int, max_plate_nesting: int) -> Tensor:
+    """Sum a log-density term over every dimension right of the particle dimension.
+
+    Raises:
+        ValueError: the term has batch dimensions left of the model's plates other than the
+            particle dimension.
+
+    Example:
+        >>> import torch
+        >>> sum_per_particle(torch.ones(3, 1, 4), num_particles=3, max_plate_nesting=2)
+        tensor([4., 4., 4.])
+    """
+    if term.dim() <= max_plate_nesting:  # no particle dimension: shared by all particles
+        return term.sum().expand(num_particles)
+    term = term.flatten(term.dim() - max_plate_nesting) if max_plate_nesting else term[..., None]
+    term = term.sum(-1)
+    if term.dim() != 1:
+        raise ValueError(
+            f"a log density has batch shape {tuple(term.shape)} left of the model's "
+            f"{max_plate_nesting} plate dimensions; declare every batch dimension with pyro.plate "
+            "or pass max_plate_nesting"
+        )
+    return term.expand(num_particles)
+
+
+def max_plate_nesting(trace: Trace) -> int:
+    """How many batch dimensions the plates (and batched values) of a trace use."""
+    nesting = 0
+    for _, site in sample_sites(trace):
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.dim is not None:
+                nesting = max(nesting, -frame.dim)
+        value = site["value"]
+        if torch.is_tensor(value):
+            nesting = max(nesting, value.dim() - site["fn"].event_dim)
+    return nesting
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """The model's plate nesting from one run of ``guide`` and ``model`` replayed on it.
+
+    With Pyro's validation on (the default), every site's log-density shape is checked against
+    its plates first, as Pyro's ELBOs check it: a value that broadcasts against a plate it is not
+    declared in (``y`` of shape ``(N, 1)`` in a plate of size ``N``) raises Pyro's shape error,
+    naming the site, instead of being summed over a silently larger array.
+    """
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    guide_trace, model_trace = (
+        prune_subsample_sites(guide_trace),
+        prune_subsample_sites(model_trace),
+    )
+    sites = [
+        site
+        for trace in (model_trace, guide_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+    ]
+    if is_validation_enabled():
+        guide_trace.compute_log_prob()
+        model_trace.compute_log_prob()
+        for site in sites:
+            check_site_shape(site, max_plate_nesting=float("inf"))
+    dims = [f.dim for site in sites for f in site["cond_indep_stack"] if f.vectorized]
+    return -min(dims) if dims else 0
+
+
+def trace_without_rng(model: Callable, args: tuple, kwargs: dict, like: Tensor) -> Trace:
+    """A full trace of ``model`` (observed sites included) that leaves the RNG where it was, so
+    that an entry point's set-up does not change the draws of the run it sets up (checkpoints
+    resume bit for bit). ``like`` names the device whose generator is forked."""
+    devices = [like.device] if like.is_cuda else []
+    with torch.random.fork_rng(devices=devices), poutine.block():
+        return poutine.trace(model).get_trace(*args, **kwargs)

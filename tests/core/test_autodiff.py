@@ -1,0 +1,26 @@
+"""Batched gradients and Hessians against torch.autograd.functional."""
+
+import torch
+from torch.autograd.functional import hessian, jacobian
+
+from pyro_blr.core import derivatives
+
+
+def rosenbrock(theta):
+    x, y = theta[..., 0], theta[..., 1:]
+    return ((1 - x) ** 2 + 100 * (y - x[..., None] ** 2).square().sum(-1)) + theta.sin().prod(-1)
+
+
+def test_gradient_and_hessian_match_autograd_per_particle():
+    theta = torch.randn(5, 3, dtype=torch.float64)
+    out = derivatives(rosenbrock, theta, hessian=True)
+    assert out.value.shape == (5,) and out.grad.shape == (5, 3) and out.hess.shape == (5, 3, 3)
+    for s in range(5):
+        torch.testing.assert_close(out.value[s], rosenbrock(theta[s]))
+        torch.testing.assert_close(out.grad[s], jacobian(rosenbrock, theta[s]))
+        torch.testing.assert_close(out.hess[s], hessian(rosenbrock, theta[s]))
+
+
+def test_linear_function_has_zero_hessian():
+    out = derivatives(lambda t: (2 * t).sum(-1), torch.ones(2, 3), hessian=True)
+    assert torch.equal(out.hess, torch.zeros(2, 3, 3))
