@@ -1,36 +1,33 @@
 r"""``BLR``: the Bayesian learning rule as a drop-in for ``pyro.infer.SVI``.
 
-Each step samples particles from the guide's Gaussian in unconstrained coordinates, runs the
-unchanged model on them (vectorized), takes gradients (and Hessians) of the negative log joint
-:math:`\ell` by autograd, hands them to a pure update rule from :mod:`pyro_blr.blr.rules`, and
-writes the new mean and precision back into the guide's Pyro parameters.
+The driver checks the options, picks the stepper that runs the rule on the guide
+(:mod:`pyro_blr.blr.steppers`), evaluates the step-size schedule, steps the model's own
+parameters (variational EM) and runs the fit loop; the maths of each step lives in
+:mod:`pyro_blr.blr.rules` and its estimation in the steppers.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
+import warnings
 from collections.abc import Callable
 from numbers import Real
 from typing import Any, NamedTuple
 
+import pyro.optim
+import pyro.poutine as poutine
 import torch
-from pyro.infer.autoguide import AutoMultivariateNormal
-from torch import Tensor
+from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_blr.blr.curvature import reparam_hessian_diagonal
-from pyro_blr.core import Derivatives, derivatives
-from pyro_blr.blr.expfamily import ExpFamilyStepper
-from pyro_blr.core import GaussianGuide, check_gaussian_guide, initialize_guide
-from pyro_blr.core import latent_layout, neg_log_joint, trace_without_rng
-from pyro_blr.blr.mixture import ExpFamilyMixtureStepper, MixtureStepper
-from pyro_blr.blr.rules import RULES
-from pyro_blr.families.gaussian import gaussian_family
-from pyro_blr.guides.expfamily import AutoExpFamily
-from pyro_blr.guides.expfamily_mixture import ExpFamilyMixture
-from pyro_blr.guides.mixture import AutoMixture
+from pyro_blr.blr.steppers import StepOptions, stepper_for
+from pyro_blr.core import trace_without_rng
 
 __all__ = ["BLR", "FitResult"]
+
+logger = logging.getLogger(__name__)
 
 
 class FitResult(NamedTuple):
@@ -45,9 +42,29 @@ class FitResult(NamedTuple):
     seconds: float
 
 
-def _check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+def _check_number(name: str, value: Any, low: float, high: float, closed_high: bool) -> float:
+    """A real, non-bool number in [low, high) (or [low, high]); numpy and 0-d tensors welcome."""
+    if torch.is_tensor(value) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    inside = low <= value <= high if closed_high else low <= value < high
+    if not inside or math.isnan(value):
+        bracket = "]" if closed_high else ")"
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}{bracket}, got {value}")
+    return value
+
+
+def diverging(best: float, loss: float) -> bool:
+    """Whether a loss has climbed far above the best loss of the run so far: by more than ten
+    times the best's magnitude plus 100 nats, far beyond Monte Carlo noise of a converging fit.
+
+    Example:
+        >>> diverging(55.0, 3044.0), diverging(55.0, 60.0)
+        (True, False)
+    """
+    return loss - best > 10 * abs(best) + 100
 
 
 class BLR:
@@ -80,27 +97,38 @@ class BLR:
     Args:
         model: a Pyro model, unchanged.
         guide: ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal`` of ``model``,
-            or a :class:`pyro_blr.AutoExpFamily` or :class:`pyro_blr.AutoMixture`.
+            or a :class:`pyro_blr.AutoExpFamily` or :class:`pyro_blr.AutoMixture`. The guide's
+            parameters are the single source of truth: each step starts from what they hold.
         lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step`` counts
             the steps taken so far, from 0).
         rule: ``"ivon"``, ``"von"`` or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
-            :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.expfamily`); ``"mixture"``
-            for :class:`pyro_blr.AutoMixture` (see :mod:`pyro_blr.blr.mixture`).
+            :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.steppers.expfamily`);
+            ``"mixture"`` for :class:`pyro_blr.AutoMixture` (see
+            :mod:`pyro_blr.blr.steppers.mixture`). An option a rule does not use raises
+            ``ValueError`` when given a non-default value.
         mc_samples: particles per step (ignored by ``"newton"``).
         antithetic: draw the particles in antithetic pairs (needs an even ``mc_samples``).
         beta1: IVON's gradient momentum.
         beta2: IVON's Hessian momentum.
         clip_radius: IVON's optional per-coordinate clip of the mean's update.
         weight_decay: an optional extra Gaussian penalty :math:`\delta \ge 0` on :math:`\theta`.
-        vectorize_particles: run the model once on all particles (it must broadcast, as for
-            Pyro's ``vectorize_particles=True``: write ``(X * w).sum(-1)``, not ``X @ w``);
-            ``False`` runs it once per particle (e.g. ``PyroModule[nn.Linear]`` layers).
+        vectorize_particles: ``"auto"`` (the default) evaluates the particles in the fastest way
+            that gives the same numbers as one model run per particle, checked on probe particles
+            at the first step: a plate left of the model's plates for broadcasting models,
+            ``torch.func.vmap`` for models written ``X @ w``, ``a, b = w`` or with
+            ``PyroModule[nn.Linear]``, a loop otherwise; ``True`` forces the plate, ``False``
+            the loop.
         max_plate_nesting: the model's number of plate dimensions; found from a model trace when
             not given.
+        optim: a Pyro optimizer (e.g. ``pyro.optim.Adam({"lr": 0.01})``) for the model's own
+            parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that are not
+            ``PyroSample``), stepped on the ELBO gradient after each BLR step: variational EM,
+            type-II maximum likelihood, as ``SVI`` learns them. When the model has parameters
+            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used.
 
     Raises:
-        TypeError: the guide holds no Gaussian that ``rule`` can drive.
-        ValueError: a hyperparameter is out of range.
+        TypeError: ``rule`` cannot drive this guide.
+        ValueError: a hyperparameter is out of range, or an option ``rule`` does not use.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -130,203 +158,166 @@ class BLR:
         beta2: float = 0.999,
         clip_radius: float | None = None,
         weight_decay: float = 0.0,
-        vectorize_particles: bool = True,
+        vectorize_particles: bool | str = "auto",
         max_plate_nesting: int | None = None,
+        optim: pyro.optim.PyroOptim | None = None,
     ):
-        steppers = {  # mixtures first: an exp-family mixture is also an AutoExpFamily
-            "mixture": ((AutoMixture, ExpFamilyMixture), MixtureStepper),
-            "expfamily": (AutoExpFamily, ExpFamilyStepper),
-        }
-        if rule not in RULES and rule not in steppers:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {sorted([*RULES, *steppers])}")
-        self._stepper = None
-        for name, (guide_class, stepper) in steppers.items():
-            label = "AutoMixture" if name == "mixture" else "AutoExpFamily"
-            if rule == name or isinstance(guide, guide_class):
-                if rule != name or not isinstance(guide, guide_class):
-                    raise TypeError(
-                        f"rule {name!r} drives pb.{label} guides, and {label} takes rule "
-                        f"{name!r} (got rule {rule!r} with {type(guide).__name__})"
-                    )
-                if isinstance(guide, ExpFamilyMixture):
-                    stepper = ExpFamilyMixtureStepper
-                self._stepper = stepper(model, guide, mc_samples)
-                break
-        self.rule_name = rule
-        self.rule = RULES.get(rule)  # None for the rules with their own stepper
-        if self._stepper is None:
-            check_gaussian_guide(guide, "BLR")
-            if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
-                full = [name for name, r in RULES.items() if r.full_covariance]
-                raise TypeError(
-                    f"rule {rule!r} drives diagonal Gaussians only, not AutoMultivariateNormal: "
-                    f"use rule {' or '.join(repr(n) for n in full)}, or "
-                    "AutoNormal/AutoDiagonalNormal"
-                )
+        stepper = stepper_for(rule, guide)
         if not callable(lr):
-            self._check_lr(lr)
-        if not isinstance(mc_samples, int) or mc_samples < 1:
+            lr = self._check_lr(lr)
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-        pairs = self.rule is not None and antithetic and not self.rule.at_mean
-        if pairs and mc_samples % 2:
+        beta1 = _check_number("beta1", beta1, 0.0, 1.0, closed_high=False)
+        beta2 = _check_number("beta2", beta2, 0.0, 1.0, closed_high=False)
+        if clip_radius is not None:
+            clip_radius = _check_number("clip_radius", clip_radius, 0.0, math.inf, True)
+            if clip_radius == 0:
+                raise ValueError("clip_radius must be positive, got 0")
+        if (
+            isinstance(weight_decay, bool)
+            or not isinstance(weight_decay, Real)
+            or not (0 <= weight_decay < math.inf)
+        ):
+            raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay}")
+        weight_decay = float(weight_decay)
+        if vectorize_particles not in ("auto", True, False):
             raise ValueError(
-                f"antithetic sampling draws pairs: mc_samples must be even, got {mc_samples} "
-                "(or pass antithetic=False)"
+                f"vectorize_particles must be 'auto', True or False, got {vectorize_particles!r}"
             )
-        _check_unit_interval("beta1", beta1)
-        _check_unit_interval("beta2", beta2)
-        if clip_radius is not None and not clip_radius > 0:
-            raise ValueError(f"clip_radius must be positive, got {clip_radius}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+        if max_plate_nesting is not None and (
+            isinstance(max_plate_nesting, bool)
+            or not isinstance(max_plate_nesting, int)
+            or max_plate_nesting < 0
+        ):
+            raise ValueError(
+                f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}"
+            )
+        options = StepOptions(
+            mc_samples,
+            bool(antithetic),
+            beta1,
+            beta2,
+            clip_radius,
+            weight_decay,
+            vectorize_particles,
+            max_plate_nesting,
+        )
+        defaults = StepOptions()
+        honoured = stepper.options[rule] | {"vectorize_particles", "max_plate_nesting"}
+        for name, value in options._asdict().items():
+            if name not in honoured and value != getattr(defaults, name):
+                users = sorted(
+                    r for s in (stepper,) for r, opts in s.options.items() if name in opts
+                )
+                where = f"rule {users[0]!r}" if users else "other rules"
+                raise ValueError(
+                    f"{name}={value!r} does not apply to rule {rule!r} (it is used by {where}); "
+                    "leave it at its default"
+                )
         self.model = model
         self.guide = guide
         self.lr = lr
-        self.mc_samples = mc_samples
-        self.antithetic = antithetic
-        self.weight_decay = weight_decay
-        self.vectorize_particles = vectorize_particles
-        self.max_plate_nesting = max_plate_nesting
-        self._options = (
-            {"beta1": beta1, "beta2": beta2, "clip_radius": clip_radius} if rule == "ivon" else {}
-        )
-        self._layout = None
-        self._gaussian = None
-        self._state = None
-        self._pending = None
+        self.rule_name = rule
+        self.optim = optim
         self.num_steps = 0
+        self._stepper = stepper(model, guide, rule, options)
+        self._pending = None
+        self._model_params = None
+        self._best = math.inf
+        self._warned = False
 
     @staticmethod
-    def _check_lr(lr: float) -> float:
-        if not isinstance(lr, Real) or not lr > 0:
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
+    def _check_lr(lr: Any) -> float:
+        if torch.is_tensor(lr) and lr.numel() == 1:
+            lr = lr.item()
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         return float(lr)
 
-    # ------------------------------------------------------------------ set-up
-    def _setup(self, args: tuple, kwargs: dict) -> None:
-        guide = self.guide
-        like = initialize_guide(guide, args, kwargs)
-        model_trace = None
-        if self.max_plate_nesting is None:
-            model_trace = trace_without_rng(self.model, args, kwargs, like)
-        layout = latent_layout(guide.prototype_trace, model_trace)
-        if self.max_plate_nesting is not None:
-            layout = type(layout)(layout.sites, layout.dim, self.max_plate_nesting)
-        self._layout = layout
-        self._gaussian = GaussianGuide(guide, layout)
-        loc, precision = self._gaussian.read()
-        self._state = self.rule.init(loc, precision)
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self.load_state_dict(pending)
+    # ------------------------------------------------------------------ model parameters
+    def _step_model_params(self, args: tuple, kwargs: dict) -> None:
+        """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI)."""
+        guide_params = {id(p) for p in self.guide.parameters()}
+        with poutine.trace(param_only=True) as capture:
+            loss = Trace_ELBO().differentiable_loss(self.model, self.guide, *args, **kwargs)
+        params = [
+            site["value"].unconstrained()
+            for site in capture.trace.nodes.values()
+            if id(site["value"].unconstrained()) not in guide_params
+        ]
+        if self._model_params is None:
+            self._model_params = bool(params)
+            if params and self.optim is None:
+                logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
+                self.optim = pyro.optim.Adam({"lr": 0.01})
+        if not params:
+            return
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = None if grad is None else grad.detach()
+        self.optim([p for p in params if p.grad is not None])
+        for param in params:
+            param.grad = None
+
+    def _has_model_params(self, args: tuple, kwargs: dict) -> bool:
+        if self._model_params is None:
+            guide_params = {id(p) for p in self.guide.parameters()}
+            trace = trace_without_rng(self.model, args, kwargs, next(iter(self.guide.parameters())))
+            self._model_params = any(
+                id(site["value"].unconstrained()) not in guide_params
+                for site in trace.nodes.values()
+                if site["type"] == "param"
+            )
+        return self._model_params
 
     # ------------------------------------------------------------------ one step
-    def _particles(self, loc: Tensor, precision: Tensor) -> Tensor:
-        if self.rule.at_mean:
-            return loc.unsqueeze(0)
-        num = self.mc_samples // 2 if self.antithetic else self.mc_samples
-        noise = torch.randn(num, loc.shape[-1], dtype=loc.dtype, device=loc.device)
-        if self.antithetic:
-            noise = torch.cat([noise, -noise])
-        return gaussian_family(precision).sample(loc, precision, noise)
-
-    def _neg_log_joint(self, theta: Tensor, args: tuple, kwargs: dict, terms_out=None) -> Tensor:
-        value = neg_log_joint(
-            self.model, self._layout, theta, args, kwargs, self.vectorize_particles, terms_out
-        )
-        if self.weight_decay:
-            value = value + 0.5 * self.weight_decay * theta.square().sum(-1)
-        return value
-
-    def _check_finite(self, theta: Tensor, d: Derivatives, args: tuple, kwargs: dict) -> None:
-        step = self.num_steps + 1
-        kept = "the guide's parameters were left as they were before this step"
-        if not torch.isfinite(d.value).all():
-            traces = []
-            with torch.no_grad():
-                self._neg_log_joint(theta, args, kwargs, traces)
-            bad = sorted(
-                {
-                    name
-                    for trace in traces
-                    for name, site in trace.nodes.items()
-                    if "blr_log_prob" in site
-                    and not torch.isfinite(torch.as_tensor(site["blr_log_prob"])).all()
-                }
-            )
-            where = f"at site(s) {bad}" if bad else "in the log-Jacobian of a constrained site"
-            raise FloatingPointError(
-                f"BLR step {step}: the log joint is not finite {where}; {kept}"
-            )
-        for label, tensor in (("gradient", d.grad), ("Hessian", d.hess)):
-            if tensor is None or torch.isfinite(tensor).all():
-                continue
-            bad_coords = (~torch.isfinite(tensor)).reshape(-1, self._layout.dim).any(0)
-            sites = sorted({self._layout.site_at(int(i)) for i in bad_coords.nonzero()})
-            raise FloatingPointError(
-                f"BLR step {step}: the {label} is not finite at {sites}; {kept}"
-            )
-
     def step(self, *args: Any, **kwargs: Any) -> float:
         """Take one BLR step with the model's arguments; returns the negative ELBO estimate.
 
         The loss is that of the guide before the step (as ``SVI.step`` reports it):
-        :math:`\\frac1S\\sum_s \\ell(\\theta_s) - \\mathbb H[q]`, or for ``"newton"`` the
-        delta-method value :math:`\\ell(m) + \\tfrac12\\operatorname{tr}(\\nabla^2\\ell(m)
-        S^{-1}) - \\mathbb H[q]` (exact for quadratic :math:`\\ell`).
+        :math:`\frac1S\\sum_s \\ell(\theta_s) - \\mathbb H[q]`, or for ``"newton"`` the
+        delta-method value :math:`\\ell(m) + \tfrac12\\operatorname{tr}(\nabla^2\\ell(m)
+        S^{-1}) - \\mathbb H[q]` (exact for quadratic :math:`\\ell`). A loss that climbs far
+        above the best of the run (see :func:`diverging`) warns once.
 
         Raises:
             FloatingPointError: the log joint, a gradient or a Hessian is not finite, or the
                 update is; the message names the step and the sites, and the guide is unchanged.
         """
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._apply(pending, args, kwargs)
         lr = self._check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
-        if self._stepper is not None:
-            loss = self._stepper.step(args, kwargs, lr, self.num_steps + 1)
-            self.num_steps += 1
-            return loss
-        if self._state is None:
-            self._setup(args, kwargs)
-        state = self._state
-        loc, precision = state.loc, state.precision
-        family = gaussian_family(precision)
-        theta = self._particles(loc, precision)
-        d = derivatives(
-            lambda t: self._neg_log_joint(t, args, kwargs),
-            theta,
-            hessian=self.rule.curvature == "hessian",
-        )
-        self._check_finite(theta, d, args, kwargs)
-        grad = d.grad.mean(0)
-        if d.hess is None:
-            hess = reparam_hessian_diagonal(d.grad, theta, loc, precision).mean(0)
-        else:
-            hess = d.hess.mean(0)
-            if family.diagonal:
-                hess = hess.diagonal()
-        loss = d.value.mean() - family.entropy(precision)
-        if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 for quadratic l
-            spread = family.solve(precision, hess)
-            loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
-        new_state = self.rule.update(state, grad, hess, lr, self.num_steps + 1, **self._options)
-        if not all(torch.isfinite(t).all() for t in new_state):
-            raise FloatingPointError(
-                f"BLR step {self.num_steps + 1}: the update is not finite (lr={lr}); "
-                "the guide's parameters were left as they were before this step"
-            )
-        self._gaussian.write(new_state.loc, new_state.precision)
-        self._state = new_state
+        info = self._stepper.step(args, kwargs, lr, self.num_steps + 1)
         self.num_steps += 1
-        return float(loss)
+        if self._has_model_params(args, kwargs):
+            self._step_model_params(args, kwargs)
+        self._watch(info.loss, lr)
+        return info.loss
+
+    def _watch(self, loss: float, lr: float) -> None:
+        if not self._warned and math.isfinite(self._best) and diverging(self._best, loss):
+            self._warned = True
+            warnings.warn(
+                f"BLR step {self.num_steps}: the loss {loss:.4g} is far above the best of this "
+                f"run, {self._best:.4g}: the fit is diverging; lower lr (now {lr:g}) or raise "
+                "mc_samples",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._best = min(self._best, loss)
 
     def fit(self, *args: Any, num_steps: int, progress: bool = True, **kwargs: Any) -> FitResult:
         """Take ``num_steps`` steps; returns the losses and the wall-clock seconds.
 
         Args:
             *args: the model's positional arguments.
-            num_steps: how many steps to take.
+            num_steps: how many steps to take (a non-negative integer).
             progress: show a tqdm progress bar with the current loss.
             **kwargs: the model's keyword arguments.
         """
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
         losses = []
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
@@ -338,39 +329,46 @@ class BLR:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """The rule's state (mean, precision, momentum), the step counter and the rule's name."""
-        if self._state is None:
-            if self._pending is not None:
-                return self._pending
-            return {"rule": self.rule_name, "num_steps": self.num_steps, "state": None}
-        state = {name: value.clone() for name, value in self._state._asdict().items()}
-        return {"rule": self.rule_name, "num_steps": self.num_steps, "state": state}
+        """The rule's name, the step counter and the stepper's state (tensors only), ready for
+        ``torch.save`` and ``torch.load(weights_only=True)``."""
+        if self._pending is not None:
+            return self._pending
+        return {
+            "rule": self.rule_name,
+            "num_steps": self.num_steps,
+            "state": self._stepper.state_dict(),
+        }
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a :meth:`state_dict`; the guide's parameters are set to the restored Gaussian.
+    def load_state_dict(self, state_dict: dict, *args: Any, **kwargs: Any) -> None:
+        """Restore a :meth:`state_dict` into the guide and the driver.
 
-        If the driver has not run yet, the state is applied at the first step (after the guide
-        is initialized).
+        The checkpoint is checked whole before anything changes (rule, keys, shapes, finite and
+        valid values) and rejected with ``ValueError`` if anything is off. Pass the model's
+        arguments to restore at once; without them (a driver that has not run yet), the
+        checkpoint is restored at the first step, before it draws.
         """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"rule", "num_steps", "state"}:
+            raise ValueError(
+                "state_dict must be a dict with keys 'rule', 'num_steps' and 'state', as "
+                "BLR.state_dict() returns"
+            )
         if state_dict["rule"] != self.rule_name:
             raise ValueError(
                 f"state_dict is of rule {state_dict['rule']!r}, this driver runs {self.rule_name!r}"
             )
-        if self._state is None:
+        steps = state_dict["num_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(
+                f"state_dict entry 'num_steps' must be a non-negative integer: {steps!r}"
+            )
+        if not isinstance(state_dict["state"], dict):
+            raise ValueError("state_dict entry 'state' must be a dict")
+        if args or kwargs or self._stepper.layout is not None:
+            self._apply(state_dict, args, kwargs)
+        else:
             self._pending = state_dict
-            self.num_steps = state_dict["num_steps"]
-            return
-        if state_dict["state"] is None:
-            return
-        fields = state_dict["state"]
-        current = self._state._asdict()
-        for name, value in fields.items():
-            if name not in current or value.shape != current[name].shape:
-                raise ValueError(f"state_dict entry {name!r} does not fit this guide's latents")
-        like = self._state.loc
-        state = type(self._state)(
-            **{k: v.to(dtype=like.dtype, device=like.device).clone() for k, v in fields.items()}
-        )
-        self._gaussian.write(state.loc, state.precision)
-        self._state = state
+
+    def _apply(self, state_dict: dict, args: tuple, kwargs: dict) -> None:
+        if state_dict["state"]:
+            self._stepper.load_state_dict(state_dict["state"], args, kwargs)
         self.num_steps = state_dict["num_steps"]

@@ -11,7 +11,12 @@ from pyro_blr.core.gaussian_guide import (
     write_param,
 )
 from pyro_blr.core.layout import LatentLayout, LatentSite, latent_layout
-from pyro_blr.core.log_joint import log_joint, neg_log_joint
+from pyro_blr.core.log_joint import (
+    VECTORIZATIONS,
+    choose_vectorization,
+    log_joint,
+    neg_log_joint,
+)
 from pyro_blr.core.traces import (
     PARTICLE_PLATE,
     guess_max_plate_nesting,
@@ -20,18 +25,21 @@ from pyro_blr.core.traces import (
     site_log_probs,
     sum_per_particle,
     trace_without_rng,
+    validate_site_shapes,
 )
 from pyro_blr.core.weights import LogWeights, log_weights, vectorized_traces
 
 __all__ = [
     "GAUSSIAN_GUIDES",
     "PARTICLE_PLATE",
+    "VECTORIZATIONS",
     "Derivatives",
     "GaussianGuide",
     "LatentLayout",
     "LatentSite",
     "LogWeights",
     "check_gaussian_guide",
+    "choose_vectorization",
     "derivatives",
     "guess_max_plate_nesting",
     "hessian_from_grad",
@@ -45,5 +53,7 @@ __all__ = [
     "site_log_probs",
     "sum_per_particle",
     "trace_without_rng",
+    "validate_site_shapes",
     "vectorized_traces",
+    "write_param",
 ]

@@ -2,9 +2,9 @@
 
 ``AutoNormal`` and ``AutoDiagonalNormal`` hold a diagonal Gaussian, ``AutoMultivariateNormal`` a
 full one, all over the same flat unconstrained latent vector (Pyro's prototype-trace order, which
-:func:`pyro_blr.core.layout.latent_layout` follows). Writing goes through each parameter's constraint
-into the live unconstrained tensor, in place, so ``Predictive``, ``median()``, ``quantiles()`` and
-the param store all see the new posterior at once.
+:func:`pyro_blr.core.layout.latent_layout` follows). Writing goes through each parameter's
+constraint into the live unconstrained tensor, in place, so ``Predictive``, ``median()``,
+``quantiles()`` and the param store all see the new posterior at once.
 """
 
 from __future__ import annotations
@@ -97,10 +97,14 @@ class GaussianGuide:
 
 
 def initialize_guide(guide: AutoGuide, args: tuple, kwargs: dict) -> Tensor:
-    """Run an autoguide once (quietly, without gradients) if it has not built its parameters
-    yet; returns one of its parameters, which names the device and dtype of the fit."""
+    """Run an autoguide once (quietly, without gradients, leaving the RNG where it was) if it has
+    not built its parameters yet; returns one of its parameters, which names the device and
+    dtype of the fit. Leaving the RNG alone makes a resumed run draw what the original drew,
+    whether or not the guide was called before loading a checkpoint."""
     if guide.prototype_trace is None:
-        with poutine.block(), torch.no_grad():
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        devices = [torch.cuda.current_device()] if cuda else []
+        with torch.random.fork_rng(devices=devices), poutine.block(), torch.no_grad():
             guide(*args, **kwargs)
     return next(iter(guide.parameters()))
 

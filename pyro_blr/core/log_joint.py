@@ -6,10 +6,24 @@ r"""The negative log joint of a Pyro model at particles of its flat unconstraine
 where :math:`\log p` is the model's log joint exactly as Pyro computes it (sites inside
 ``pyro.plate(..., subsample_size=B)`` scaled by :math:`N/B`, masks honoured) and :math:`T` maps
 the flat vector to constrained site values (see :mod:`pyro_blr.core.layout`).
+
+Particles are evaluated in one of three ways (``vectorize``):
+
+* ``"plate"`` -- the model runs once inside a plate left of its own plates (Pyro's
+  ``vectorize_particles``); fast, but right only for models that broadcast (``X @ w``,
+  ``a, b = w`` or ``w.sum()`` consume the particle dimension and silently give another model);
+* ``"vmap"`` -- ``torch.func.vmap`` over the log joint of one particle: every model that runs on
+  one particle runs, ``X @ w`` and ``nn.Linear`` included, with Pyro's validation off inside the
+  map (its support checks are data-dependent control flow);
+* ``"loop"`` -- one model run per particle.
+
+:func:`choose_vectorization` picks the fastest one that gives the same numbers as the loop on
+probe particles, so the default never fits another model than the one written.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pyro
@@ -18,9 +32,14 @@ import torch
 from torch import Tensor
 
 from pyro_blr.core.layout import LatentLayout, LatentSite
-from pyro_blr.core.traces import PARTICLE_PLATE, site_log_probs, sum_per_particle
+from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
-__all__ = ["log_joint", "neg_log_joint"]
+__all__ = ["VECTORIZATIONS", "choose_vectorization", "log_joint", "neg_log_joint"]
+
+VECTORIZATIONS = ("plate", "vmap", "loop")
+"""The ways :func:`neg_log_joint` can evaluate particles."""
+
+logger = logging.getLogger(__name__)
 
 
 def _to_constrained(site: LatentSite, unconstrained: Tensor, leading: int) -> tuple[Tensor, Tensor]:
@@ -35,7 +54,7 @@ def neg_log_joint(
     theta: Tensor,
     args: tuple = (),
     kwargs: dict | None = None,
-    vectorize: bool = True,
+    vectorize: bool | str = True,
     terms_out: list | None = None,
 ) -> Tensor:
     r"""The negative log joint :math:`\ell(\theta_s)` of each particle, shape ``(S,)``.
@@ -46,25 +65,27 @@ def neg_log_joint(
         theta: unconstrained particles of shape ``(S, D)``.
         args: the model's positional arguments.
         kwargs: the model's keyword arguments.
-        vectorize: run the model once on all particles, inside a plate left of its own plates
-            (the model must broadcast, as for Pyro's ``vectorize_particles=True``); otherwise run
-            it once per particle.
+        vectorize: ``"plate"`` (or ``True``), ``"vmap"`` or ``"loop"`` (or ``False``); see the
+            module docstring.
         terms_out: if given, each run's ``(name, log_prob)`` pairs (see
             :func:`pyro_blr.core.traces.site_log_probs`) and ``("log|det J|", log_det)`` are
             appended to it, to locate non-finite terms.
 
     Example:
-        >>> import pyro, pyro.distributions as dist, torch
+        >>> import math, pyro, pyro.distributions as dist, torch
         >>> from pyro_blr.core import latent_layout
         >>> def model():
         ...     pyro.sample("x", dist.Normal(0.0, 1.0))
         >>> layout = latent_layout(pyro.poutine.trace(model).get_trace())
-        >>> neg_log_joint(model, layout, torch.tensor([[0.0], [1.0]])) - 0.5 * 1.8379
+        >>> neg_log_joint(model, layout, torch.tensor([[0.0], [1.0]])) - 0.5 * math.log(2 * math.pi)
         tensor([0.0000, 0.5000])
     """
     kwargs = kwargs or {}
     num_particles = theta.shape[0]
-    if not vectorize:
+    mode = _mode(vectorize)
+    if mode == "vmap" and terms_out is None:
+        return _neg_log_joint_vmap(model, layout, theta, args, kwargs)
+    if mode != "plate":
         rows = [
             _neg_log_joint_one(model, layout, theta[s], args, kwargs, terms_out)
             for s in range(num_particles)
@@ -78,6 +99,7 @@ def neg_log_joint(
         log_det = log_det + jacobian
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    _check_all_latents_given(trace)
     terms = site_log_probs(trace)
     log_joint = theta.new_zeros(num_particles)
     for _, log_prob in terms:
@@ -97,6 +119,7 @@ def _neg_log_joint_one(
         values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
         log_det = log_det + jacobian
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    _check_all_latents_given(trace)
     terms = site_log_probs(trace)
     log_joint = sum(log_prob.sum() for _, log_prob in terms)
     if terms_out is not None:
@@ -111,7 +134,7 @@ def log_joint(
     max_plate_nesting: int,
     args: tuple = (),
     kwargs: dict | None = None,
-    vectorize: bool = True,
+    vectorize: bool | str = True,
 ) -> Tensor:
     r""":math:`\log p(\mathcal D, x_s)` for constrained latent values with the particles first.
 
@@ -126,31 +149,140 @@ def log_joint(
         max_plate_nesting: the model's number of plate dimensions.
         args: the model's positional arguments.
         kwargs: the model's keyword arguments.
-        vectorize: run the model once on all particles.
+        vectorize: ``"plate"`` (or ``True``), ``"vmap"`` or ``"loop"`` (or ``False``).
 
     Example:
-        >>> import pyro, pyro.distributions as dist, torch
+        >>> import math, pyro, pyro.distributions as dist, torch
         >>> def model():
         ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> log_joint(model, {"x": torch.tensor([0.0, 1.0])}, {"x": 0}, 0) + 0.5 * 1.8379
+        >>> values = {"x": torch.tensor([0.0, 1.0])}
+        >>> log_joint(model, values, {"x": 0}, 0) + 0.5 * math.log(2 * math.pi)
         tensor([ 0.0000, -0.5000])
     """
     kwargs = kwargs or {}
     num_particles = next(iter(values.values())).shape[0]
-    if not vectorize:
-        rows = []
-        for s in range(num_particles):
-            data = {name: value[s] for name, value in values.items()}
-            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-            rows.append(sum(log_prob.sum() for _, log_prob in site_log_probs(trace)))
-        return torch.stack(rows)
+    mode = _mode(vectorize)
+
+    def run(data: dict[str, Tensor]) -> Tensor:
+        trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        _check_all_latents_given(trace)
+        return sum(log_prob.sum() for _, log_prob in site_log_probs(trace))
+
+    if mode == "loop":
+        return torch.stack(
+            [run({n: v[s] for n, v in values.items()}) for s in range(num_particles)]
+        )
+    if mode == "vmap":
+
+        def one(data: dict[str, Tensor]) -> Tensor:
+            with pyro.validation_enabled(False):
+                return run(data)
+
+        return torch.func.vmap(one, randomness="different")(values)
     padded = {}
     for name, value in values.items():
         pad = (1,) * (max_plate_nesting - batch_dims[name])
         padded[name] = value.reshape((num_particles, *pad, *value.shape[1:]))
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-max_plate_nesting - 1):
         trace = poutine.trace(poutine.condition(model, data=padded)).get_trace(*args, **kwargs)
+    _check_all_latents_given(trace)
     total = 0.0
     for _, log_prob in site_log_probs(trace):
         total = total + sum_per_particle(log_prob, num_particles, max_plate_nesting)
     return total
+
+
+def _check_all_latents_given(trace) -> None:
+    """Refuse a latent site the values did not cover: it would be drawn from its prior and
+    scored as if observed, which fits another model."""
+    for name, site in sample_sites(trace, deterministic=False):
+        if site["is_observed"]:
+            continue
+        enumerated = site["infer"].get("enumerate")
+        why = (
+            f"it is marked infer={{'enumerate': {enumerated!r}}}; enumeration is not supported "
+            "here: marginalize it out in the model by hand, or use Pyro's TraceEnum_ELBO"
+            if enumerated
+            else "it is not in the guide (a site that appears only on some runs, e.g. through "
+            "control flow, has no place in the guide): make the model sample it on every run"
+        )
+        raise ValueError(f"latent site '{name}' was not given a value: {why}")
+
+
+def _mode(vectorize: bool | str) -> str:
+    if vectorize is True:
+        return "plate"
+    if vectorize is False:
+        return "loop"
+    if vectorize not in VECTORIZATIONS:
+        raise ValueError(f"vectorize must be one of {VECTORIZATIONS} or a bool, got {vectorize!r}")
+    return vectorize
+
+
+def _neg_log_joint_vmap(
+    model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict
+) -> Tensor:
+    def one(row: Tensor) -> Tensor:
+        with pyro.validation_enabled(False):
+            return _neg_log_joint_one(model, layout, row, args, kwargs, None).squeeze(0)
+
+    return torch.func.vmap(one, randomness="different")(theta)
+
+
+def choose_vectorization(
+    model: Callable,
+    layout: LatentLayout,
+    probe: Tensor,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    rtol: float = 1e-4,
+) -> str:
+    """The fastest way to evaluate particles that matches one model run per particle.
+
+    ``"plate"`` is taken when the plate-vectorized values equal the per-particle loop's on the
+    ``probe`` particles (to ``rtol``, float32 round-off), else ``"vmap"`` when it runs and
+    matches, else ``"loop"``; the reason for a fallback is logged once at INFO. Errors of the
+    model itself (raised by the loop) propagate.
+
+    Args:
+        model: the Pyro model.
+        layout: its latent layout.
+        probe: a few distinct particles ``(S, D)``, ``S >= 3`` (so that ``a, b = w`` cannot pass
+            by unpacking two particles).
+        args: the model's positional arguments.
+        kwargs: the model's keyword arguments.
+        rtol: the relative tolerance of the comparison.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_blr.core import latent_layout
+        >>> X = torch.randn(5, 2)
+        >>> def model():
+        ...     w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     with pyro.plate("data", 5):
+        ...         pyro.sample("y", dist.Normal(X @ w, 1.0), obs=torch.zeros(5))
+        >>> layout = latent_layout(pyro.poutine.trace(model).get_trace())
+        >>> choose_vectorization(model, layout, torch.randn(3, 2))
+        'vmap'
+    """
+    kwargs = kwargs or {}
+    with torch.no_grad():
+        exact = neg_log_joint(model, layout, probe, args, kwargs, "loop")
+        reasons = []
+        for mode in ("plate", "vmap"):
+            try:
+                value = neg_log_joint(model, layout, probe, args, kwargs, mode)
+            except Exception as error:
+                reasons.append(f"{mode}: {type(error).__name__}: {str(error).splitlines()[0]}")
+                continue
+            finite = torch.isfinite(exact)
+            same = torch.equal(finite, torch.isfinite(value)) and torch.allclose(
+                value[finite], exact[finite], rtol=rtol, atol=rtol
+            )
+            if value.shape == exact.shape and same:
+                if reasons:
+                    logger.info("particles evaluated by %s (%s)", mode, "; ".join(reasons))
+                return mode
+            reasons.append(f"{mode}: differs from one run per particle")
+    logger.info("particles evaluated one by one (%s)", "; ".join(reasons))
+    return "loop"

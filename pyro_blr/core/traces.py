@@ -15,9 +15,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
-from pyro.util import check_site_shape
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.util import check_site_shape
 from torch import Tensor
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "site_log_probs",
     "sum_per_particle",
     "trace_without_rng",
+    "validate_site_shapes",
 ]
 
 PARTICLE_PLATE = "_pyro_blr_particles"
@@ -115,19 +116,29 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwarg
         prune_subsample_sites(guide_trace),
         prune_subsample_sites(model_trace),
     )
+    validate_site_shapes(guide_trace)
+    validate_site_shapes(model_trace)
     sites = [
         site
         for trace in (model_trace, guide_trace)
         for site in trace.nodes.values()
         if site["type"] == "sample"
     ]
-    if is_validation_enabled():
-        guide_trace.compute_log_prob()
-        model_trace.compute_log_prob()
-        for site in sites:
-            check_site_shape(site, max_plate_nesting=float("inf"))
     dims = [f.dim for site in sites for f in site["cond_indep_stack"] if f.vectorized]
     return -min(dims) if dims else 0
+
+
+def validate_site_shapes(trace: Trace) -> None:
+    """Check every site's log-density shape against its plates, as Pyro's ELBOs do (when Pyro's
+    validation is on): a value that broadcasts against a plate it is not declared in raises
+    Pyro's ``ValueError`` naming the site."""
+    if not is_validation_enabled():
+        return
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            check_site_shape(site, max_plate_nesting=float("inf"))
 
 
 def trace_without_rng(model: Callable, args: tuple, kwargs: dict, like: Tensor) -> Trace:

@@ -47,15 +47,15 @@ def test_ivon_refuses_a_full_covariance_guide(scenario):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"lr": 0.0}, "lr must be a positive number, got 0.0"),
-        ({"lr": -1}, "lr must be a positive number, got -1"),
+        ({"lr": 0.0}, "lr must be a positive finite number, got 0.0"),
+        ({"lr": -1}, "lr must be a positive finite number, got -1"),
         ({"beta1": 1.0}, r"beta1 must lie in \[0, 1\), got 1.0"),
         ({"beta2": -0.1}, r"beta2 must lie in \[0, 1\), got -0.1"),
         ({"rule": "adam"}, "unknown rule 'adam'; choose one of"),
         ({"mc_samples": 3}, "mc_samples must be even, got 3"),
         ({"mc_samples": 0}, "mc_samples must be a positive integer, got 0"),
         ({"clip_radius": 0.0}, "clip_radius must be positive"),
-        ({"weight_decay": -1.0}, "weight_decay must be non-negative"),
+        ({"weight_decay": -1.0}, "weight_decay must be non-negative and finite"),
     ],
 )
 def test_bad_hyperparameters(scenario, options, message):
@@ -66,7 +66,7 @@ def test_bad_hyperparameters(scenario, options, message):
 def test_a_schedule_returning_a_bad_lr_is_caught_at_that_step(scenario):
     blr = pb.BLR(scenario.model, AutoNormal(scenario.model), lr=lambda t: 0.1 - 0.1 * t)
     blr.step(scenario.X, scenario.y)
-    with pytest.raises(ValueError, match=r"lr must be a positive number, got 0\.0"):
+    with pytest.raises(ValueError, match=r"lr must be a positive finite number, got 0\.0"):
         blr.step(scenario.X, scenario.y)
 
 

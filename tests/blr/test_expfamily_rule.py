@@ -7,7 +7,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
-from pyro_blr.blr.expfamily import expfamily_update
+from pyro_blr.blr.rules import expfamily_update
 from pyro_blr.families import Beta, Gamma
 from tests.guides.test_expfamily import (
     COUNTS,

@@ -1,0 +1,125 @@
+"""What every BLR stepper shares: the options, the step's report and the protocol.
+
+A stepper drives one kind of guide: it reads the guide's parameters (the single source of
+truth), estimates the expectations a rule needs from the unchanged model, calls a pure update
+from :mod:`pyro_blr.blr.rules` and writes the result back, all or nothing. The driver
+(:class:`pyro_blr.BLR`) only chooses the stepper, the step size and the loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from pyro_blr.core import (
+    LatentLayout,
+    choose_vectorization,
+    initialize_guide,
+    latent_layout,
+    trace_without_rng,
+    validate_site_shapes,
+)
+
+__all__ = ["KEPT", "StepInfo", "StepOptions", "Stepper", "check_state", "prepare_layout"]
+
+KEPT = "the guide's parameters were left as they were before this step"
+
+
+class StepOptions(NamedTuple):
+    """The driver's options, as a stepper receives them (see :class:`pyro_blr.BLR`)."""
+
+    mc_samples: int = 2
+    antithetic: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.999
+    clip_radius: float | None = None
+    weight_decay: float = 0.0
+    vectorize_particles: bool | str = "auto"
+    max_plate_nesting: int | None = None
+
+
+class StepInfo(NamedTuple):
+    """What one step reports.
+
+    Attributes:
+        loss: the negative ELBO estimate of the guide before the step.
+        halvings: how often the step size was halved to keep natural parameters valid.
+    """
+
+    loss: float
+    halvings: int = 0
+
+
+class Stepper(ABC):
+    """One kind of guide driven by one or more rules.
+
+    Subclasses set :attr:`rules` (the rule names they run) and :attr:`options` (rule name ->
+    the options of :class:`StepOptions` that rule honours; the driver rejects any other option
+    given a non-default value), and implement :meth:`accepts`, :meth:`step`, :meth:`state_dict`
+    and :meth:`load_state_dict`.
+    """
+
+    rules: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[dict[str, frozenset[str]]] = {}
+
+    def __init__(self, model: Callable, guide: Any, rule: str, options: StepOptions):
+        self.model, self.guide, self.rule_name, self.opts = model, guide, rule, options
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, guide: Any) -> bool:
+        """Whether this stepper can drive ``guide``."""
+
+    @abstractmethod
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
+        """Take one step; on any error the guide is left unchanged."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit for bit (tensors and numbers only)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        """Restore :meth:`state_dict`; validate everything before changing anything."""
+
+
+def prepare_layout(
+    model: Callable, guide: Any, args: tuple, kwargs: dict, options: StepOptions
+) -> tuple[LatentLayout, str]:
+    """Initialize the guide (without consuming the RNG), validate the model's site shapes, build
+    its latent layout and choose how particles are evaluated.
+
+    ``vectorize_particles="auto"`` takes the fastest of plate, ``torch.func.vmap`` and loop that
+    matches one model run per particle on three probe particles (see
+    :func:`pyro_blr.core.choose_vectorization`); ``True``/``False`` force plate/loop.
+    """
+    like = initialize_guide(guide, args, kwargs)
+    model_trace = trace_without_rng(model, args, kwargs, like)
+    validate_site_shapes(model_trace)
+    layout = latent_layout(guide.prototype_trace, model_trace)
+    if options.max_plate_nesting is not None:
+        layout = layout.with_plate_nesting(options.max_plate_nesting)
+    mode = options.vectorize_particles
+    if mode == "auto":
+        devices = [like.device] if like.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            probe = torch.randn(3, layout.dim, dtype=like.dtype, device=like.device)
+            mode = choose_vectorization(model, layout, probe, args, kwargs)
+    return layout, mode
+
+
+def check_state(name: str, saved: Tensor, current: Tensor) -> None:
+    """Refuse a checkpoint entry that does not fit the guide (shape) or is not finite."""
+    if not torch.is_tensor(saved):
+        raise ValueError(f"state_dict entry {name!r} is not a tensor")
+    if saved.shape != current.shape:
+        raise ValueError(
+            f"state_dict entry {name!r} has shape {tuple(saved.shape)}, this guide needs "
+            f"{tuple(current.shape)}: the checkpoint is of another model or guide"
+        )
+    if not torch.isfinite(saved).all():
+        raise ValueError(f"state_dict entry {name!r} is not finite")

@@ -1,0 +1,169 @@
+r"""The ``"expfamily"`` rule on :class:`pyro_blr.AutoExpFamily` guides.
+
+For each site's family, with natural parameters :math:`\lambda`, expectation parameters
+:math:`\mu` and :math:`\ell(x) = -\log p(\mathcal D, x) - \log h(x)`, the step is
+:func:`pyro_blr.blr.rules.expfamily_update`,
+
+.. math::
+    \lambda \leftarrow (1-\rho)\lambda - \rho\,\nabla_\mu \mathbb E_q[\ell],
+
+with :math:`\nabla_\lambda\mathbb E_q[\ell]` estimated from reparameterized draws (implicit
+reparameterization for Gamma, Beta, Dirichlet and von Mises). On a conjugate site
+:math:`\rho = 1` lands on the exact posterior.
+
+References:
+    | The Bayesian Learning Rule (Khan & Rue, JMLR 2023), Section 3
+    | https://arxiv.org/abs/2107.04562
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from pyro_blr.blr.rules import expfamily_update
+from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
+from pyro_blr.core import log_joint, neg_log_joint
+from pyro_blr.guides import AutoExpFamily, AutoMixture
+
+__all__ = ["ExpFamilyStepper", "SiteDraws", "update_sites"]
+
+_OPTIONS = frozenset({"mc_samples", "weight_decay", "vectorize_particles", "max_plate_nesting"})
+
+
+class SiteDraws:
+    """Reparameterized draws of every site of an exponential-family guide, with what the
+    expectations need: the model's log joint, the base measures and the weight-decay penalty.
+
+    Args:
+        stepper: the stepper (its model, layout and vectorization).
+        draws: site name -> constrained draws ``(S, *site_shape)``.
+    """
+
+    def __init__(self, stepper: Stepper, draws: dict[str, Tensor]):
+        self.stepper, self.draws = stepper, draws
+        self.num = next(iter(draws.values())).shape[0]
+
+    def unconstrained(self) -> Tensor:
+        """The draws as particles of the flat unconstrained vector, ``(S, D)``."""
+        layout = self.stepper.layout
+        blocks = [
+            site.transform.inv(self.draws[site.name]).reshape(self.num, -1) for site in layout.sites
+        ]
+        return torch.cat(blocks, -1)
+
+    def neg_log_target(self, args: tuple, kwargs: dict) -> Tensor:
+        r""":math:`-\log p(\mathcal D, x_s) - \log h(x_s) + \tfrac\delta2\lVert\theta_s\rVert^2`,
+        shape ``(S,)``."""
+        stepper = self.stepper
+        layout = stepper.layout
+        batch_dims = {s.name: len(s.shape) - s.event_dim for s in layout.sites}
+        value = -log_joint(
+            stepper.model,
+            self.draws,
+            batch_dims,
+            layout.max_plate_nesting,
+            args,
+            kwargs,
+            stepper.mode,
+        )
+        for name, family in stepper.families.items():
+            base = family.log_base_measure(self.draws[name])
+            if base.dim():  # only the LogNormal has one
+                value = value - base.reshape(self.num, -1).sum(-1)
+        if stepper.opts.weight_decay:
+            value = value + 0.5 * stepper.opts.weight_decay * self.unconstrained().square().sum(-1)
+        return value
+
+    def non_finite_sites(self, args: tuple, kwargs: dict) -> list[str]:
+        """The sites whose log density is not finite at some draw (to name them in errors)."""
+        runs = []
+        with torch.no_grad():
+            theta = self.unconstrained()
+            neg_log_joint(
+                self.stepper.model, self.stepper.layout, theta, args, kwargs, "loop", runs
+            )
+        return sorted({name for terms in runs for name, t in terms if not torch.isfinite(t).all()})
+
+
+def update_sites(
+    families: dict, etas: dict, grads: dict, lr: float, step_number: int
+) -> tuple[dict[str, Tensor], int]:
+    """:func:`pyro_blr.blr.rules.expfamily_update` on every site; returns the new natural
+    parameters and the total number of step halvings. Nothing is written."""
+    updates, total = {}, 0
+    for name, family in families.items():
+        if not torch.isfinite(grads[name]).all():
+            raise FloatingPointError(
+                f"BLR step {step_number}: the gradient is not finite at site '{name}'; {KEPT}"
+            )
+        try:
+            updates[name], halvings = expfamily_update(family, etas[name], grads[name], lr)
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"BLR step {step_number}: site '{name}': {error}; {KEPT}"
+            ) from None
+        total += halvings
+    return updates, total
+
+
+class ExpFamilyStepper(Stepper):
+    """Runs the ``"expfamily"`` rule on every site of an ``AutoExpFamily`` guide."""
+
+    rules = ("expfamily",)
+    options: ClassVar[dict[str, frozenset[str]]] = {"expfamily": _OPTIONS}
+
+    @classmethod
+    def accepts(cls, guide: Any) -> bool:
+        return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
+
+    def __init__(self, model, guide, rule, options):
+        super().__init__(model, guide, rule, options)
+        self.layout, self.mode, self.families = None, None, None
+
+    def _setup(self, args: tuple, kwargs: dict) -> None:
+        self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        self.families = self.guide.site_families()
+
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
+        if self.layout is None:
+            self._setup(args, kwargs)
+        num, families = self.opts.mc_samples, self.families
+        etas = self.guide.natural_params()
+        with torch.enable_grad():
+            leaves = {n: eta.clone().requires_grad_(True) for n, eta in etas.items()}
+            draws = {n: f.distribution(leaves[n]).rsample((num,)) for n, f in families.items()}
+            sample = SiteDraws(self, draws)
+            expected_loss = sample.neg_log_target(args, kwargs).mean()
+            if not torch.isfinite(expected_loss):
+                bad = sample.non_finite_sites(args, kwargs)
+                raise FloatingPointError(
+                    f"BLR step {step_number}: the log joint is not finite at site(s) {bad}; {KEPT}"
+                )
+            grads = dict(
+                zip(leaves, torch.autograd.grad(expected_loss, list(leaves.values())), strict=True)
+            )
+        entropy = sum(families[n].entropy(etas[n]).sum() for n in families)
+        updates, halvings = update_sites(families, etas, grads, lr, step_number)
+        self.guide.set_natural_params(updates)
+        return StepInfo(float(expected_loss.detach() - entropy), halvings)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.layout is None:
+            return {}
+        return {f"eta.{n}": eta.clone() for n, eta in self.guide.natural_params().items()}
+
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        if self.layout is None:
+            self._setup(args, kwargs)
+        current = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
+        if set(state) != set(current):
+            raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
+        for key, value in current.items():
+            check_state(key, state[key], value)
+        like = next(iter(current.values()))
+        self.guide.set_natural_params(
+            {k[4:]: state[k].to(dtype=like.dtype, device=like.device) for k in current}
+        )

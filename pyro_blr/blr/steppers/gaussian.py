@@ -1,0 +1,194 @@
+r"""The Gaussian rules (``"ivon"``, ``"von"``, ``"newton"``) on Pyro's Gaussian autoguides.
+
+Each step reads the guide's mean and precision, draws particles :math:`\theta_s = m \pm
+S^{-1/2}\epsilon_s` (antithetic pairs by default; the mean itself for ``"newton"``), evaluates
+:math:`\ell` with its gradient (and exact Hessian, or IVON's gradient-only estimate), applies the
+rule and writes the new Gaussian back. The guide is the single source of truth: a change made to
+it behind the driver's back (SVI steps, another driver, ``pyro.get_param_store`` edits) is picked
+up at the next step, and only the rule's extra state (IVON's momentum) lives in the stepper.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pyro.infer.autoguide import AutoMultivariateNormal
+from torch import Tensor
+
+from pyro_blr.blr.curvature import reparam_hessian_diagonal
+from pyro_blr.blr.rules import RULES
+from pyro_blr.blr.steppers.base import (
+    KEPT,
+    StepInfo,
+    Stepper,
+    check_state,
+    prepare_layout,
+)
+from pyro_blr.core import GAUSSIAN_GUIDES, Derivatives, GaussianGuide, derivatives, neg_log_joint
+from pyro_blr.families import gaussian_family
+
+__all__ = ["GaussianStepper"]
+
+_SAMPLED = frozenset(
+    {"mc_samples", "antithetic", "weight_decay", "vectorize_particles", "max_plate_nesting"}
+)
+
+
+class GaussianStepper(Stepper):
+    """Runs ``"ivon"``, ``"von"`` or ``"newton"`` on ``AutoNormal``, ``AutoDiagonalNormal`` or
+    (``"von"``, ``"newton"``) ``AutoMultivariateNormal``."""
+
+    rules = ("ivon", "von", "newton")
+    options: ClassVar[dict[str, frozenset[str]]] = {
+        "ivon": _SAMPLED | {"beta1", "beta2", "clip_radius"},
+        "von": _SAMPLED,
+        "newton": frozenset({"weight_decay", "vectorize_particles", "max_plate_nesting"}),
+    }
+
+    @classmethod
+    def accepts(cls, guide: Any) -> bool:
+        return isinstance(guide, GAUSSIAN_GUIDES)
+
+    def __init__(self, model, guide, rule, options):
+        super().__init__(model, guide, rule, options)
+        self.rule = RULES[rule]
+        if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
+            full = [name for name, r in RULES.items() if r.full_covariance]
+            raise TypeError(
+                f"rule {rule!r} drives diagonal Gaussians only, not AutoMultivariateNormal: "
+                f"use rule {' or '.join(repr(n) for n in full)}, or AutoNormal/AutoDiagonalNormal"
+            )
+        if not self.rule.at_mean and options.antithetic and options.mc_samples % 2:
+            raise ValueError(
+                f"antithetic sampling draws pairs: mc_samples must be even, got "
+                f"{options.mc_samples} (or pass antithetic=False)"
+            )
+        self.layout, self._mode, self._view = None, None, None
+        self._state, self._written = None, None
+
+    # ---------------------------------------------------------------- the guide, read and written
+    def _setup(self, args: tuple, kwargs: dict) -> None:
+        self.layout, self._mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        self._view = GaussianGuide(self.guide, self.layout)
+
+    def _current_state(self):
+        """The rule's state with the guide's current Gaussian (exact if the guide still holds
+        what this stepper wrote last, else as read from the guide)."""
+        loc, precision = self._view.read()
+        if self._state is None:
+            return self.rule.init(loc, precision)
+        written_loc, written_precision = self._written
+        if torch.equal(loc, written_loc) and torch.equal(precision, written_precision):
+            return self._state
+        return self._state._replace(loc=loc, precision=precision)
+
+    def _write(self, state) -> None:
+        self._view.write(state.loc, state.precision)
+        self._state, self._written = state, self._view.read()
+
+    # ---------------------------------------------------------------- one step
+    def _particles(self, loc: Tensor, precision: Tensor) -> Tensor:
+        if self.rule.at_mean:
+            return loc.unsqueeze(0)
+        num = self.opts.mc_samples // 2 if self.opts.antithetic else self.opts.mc_samples
+        noise = torch.randn(num, loc.shape[-1], dtype=loc.dtype, device=loc.device)
+        if self.opts.antithetic:
+            noise = torch.cat([noise, -noise])
+        return gaussian_family(precision).sample(loc, precision, noise)
+
+    def _neg_log_joint(self, theta: Tensor, args, kwargs, mode=None, terms_out=None) -> Tensor:
+        mode = mode or self._mode
+        value = neg_log_joint(self.model, self.layout, theta, args, kwargs, mode, terms_out)
+        if self.opts.weight_decay:
+            value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
+        return value
+
+    def _check_finite(self, theta: Tensor, d: Derivatives, args, kwargs, step: int) -> None:
+        if not torch.isfinite(d.value).all():
+            runs = []
+            with torch.no_grad():
+                self._neg_log_joint(theta, args, kwargs, "loop", runs)
+            bad = sorted(
+                {name for terms in runs for name, t in terms if not torch.isfinite(t).all()}
+            )
+            raise FloatingPointError(
+                f"BLR step {step}: the log joint is not finite at site(s) {bad}; {KEPT}"
+            )
+        for label, tensor in (("gradient", d.grad), ("Hessian", d.hess)):
+            if tensor is None or torch.isfinite(tensor).all():
+                continue
+            bad_coords = (~torch.isfinite(tensor)).reshape(-1, self.layout.dim).any(0)
+            sites = sorted({self.layout.site_at(int(i)) for i in bad_coords.nonzero()})
+            raise FloatingPointError(
+                f"BLR step {step}: the {label} is not finite at {sites}; {KEPT}"
+            )
+
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
+        if self.layout is None:
+            self._setup(args, kwargs)
+        state = self._current_state()
+        loc, precision = state.loc, state.precision
+        family = gaussian_family(precision)
+        theta = self._particles(loc, precision)
+        d = derivatives(
+            lambda t: self._neg_log_joint(t, args, kwargs),
+            theta,
+            hessian=self.rule.curvature == "hessian",
+        )
+        self._check_finite(theta, d, args, kwargs, step_number)
+        grad = d.grad.mean(0)
+        if d.hess is None:
+            hess = reparam_hessian_diagonal(d.grad, theta, loc, precision).mean(0)
+        else:
+            hess = d.hess.mean(0)
+            if family.diagonal:
+                hess = hess.diagonal()
+        loss = d.value.mean() - family.entropy(precision)
+        if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 for quadratic l
+            spread = family.solve(precision, hess)
+            loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
+        options: ClassVar[dict[str, frozenset[str]]] = {}
+        if self.rule_name == "ivon":
+            options: ClassVar[dict[str, frozenset[str]]] = {
+                k: getattr(self.opts, k) for k in ("beta1", "beta2", "clip_radius")
+            }
+        new_state = self.rule.update(state, grad, hess, lr, step_number, **options)
+        if not all(torch.isfinite(t).all() for t in new_state):
+            raise FloatingPointError(
+                f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
+            )
+        self._write(new_state)
+        return StepInfo(float(loss))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        if self._state is None:
+            return {}
+        state = self._current_state()
+        return {name: value.clone() for name, value in state._asdict().items()}
+
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        if self.layout is None:
+            self._setup(args, kwargs)
+        current = self._current_state()
+        expected = set(current._fields)
+        if set(state) != expected:
+            raise ValueError(
+                f"state_dict of rule {self.rule_name!r} needs entries {sorted(expected)}, got "
+                f"{sorted(state)}"
+            )
+        like = current.loc
+        fields = {}
+        for name in current._fields:
+            check_state(name, state[name], getattr(current, name))
+            fields[name] = state[name].to(dtype=like.dtype, device=like.device).clone()
+        precision = fields["precision"]
+        positive = (
+            bool((precision > 0).all())
+            if precision.dim() == 1
+            else bool(torch.linalg.cholesky_ex(precision).info == 0)
+        )
+        if not positive:
+            raise ValueError("state_dict entry 'precision' is not positive definite")
+        self._write(type(current)(**fields))

@@ -1,0 +1,196 @@
+r"""The ``"mixture"`` rule on :class:`pyro_blr.AutoMixture` guides (Lin, Khan & Schmidt 2019).
+
+With :math:`h(z) = \log q(z) - \log p(\mathcal D, z)` (so :math:`-\mathbb E_q[h]` is the ELBO),
+every component :math:`k` draws its own particles (stratified expectations, every component
+sampled), and the updates are :func:`pyro_blr.blr.rules.mixture_update` for Gaussian components
+and :func:`pyro_blr.blr.rules.expfamily_update` per site plus
+:func:`pyro_blr.blr.rules.mixture_logits_update` for exponential-family components.
+
+References:
+    | Fast and Simple Natural-Gradient Variational Inference with Mixture of Exponential-family
+      Approximations (Lin, Khan & Schmidt, ICML 2019) https://arxiv.org/abs/1906.02914
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from pyro_blr.blr.rules import MixtureState, mixture_logits_update, mixture_update
+from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
+from pyro_blr.blr.steppers.expfamily import SiteDraws, update_sites
+from pyro_blr.core import derivatives, neg_log_joint
+from pyro_blr.families import gaussian_family
+from pyro_blr.guides import AutoMixture
+
+__all__ = ["ExpFamilyMixtureStepper", "GaussianMixtureStepper"]
+
+_OPTIONS = frozenset({"mc_samples", "weight_decay", "vectorize_particles", "max_plate_nesting"})
+
+
+def _not_finite(step_number: int) -> FloatingPointError:
+    return FloatingPointError(
+        f"BLR step {step_number}: a mixture expectation is not finite; {KEPT}"
+    )
+
+
+class GaussianMixtureStepper(Stepper):
+    """Runs the mixture rule on ``AutoMixture(component="diagonal" | "full")``."""
+
+    rules = ("mixture",)
+    options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS | {"antithetic"}}
+
+    @classmethod
+    def accepts(cls, guide: Any) -> bool:
+        return isinstance(guide, AutoMixture) and guide.component in ("diagonal", "full")
+
+    def __init__(self, model, guide, rule, options):
+        super().__init__(model, guide, rule, options)
+        if options.antithetic and options.mc_samples % 2:
+            raise ValueError(
+                f"antithetic sampling draws pairs: mc_samples must be even, got "
+                f"{options.mc_samples} (or pass antithetic=False)"
+            )
+        self.layout, self.mode = None, None
+
+    def _particles(self, locs: Tensor, precisions: Tensor) -> Tensor:
+        k, d = locs.shape
+        num = self.opts.mc_samples // 2 if self.opts.antithetic else self.opts.mc_samples
+        noise = torch.randn(k, num, d, dtype=locs.dtype, device=locs.device)
+        if self.opts.antithetic:
+            noise = torch.cat([noise, -noise], 1)
+        return torch.stack(
+            [
+                gaussian_family(p).sample(m, p, e)
+                for m, p, e in zip(locs, precisions, noise, strict=True)
+            ]
+        )  # (K, S, D)
+
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
+        if self.layout is None:
+            self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        logits, locs, precisions = self.guide.components()
+        with torch.no_grad():
+            mixture = self.guide.mixture()
+        k, d = locs.shape
+        theta = self._particles(locs, precisions)
+        num = theta.shape[1]
+        decay = self.opts.weight_decay
+
+        def h(t: Tensor) -> Tensor:
+            value = mixture.log_prob(t)
+            value = value + neg_log_joint(self.model, self.layout, t, args, kwargs, self.mode)
+            return value + 0.5 * decay * t.square().sum(-1) if decay else value
+
+        out = derivatives(h, theta.reshape(-1, d), hessian=True)
+        expected = out.value.reshape(k, num).mean(1)  # E_{q_k}[h]
+        grads = out.grad.reshape(k, num, d).mean(1)
+        hess = out.hess.reshape(k, num, d, d).mean(1)
+        if not all(torch.isfinite(t).all() for t in (expected, grads, hess)):
+            raise _not_finite(step_number)
+        if precisions.dim() == 2:  # diagonal components
+            hess = hess.diagonal(dim1=-2, dim2=-1)
+        state = MixtureState(logits, locs, precisions)
+        new = mixture_update(state, grads, hess, expected, lr)
+        if not all(torch.isfinite(t).all() for t in new):
+            raise FloatingPointError(
+                f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
+            )
+        self.guide.set_components(*new)
+        return StepInfo(float((torch.softmax(logits, -1) * expected).sum()))
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.layout is None:
+            return {}
+        return dict(zip(MixtureState._fields, self.guide.components(), strict=True))
+
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        if self.layout is None:
+            self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        current = dict(zip(MixtureState._fields, self.guide.components(), strict=True))
+        if set(state) != set(current):
+            raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
+        for key, value in current.items():
+            check_state(key, state[key], value)
+        like = current["locs"]
+        self.guide.set_components(
+            *(state[k].to(dtype=like.dtype, device=like.device) for k in MixtureState._fields)
+        )
+
+
+class ExpFamilyMixtureStepper(Stepper):
+    """Runs the mixture rule on ``AutoMixture(component="expfamily")``: every component draws
+    its own reparameterized values; with :math:`h = \\log q(x) - \\log p(\\mathcal D, x) +
+    \\log h_{\\text{base}}(x)` (the mixture density held fixed), each site's natural parameters
+    in component :math:`k` move by the exponential-family step on :math:`\\mathbb E_{q_k}[h]`,
+    and the weights by the differences of :math:`\\mathbb E_{q_k}[h]`."""
+
+    rules = ("mixture",)
+    options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS}
+
+    @classmethod
+    def accepts(cls, guide: Any) -> bool:
+        return isinstance(guide, AutoMixture) and guide.component == "expfamily"
+
+    def __init__(self, model, guide, rule, options):
+        super().__init__(model, guide, rule, options)
+        self.layout, self.mode, self.families = None, None, None
+
+    def _setup(self, args: tuple, kwargs: dict) -> None:
+        self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        self.families = self.guide.site_families()
+
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
+        if self.layout is None:
+            self._setup(args, kwargs)
+        k, num, families = self.guide.num_components, self.opts.mc_samples, self.families
+        etas = self.guide.natural_params()  # (K, *site batch, P)
+        logits = self.guide.logits.detach().clone()
+        log_weights = torch.log_softmax(logits, -1)
+        with torch.enable_grad():
+            leaves = {n: eta.clone().requires_grad_(True) for n, eta in etas.items()}
+            draws, log_q = {}, 0.0
+            for name, family in families.items():
+                value = family.distribution(leaves[name]).rsample((num,))  # (S, K, *shape)
+                value = value.transpose(0, 1).reshape((k * num, *value.shape[2:]))
+                fixed = family.distribution(etas[name])  # every component, parameters fixed
+                per_component = fixed.log_prob(value.unsqueeze(1))  # (K*S, K, *site batch)
+                log_q = log_q + per_component.reshape(k * num, k, -1).sum(-1)
+                draws[name] = value
+            log_mixture = torch.logsumexp(log_weights + log_q, -1)
+            sample = SiteDraws(self, draws)
+            h = log_mixture + sample.neg_log_target(args, kwargs)
+            expected = h.reshape(k, num).mean(1)
+            if not torch.isfinite(expected).all():
+                raise _not_finite(step_number)
+            grads = torch.autograd.grad(expected.sum(), list(leaves.values()))
+        updates, halvings = update_sites(
+            families, etas, dict(zip(leaves, grads, strict=True)), lr, step_number
+        )
+        expected = expected.detach()
+        self.guide.set_natural_params(updates)
+        self.guide.set_logits(mixture_logits_update(logits, expected, lr))
+        return StepInfo(float((log_weights.exp() * expected).sum()), halvings)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.layout is None:
+            return {}
+        state = {f"eta.{n}": eta.clone() for n, eta in self.guide.natural_params().items()}
+        state["logits"] = self.guide.logits.detach().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        if self.layout is None:
+            self._setup(args, kwargs)
+        current = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
+        current["logits"] = self.guide.logits.detach()
+        if set(state) != set(current):
+            raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
+        for key, value in current.items():
+            check_state(key, state[key], value)
+        like = current["logits"]
+        moved = {key: state[key].to(dtype=like.dtype, device=like.device) for key in current}
+        self.guide.set_natural_params({k[4:]: v for k, v in moved.items() if k != "logits"})
+        self.guide.set_logits(moved["logits"])
