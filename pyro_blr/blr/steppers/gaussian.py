@@ -64,12 +64,12 @@ class GaussianStepper(Stepper):
                 f"antithetic sampling draws pairs: mc_samples must be even, got "
                 f"{options.mc_samples} (or pass antithetic=False)"
             )
-        self.layout, self._mode, self._view = None, None, None
+        self.layout, self.mode, self._view = None, None, None
         self._state, self._written = None, None
 
     # ---------------------------------------------------------------- the guide, read and written
     def _setup(self, args: tuple, kwargs: dict) -> None:
-        self.layout, self._mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
         self._view = GaussianGuide(self.guide, self.layout)
 
     def _current_state(self):
@@ -98,7 +98,7 @@ class GaussianStepper(Stepper):
         return gaussian_family(precision).sample(loc, precision, noise)
 
     def _neg_log_joint(self, theta: Tensor, args, kwargs, mode=None, terms_out=None) -> Tensor:
-        mode = mode or self._mode
+        mode = mode or self.mode
         value = neg_log_joint(self.model, self.layout, theta, args, kwargs, mode, terms_out)
         if self.opts.weight_decay:
             value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
