@@ -29,7 +29,7 @@ def test_an_enumerated_site_hidden_from_the_guide_is_refused():
         pyro.sample("y", dist.Normal(loc * (2 * z - 1), 1.0), obs=y)
 
     guide = AutoNormal(pyro.poutine.block(model, hide=["z"]))
-    with pytest.raises(ValueError, match="latent site 'z'.*enumerate"):
+    with pytest.raises(ValueError, match=r"latent site 'z'.*enumerate"):
         pb.BLR(model, guide, rule="von").step(torch.tensor(2.0))
 
 
@@ -45,7 +45,7 @@ def test_a_latent_that_appears_after_set_up_is_refused():
 
     guide = AutoNormal(model)
     blr = pb.BLR(model, guide, rule="von", vectorize_particles=False)
-    with pytest.raises(ValueError, match="latent site 'extra'.*not in the guide"):
+    with pytest.raises(ValueError, match=r"latent site 'extra'.*not in the guide"):
         for _ in range(5):
             blr.step(torch.tensor(1.0))
 
