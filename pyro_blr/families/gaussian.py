@@ -200,9 +200,8 @@ def scale_tril_from_precision(precision: Tensor) -> Tensor:
 
     Example:
         >>> import torch
-        >>> scale_tril_from_precision(torch.tensor([[4.0, 0.0], [0.0, 0.25]]))
-        tensor([[0.5000, 0.0000],
-                [0.0000, 2.0000]])
+        >>> scale_tril_from_precision(torch.tensor([[4.0, 0.0], [0.0, 0.25]])).diagonal()
+        tensor([0.5000, 2.0000])
     """
     covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
     return torch.linalg.cholesky(covariance)
@@ -213,8 +212,7 @@ def precision_from_scale_tril(scale_tril: Tensor) -> Tensor:
 
     Example:
         >>> import torch
-        >>> precision_from_scale_tril(torch.tensor([[0.5, 0.0], [0.0, 2.0]]))
-        tensor([[4.0000, 0.0000],
-                [0.0000, 0.2500]])
+        >>> precision_from_scale_tril(torch.tensor([[0.5, 0.0], [0.0, 2.0]])).diagonal()
+        tensor([4.0000, 0.2500])
     """
     return torch.cholesky_inverse(scale_tril)

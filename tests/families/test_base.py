@@ -1,9 +1,10 @@
-"""Every exponential family: mu = grad A, lambda <-> mu inverse, densities and entropies."""
+"""The ExpFamily contract on every family: mu = grad A, lambda <-> mu inverse, densities,
+entropies, and Newton failures reported as ValueError before any linear solve."""
 
 import pytest
 import torch
 
-from pyro_blr.families.expfamily import (
+from pyro_blr.families import (
     Beta,
     Categorical,
     Dirichlet,
@@ -77,3 +78,62 @@ def test_unreachable_expectations_raise():
     impossible = torch.tensor([-0.1, -0.1], dtype=D)
     with pytest.raises(ValueError, match="not reached"):
         family.from_mean(impossible, eta)
+
+
+def refuse_linear_solves(monkeypatch):
+    """Make every raising linear solve fail the test: Newton must check before it solves."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("from_mean called a linear solve that can raise")
+
+    for name in ("solve", "cholesky", "inv"):
+        monkeypatch.setattr(torch.linalg, name, forbidden)
+
+
+def test_unreachable_expectations_raise_without_a_raising_solve(monkeypatch):
+    # The Beta case above drifts towards eta -> infinity (the objective is unbounded below);
+    # whatever the BLAS does with the ill-conditioned Fisher information, the answer is the
+    # documented ValueError, and no solver exception can surface.
+    refuse_linear_solves(monkeypatch)
+    family = Beta()
+    eta = family.natural_params(torch.tensor(2.0, dtype=D), torch.tensor(2.0, dtype=D))
+    with pytest.raises(ValueError, match="not reached"):
+        family.from_mean(torch.tensor([-0.1, -0.1], dtype=D), eta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_divergent_newton_iterates_raise_value_error(monkeypatch, dtype):
+    # Normal: E[x^2] < E[x]^2 is no variance; Gamma: E[log x] > log E[x] breaks Jensen; Dirichlet:
+    # E[log x] positive for a simplex. Newton drifts off in each; all must end in ValueError.
+    refuse_linear_solves(monkeypatch)
+    cases = [
+        (Normal(), torch.tensor([1.0, 0.5]), torch.tensor([0.0, -0.5])),
+        (Gamma(), torch.tensor([1.0, 1.0]), torch.tensor([1.0, -1.0])),
+        (Dirichlet(), torch.tensor([0.1, 0.2, 0.3]), torch.tensor([1.0, 1.0, 1.0])),
+        (VonMisesFamily(), torch.tensor([1.5, 0.0]), torch.tensor([1.0, 0.0])),  # |mu| > 1
+    ]
+    for family, mu, start in cases:
+        with pytest.raises(ValueError, match="not reached"):
+            family.from_mean(mu.to(dtype), start.to(dtype))
+
+
+def test_a_non_finite_start_is_reported_not_solved(monkeypatch):
+    refuse_linear_solves(monkeypatch)
+    family = Gamma()
+    mu = family.mean_params(torch.tensor([1.0, -1.0], dtype=D))
+    with pytest.raises(ValueError, match="not reached"):
+        family.from_mean(mu, torch.tensor([float("inf"), -1.0], dtype=D))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_parameter_descriptions_build_the_distribution(name):
+    # The names, constraints and event dims a guide reads must describe the distribution.
+    family, params = CASES[name]
+    eta = family.natural_params(*params)
+    built = family.distribution_class(**family.params(eta))
+    assert type(built) is type(family.distribution(eta))
+    assert family.param_names == tuple(family.params(eta))
+    for param, value in family.params(eta).items():
+        assert family.param_constraints[param].check(value).all(), param
+        event_dim = family.event_dim(param)
+        assert value.dim() - event_dim == len(built.batch_shape), param
