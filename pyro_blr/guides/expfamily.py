@@ -12,8 +12,13 @@ the exponential family that lives on its support, in constrained space:
 | circular (a von Mises prior) | von Mises | loc, concentration |
 
 ``families={"site": "lognormal"}`` (or ``"normal"``, ``"gamma"``, ...) overrides the choice for a
-site. Samples are reparameterized everywhere (implicit reparameterization for Gamma, Beta,
-Dirichlet and von Mises), so the guide works with ``pyro.infer.SVI`` and every ELBO.
+site; the family must live on the site's support. The families themselves -- their distributions,
+parameters, constraints, supports and starting points -- are described in
+:mod:`pyro_blr.families`; the guide holds each site's parameters as Pyro params (positive ones
+log-parameterized) and exposes them in natural coordinates (:meth:`AutoExpFamily.natural_params`,
+:meth:`AutoExpFamily.set_natural_params`) for the Bayesian learning rule. Samples are
+reparameterized everywhere (implicit reparameterization for Gamma, Beta, Dirichlet and von
+Mises), so the guide works with ``pyro.infer.SVI`` and every ELBO.
 
 References:
     | Implicit Reparameterization Gradients (Figurnov, Mohamed & Mnih, NeurIPS 2018)
@@ -28,72 +33,16 @@ from contextlib import ExitStack
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoGuide, init_to_median
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
-from torch.distributions import constraints as torch_constraints
+from torch.distributions import transform_to
 
-from pyro_blr.distributions import VonMises
+from pyro_blr.core import write_param
+from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
 
 __all__ = ["AutoExpFamily"]
-
-POSITIVE = constraints.positive  # log-parameterized: Adam moves concentrations by ratios
-
-# family -> (distribution class, [(parameter, constraint)])
-_PARAMETERS = {
-    "normal": (dist.Normal, [("loc", constraints.real), ("scale", POSITIVE)]),
-    "lognormal": (dist.LogNormal, [("loc", constraints.real), ("scale", POSITIVE)]),
-    "gamma": (dist.Gamma, [("concentration", POSITIVE), ("rate", POSITIVE)]),
-    "beta": (dist.Beta, [("concentration1", POSITIVE), ("concentration0", POSITIVE)]),
-    "dirichlet": (dist.Dirichlet, [("concentration", POSITIVE)]),
-    "von_mises": (VonMises, [("loc", constraints.real), ("concentration", POSITIVE)]),
-}
-
-
-def _family_for(site: dict) -> str:
-    fn = site["fn"]
-    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
-    if isinstance(base, dist.VonMises):
-        return "von_mises"
-    support = fn.support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    if support is constraints.real:
-        return "normal"
-    if isinstance(support, torch_constraints._GreaterThan | torch_constraints._GreaterThanEq):
-        if support.lower_bound == 0:
-            return "gamma"
-    if isinstance(support, torch_constraints._Interval | torch_constraints._HalfOpenInterval):
-        if (support.lower_bound, support.upper_bound) == (0, 1):
-            return "beta"
-    if isinstance(support, torch_constraints._Simplex):
-        return "dirichlet"
-    raise ValueError(
-        f"AutoExpFamily has no family for site '{site['name']}' with support {support}; "
-        "choose one with families={'" + site["name"] + "': 'normal'|'lognormal'|'gamma'|"
-        "'beta'|'dirichlet'|'von_mises'}, enumerate a discrete site, or use AutoNormal"
-    )
-
-
-def _initial_params(family: str, value: Tensor, init_scale: float) -> dict[str, Tensor]:
-    """Parameters whose distribution is centred on ``value`` with relative spread init_scale."""
-    concentration = torch.full_like(value, 1 / init_scale**2)
-    if family == "normal":
-        return {"loc": value, "scale": torch.full_like(value, init_scale)}
-    if family == "lognormal":
-        return {"loc": value.log(), "scale": torch.full_like(value, init_scale)}
-    if family == "gamma":  # mean value, coefficient of variation init_scale
-        return {"concentration": concentration, "rate": concentration / value}
-    if family == "beta":
-        return {
-            "concentration1": value * concentration,
-            "concentration0": (1 - value) * concentration,
-        }
-    if family == "dirichlet":
-        return {"concentration": value * concentration}
-    return {"loc": value, "concentration": concentration}
 
 
 class AutoExpFamily(AutoGuide):
@@ -106,12 +55,15 @@ class AutoExpFamily(AutoGuide):
     Args:
         model: the Pyro model.
         families: optional ``{site name: family}`` overrides.
-        init_loc_fn: where each site's distribution starts (its mean).
+        init_loc_fn: where each site's distribution starts (its mean); a value outside the
+            family's sane range (a median that underflowed) is clamped into it, see
+            :meth:`pyro_blr.families.ExpFamily.initial_params`.
         init_scale: the starting relative spread (the coefficient of variation for Gamma, the
             scale for Normal, :math:`1/\sqrt{\alpha_0}` for Beta and Dirichlet).
 
     Raises:
-        ValueError: (at the first call) a discrete or unsupported site, an unknown family name,
+        ValueError: an unknown family name; (at the first call) a discrete or unsupported site,
+            a family that does not fit its site's support, an override naming no latent site,
             or a latent site local to a subsampled plate.
 
     Example:
@@ -125,6 +77,8 @@ class AutoExpFamily(AutoGuide):
         >>> guide = pb.AutoExpFamily(model)
         >>> sorted(type(d).__name__ for d in guide.distributions(torch.tensor(3.0)).values())
         ['Beta', 'Gamma']
+        >>> {name: eta.shape for name, eta in guide.natural_params().items()}
+        {'p': torch.Size([2]), 'rate': torch.Size([2])}
     """
 
     def __init__(
@@ -135,10 +89,9 @@ class AutoExpFamily(AutoGuide):
         init_scale: float = 0.1,
     ):
         for name, family in (families or {}).items():
-            if family not in _PARAMETERS:
+            if family not in FAMILIES:
                 raise ValueError(
-                    f"unknown family {family!r} for site '{name}'; "
-                    f"choose one of {sorted(_PARAMETERS)}"
+                    f"unknown family {family!r} for site '{name}'; choose one of {sorted(FAMILIES)}"
                 )
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
@@ -148,7 +101,7 @@ class AutoExpFamily(AutoGuide):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
-        self.family = {}
+        self._families: dict[str, ExpFamily] = {}
         self.params = PyroModule()
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             if site["fn"].support.is_discrete:
@@ -161,33 +114,114 @@ class AutoExpFamily(AutoGuide):
                     raise ValueError(
                         f"latent site '{name}' is local to the subsampled plate '{frame.name}'"
                     )
-            family = self._overrides.get(name) or _family_for(site)
-            self.family[name] = family
+            family = family_for_site(site, self._overrides.get(name))
             module = PyroModule()
-            initial = self._initial(family, site)
-            for param, constraint in _PARAMETERS[family][1]:
-                event_dim = self._param_event_dim(family, initial[param])
-                setattr(module, param, PyroParam(initial[param].clone(), constraint, event_dim))
+            for param, value in self._initial(family, site).items():
+                constraint = family.param_constraints[param]
+                event_dim = self._event_dim(family, param, value)
+                setattr(module, param, PyroParam(value.detach().clone(), constraint, event_dim))
             setattr(self.params, name, module)
+            self._families[name] = family
+        unknown = sorted(set(self._overrides) - set(self._families))
+        if unknown:
+            raise ValueError(
+                f"families={self._overrides} names {unknown}, which are not latent sites of the "
+                f"model (its latent sites: {list(self._families)})"
+            )
 
-    def _param_event_dim(self, family: str, value: Tensor) -> int:
+    def _event_dim(self, family: ExpFamily, param: str, value: Tensor) -> int:
         """How many rightmost dimensions of a parameter are not plate dimensions."""
-        return 1 if family == "dirichlet" else 0
+        return family.event_dim(param)
 
-    def _initial(self, family: str, site: dict) -> dict[str, Tensor]:
+    def _initial(self, family: ExpFamily, site: dict) -> dict[str, Tensor]:
         """Initial parameters of a site's distribution (centred on its initial value)."""
-        return _initial_params(family, site["value"].detach(), self._init_scale)
+        return family.initial_params(site["value"].detach(), self._init_scale)
+
+    def _check_setup(self, method: str) -> None:
+        if self.prototype_trace is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{method}() needs the guide set up: call the guide once "
+                "(or pyro_blr.core.initialize_guide) with the model's arguments first"
+            )
+
+    def _params(self, name: str) -> dict[str, Tensor]:
+        module = getattr(self.params, name)
+        return {p: getattr(module, p) for p in self._families[name].param_names}
 
     def _distribution(self, name: str) -> dist.Distribution:
-        family_class, parameters = _PARAMETERS[self.family[name]]
-        module = getattr(self.params, name)
-        return family_class(*(getattr(module, p) for p, _ in parameters))
+        return self._families[name].distribution_class(**self._params(name))
+
+    def site_families(self) -> dict[str, ExpFamily]:
+        """Each latent site's family, in prototype-trace order (the guide must be set up)."""
+        self._check_setup("site_families")
+        return dict(self._families)
+
+    @torch.no_grad()
+    def natural_params(self) -> dict[str, Tensor]:
+        r"""Each site's natural parameters :math:`\lambda`, detached: shape
+        ``(*site batch, P)`` (a Dirichlet's ``P`` is its categories)."""
+        self._check_setup("natural_params")
+        return {
+            name: family.natural_params(*self._params(name).values()).detach()
+            for name, family in self._families.items()
+        }
+
+    def set_natural_params(self, etas: dict[str, Tensor]) -> None:
+        """Write every site's parameters from natural parameters, in place, through their
+        constraints.
+
+        Every site is checked first -- all sites present, the shape of :meth:`natural_params`,
+        finite, in the family's domain, a finite log normalizer, and parameters whose
+        unconstrained values are finite -- so a refused write leaves the guide as it was.
+
+        Raises:
+            ValueError: naming the first site that fails a check.
+        """
+        self._check_setup("set_natural_params")
+        who = f"{type(self).__name__}.set_natural_params"
+        if set(etas) != set(self._families):
+            raise ValueError(f"{who} needs every site {list(self._families)}, got {list(etas)}")
+        current = self.natural_params()
+        writes = {}
+        for name, family in self._families.items():
+            eta = etas[name]
+            if not isinstance(eta, Tensor) or eta.shape != current[name].shape:
+                shape = getattr(eta, "shape", type(eta).__name__)
+                raise ValueError(
+                    f"{who}: site '{name}' needs natural parameters of shape "
+                    f"{tuple(current[name].shape)}, got {shape}"
+                )
+            if not torch.isfinite(eta).all():
+                raise ValueError(f"{who}: the natural parameters of site '{name}' are not finite")
+            if not family.in_domain(eta).all():
+                raise ValueError(
+                    f"{who}: the natural parameters of site '{name}' are outside the domain of "
+                    f"the {family.name} family"
+                )
+            if not torch.isfinite(family.log_normalizer(eta)).all():
+                raise ValueError(
+                    f"{who}: the {family.name} distribution of site '{name}' is not "
+                    "representable (its log normalizer overflows)"
+                )
+            params = {p: v.detach() for p, v in family.params(eta).items()}
+            for param, value in params.items():
+                unconstrained = transform_to(family.param_constraints[param]).inv(value)
+                if not torch.isfinite(unconstrained).all():
+                    raise ValueError(
+                        f"{who}: site '{name}': the {family.name} parameter '{param}' is not "
+                        "representable (it overflows or underflows)"
+                    )
+            writes[name] = params
+        for name, params in writes.items():
+            module = getattr(self.params, name)
+            for param, value in params.items():
+                write_param(module, param, value)
 
     def distributions(self, *args, **kwargs) -> dict[str, dist.Distribution]:
         """Each site's current distribution (constrained space), initializing if needed."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        return {name: self._distribution(name) for name in self.family}
+        return {name: self._distribution(name) for name in self._families}
 
     def forward(self, *args, **kwargs) -> dict[str, Tensor]:
         if self.prototype_trace is None:

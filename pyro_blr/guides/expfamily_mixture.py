@@ -7,10 +7,14 @@ r"""A mixture of support-matched exponential-family components (``AutoMixture(co
 each :math:`q_{k,s}` the family of site :math:`s`'s support, as in
 :class:`pyro_blr.AutoExpFamily`. Components start apart: component :math:`k`'s distributions are
 centred on the initial values moved by ``init_spread`` times centred, unit-spread offsets in each
-site's unconstrained coordinates.
+site's unconstrained coordinates. It is an :class:`~pyro_blr.guides.mixture.AutoMixture` and an
+:class:`~pyro_blr.AutoExpFamily`: each site's parameters carry a leading component dimension
+:math:`K`, and so do its natural parameters (:meth:`~pyro_blr.AutoExpFamily.natural_params`,
+:meth:`~pyro_blr.AutoExpFamily.set_natural_params`); the weights are written by
+:meth:`~pyro_blr.guides.mixture.AutoMixture.set_logits`.
 
 Non-Gaussian mixtures have no reparameterized sampler for SVI; they are fitted by
-``pb.BLR(rule="mixture")`` (:class:`pyro_blr.blr.mixture.ExpFamilyMixtureStepper`). Drawing from
+``pb.BLR(rule="mixture")``. Drawing from
 the guide (``Predictive``, :func:`pyro_blr.to_inference_data`, :func:`pyro_blr.log_evidence`, all
 under ``torch.no_grad``) is ancestral: a component per draw, then every site from it; the guide
 trace carries the exact mixture log density :math:`\log q(x)` (on an auxiliary site), so
@@ -34,7 +38,9 @@ from pyro.infer.autoguide import init_to_median
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
-from pyro_blr.guides.expfamily import _PARAMETERS, AutoExpFamily, _initial_params
+from pyro_blr.families import ExpFamily
+from pyro_blr.guides.expfamily import AutoExpFamily
+from pyro_blr.guides.mixture import AutoMixture, check_num_components
 
 __all__ = ["ExpFamilyMixture"]
 
@@ -47,16 +53,28 @@ def _spread_offsets(num: int, like: Tensor) -> Tensor:
     return offsets
 
 
-class ExpFamilyMixture(AutoExpFamily):
+class ExpFamilyMixture(AutoMixture, AutoExpFamily):
     """``AutoMixture(component="expfamily")``: see the module docstring.
 
     Args:
         model: the Pyro model.
         num_components: :math:`K`.
+        component: ``"expfamily"``.
         families: optional ``{site: family}`` overrides, as for ``AutoExpFamily``.
         init_loc_fn: the centre the components start around.
         init_scale: the components' initial relative spread.
         init_spread: the scale of the offsets that start the components apart.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> import pyro_blr as pb
+        >>> def model():
+        ...     pyro.sample("p", dist.Beta(2.0, 2.0))
+        >>> guide = pb.AutoMixture(model, num_components=3, component="expfamily")
+        >>> with torch.no_grad():
+        ...     _ = guide()
+        >>> guide.natural_params()["p"].shape  # (K, P)
+        torch.Size([3, 2])
     """
 
     component = "expfamily"
@@ -65,26 +83,30 @@ class ExpFamilyMixture(AutoExpFamily):
         self,
         model: Callable,
         num_components: int = 2,
+        component: str = "expfamily",
         families: dict[str, str] | None = None,
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
         init_spread: float = 1.0,
     ):
+        if component != "expfamily":
+            raise ValueError(f"ExpFamilyMixture needs component='expfamily', got {component!r}")
+        check_num_components(num_components)
         super().__init__(model, families=families, init_loc_fn=init_loc_fn, init_scale=init_scale)
         self.num_components = num_components
         self._init_spread = init_spread
 
-    def _param_event_dim(self, family: str, value: Tensor) -> int:
+    def _event_dim(self, family: ExpFamily, param: str, value: Tensor) -> int:
         return value.dim()  # the leading component dimension is no plate
 
-    def _initial(self, family: str, site: dict) -> dict[str, Tensor]:
+    def _initial(self, family: ExpFamily, site: dict) -> dict[str, Tensor]:
         value = site["value"].detach()
         transform = biject_to(site["fn"].support)
         unconstrained = transform.inv(value)
         offsets = _spread_offsets(self.num_components, unconstrained)
         shifted = unconstrained + self._init_spread * offsets
         per_component = [
-            _initial_params(family, transform(shifted[k]), self._init_scale)
+            family.initial_params(transform(shifted[k]), self._init_scale)
             for k in range(self.num_components)
         ]
         return {p: torch.stack([c[p] for c in per_component]) for p in per_component[0]}
@@ -95,16 +117,10 @@ class ExpFamilyMixture(AutoExpFamily):
         zeros = torch.zeros(self.num_components, dtype=like.dtype, device=like.device)
         self.logits = nn.Parameter(zeros)
 
-    @property
-    def weights(self) -> Tensor:
-        """The mixture weights :math:`\\pi`."""
-        return torch.softmax(self.logits, -1)
-
     def _component(self, name: str, index: Tensor) -> dist.Distribution:
         """Site ``name``'s distribution in component(s) ``index`` (a tensor of indices)."""
-        family_class, parameters = _PARAMETERS[self.family[name]]
-        module = getattr(self.params, name)
-        return family_class(*(getattr(module, p)[index] for p, _ in parameters))
+        params = self._params(name)
+        return self._families[name].distribution_class(**{p: v[index] for p, v in params.items()})
 
     def forward(self, *args, **kwargs) -> dict[str, Tensor]:
         if self.prototype_trace is None:
@@ -156,7 +172,7 @@ class ExpFamilyMixture(AutoExpFamily):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         index = self.logits.argmax()
-        return {name: self._component(name, index).mean for name in self.family}
+        return {name: self._component(name, index).mean for name in self._families}
 
     @torch.no_grad()
     def quantiles(self, quantiles, *args, num_samples: int = 1000, **kwargs) -> dict[str, Tensor]:
@@ -165,7 +181,7 @@ class ExpFamilyMixture(AutoExpFamily):
             self._setup_prototype(*args, **kwargs)
         index = dist.Categorical(logits=self.logits).sample((num_samples,))
         out = {}
-        for name in self.family:
+        for name in self._families:
             draws = self._component(name, index).sample()
             q = torch.as_tensor(quantiles, dtype=draws.dtype, device=draws.device)
             out[name] = torch.quantile(draws, q, dim=0)

@@ -104,3 +104,117 @@ def test_discrete_and_unknown_sites_are_refused():
     with pytest.raises(ValueError, match="no family for site 'L'"):
         pb.AutoExpFamily(lower_cholesky)()
     assert math.isfinite(1.0)
+
+
+def params_snapshot(guide):
+    return {k: v.detach().clone() for k, v in guide.named_parameters()}
+
+
+def assert_unchanged(guide, before):
+    for name, value in guide.named_parameters():
+        assert torch.equal(value.detach(), before[name]), name
+
+
+def test_site_families_and_natural_params_round_trip():
+    guide = pb.AutoExpFamily(conjugate_model)
+    with pytest.raises(RuntimeError, match="needs the guide set up"):
+        guide.site_families()
+    guide(FLIPS, COUNTS)
+    families = guide.site_families()
+    assert list(families) == ["p", "rate"]
+    assert [f.name for f in families.values()] == ["beta", "gamma"]
+    # Writing the exact posterior's natural parameters and reading them back (float64).
+    target = {
+        "p": families["p"].natural_params(*(torch.tensor(v, dtype=D) for v in EXACT["p"])),
+        "rate": families["rate"].natural_params(*(torch.tensor(v, dtype=D) for v in EXACT["rate"])),
+    }
+    guide.set_natural_params(target)
+    etas = guide.natural_params()
+    for name in target:
+        assert not etas[name].requires_grad
+        torch.testing.assert_close(etas[name], target[name], rtol=1e-13, atol=1e-13)
+    assert_exact_posteriors(guide, rel=1e-12)
+    before = params_snapshot(guide)
+    guide.set_natural_params(guide.natural_params())  # a no-op up to round-off
+    for name, value in guide.named_parameters():
+        torch.testing.assert_close(value.detach(), before[name], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"rate": torch.tensor([float("nan"), -1.0], dtype=D)}, "site 'rate' are not finite"),
+        ({"rate": torch.tensor([1.0, 2.0], dtype=D)}, "site 'rate' are outside the domain"),
+        ({"rate": torch.tensor([1.0, -1.0, 0.0], dtype=D)}, "site 'rate' needs natural"),
+        ({"p": torch.tensor([1e308, 1e308], dtype=D)}, "site 'p'"),
+    ],
+)
+def test_bad_natural_parameters_are_refused_before_anything_is_written(bad, match):
+    # 'p' comes first: a valid new value there must not be written when 'rate' is refused.
+    guide = pb.AutoExpFamily(conjugate_model)
+    guide(FLIPS, COUNTS)
+    before = params_snapshot(guide)
+    etas = {"p": torch.tensor([3.0, 4.0], dtype=D), "rate": torch.tensor([1.0, -1.0], dtype=D)}
+    etas.update(bad)
+    with pytest.raises(ValueError, match=match):
+        guide.set_natural_params(etas)
+    assert_unchanged(guide, before)
+    with pytest.raises(ValueError, match="needs every site"):
+        guide.set_natural_params({"p": etas["p"]})
+    assert_unchanged(guide, before)
+
+
+def test_an_underflowing_median_gives_finite_moderate_parameters():
+    # The median of Gamma(0.01, 1) is about 1e-30 and its draws underflow float32: the rate
+    # 1/(init_scale^2 * value) used to start near 1e38. The value is clamped into [eps, 1/eps].
+    def model(counts):
+        rate = pyro.sample("rate", dist.Gamma(0.01, 1.0))
+        weight = pyro.sample("weight", dist.Beta(0.01, 0.01))
+        with pyro.plate("counts", len(counts)):
+            pyro.sample("count", dist.Poisson(rate * weight), obs=counts)
+
+    counts = torch.tensor([1.0, 0.0, 2.0])
+    guide = pb.AutoExpFamily(model)
+    guide(counts)
+    big = torch.finfo(torch.float32).max ** 0.5  # 1.8e19: moderate, and squares stay finite
+    for name, value in guide.named_parameters():
+        assert torch.isfinite(value).all(), name
+    for d in guide.distributions(counts).values():
+        for param in d.arg_constraints:
+            value = getattr(d, param).detach()
+            assert torch.isfinite(value).all() and (value.abs() < big).all(), param
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    assert all(math.isfinite(svi.step(counts)) for _ in range(5))
+
+
+@pytest.mark.parametrize(
+    "site, family, support",
+    [
+        ("rate", "beta", "GreaterThan"),
+        ("p", "gamma", "Interval"),
+        ("p", "lognormal", "Interval"),
+        ("rate", "normal", "GreaterThan"),
+        ("rate", "dirichlet", "GreaterThan"),
+        ("p", "von_mises", "Interval"),
+    ],
+)
+def test_an_override_off_the_sites_support_is_refused(site, family, support):
+    guide = pb.AutoExpFamily(conjugate_model, families={site: family})
+    with pytest.raises(
+        ValueError, match=rf"family '{family}' does not fit site '{site}'.*{support}"
+    ):
+        guide(FLIPS, COUNTS)
+
+
+def test_overrides_on_matching_supports_and_on_missing_sites():
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("s", dist.HalfNormal(1.0))
+        pyro.sample("angle", dist.VonMises(0.0, 2.0))
+
+    guide = pb.AutoExpFamily(model, families={"s": "lognormal", "x": "normal", "angle": "normal"})
+    kinds = {k: type(d).__name__ for k, d in guide.distributions().items()}
+    assert kinds == {"x": "Normal", "s": "LogNormal", "angle": "Normal"}
+    assert type(pb.AutoExpFamily(model).distributions()["angle"]).__name__ == "VonMises"
+    with pytest.raises(ValueError, match=r"names \['y'\], which are not latent sites"):
+        pb.AutoExpFamily(model, families={"y": "normal"})()

@@ -150,5 +150,5 @@ def test_bad_arguments():
         pb.AutoFlow(s.model, flow="maf")
     with pytest.raises(ValueError, match="base guide is not initialized"):
         pb.AutoFlow(s.model, base=AutoNormal(s.model))
-    with pytest.raises(TypeError, match="cannot drive"):
+    with pytest.raises(TypeError, match="needs a Gaussian guide"):
         pb.AutoFlow(s.model, base=pyro.infer.autoguide.AutoDelta(s.model))
