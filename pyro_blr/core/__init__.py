@@ -1,8 +1,15 @@
 """A Pyro model as a flat latent vector: traces and plates, the latent layout, the log joint, log
-importance weights, autodiff, and the view of a Gaussian guide. Every other package builds on
-these; they use only public Pyro APIs."""
+importance weights and the checks on them, autodiff, and the view of a Gaussian guide. Every
+other package builds on these; they use only public Pyro APIs."""
 
 from pyro_blr.core.autodiff import Derivatives, derivatives, hessian_from_grad
+from pyro_blr.core.checks import (
+    check_finite_weights,
+    check_model_and_guide,
+    check_no_enumerated_sites,
+    nonfinite_term,
+    rng_state,
+)
 from pyro_blr.core.gaussian_guide import (
     GAUSSIAN_GUIDES,
     GaussianGuide,
@@ -38,7 +45,10 @@ __all__ = [
     "LatentLayout",
     "LatentSite",
     "LogWeights",
+    "check_finite_weights",
     "check_gaussian_guide",
+    "check_model_and_guide",
+    "check_no_enumerated_sites",
     "choose_vectorization",
     "derivatives",
     "guess_max_plate_nesting",
@@ -49,6 +59,8 @@ __all__ = [
     "log_weights",
     "max_plate_nesting",
     "neg_log_joint",
+    "nonfinite_term",
+    "rng_state",
     "sample_sites",
     "site_log_probs",
     "sum_per_particle",

@@ -34,8 +34,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from pyro_blr.objectives.renyi import renyi_bound
-from pyro_blr.core import guess_max_plate_nesting, log_weights
+from pyro_blr.core import (
+    check_finite_weights,
+    check_model_and_guide,
+    guess_max_plate_nesting,
+    log_weights,
+    rng_state,
+)
+from pyro_blr.objectives.renyi import as_alpha, renyi_bound
 
 __all__ = ["LogEvidence", "log_evidence"]
 
@@ -84,7 +90,8 @@ def log_evidence(
         *args: the model's positional arguments.
         method: ``"elbo"``, ``"iwae"`` or ``"renyi"``.
         num_particles: the number :math:`K` of importance samples.
-        alpha: the Rényi order for ``method="renyi"`` (finite, not 1).
+        alpha: the Rényi order for ``method="renyi"`` (finite, not 1; a NumPy scalar or a 0-d
+            tensor is accepted).
         chunk_size: particles drawn per vectorized model run.
         max_plate_nesting: the model's plate nesting (found from a trace when not given).
         **kwargs: the model's keyword arguments.
@@ -93,8 +100,11 @@ def log_evidence(
         ``LogEvidence(value, stderr)``.
 
     Raises:
-        ValueError: an unknown method, bad ``num_particles``/``alpha``, or a model that
-            subsamples (the evidence is of the full data).
+        ValueError: an unknown method, bad ``num_particles``/``chunk_size``/``alpha``, a model
+            that subsamples (the evidence is of the full data), a discrete latent site the
+            guide leaves out (enumerated: it would be drawn from its prior and scored as data),
+            or a log weight that is not finite (the error names the site whose log density is
+            not: a :math:`-\infty` likelihood term means data impossible under some draw).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -107,12 +117,16 @@ def log_evidence(
         >>> abs(estimate.value) < 1e-6 and estimate.stderr < 1e-6
         True
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if not isinstance(num_particles, int) or num_particles < 2:
-        raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
-    if method == "renyi" and (alpha == 1 or not math.isfinite(alpha)):
-        raise ValueError(f"method='renyi' needs a finite alpha != 1, got {alpha}")
+    _check_arguments(method, num_particles, chunk_size)
+    if method == "renyi":
+        alpha = as_alpha(alpha)
+        if alpha == 1 or not math.isfinite(alpha):
+            raise ValueError(
+                f"method='renyi' needs a finite alpha != 1, got {alpha} (alpha=1 is "
+                "method='elbo'; the limits alpha=+-inf, the smallest and largest log weight, "
+                "have no delta-method standard error: use pb.RenyiELBO for them)"
+            )
+    check_model_and_guide(model, guide, args, kwargs)
     nesting = (
         guess_max_plate_nesting(model, guide, args, kwargs)
         if max_plate_nesting is None
@@ -121,11 +135,25 @@ def log_evidence(
     chunks = []
     for start in range(0, num_particles, chunk_size):
         size = min(chunk_size, num_particles - start)
+        state = rng_state()
         weights = log_weights(model, guide, args, kwargs, size, nesting, require_rsample=False)
         if weights.subsampled:
             raise ValueError(
                 f"log_evidence needs the full data, but plate {list(weights.subsampled)} is "
                 "subsampled: call the model without subsample_size"
             )
+        if not torch.isfinite(weights.joint).all():
+            check_finite_weights(model, guide, args, kwargs, size, nesting, state)
         chunks.append(weights.joint if weights.local is None else weights.local)
     return _estimate(torch.cat(chunks).double(), method, alpha)
+
+
+def _check_arguments(method: str, num_particles: Any, chunk_size: Any) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    for name, value, minimum in (
+        ("num_particles", num_particles, 2),
+        ("chunk_size", chunk_size, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

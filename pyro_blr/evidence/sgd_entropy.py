@@ -28,16 +28,31 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from pyro_blr.core import hessian_from_grad, latent_layout, neg_log_joint
+from pyro_blr.core import (
+    LatentLayout,
+    hessian_from_grad,
+    latent_layout,
+    neg_log_joint,
+    nonfinite_term,
+)
 
-__all__ = ["SGDEvidence", "sgd_evidence"]
+__all__ = [
+    "SGDEvidence",
+    "evidence_bound",
+    "gaussian_entropy",
+    "hutchinson_traces",
+    "langevin_entropy",
+    "log_det_expansion",
+    "sgd_evidence",
+    "step_log_det",
+]
 
 
 class SGDEvidence(NamedTuple):
@@ -52,11 +67,6 @@ class SGDEvidence(NamedTuple):
     bound: Tensor
     best: float
     best_step: int
-
-
-def _hvp(grad: Tensor, theta: Tensor, vector: Tensor) -> Tensor:
-    (product,) = torch.autograd.grad(grad, theta, grad_outputs=vector, retain_graph=True)
-    return product
 
 
 class _Preconditioner:
@@ -77,6 +87,10 @@ class _Preconditioner:
             2 * (self.factor if self.diagonal else self.factor.diagonal()).log().sum()
         )
 
+    def matrix_root(self) -> Tensor:
+        """L as a matrix."""
+        return torch.diag(self.factor) if self.diagonal else self.factor
+
     def root(self, v: Tensor) -> Tensor:
         """L v for rows v."""
         return self.factor * v if self.diagonal else v @ self.factor.mT
@@ -90,31 +104,259 @@ class _Preconditioner:
         return self.root(self.root_t(v))
 
 
-def _log_det_exact(grad: Tensor, theta: Tensor, step_size: float, precond: _Preconditioner):
-    """log|det(I - beta P H)| per chain, and the largest |eigenvalue| of beta L^T H L."""
-    hess = hessian_from_grad(grad, theta)  # (r, D, D)
-    factor = precond.factor if not precond.diagonal else torch.diag(precond.factor)
-    scaled = step_size * factor.mT @ hess @ factor  # similar to beta P H
-    eye = torch.eye(theta.shape[-1], dtype=theta.dtype, device=theta.device)
+def gaussian_entropy(dim: int, log_variance: float) -> float:
+    r"""Entropy of an isotropic Gaussian in :math:`D` dimensions,
+    :math:`\tfrac D2 \log(2\pi e\,\sigma^2)`, from :math:`\log\sigma^2` (``-inf`` allowed).
+
+    Example:
+        >>> round(gaussian_entropy(2, 0.0), 6)  # N(0, I_2)
+        2.837877
+    """
+    if log_variance == -math.inf:
+        return -math.inf
+    return 0.5 * dim * (math.log(2 * math.pi * math.e) + log_variance)
+
+
+def step_log_det(hess: Tensor, step_size: float, root: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The exact entropy change of one gradient step, per chain.
+
+    .. math::
+        \Delta\mathbb H = \log\lvert\det(I - \beta P H)\rvert
+        = \log\lvert\det(I - \beta L^\top H L)\rvert, \qquad P = L L^\top,
+
+    (the two matrices are similar), and the spectral radius of :math:`B = \beta L^\top H L`: the
+    step is invertible only while it stays below 1.
+
+    Args:
+        hess: Hessians :math:`H` of the negative log joint, shape ``(r, D, D)``.
+        step_size: :math:`\beta`.
+        root: :math:`L`, shape ``(D, D)``.
+
+    Returns:
+        ``(log_det, radius)``, each of shape ``(r,)``.
+
+    Example:
+        >>> import torch
+        >>> hess = torch.diag(torch.tensor([1.0, 4.0]))[None]
+        >>> log_det, radius = step_log_det(hess, 0.1, torch.eye(2))
+        >>> torch.allclose(log_det, torch.log(torch.tensor([0.9 * 0.6]))), radius.tolist()
+        (True, [0.4000000059604645])
+    """
+    scaled = step_size * root.mT @ hess @ root
+    eye = torch.eye(hess.shape[-1], dtype=hess.dtype, device=hess.device)
     log_det = torch.linalg.slogdet(eye - scaled).logabsdet
     return log_det, torch.linalg.eigvalsh(scaled).abs().amax(-1)
 
 
-def _log_det_hutchinson(
+def hutchinson_traces(
+    matvec: Callable[[Tensor], Tensor], probes: Iterable[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Hutchinson estimates of :math:`\operatorname{tr} B` and :math:`\operatorname{tr} B^2` for
+    a symmetric :math:`B` (one per chain), from Rademacher probes :math:`v`.
+
+    .. math::
+        \mathbb E[v^\top B v] = \operatorname{tr} B, \qquad
+        \mathbb E\lVert B v\rVert^2 = \mathbb E[v^\top B^2 v] = \operatorname{tr} B^2.
+
+    Args:
+        matvec: :math:`v \mapsto Bv` on rows ``(r, D)`` (one matrix per chain).
+        probes: Rademacher vectors, each of shape ``(r, D)``.
+
+    Returns:
+        ``(trace, trace_of_square, norm_ratio)``: the averages over the probes, shape ``(r,)``,
+        and the largest :math:`\lVert Bv\rVert / \lVert v\rVert` seen (a lower bound on the
+        spectral radius).
+
+    References:
+        | A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian Smoothing
+          Splines (Hutchinson, 1990) https://doi.org/10.1080/03610919008812866
+
+    Example:
+        >>> import torch
+        >>> B = torch.tensor([[2.0, 0.0], [0.0, -1.0]])  # diagonal: every probe is exact
+        >>> probes = [torch.tensor([[1.0, -1.0]]), torch.tensor([[-1.0, -1.0]])]
+        >>> trace, square, _ = hutchinson_traces(lambda v: v @ B, probes)
+        >>> trace.tolist(), square.tolist()
+        ([1.0], [5.0])
+    """
+    first = second = ratio = None
+    count = 0
+    for v in probes:
+        bv = matvec(v)
+        quad, norm2 = (v * bv).sum(-1), bv.square().sum(-1)
+        step_ratio = bv.norm(dim=-1) / v.norm(dim=-1)
+        if first is None:
+            first, second, ratio = quad, norm2, step_ratio
+        else:
+            first, second = first + quad, second + norm2
+            ratio = torch.maximum(ratio, step_ratio)
+        count += 1
+    if count == 0:
+        raise ValueError("hutchinson_traces needs at least one probe")
+    return first / count, second / count, ratio
+
+
+def log_det_expansion(trace: Tensor, trace_of_square: Tensor) -> Tensor:
+    r"""The second-order expansion of the entropy change of one gradient step,
+
+    .. math::
+        \log\lvert\det(I - B)\rvert = -\operatorname{tr} B - \tfrac12 \operatorname{tr} B^2
+        - \tfrac13 \operatorname{tr} B^3 - \dots \approx -\operatorname{tr} B
+        - \tfrac12 \operatorname{tr} B^2,
+
+    accurate while the spectral radius of :math:`B = \beta L^\top H L` is well below 1 (the
+    first neglected term is :math:`\tfrac13\operatorname{tr}B^3`).
+
+    Example:
+        >>> import torch
+        >>> log_det_expansion(torch.tensor(0.1), torch.tensor(0.01))
+        tensor(-0.1050)
+    """
+    return -(trace + 0.5 * trace_of_square)
+
+
+def langevin_entropy(entropy: float, noise_entropy: float, dim: int) -> float:
+    r"""A lower bound on the entropy after adding independent Gaussian noise, by the entropy
+    power inequality:
+
+    .. math::
+        \mathbb H[X + Y] \ge \tfrac D2 \log\big(e^{2\mathbb H[X]/D} + e^{2\mathbb H[Y]/D}\big).
+
+    References:
+        | Variational Inference with Gradient Flows (Altieri & Duvenaud, NeurIPS AABI 2015)
+
+    Example:
+        >>> # two independent N(0, 1) in one dimension: N(0, 2), an equality for Gaussians
+        >>> h = gaussian_entropy(1, 0.0)
+        >>> round(langevin_entropy(h, h, 1) - gaussian_entropy(1, math.log(2.0)), 12)
+        0.0
+    """
+    both = torch.tensor([2 * entropy / dim, 2 * noise_entropy / dim], dtype=torch.float64)
+    return 0.5 * dim * float(torch.logsumexp(both, 0))
+
+
+def evidence_bound(neg_log_joint: Tensor, entropy: float) -> float:
+    r"""The bound :math:`\mathcal L_t = \mathbb E_{q_t}[\log p(\mathcal D, \theta_t)] +
+    \mathbb H[q_t]`, the expectation a chain average of :math:`-\ell(\theta_t)`.
+
+    Example:
+        >>> import torch
+        >>> evidence_bound(torch.tensor([1.0, 3.0]), 0.5)
+        -1.5
+    """
+    return float(-neg_log_joint.detach().mean()) + entropy
+
+
+def _rademacher(like: Tensor) -> Tensor:
+    return torch.randint(0, 2, like.shape, device=like.device).to(like.dtype) * 2 - 1
+
+
+def _hvp(grad: Tensor, theta: Tensor, vector: Tensor) -> Tensor:
+    (product,) = torch.autograd.grad(grad, theta, grad_outputs=vector, retain_graph=True)
+    return product
+
+
+def _probed_log_det(
     grad: Tensor, theta: Tensor, step_size: float, precond: _Preconditioner, num_probes: int
 ) -> tuple[Tensor, Tensor]:
-    """Second-order expansion of log|det(I - beta P H)| per chain, with Rademacher probes
-    on the similar matrix B = beta L^T H L: -tr B - tr(B^2)/2."""
-    first = theta.new_zeros(theta.shape[0])
-    second = theta.new_zeros(theta.shape[0])
-    norm_ratio = theta.new_zeros(theta.shape[0])
-    for _ in range(num_probes):
-        v = torch.randint(0, 2, theta.shape, device=theta.device).to(theta.dtype) * 2 - 1
-        bv = step_size * precond.root_t(_hvp(grad, theta, precond.root(v)))
-        first = first + (v * bv).sum(-1)
-        second = second + bv.square().sum(-1)
-        norm_ratio = torch.maximum(norm_ratio, bv.norm(dim=-1) / v.norm(dim=-1))
-    return -(first + 0.5 * second) / num_probes, norm_ratio
+    """The expansion of log|det(I - beta P H)| per chain from Hutchinson probes on the similar
+    matrix B = beta L^T H L (Hessian-vector products of ``grad``), and the probes' largest
+    |Bv|/|v|."""
+
+    def matvec(v: Tensor) -> Tensor:
+        return step_size * precond.root_t(_hvp(grad, theta, precond.root(v)))
+
+    probes = (_rademacher(theta) for _ in range(num_probes))
+    trace_b, trace_b2, ratio = hutchinson_traces(matvec, probes)
+    return log_det_expansion(trace_b, trace_b2), ratio
+
+
+def _setup(
+    model: Callable, args: tuple, kwargs: dict, init_loc: Tensor | None, preconditioner
+) -> tuple[LatentLayout, dict, Tensor, _Preconditioner]:
+    """The model's latent layout, the dtype and device of its values, m_0 and P."""
+    with poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    layout = latent_layout(trace, trace)
+    like = trace.nodes[layout.sites[0].name]["value"]
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    options = {"dtype": dtype, "device": like.device}
+    dim = layout.dim
+    loc = torch.zeros(dim, **options) if init_loc is None else init_loc.to(**options)
+    if loc.shape != (dim,):
+        raise ValueError(f"init_loc must have shape ({dim},), got {tuple(loc.shape)}")
+    precond = _Preconditioner(
+        torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
+    )
+    return layout, options, loc, precond
+
+
+def _entropy_change(
+    grad: Tensor,
+    theta: Tensor,
+    hessian: str,
+    step_size: float,
+    precond: _Preconditioner,
+    num_probes: int,
+) -> tuple[Tensor, Tensor]:
+    """log|det(I - beta P H)| per chain (exact or by the probed expansion) and the curvature
+    measure the step-size warning uses."""
+    if hessian == "exact":
+        hess = hessian_from_grad(grad, theta)
+        return step_log_det(hess, step_size, precond.matrix_root())
+    return _probed_log_det(grad, theta, step_size, precond, num_probes)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_arguments(hessian, num_chains, num_steps, step_size, temperature, init_scale,
+                     num_probes) -> None:  # fmt: skip
+    if hessian not in ("exact", "hutchinson"):
+        raise ValueError(f"hessian must be 'exact' or 'hutchinson', got {hessian!r}")
+    _check_positive_int("num_chains", num_chains)
+    _check_positive_int("num_steps", num_steps)
+    _check_positive_int("num_probes", num_probes)
+    if not step_size > 0 or not math.isfinite(step_size):
+        raise ValueError(f"step_size must be positive and finite, got {step_size}")
+    if not temperature >= 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be non-negative and finite, got {temperature}")
+    if not init_scale > 0 or not math.isfinite(init_scale):
+        raise ValueError(f"init_scale must be positive and finite, got {init_scale}")
+
+
+def _check_finite(values: Tensor, terms: list, step: int) -> None:
+    """Name the site whose log density makes the log joint of some chain not finite."""
+    if torch.isfinite(values).all():
+        return
+    name, value = nonfinite_term(terms[-1]) or ("the log joint", float("nan"))
+    where = "the log-Jacobian of the latent map" if name == "log|det J|" else f"site '{name}'"
+    raise ValueError(
+        f"at step {step} the log density of {where} is {value} on some chains: "
+        + (
+            "the data are impossible there (check the likelihood's support)"
+            if value == -math.inf
+            else "the chains diverged or the density failed numerically (lower step_size)"
+        )
+    )
+
+
+def _warn_curvature(worst: float, hessian: str) -> None:
+    limit = 1.0 if hessian == "exact" else 0.5
+    if worst < limit:
+        return
+    warnings.warn(
+        f"step_size * largest curvature reached {worst:.3g} (>= {limit}): "
+        + (
+            "the gradient step is not invertible, so the bound is invalid"
+            if worst >= 1
+            else "the second-order log-determinant expansion is inaccurate"
+        )
+        + "; lower step_size",
+        stacklevel=3,
+    )
 
 
 def sgd_evidence(
@@ -149,7 +391,7 @@ def sgd_evidence(
         init_loc: :math:`m_0` (unconstrained, shape ``(D,)``); zeros if not given.
         init_scale: :math:`\sigma_0`.
         preconditioner: :math:`P`, a positive vector (diagonal) or a positive-definite matrix,
-            e.g. a BLR fit's posterior variances or covariance; the identity if not given.
+            e.g. a fitted Gaussian guide's variances or covariance; the identity if not given.
         num_probes: Hutchinson probes per chain and step.
         **kwargs: the model's keyword arguments.
 
@@ -173,63 +415,40 @@ def sgd_evidence(
         >>> -0.1 < result.best < 0.1, 7 <= result.best_step <= 15
         (True, True)
     """
-    if hessian not in ("exact", "hutchinson"):
-        raise ValueError(f"hessian must be 'exact' or 'hutchinson', got {hessian!r}")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
-    if not init_scale > 0:
-        raise ValueError(f"init_scale must be positive, got {init_scale}")
-    with poutine.block():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    layout = latent_layout(trace, trace)
-    like = trace.nodes[layout.sites[0].name]["value"]
-    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-    options = {"dtype": dtype, "device": like.device}
+    _check_arguments(hessian, num_chains, num_steps, step_size, temperature, init_scale,
+                     num_probes)  # fmt: skip
+    layout, options, loc, precond = _setup(model, args, kwargs, init_loc, preconditioner)
     dim = layout.dim
-    loc = torch.zeros(dim, **options) if init_loc is None else init_loc.to(**options)
-    precond = _Preconditioner(
-        torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
+    noise_variance = 2 * temperature * step_size
+    noise_entropy = gaussian_entropy(
+        dim, math.log(noise_variance) if noise_variance > 0 else -math.inf
     )
+    noise_entropy += 0.5 * precond.log_det
 
     theta = loc + init_scale * torch.randn(num_chains, dim, **options)
-    entropy = 0.5 * dim * math.log(2 * math.pi * math.e * init_scale**2)
-    noise_entropy = 0.5 * dim * math.log(2 * math.pi * math.e * 2 * temperature * step_size)
-    noise_entropy += 0.5 * precond.log_det
-    bounds, worst = [], 0.0
+    entropy = gaussian_entropy(dim, 2 * math.log(init_scale))
+    bounds, worst, terms = [], 0.0, []
     for t in range(num_steps + 1):
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
-            values = neg_log_joint(model, layout, theta, args, kwargs)
+            values = neg_log_joint(model, layout, theta, args, kwargs, terms_out=terms)
+            _check_finite(values.detach(), terms, t)
+            terms.clear()
             (grad,) = torch.autograd.grad(values.sum(), theta, create_graph=t < num_steps)
-            bounds.append(float(-values.detach().mean()) + entropy)
+            bounds.append(evidence_bound(values, entropy))
             if t == num_steps:
                 break
-            if hessian == "exact":
-                log_det, curvature = _log_det_exact(grad, theta, step_size, precond)
-            else:
-                log_det, curvature = _log_det_hutchinson(
-                    grad, theta, step_size, precond, num_probes
-                )
+            log_det, curvature = _entropy_change(
+                grad, theta, hessian, step_size, precond, num_probes
+            )
         worst = max(worst, float(curvature.detach().max()))
         entropy += float(log_det.detach().mean())
         theta = theta.detach() - step_size * precond.apply(grad.detach())
-        if langevin:
+        if langevin and noise_variance > 0:
             noise = precond.root(torch.randn_like(theta))
-            theta = theta + math.sqrt(2 * temperature * step_size) * noise
-            both = torch.tensor([2 * entropy / dim, 2 * noise_entropy / dim], dtype=torch.float64)
-            entropy = 0.5 * dim * float(torch.logsumexp(both, 0))
-    limit = 1.0 if hessian == "exact" else 0.5
-    if worst >= limit:
-        warnings.warn(
-            f"step_size * largest curvature reached {worst:.3g} (>= {limit}): "
-            + (
-                "the gradient step is not invertible, so the bound is invalid"
-                if worst >= 1
-                else "the second-order log-determinant expansion is inaccurate"
-            )
-            + "; lower step_size",
-            stacklevel=2,
-        )
+            theta = theta + math.sqrt(noise_variance) * noise
+            entropy = langevin_entropy(entropy, noise_entropy, dim)
+    _warn_curvature(worst, hessian)
     bound = torch.tensor(bounds, **options)
     best_step = int(bound.argmax())
     return SGDEvidence(bound, float(bound[best_step]), best_step)

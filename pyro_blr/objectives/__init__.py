@@ -1,5 +1,5 @@
 """Variational objectives as ``pyro.infer.ELBO`` subclasses."""
 
-from pyro_blr.objectives.renyi import RenyiELBO, renyi_bound
+from pyro_blr.objectives.renyi import RenyiELBO, as_alpha, renyi_bound
 
-__all__ = ["RenyiELBO", "renyi_bound"]
+__all__ = ["RenyiELBO", "as_alpha", "renyi_bound"]

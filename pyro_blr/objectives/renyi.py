@@ -29,9 +29,33 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
-from pyro_blr.core import guess_max_plate_nesting, log_weights
+from pyro_blr.core import check_model_and_guide, guess_max_plate_nesting, log_weights
 
-__all__ = ["RenyiELBO", "renyi_bound"]
+__all__ = ["RenyiELBO", "as_alpha", "renyi_bound"]
+
+
+def as_alpha(alpha: Any) -> float:
+    """The Rényi order as a float: a Python or NumPy real number, or a 0-d tensor;
+    ``±inf`` allowed.
+
+    Raises:
+        ValueError: a bool, NaN, a complex number, a tensor with more than one element, or
+            anything else that is not a real number.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> as_alpha(np.float32(0.5)), as_alpha(torch.tensor(2)), as_alpha(float("-inf"))
+        (0.5, 2.0, -inf)
+    """
+    if torch.is_tensor(alpha):
+        if alpha.dim() != 0 or alpha.is_complex() or alpha.dtype == torch.bool:
+            raise ValueError(f"alpha must be a real number or +-inf, got {alpha!r}")
+        alpha = alpha.item()
+    elif hasattr(alpha, "dtype") and getattr(alpha, "shape", None) == ():  # a NumPy scalar
+        alpha = alpha.item()
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or math.isnan(alpha):
+        raise ValueError(f"alpha must be a real number or +-inf, got {alpha!r}")
+    return float(alpha)
 
 
 def renyi_bound(log_w: Tensor, alpha: float, dim: int = 0) -> Tensor:
@@ -74,15 +98,18 @@ class RenyiELBO(ELBO):
     a global latent has no such split, and raises ``ValueError`` rather than return a biased value.
 
     Args:
-        alpha: the order α: any float, ``float("inf")`` or ``float("-inf")``.
+        alpha: the order α: any real number (Python, NumPy or a 0-d tensor), ``float("inf")``
+            or ``float("-inf")``.
         num_particles: the number :math:`K` of importance samples per estimate.
         max_plate_nesting: the model's plate nesting (guessed from a trace when not given).
         vectorize_particles: draw the particles in one vectorized run (required for α ≠ 1; the
             model must broadcast, as for Pyro's ``vectorize_particles=True``).
 
     Raises:
-        ValueError: ``alpha`` is NaN, ``num_particles < 1``, or ``α ≠ 1`` without vectorized
-            particles.
+        ValueError: ``alpha`` is NaN, a bool or not a real number, ``num_particles < 1``, or
+            ``α ≠ 1`` without vectorized particles; when the bound is computed, a discrete
+            latent site the guide leaves out (enumerated, for ``TraceEnum_ELBO``: it would be
+            drawn from its prior and scored as data).
 
     References:
         | Rényi Divergence Variational Inference (Li & Turner, NeurIPS 2016)
@@ -110,9 +137,10 @@ class RenyiELBO(ELBO):
         max_plate_nesting: int | float = math.inf,
         vectorize_particles: bool = True,
     ):
-        if not isinstance(alpha, int | float) or math.isnan(alpha):
-            raise ValueError(f"alpha must be a real number or +-inf, got {alpha!r}")
-        if not isinstance(num_particles, int) or num_particles < 1:
+        alpha = as_alpha(alpha)
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        if num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if alpha != 1 and not vectorize_particles:
             raise ValueError(
@@ -124,9 +152,14 @@ class RenyiELBO(ELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
         )
-        self.alpha = float(alpha)
+        self.alpha = alpha
+        self._checked: set[tuple[int, int]] = set()
 
     def _nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+        key = (id(model), id(guide))
+        if key not in self._checked:  # once per pair, leaving the draws unchanged
+            check_model_and_guide(model, guide, args, kwargs)
+            self._checked.add(key)
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         return int(self.max_plate_nesting)

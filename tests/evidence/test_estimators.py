@@ -2,13 +2,15 @@
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer.autoguide import AutoDiagonalNormal
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 
 import pyro_blr as pb
+from tests.evidence.models import MIXTURE_DATA, impossible_counts, mixture, mixture_guide
 from tests.scenarios import linear_regression
 
 
@@ -93,3 +95,47 @@ def test_local_latents_are_estimated_per_datum():
     # Per-datum IWAE with 2000 particles closes the gap; on the joint weight it could not.
     assert abs(iwae.value - exact) < 4 * iwae.stderr + 0.01 * kl
     assert 0 < iwae.stderr < elbo.stderr
+
+
+def test_argument_validation_names_the_argument(fitted):
+    s, guide = fitted
+    for options, name in [
+        ({"num_particles": 0}, "num_particles"),
+        ({"num_particles": True}, "num_particles"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": -3}, "chunk_size"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            pb.log_evidence(s.model, guide, s.X, s.y, **options)
+    for alpha in (math.inf, -math.inf):  # no delta-method standard error: refused, explained
+        with pytest.raises(ValueError, match=r"finite alpha != 1.*use pb.RenyiELBO"):
+            pb.log_evidence(s.model, guide, s.X, s.y, method="renyi", alpha=alpha)
+    for alpha in (float("nan"), True, torch.ones(2)):
+        with pytest.raises(ValueError, match="alpha must be a real number"):
+            pb.log_evidence(s.model, guide, s.X, s.y, method="renyi", alpha=alpha)
+
+
+def test_alpha_may_be_a_numpy_scalar_or_a_0d_tensor(fitted):
+    s, guide = fitted
+    values = []
+    for alpha in (0.5, np.float32(0.5), torch.tensor(0.5)):
+        pyro.set_rng_seed(4)
+        values.append(
+            pb.log_evidence(
+                s.model, guide, s.X, s.y, method="renyi", alpha=alpha, num_particles=50
+            ).value
+        )
+    assert values[0] == values[1] == values[2]
+
+
+def test_an_enumerated_site_hidden_from_the_guide_is_refused():
+    guide = mixture_guide()
+    with pytest.raises(ValueError, match=r"latent site 'k' .*TraceEnum_ELBO"):
+        pb.log_evidence(mixture, guide, MIXTURE_DATA, num_particles=10)
+
+
+def test_an_impossible_likelihood_is_blamed_on_its_site():
+    y = torch.ones(6)
+    guide = AutoNormal(impossible_counts)
+    with pytest.raises(ValueError, match=r"model site 'y' \(observed\) is -inf"):
+        pb.log_evidence(impossible_counts, guide, y, num_particles=10)

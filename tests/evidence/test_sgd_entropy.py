@@ -9,6 +9,14 @@ import torch
 from torch.distributions import MultivariateNormal
 
 import pyro_blr as pb
+from pyro_blr.evidence.sgd_entropy import (
+    gaussian_entropy,
+    hutchinson_traces,
+    langevin_entropy,
+    log_det_expansion,
+    step_log_det,
+)
+from tests.evidence.models import impossible_counts
 from tests.scenarios import linear_regression
 
 # step * largest curvature = 0.37: every gradient step is invertible
@@ -85,12 +93,75 @@ def test_warns_when_the_step_is_too_large():
                         hessian="exact")  # fmt: skip
 
 
-def test_bad_arguments():
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"hessian": "lanczos"}, "hessian must be 'exact' or 'hutchinson'"),
+        ({"step_size": 0.0}, "step_size must be positive"),
+        ({"step_size": -1e-3}, "step_size must be positive"),
+        ({"num_chains": 0}, "num_chains must be a positive integer"),
+        ({"num_chains": 2.0}, "num_chains must be a positive integer"),
+        ({"num_steps": 0}, "num_steps must be a positive integer"),
+        ({"num_steps": -5}, "num_steps must be a positive integer"),
+        ({"num_probes": 0}, "num_probes must be a positive integer"),
+        ({"temperature": -1.0}, "temperature must be non-negative"),
+        ({"init_scale": 0.0}, "init_scale must be positive"),
+        ({"init_loc": torch.zeros(2)}, r"init_loc must have shape \(3,\)"),
+    ],
+)
+def test_bad_arguments(options, message):
     s = linear_regression()
-    with pytest.raises(ValueError, match="hessian must be 'exact' or 'hutchinson'"):
-        pb.sgd_evidence(s.model, s.X, s.y, hessian="lanczos")
-    with pytest.raises(ValueError, match="step_size must be positive"):
-        pb.sgd_evidence(s.model, s.X, s.y, step_size=0.0)
+    with pytest.raises(ValueError, match=message):
+        pb.sgd_evidence(s.model, s.X, s.y, **options)
+
+
+@pytest.mark.parametrize("subsample_size", [None, 3])
+def test_an_impossible_likelihood_is_blamed_on_its_site(subsample_size):
+    # y's log-likelihood is -inf on every minibatch; the latent 'scale' is positive, so a
+    # log-Jacobian term is there too and must not be blamed.
+    with pytest.raises(ValueError, match=r"step 0 the log density of site 'y' is -inf"):
+        pb.sgd_evidence(impossible_counts, torch.ones(6), subsample_size, num_chains=2,
+                        num_steps=2)  # fmt: skip
+
+
+def test_step_log_det_is_the_log_determinant_of_the_step():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 3, generator=gen, dtype=torch.float64)
+    hess = a @ a.mT  # positive definite, one per chain
+    root = torch.linalg.cholesky(torch.tensor(
+        [[1.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]], dtype=torch.float64))  # fmt: skip
+    log_det, radius = step_log_det(hess, 0.05, root)
+    step = torch.eye(3, dtype=torch.float64) - 0.05 * (root @ root.mT) @ hess  # I - beta P H
+    torch.testing.assert_close(log_det, torch.linalg.det(step).abs().log())
+    eigenvalues = torch.linalg.eigvals(0.05 * (root @ root.mT) @ hess).abs()
+    torch.testing.assert_close(radius, eigenvalues.amax(-1))
+
+
+def test_hutchinson_traces_are_unbiased():
+    # 20000 Rademacher probes on a fixed symmetric B: each estimate within four standard errors,
+    # the variances being 2 sum_{i != j} B_ij^2 (for v'Bv) and 2 sum_{i != j} (B^2)_ij^2
+    # (for |Bv|^2 = v'B^2 v).
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    B = 0.1 * (a + a.mT)
+    probes = [torch.randint(0, 2, (1, 4), generator=gen).double() * 2 - 1 for _ in range(20000)]
+    trace, square, ratio = hutchinson_traces(lambda v: v @ B, probes)
+    off = lambda M: (M - torch.diag(M.diagonal())).square().sum()  # noqa: E731
+    assert abs(trace - B.trace()) < 4 * (2 * off(B) / 20000).sqrt()
+    assert abs(square - (B @ B).trace()) < 4 * (2 * off(B @ B) / 20000).sqrt()
+    assert ratio <= torch.linalg.eigvalsh(B).abs().max() + 1e-12  # never above the radius
+    expansion = log_det_expansion(trace, square)
+    assert float(expansion) == pytest.approx(float(-(trace + 0.5 * square)))
+
+
+def test_langevin_entropy_is_exact_for_gaussians():
+    # X ~ N(0, a I), Y ~ N(0, b I) in D dimensions: X + Y ~ N(0, (a + b) I), where the entropy
+    # power inequality holds with equality.
+    dim, a, b = 5, 0.3, 2.0
+    bound = langevin_entropy(gaussian_entropy(dim, math.log(a)), gaussian_entropy(dim, math.log(b)),
+                             dim)  # fmt: skip
+    assert bound == pytest.approx(gaussian_entropy(dim, math.log(a + b)), abs=1e-12)
+    assert langevin_entropy(1.0, -math.inf, dim) == pytest.approx(1.0)  # no noise, no change
 
 
 def test_langevin_chains_keep_a_valid_bound():

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -11,6 +12,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.core import log_weights
+from tests.evidence.models import MIXTURE_DATA, mixture, mixture_guide
 from tests.scenarios import linear_regression
 
 ALPHAS = [-math.inf, -1.0, 0.0, 0.5, 1.0, 2.0, math.inf]
@@ -135,6 +138,11 @@ def test_svi_with_renyi_reaches_the_exact_posterior():
     "options, message",
     [
         ({"alpha": float("nan")}, "alpha must be a real number"),
+        ({"alpha": torch.tensor(float("nan"))}, "alpha must be a real number"),
+        ({"alpha": True}, "alpha must be a real number"),
+        ({"alpha": torch.tensor([0.5, 1.0])}, "alpha must be a real number"),
+        ({"alpha": "0.5"}, "alpha must be a real number"),
+        ({"num_particles": True}, "num_particles must be a positive integer"),
         ({"num_particles": 0}, "num_particles must be a positive integer"),
         ({"alpha": 0.5, "vectorize_particles": False}, "needs vectorize_particles=True"),
     ],
@@ -142,3 +150,29 @@ def test_svi_with_renyi_reaches_the_exact_posterior():
 def test_bad_arguments(options, message):
     with pytest.raises(ValueError, match=message):
         pb.RenyiELBO(**options)
+
+
+@pytest.mark.parametrize(
+    "alpha", [np.float64(0.5), np.float32(0.5), np.int64(2), torch.tensor(0.5), torch.tensor(2)]
+)
+def test_numpy_scalars_and_0d_tensors_are_accepted_as_alpha(alpha):
+    objective = pb.RenyiELBO(alpha, num_particles=4)
+    assert type(objective.alpha) is float and objective.alpha == float(alpha)
+
+
+@pytest.mark.parametrize("alpha", [math.inf, -math.inf])
+def test_infinite_alpha_is_the_smallest_or_largest_log_weight(alpha):
+    s = linear_regression()
+    guide = offset_guide(s)
+    pyro.set_rng_seed(6)
+    objective = pb.RenyiELBO(alpha, num_particles=16, max_plate_nesting=1)
+    loss = objective.loss(s.model, guide, s.X, s.y)
+    pyro.set_rng_seed(6)
+    log_w = log_weights(s.model, guide, (s.X, s.y), {}, 16, 1).joint.detach()
+    expected = log_w.min() if alpha > 0 else log_w.max()
+    assert loss == pytest.approx(-float(expected), rel=1e-12)
+
+
+def test_an_enumerated_site_hidden_from_the_guide_is_refused():
+    with pytest.raises(ValueError, match=r"latent site 'k' .*TraceEnum_ELBO"):
+        pb.RenyiELBO(0.5, num_particles=4).loss(mixture, mixture_guide(), MIXTURE_DATA)

@@ -1,0 +1,190 @@
+r"""Checks that refuse a model and guide the importance-sampling machinery would get wrong.
+
+Every estimator built on :func:`pyro_blr.core.log_weights` draws the latent sites from the guide
+and replays the model on them. A latent site of the model that the guide does not sample is then
+drawn by the model from its prior *and scored as if observed*: its log prior enters
+:math:`\log p(\mathcal D, z)` but no matching term enters :math:`\log q(z)`, so the weight is that
+of a different model. Pyro's own advice for a discrete site -- mark it
+``infer={"enumerate": "parallel"}`` and leave it out of the guide -- produces exactly this, and is
+correct only under an enumerating objective (``TraceEnum_ELBO``), which sums the site out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.trace_struct import Trace
+from torch import Tensor
+
+from pyro_blr.core.traces import sample_sites, site_log_probs
+from pyro_blr.core.weights import vectorized_traces
+
+__all__ = [
+    "check_finite_weights",
+    "check_model_and_guide",
+    "check_no_enumerated_sites",
+    "nonfinite_term",
+    "rng_state",
+]
+
+
+def _is_discrete(site: dict) -> bool:
+    fn = site["fn"]
+    support = getattr(fn, "support", None)
+    return bool(getattr(fn, "has_enumerate_support", False)) or bool(
+        getattr(support, "is_discrete", False)
+    )
+
+
+def check_no_enumerated_sites(model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse a discrete latent site of the model that the guide leaves out.
+
+    A site counts when it is a latent (unobserved) sample site of ``model_trace``, absent from
+    ``guide_trace``, and either marked for enumeration (``infer={"enumerate": ...}``, e.g. by
+    ``pyro.infer.config_enumerate``) or discrete. Replaying the model on the guide's draws would
+    draw it from its prior and count its log prior in the joint, as if it were data.
+
+    Args:
+        model_trace: a trace of the model replayed on ``guide_trace``.
+        guide_trace: a trace of the guide.
+
+    Raises:
+        ValueError: naming the first such site, and saying how to handle it.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro import poutine
+        >>> @pyro.infer.config_enumerate
+        ... def model():
+        ...     k = pyro.sample("k", dist.Categorical(torch.tensor([0.3, 0.7])))
+        ...     loc = torch.tensor([-1.0, 1.0])[k]
+        ...     pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+        >>> def guide():  # k left to enumeration, as Pyro's TraceEnum_ELBO expects
+        ...     pass
+        >>> guide_trace = poutine.trace(guide).get_trace()
+        >>> model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace()
+        >>> try:
+        ...     check_no_enumerated_sites(model_trace, guide_trace)
+        ... except ValueError as error:
+        ...     print(str(error).split(" is not")[0])
+        latent site 'k' of the model (Categorical, marked for enumeration)
+    """
+    for name, site in sample_sites(model_trace, deterministic=False):
+        if site["is_observed"] or name in guide_trace.nodes:
+            continue
+        enumerate_ = site["infer"].get("enumerate")
+        if not enumerate_ and not _is_discrete(site):
+            continue
+        how = "marked for enumeration" if enumerate_ else "discrete"
+        raise ValueError(
+            f"latent site '{name}' of the model ({type(site['fn']).__name__}, {how}) is not "
+            "sampled by the guide: it would be drawn from its prior and scored as if observed, "
+            "which gives wrong weights. Marginalize it with Pyro's TraceEnum_ELBO (and recover "
+            "it with pyro.infer.infer_discrete), sum it out in the model, or give the guide "
+            f"a sample site '{name}'"
+        )
+
+
+def _cuda_devices() -> list[int]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+def check_model_and_guide(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+    """Trace ``guide`` and ``model`` replayed on it once and run
+    :func:`check_no_enumerated_sites`, leaving the random number generators where they were (the
+    check does not change the draws of the run it precedes).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> check_model_and_guide(model, AutoNormal(model), (), {})  # nothing to refuse
+    """
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    check_no_enumerated_sites(model_trace, guide_trace)
+
+
+def nonfinite_term(terms: Iterable[tuple[str, Tensor]]) -> tuple[str, float] | None:
+    """The first ``(name, log_prob)`` term with an element that is not finite, as
+    ``(name, that element)``, or ``None`` when every term is finite.
+
+    Terms are scanned in order, so a site is blamed before any term computed from it (list the
+    sites first and derived terms, such as a log-Jacobian, last).
+
+    Example:
+        >>> import torch
+        >>> nonfinite_term([("a", torch.zeros(3)), ("b", torch.tensor([0.0, -float("inf")]))])
+        ('b', -inf)
+    """
+    for name, log_prob in terms:
+        log_prob = log_prob.detach()
+        bad = ~torch.isfinite(log_prob)
+        if bad.any():
+            return name, float(log_prob[bad].flatten()[0])
+    return None
+
+
+def rng_state() -> tuple[Tensor, list[Tensor]]:
+    """The state of torch's CPU generator and of every initialized CUDA generator, for
+    :func:`check_finite_weights`."""
+    devices = _cuda_devices()
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def check_finite_weights(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    max_plate_nesting: int,
+    state: tuple[Tensor, list[Tensor]],
+) -> None:
+    """Explain log importance weights that are not finite: redraw the particles of a
+    :func:`pyro_blr.core.log_weights` call from the generator ``state`` it started from (see
+    :func:`rng_state`) and raise naming the first site whose log density is not finite.
+
+    The redraw is bit for bit the same draw (the same operations from the same state) and the
+    generators are left where they were. Each site's log density is checked scaled and masked as
+    Pyro scales it, element by element, model sites first in trace order, then guide sites.
+
+    Raises:
+        ValueError: naming the site, whether it is observed, latent or the guide's, and the
+            offending value.
+    """
+    cpu, cuda = state
+    devices = _cuda_devices()[: len(cuda)]
+    with torch.random.fork_rng(devices=devices), poutine.block():
+        torch.set_rng_state(cpu)
+        for device, device_state in zip(devices, cuda, strict=True):
+            torch.cuda.set_rng_state(device_state, device)
+        model_trace, guide_trace = vectorized_traces(
+            model, guide, args, kwargs, num_particles, max_plate_nesting
+        )
+    for trace, role in ((model_trace, "model"), (guide_trace, "guide")):
+        found = nonfinite_term(site_log_probs(trace))
+        if found is None:
+            continue
+        name, value = found
+        kind = "observed" if trace.nodes[name]["is_observed"] else "latent"
+        raise ValueError(
+            f"the log density of {role} site '{name}' ({kind}) is {value} for some draws, so "
+            "the log importance weights are not finite: "
+            + (
+                "the data are impossible under those draws (check the likelihood's support)"
+                if value == -float("inf")
+                else "a numerical failure in that site's distribution"
+            )
+        )
+    raise ValueError(
+        "the log importance weights are not finite although every site's log density is: "
+        "their sum overflows"
+    )
