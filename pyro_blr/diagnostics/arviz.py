@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, from_dict, psis_smooth, to_numpy
 from pyro_blr.diagnostics.draws import draw
-from pyro_blr.diagnostics.psis import _arviz, smoothed_log_weights
+from pyro_blr.diagnostics.psis import check_num_samples
 
 __all__ = ["to_inference_data"]
 
@@ -21,13 +22,6 @@ def _systematic_resample(log_weights: np.ndarray, generator: torch.Generator | N
     cumulative[-1] = 1.0
     start = float(torch.rand((), generator=generator))
     return np.searchsorted(cumulative, (start + np.arange(num)) / num)
-
-
-def _from_dict(groups: dict, coords: dict, dims: dict, attrs: dict):
-    az = _arviz()
-    if int(az.__version__.split(".")[0]) >= 1:  # arviz-base: one dict of groups
-        return az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
-    return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
 
 
 def to_inference_data(
@@ -59,14 +53,21 @@ def to_inference_data(
         model: the Pyro model.
         guide: any guide of ``model`` (Pyro's autoguides, hand-written ones, this package's).
         *args: the model's positional arguments.
-        num_samples: the number of draws.
+        num_samples: the number of draws (at least
+            :data:`~pyro_blr.diagnostics.arviz_compat.MIN_PSIS_SAMPLES` with ``psis=True``).
         num_chains: how many equal groups to split them into (must divide ``num_samples``).
         psis: resample the draws by PSIS weights.
         max_plate_nesting: the model's plate nesting (found from a trace when not given).
         **kwargs: the model's keyword arguments.
 
     Returns:
-        ``arviz.InferenceData`` (ArviZ 0.x) or the ``DataTree`` of ArviZ 1.x.
+        ``arviz.InferenceData`` (ArviZ 0.x) or the ``DataTree`` of ArviZ 1.x. Every array is
+        copied to the CPU (``.detach().cpu()``), whatever the device of the model's tensors.
+
+    Raises:
+        ValueError: a bad ``num_samples`` or ``num_chains``, a latent site local to a subsampled
+            plate, or a discrete latent site the guide does not sample (it would be drawn from
+            its prior and scored as data).
 
     References:
         | Yes, but Did It Work?: Evaluating Variational Inference (Yao et al., ICML 2018)
@@ -86,6 +87,9 @@ def to_inference_data(
         >>> idata.posterior["mu"].shape, idata.log_likelihood["y"].dims
         ((1, 200), ('chain', 'draw', 'data'))
     """
+    num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES if psis else 1)
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
+        raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
     if num_samples % num_chains:
         raise ValueError(f"num_chains={num_chains} must divide num_samples={num_samples}")
     with torch.no_grad():
@@ -93,15 +97,16 @@ def to_inference_data(
     index = None
     attrs = {"inference_library": "pyro_blr", "guide": type(guide).__name__}
     if psis:
-        smoothed, khat = smoothed_log_weights(draws.log_p - draws.log_q)
-        index = torch.as_tensor(_systematic_resample(smoothed, None))
+        smoothed, khat = psis_smooth(draws.log_p - draws.log_q)
+        index = _systematic_resample(smoothed, None)
         attrs["psis_khat"] = khat
 
     def arrays(group: dict) -> dict:
         out = {}
         for name, value in group.items():
-            value = value.detach() if index is None else value.detach()[index.to(value.device)]
-            value = value.cpu().numpy()
+            value = to_numpy(value)
+            if index is not None:
+                value = value[index]
             out[name] = value.reshape((num_chains, num_samples // num_chains, *value.shape[1:]))
         return out
 
@@ -110,7 +115,7 @@ def to_inference_data(
         "sample_stats": arrays({"log_p": draws.log_p, "log_q": draws.log_q}),
         "log_likelihood": arrays(draws.log_likelihood),
         "posterior_predictive": arrays(draws.predictive),
-        "observed_data": {k: v.detach().cpu().numpy() for k, v in draws.observed.items()},
+        "observed_data": {name: to_numpy(value) for name, value in draws.observed.items()},
     }
-    coords = {name: idx.numpy() for name, idx in draws.coords.items()}
-    return _from_dict(groups, coords, draws.dims, attrs)
+    coords = {name: to_numpy(idx) for name, idx in draws.coords.items()}
+    return from_dict(groups, coords, draws.dims, attrs)

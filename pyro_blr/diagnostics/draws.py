@@ -24,6 +24,7 @@ from torch import Tensor
 
 from pyro_blr.core import (
     PARTICLE_PLATE,
+    check_no_enumerated_sites,
     guess_max_plate_nesting,
     sample_sites,
     sum_per_particle,
@@ -79,6 +80,111 @@ def _natural(value: Tensor, num: int, shape: torch.Size, squeeze: list[int]) -> 
     return value.squeeze([a + 1 for a in squeeze]) if squeeze else value
 
 
+def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Trace:
+    """One full trace of ``model`` replayed on ``guide``, validated: no discrete site left to
+    enumeration, no latent site local to a subsampled plate."""
+    with poutine.block():
+        proto_guide = poutine.trace(guide).get_trace(*args, **kwargs)
+        proto = poutine.trace(poutine.replay(model, trace=proto_guide)).get_trace(*args, **kwargs)
+    check_no_enumerated_sites(proto, proto_guide)
+    subsampled = _subsampled_plates(proto)
+    for name, site in sample_sites(proto):
+        local = [f.name for f in site["cond_indep_stack"] if f.name in subsampled]
+        if local and not site["is_observed"]:
+            raise ValueError(
+                f"latent site '{name}' is local to the subsampled plate {local}: its values for "
+                "all data do not exist; convert a full-data version of the model"
+            )
+    return proto
+
+
+def _subsampled_plates(proto: Trace) -> dict:
+    """Plate name -> frame, for every plate of the trace that is subsampled."""
+    return {
+        f.name: f
+        for _, site in sample_sites(proto)
+        for f in site["cond_indep_stack"]
+        if f.vectorized and f.full_size is not None and f.full_size != f.size
+    }
+
+
+def _is_deterministic(site: dict) -> bool:
+    return bool(site["infer"].get("_deterministic", False))
+
+
+def _posterior(
+    proto: Trace, model_trace: Trace, num: int, nesting: int
+) -> tuple[dict[str, Tensor], dict[str, list[str]], Tensor | float]:
+    """Latent and deterministic values ``(S, *shape)``, their dimension names, and the log prior
+    of the latent sites per draw (unscaled: these sites are global)."""
+    posterior, dims, log_prior = {}, {}, 0.0
+    for name, site in sample_sites(proto):
+        deterministic = _is_deterministic(site)
+        if site["is_observed"] and not deterministic:
+            continue
+        shape = site["value"].shape
+        # pyro.deterministic declares its whole value an event; name its dims by the plates too.
+        batch_ndim = len(shape) if deterministic else len(shape) - site["fn"].event_dim
+        squeeze = _squeezable(site, shape, batch_ndim)
+        posterior[name] = _natural(model_trace.nodes[name]["value"], num, shape, squeeze)
+        dims[name] = [n for a, n in enumerate(_names(site, shape, batch_ndim)) if a not in squeeze]
+        if not deterministic:
+            drawn = model_trace.nodes[name]
+            log_prob = scale_and_mask(drawn["fn"].log_prob(drawn["value"]), 1.0, drawn["mask"])
+            log_prior = log_prior + sum_per_particle(log_prob, num, nesting)
+    return posterior, dims, log_prior
+
+
+def _log_q(guide_trace: Trace, num: int, nesting: int) -> Tensor | float:
+    """:math:`\\log q(z_s)` per draw."""
+    log_q = 0.0
+    for _, site in sample_sites(guide_trace):
+        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+        log_q = log_q + sum_per_particle(log_prob, num, nesting)
+    return log_q
+
+
+def _observed_part(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    num: int,
+    nesting: int,
+    proto: Trace,
+    posterior: dict[str, Tensor],
+) -> tuple[dict, dict, dict, dict, dict[str, list[str]]]:
+    """Pointwise log-likelihood, predictive and data of every observed site over the full data,
+    the full-data values of deterministic sites inside a subsampled plate, and the observed
+    sites' dimension names."""
+    subsampled = _subsampled_plates(proto)
+    names = [n for n, s in sample_sites(proto) if s["is_observed"] and not _is_deterministic(s)]
+    chunked = [  # deterministic sites inside a subsampled plate: gathered over all the data
+        n
+        for n in posterior
+        if _is_deterministic(proto.nodes[n])
+        and any(f.name in subsampled for f in proto.nodes[n]["cond_indep_stack"])
+    ]
+    log_lik, predictive, observed, gathered = _observed(
+        model, guide_trace, args, kwargs, num, nesting, proto, names, subsampled, chunked
+    )
+    dims = {}
+    for name in names:
+        site = proto.nodes[name]
+        dims[name] = _names(site, observed[name].shape, len(site["fn"].batch_shape))
+    return log_lik, predictive, observed, gathered, dims
+
+
+def _coords(proto: Trace, names: list[str]) -> dict[str, Tensor]:
+    """Plate name -> the indices of all its data, for the plates of the named sites."""
+    coords = {}
+    for name in names:
+        for f in proto.nodes[name]["cond_indep_stack"]:
+            if f.vectorized and f.name != PARTICLE_PLATE:
+                coords.setdefault(f.name, torch.arange(f.full_size or f.size))
+    return coords
+
+
 def draw(
     model: Callable,
     guide: Callable,
@@ -91,83 +197,25 @@ def draw(
 
     Raises:
         ValueError: a latent site local to a subsampled plate (its full-data values do not exist
-            in a minibatch guide).
+            in a minibatch guide), or a discrete latent site the guide does not sample.
     """
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     nesting = max_plate_nesting
+    proto = _prototype(model, guide, args, kwargs)
     with poutine.block():
-        proto_guide = poutine.trace(guide).get_trace(*args, **kwargs)
-        proto = poutine.trace(poutine.replay(model, trace=proto_guide)).get_trace(*args, **kwargs)
         model_trace, guide_trace = vectorized_traces(
             model, guide, args, kwargs, num_samples, nesting
         )
-
-    subsampled = {
-        f.name: f
-        for _, site in sample_sites(proto)
-        for f in site["cond_indep_stack"]
-        if f.vectorized and f.full_size is not None and f.full_size != f.size
-    }
-    for name, site in sample_sites(proto):
-        local = [f.name for f in site["cond_indep_stack"] if f.name in subsampled]
-        if local and not site["is_observed"]:
-            raise ValueError(
-                f"latent site '{name}' is local to the subsampled plate {local}: its values for "
-                "all data do not exist; convert a full-data version of the model"
-            )
-
-    dims, coords = {}, {}
-    posterior, log_prior = {}, 0.0
-    for name, site in sample_sites(proto):
-        if site["is_observed"] and not site["infer"].get("_deterministic"):
-            continue
-        shape = site["value"].shape
-        # pyro.deterministic declares its whole value an event; name its dims by the plates too.
-        deterministic = site["infer"].get("_deterministic", False)
-        batch_ndim = len(shape) if deterministic else len(shape) - site["fn"].event_dim
-        squeeze = _squeezable(site, shape, batch_ndim)
-        value = model_trace.nodes[name]["value"]
-        posterior[name] = _natural(value, num_samples, shape, squeeze)
-        dims[name] = [n for a, n in enumerate(_names(site, shape, batch_ndim)) if a not in squeeze]
-        if not deterministic:
-            vsite = model_trace.nodes[name]
-            log_prob = scale_and_mask(vsite["fn"].log_prob(vsite["value"]), 1.0, vsite["mask"])
-            log_prior = log_prior + sum_per_particle(log_prob, num_samples, nesting)
-    log_q = 0.0
-    for _, site in sample_sites(guide_trace):
-        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
-        log_q = log_q + sum_per_particle(log_prob, num_samples, nesting)
-
-    observed_names = [
-        n
-        for n, s in sample_sites(proto)
-        if s["is_observed"] and not s["infer"].get("_deterministic")
-    ]
-    chunked = [  # deterministic sites inside a subsampled plate: gathered over all the data
-        n
-        for n in posterior
-        if proto.nodes[n]["infer"].get("_deterministic")
-        and any(f.name in subsampled for f in proto.nodes[n]["cond_indep_stack"])
-    ]
-    log_lik, predictive, observed, gathered = _observed(
-        model, guide_trace, args, kwargs, num_samples, nesting, proto, observed_names, subsampled,
-        chunked,
-    )  # fmt: skip
+    posterior, dims, log_prior = _posterior(proto, model_trace, num_samples, nesting)
+    log_q = _log_q(guide_trace, num_samples, nesting)
+    log_lik, predictive, observed, gathered, observed_dims = _observed_part(
+        model, guide_trace, args, kwargs, num_samples, nesting, proto, posterior
+    )
     posterior.update(gathered)
+    dims.update(observed_dims)
     log_p = log_prior + sum(lp.reshape(num_samples, -1).sum(-1) for lp in log_lik.values())
-    for name in observed_names:
-        site = proto.nodes[name]
-        batch_ndim = len(site["fn"].batch_shape)
-        full_shape = observed[name].shape
-        dims[name] = _names(site, full_shape, batch_ndim)
-        for f in site["cond_indep_stack"]:
-            if f.vectorized:
-                coords[f.name] = torch.arange(f.full_size or f.size)
-    for name in list(posterior) + observed_names:
-        for f in proto.nodes[name]["cond_indep_stack"]:
-            if f.vectorized and f.name != PARTICLE_PLATE:
-                coords.setdefault(f.name, torch.arange(f.full_size or f.size))
+    coords = _coords(proto, list(observed) + list(posterior))
     return Draws(posterior, log_p, log_q, log_lik, predictive, observed, dims, coords)
 
 

@@ -5,8 +5,10 @@ With :math:`S` draws from the guide and log importance ratios
 distribution to the largest ratios; its shape :math:`\hat k` says how heavy the tail of
 :math:`p/q` is (Yao, Vehtari, Simpson & Gelman 2018): :math:`\hat k < 0.5` the guide is good and
 importance sampling converges fast, :math:`0.5 \le \hat k < 0.7` usable, :math:`\hat k \ge 0.7`
-the approximation is not to be trusted. The fit is ArviZ's (``az.psislw``); the effective sample
-size of the smoothed weights is :math:`1/\sum_s \bar w_s^2`.
+the approximation is not to be trusted. The fit is ArviZ's (``az.psislw`` in ArviZ 0.x,
+``arviz_stats`` in 1.x, see :mod:`pyro_blr.diagnostics.arviz_compat`); the effective sample size
+of the smoothed weights is :math:`1/\sum_s \bar w_s^2`. A Pareto fit needs a tail: at least
+:data:`~pyro_blr.diagnostics.arviz_compat.MIN_PSIS_SAMPLES` draws.
 
 References:
     | Yes, but Did It Work?: Evaluating Variational Inference (Yao et al., ICML 2018)
@@ -15,17 +17,26 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from pyro_blr.core import guess_max_plate_nesting, log_weights
+from pyro_blr.core import (
+    check_finite_weights,
+    check_model_and_guide,
+    guess_max_plate_nesting,
+    log_weights,
+    rng_state,
+)
+from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz, psis_smooth
 
-__all__ = ["PSISDiagnostic", "psis_diagnostic", "smoothed_log_weights"]
+__all__ = ["PSISDiagnostic", "check_num_samples", "psis_diagnostic"]
+
+# examples/eight_schools.py imported this private name before arviz_compat existed; it stays an
+# alias of the public import_arviz until the example imports that instead.
+_arviz = import_arviz
 
 
 class PSISDiagnostic(NamedTuple):
@@ -35,26 +46,19 @@ class PSISDiagnostic(NamedTuple):
     ess: float
 
 
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.x announces its 1.0 refactor
-        import arviz
+def check_num_samples(num_samples: Any, minimum: int = 1) -> int:
+    """``num_samples`` as an int, or a ``ValueError`` naming it.
 
-    return arviz
-
-
-def smoothed_log_weights(log_ratios: Tensor) -> tuple[np.ndarray, float]:
-    """Normalized Pareto-smoothed log weights and :math:`\\hat k` of ``log_ratios`` (1-D).
-
-    Ratios equal to rounding error (the guide is the posterior) have no tail to fit: their
-    weights are uniform and :math:`\\hat k = -\\infty`.
+    Example:
+        >>> check_num_samples(30, minimum=25)
+        30
     """
-    ratios = log_ratios.detach().double().cpu().numpy()
-    ratios = ratios - ratios.max()
-    if -ratios.min() < 1e-9 * max(1.0, float(np.abs(log_ratios.detach().double()).max())):
-        return np.full(len(ratios), -np.log(len(ratios))), -np.inf
-    smoothed, khat = _arviz().psislw(ratios)
-    return np.asarray(smoothed), float(khat)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise ValueError(f"num_samples must be an integer, got {num_samples!r}")
+    if num_samples < minimum:
+        why = " (PSIS fits a Pareto tail to the largest draws)" if minimum > 1 else ""
+        raise ValueError(f"num_samples must be at least {minimum}{why}, got {num_samples}")
+    return int(num_samples)
 
 
 @torch.no_grad()
@@ -70,14 +74,29 @@ def psis_diagnostic(
 
     Args:
         model: the Pyro model (full data: a minibatch ratio is not the posterior's).
-        guide: any guide of ``model``.
+        guide: any guide of ``model`` that samples every latent site (a discrete site left to
+            enumeration is refused).
         *args: the model's positional arguments.
-        num_samples: draws from the guide (ArviZ needs a few hundred for a stable fit).
+        num_samples: draws from the guide, at least
+            :data:`~pyro_blr.diagnostics.arviz_compat.MIN_PSIS_SAMPLES` (the Pareto fit uses the
+            largest :math:`\min(S/5, 3\sqrt S)` ratios; a few hundred give a stable
+            :math:`\hat k`).
         max_plate_nesting: the model's plate nesting (found from a trace when not given).
         **kwargs: the model's keyword arguments.
 
     Returns:
-        ``PSISDiagnostic(khat, ess)``.
+        ``PSISDiagnostic(khat, ess)``. When every ratio is equal up to rounding (the guide is the
+        posterior), :math:`\hat k = 0` and ``ess = num_samples`` (see
+        :func:`~pyro_blr.diagnostics.arviz_compat.psis_smooth`).
+
+    Raises:
+        ValueError: ``num_samples`` below the minimum, a subsampled plate, a discrete latent
+            site the guide does not sample, or a log density that is NaN or :math:`+\infty`
+            (naming the site).
+
+    References:
+        | Yes, but Did It Work?: Evaluating Variational Inference (Yao et al., ICML 2018)
+        | https://arxiv.org/abs/1802.02538
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -89,8 +108,11 @@ def psis_diagnostic(
         >>> pb.psis_diagnostic(model, too_narrow, num_samples=2000).khat > 0.7
         True
     """
+    num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES)
+    check_model_and_guide(model, guide, args, kwargs)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    state = rng_state()
     weights = log_weights(
         model, guide, args, kwargs, num_samples, max_plate_nesting, require_rsample=False
     )
@@ -99,5 +121,8 @@ def psis_diagnostic(
             f"psis_diagnostic needs the full data, but plate {list(weights.subsampled)} is "
             "subsampled: call the model without subsample_size"
         )
-    smoothed, khat = smoothed_log_weights(weights.joint)
+    joint = weights.joint
+    if torch.isnan(joint).any() or torch.isposinf(joint).any():  # -inf is a zero weight: fine
+        check_finite_weights(model, guide, args, kwargs, num_samples, max_plate_nesting, state)
+    smoothed, khat = psis_smooth(joint)
     return PSISDiagnostic(khat, float(1.0 / np.exp(2 * smoothed).sum()))

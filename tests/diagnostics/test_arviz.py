@@ -10,11 +10,12 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
-from pyro_blr.diagnostics.psis import _arviz
+from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz
+from tests.evidence.models import MIXTURE_DATA, mixture, mixture_guide
 from tests.scenarios import linear_regression
 
 matplotlib.use("Agg")
-az = _arviz()
+az = import_arviz()
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,24 @@ def test_num_chains_must_divide_num_samples(num_chains):
     with pytest.raises(ValueError, match="num_chains=3 must divide num_samples=100"):
         pb.to_inference_data(s.model, AutoDiagonalNormal(s.model), s.X, s.y, num_samples=100,
                              num_chains=num_chains)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_samples": 0}, "num_samples must be at least 1"),
+        ({"num_samples": 2.5}, "num_samples must be an integer"),
+        ({"num_samples": 10, "psis": True}, f"num_samples must be at least {MIN_PSIS_SAMPLES}"),
+        ({"num_samples": 10, "num_chains": 0}, "num_chains must be a positive integer"),
+    ],
+)
+def test_bad_sample_counts_name_the_argument(options, message):
+    s = linear_regression()
+    with pytest.raises(ValueError, match=message):
+        pb.to_inference_data(s.model, AutoDiagonalNormal(s.model), s.X, s.y, **options)
+
+
+def test_an_enumerated_site_hidden_from_the_guide_is_refused():
+    # Replaying the mixture on the guide would draw k from its prior and score it as data.
+    with pytest.raises(ValueError, match=r"latent site 'k' .*marked for enumeration"):
+        pb.to_inference_data(mixture, mixture_guide(), MIXTURE_DATA, num_samples=20)

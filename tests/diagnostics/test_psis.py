@@ -7,6 +7,8 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 from torch.distributions import transform_to
 
 import pyro_blr as pb
+from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES
+from tests.evidence.models import MIXTURE_DATA, mixture, mixture_guide
 from tests.scenarios import linear_regression
 
 
@@ -21,7 +23,7 @@ def test_khat_is_small_for_the_exact_guide_and_large_for_a_too_narrow_one():
     s = linear_regression()
     exact = fitted(AutoMultivariateNormal, s, steps=1, lr=1.0)  # the exact posterior
     same = pb.psis_diagnostic(s.model, exact, s.X, s.y, num_samples=2000)
-    assert same.khat == float("-inf")  # every ratio is log Z: no tail at all
+    assert same.khat == 0.0  # every ratio is log Z: no tail to fit, reported as 0, never -inf
     assert same.ess == pytest.approx(2000, rel=1e-9)
     with torch.no_grad():  # a near-exact guide: the mean off by 0.1 posterior sd
         exact.loc.add_(0.1 * s.posterior_covariance.diagonal().sqrt())
@@ -58,3 +60,25 @@ def test_psis_resampling_moves_a_mean_field_fit_toward_the_exact_posterior():
     mean_psis, sd_psis = errors(weighted)
     assert (mean_psis < 0.5 * mean_plain).all()
     assert sd_psis.max() < 0.5 * sd_plain.max()
+
+
+@pytest.mark.parametrize("num_samples", [0, 1, MIN_PSIS_SAMPLES - 1, 100.0, True])
+def test_too_few_samples_for_a_pareto_fit_are_refused(num_samples):
+    # num_samples=1 used to give k-hat = -inf and ESS = 1: a "perfect" fit out of nothing.
+    s = linear_regression()
+    guide = AutoDiagonalNormal(s.model)
+    with pytest.raises(ValueError, match="num_samples must be"):
+        pb.psis_diagnostic(s.model, guide, s.X, s.y, num_samples=num_samples)
+
+
+def test_the_fewest_samples_allowed_give_a_finite_khat():
+    pyro.set_rng_seed(0)
+    s = linear_regression()
+    guide = AutoDiagonalNormal(s.model)
+    result = pb.psis_diagnostic(s.model, guide, s.X, s.y, num_samples=MIN_PSIS_SAMPLES)
+    assert torch.isfinite(torch.tensor(result.khat)) and 1 <= result.ess <= MIN_PSIS_SAMPLES
+
+
+def test_an_enumerated_site_hidden_from_the_guide_is_refused():
+    with pytest.raises(ValueError, match=r"latent site 'k' .*infer_discrete"):
+        pb.psis_diagnostic(mixture, mixture_guide(), MIXTURE_DATA, num_samples=100)
