@@ -4,9 +4,9 @@
     D = 31, full-covariance guide), BLR("von") vs SVI + Adam at its best learning rate;
 (b) time per step on a one-hidden-layer (50 tanh units) Bayesian neural net with a subsampled
     plate (diabetes data), BLR("ivon") vs SVI + Adam + Trace_ELBO, same guide (AutoNormal);
-(c) time per step as the data grow from 10^3 to 10^6 rows with a fixed minibatch of 100;
-(d) posteriordb's badly scaled sblrc-blr and the unscaled wells logistic regression: error of the
-    posterior means in reference sds and the ratio of sds, BLR vs SVI + Adam.
+(c) time per step as the data grow from 10^3 to 10^6 rows with a fixed minibatch of 100.
+
+Accuracy against reference posteriors (posteriordb) is ``benchmarks/posteriordb.py``.
 
 Run: ``python -m benchmarks.blr_vs_adam`` (writes benchmarks/results/blr_vs_adam.md);
 ``--smoke`` runs every part at toy sizes.
@@ -14,24 +14,20 @@ Run: ``python -m benchmarks.blr_vs_adam`` (writes benchmarks/results/blr_vs_adam
 
 from __future__ import annotations
 
-import argparse
 import math
-import platform
 import time
-from pathlib import Path
 
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_feasible
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 import pyro_blr as pb
 from benchmarks import models
-from pyro_blr.blr.guides import GaussianGuide
-from pyro_blr.blr.latent import latent_layout, neg_log_joint
+from benchmarks._report import machine, markdown_table, parser, report
+from pyro_blr.core import GaussianGuide, latent_layout, neg_log_joint
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ADAM_LRS = [0.001, 0.003, 0.01, 0.03]
 ADAM_DECAYED = {"lr": 0.05, "lrd": 0.9997}
 
@@ -131,19 +127,19 @@ def part_a(smoke: bool) -> list[str]:
         rows.append((name, seconds, steps, evaluate()))
         if seconds is not None and (best_adam is None or seconds < best_adam):
             best_adam = seconds
-    lines = [
+    table = []
+    for name, seconds, steps, final in rows:
+        shown = "not reached" if seconds is None else f"{seconds:.3f}"
+        ratio = "" if seconds is None or best_adam is None else f"{best_adam / seconds:.1f}x"
+        table.append((name, shown, steps, f"{final:.2f}", ratio))
+    header = ["method", "seconds", "steps", "ELBO at stop", "best Adam / method"]
+    return [
         f"**(a) Time to within 1 nat of the ELBO optimum** (breast cancer, D = 31, "
         f"AutoMultivariateNormal; optimum {optimum:.2f} from a 300-step BLR run, every ELBO "
         f"from the same 512 fixed draws)",
         "",
-        "| method | seconds | steps | ELBO at stop | best Adam / method |",
-        "|---|---|---|---|---|",
+        *markdown_table(header, table),
     ]
-    for name, seconds, steps, final in rows:
-        shown = "not reached" if seconds is None else f"{seconds:.3f}"
-        ratio = "" if seconds is None or best_adam is None else f"{best_adam / seconds:.1f}x"
-        lines.append(f"| {name} | {shown} | {steps} | {final:.2f} | {ratio} |")
-    return lines
 
 
 def per_step_ms(step, num_steps, warmup=10):
@@ -182,27 +178,26 @@ def part_b(smoke: bool) -> list[str]:
         models.bnn(X, y, hidden=50, subsample_size=32)
 
     results = compare_step_times(model, (X, y), 20 if smoke else 300, [(1, False), (2, True)])
-    lines = [
+    table = [
+        (
+            f"{particles}" + (" (antithetic pair)" if antithetic else ""),
+            f"{adam_ms:.2f}",
+            f"{blr_ms:.2f}",
+            f"{blr_ms / adam_ms:.2f}",
+        )
+        for particles, antithetic, adam_ms, blr_ms in results
+    ]
+    header = ["particles", "SVI + Adam + Trace_ELBO (ms)", "BLR ivon (ms)", "BLR / Adam"]
+    return [
         "**(b) Time per step, Bayesian neural net** (diabetes, 10 inputs, 50 tanh units, "
         "611 weights, minibatch 32 of 442, AutoNormal for both)",
         "",
-        "| particles | SVI + Adam + Trace_ELBO (ms) | BLR ivon (ms) | BLR / Adam |",
-        "|---|---|---|---|",
+        *markdown_table(header, table),
     ]
-    for particles, antithetic, adam_ms, blr_ms in results:
-        label = f"{particles}" + (" (antithetic pair)" if antithetic else "")
-        lines.append(f"| {label} | {adam_ms:.2f} | {blr_ms:.2f} | {blr_ms / adam_ms:.2f} |")
-    return lines
 
 
 def part_c(smoke: bool) -> list[str]:
-    lines = [
-        "**(c) Time per step as the data grow** (logistic regression, D = 10, minibatch 100, "
-        "AutoNormal, one particle)",
-        "",
-        "| N | SVI + Adam (ms) | BLR ivon (ms) | BLR / Adam | randperm(N) (ms) |",
-        "|---|---|---|---|---|",
-    ]
+    table = []
     for exponent in [3, 4] if smoke else [3, 4, 5, 6]:
         n = 10**exponent
         gen = torch.Generator().manual_seed(0)
@@ -216,107 +211,39 @@ def part_c(smoke: bool) -> list[str]:
             model, (X, y), 20 if smoke else 200, [(1, False)]
         )
         randperm_ms = per_step_ms(lambda n=n: torch.randperm(n), 20 if smoke else 200)
-        lines.append(
-            f"| 10^{exponent} | {adam_ms:.2f} | {blr_ms:.2f} | {blr_ms / adam_ms:.2f} | "
-            f"{randperm_ms:.2f} |"
+        ratio = blr_ms / adam_ms
+        table.append(
+            (
+                f"10^{exponent}",
+                f"{adam_ms:.2f}",
+                f"{blr_ms:.2f}",
+                f"{ratio:.2f}",
+                f"{randperm_ms:.2f}",
+            )
         )
-    lines += [
+    header = ["N", "SVI + Adam (ms)", "BLR ivon (ms)", "BLR / Adam", "randperm(N) (ms)"]
+    return [
+        "**(c) Time per step as the data grow** (logistic regression, D = 10, minibatch 100, "
+        "AutoNormal, one particle)",
+        "",
+        *markdown_table(header, table),
         "",
         "Both drivers run the same model, whose `pyro.plate(subsample_size=100)` draws its indices "
         "with `torch.randperm(N)`: that draw is the only part that grows with N.",
     ]
-    return lines
 
 
-def posterior_error(guide, args, model, ref_mean, ref_sd, num_samples):
-    """Worst |mean error| in reference sds and the range of sd ratios, from guide samples."""
-    predictive = pyro.infer.Predictive(model, guide=guide, num_samples=num_samples)
-    with torch.no_grad():
-        samples = predictive(*args)
-    latent = [n for n in samples if n not in ("y",)]
-    draws = torch.cat([samples[n].reshape(num_samples, -1) for n in sorted(latent)], -1)
-    draws = draws.double()
-    error = ((draws.mean(0) - ref_mean) / ref_sd).abs().max()
-    ratio = draws.std(0) / ref_sd
-    return float(error), float(ratio.min()), float(ratio.max())
-
-
-def part_d(smoke: bool) -> list[str]:
-    if not models.POSTERIORDB.exists():
-        return [f"**(d)** skipped: {models.POSTERIORDB} not found"]
-    lines = [
-        "**(d) Reference posteriors** (posteriordb; worst |mean error| in reference sds, range of "
-        "sd ratios, from 20000 guide draws)",
-        "",
-        "| posterior | method | steps | seconds | worst error (sd) | sd ratio |",
-        "|---|---|---|---|---|---|",
-    ]
-    problems = [
-        ("sblrc-blr", models.sblrc_blr, models.load_sblrc()),
-        ("wells", models.wells_dist, models.load_wells()),
-    ]
-    blr_steps, adam_steps = (10, 50) if smoke else (200, 5000)
-    for name, model, (args, ref_mean, ref_sd) in problems:
-        runs = [
-            ("BLR von, AutoMultivariateNormal", AutoMultivariateNormal, None, blr_steps),
-            ("SVI + Adam, AutoNormal", AutoNormal, 0.01, adam_steps),
-            ("SVI + Adam, AutoMultivariateNormal", AutoMultivariateNormal, 0.01, adam_steps),
-        ]
-        for label, guide_class, adam_lr, num_steps in runs:
-            pyro.clear_param_store()
-            pyro.set_rng_seed(0)
-            guide = guide_class(model, init_loc_fn=init_to_feasible)
-            start = time.perf_counter()
-            try:
-                if adam_lr is None:
-                    schedule = lambda t: min(1.0, 10 / (t + 1))  # noqa: E731
-                    blr = pb.BLR(model, guide, lr=schedule, rule="von", mc_samples=4)
-                    blr.fit(*args, num_steps=num_steps, progress=False)
-                else:
-                    svi = SVI(model, guide, pyro.optim.Adam({"lr": adam_lr}), Trace_ELBO())
-                    for _ in range(num_steps):
-                        svi.step(*args)
-                seconds = time.perf_counter() - start
-                error, low, high = posterior_error(
-                    guide, args, model, ref_mean, ref_sd, 1000 if smoke else 20000
-                )
-                if not math.isfinite(error):
-                    raise FloatingPointError("non-finite posterior")
-                lines.append(
-                    f"| {name} | {label} | {num_steps} | {seconds:.1f} | {error:.3g} | "
-                    f"{low:.3g} - {high:.3g} |"
-                )
-            except (ValueError, FloatingPointError, RuntimeError) as e:
-                reason = str(e).splitlines()[0][:60]
-                lines.append(f"| {name} | {label} | {num_steps} | - | diverged ({reason}) | - |")
-    return lines
-
-
-def main(smoke: bool = False, parts: str = "abcd") -> str:
+def main(smoke: bool = False, parts: str = "abc") -> str:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    header = [
-        "# BLR vs SVI + Adam",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}, pyro {pyro.__version__}. Command: "
-        f"`python -m benchmarks.blr_vs_adam{' --smoke' if smoke else ''}`.",
-        "",
-    ]
-    sections = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
-    body = []
+    lines = ["# BLR vs SVI + Adam", "", machine("blr_vs_adam", smoke)]
+    sections = {"a": part_a, "b": part_b, "c": part_c}
     for key in parts:
-        body += [*sections[key](smoke), ""]
-    report = "\n".join(header + body)
-    print(report)
-    if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "blr_vs_adam.md").write_text(report)
-    return report
+        lines += ["", *sections[key](smoke)]
+    return report(lines, "blr_vs_adam", smoke)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes, nothing written")
-    parser.add_argument("--parts", default="abcd", help="which parts to run, e.g. 'ab'")
-    options = parser.parse_args()
+    command_line = parser(__doc__, "toy sizes, nothing written")
+    command_line.add_argument("--parts", default="abc", help="which parts to run, e.g. 'ab'")
+    options = command_line.parse_args()
     main(options.smoke, options.parts)

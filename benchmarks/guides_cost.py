@@ -9,9 +9,6 @@ Run: ``python -m benchmarks.guides_cost`` (writes benchmarks/results/guides_cost
 
 from __future__ import annotations
 
-import argparse
-import platform
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -19,7 +16,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
-from benchmarks.blr_vs_adam import RESULTS, per_step_ms
+from benchmarks._report import machine, markdown_table, parser, report
+from benchmarks.blr_vs_adam import per_step_ms
 
 
 def model(flips: torch.Tensor, counts: torch.Tensor) -> None:
@@ -68,27 +66,20 @@ def main(smoke: bool = False) -> str:
             # the mixture rule draws `particles` per component: K times the model evaluations
             rows.append(("AutoMixture (K=3) + BLR mixture", particles,
                          blr(guide, "mixture", particles), base))  # fmt: skip
+    header = ["guide + driver", "particles", "ms per step", "AutoNormal + SVI (ms)", "ratio"]
+    table = [
+        (name, particles, f"{ms:.2f}", f"{base:.2f}", f"{ms / base:.2f}")
+        for name, particles, ms, base in rows
+    ]
     lines = [
         "# Exponential-family and mixture guides: cost per step",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, pyro {pyro.__version__}. Command: "
-        f"`python -m benchmarks.guides_cost{' --smoke' if smoke else ''}`.",
+        machine("guides_cost", smoke),
         "",
-        "| guide + driver | particles | ms per step | AutoNormal + SVI (ms) | ratio |",
-        "|---|---|---|---|---|",
+        *markdown_table(header, table),
     ]
-    for name, particles, ms, base in rows:
-        lines.append(f"| {name} | {particles} | {ms:.2f} | {base:.2f} | {ms / base:.2f} |")
-    report = "\n".join(lines)
-    print(report)
-    if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "guides_cost.md").write_text(report + "\n")
-    return report
+    return report(lines, "guides_cost", smoke)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes, nothing written")
-    main(parser.parse_args().smoke)
+    main(parser(__doc__, "toy sizes, nothing written").parse_args().smoke)

@@ -79,7 +79,8 @@ def load_sblrc(dtype=torch.float64):
 
 
 def load_wells(dtype=torch.float64):
+    """The wells data (distance in metres, switched). posteriordb has no reference draws for
+    wells: ``benchmarks/posteriordb.py`` computes one by Pyro NUTS and caches it in
+    ``benchmarks/results/wells_nuts.json``, the only wells reference the benchmarks use."""
     data = json.loads((POSTERIORDB / "wells_data-wells_dist" / "data.json").read_text())
-    args = (torch.tensor(data["dist"], dtype=dtype), torch.tensor(data["switched"], dtype=dtype))
-    # posteriordb has no reference draws for wells: Pyro NUTS means and sds (its README).
-    return args, torch.tensor([0.6045, -0.00622], dtype=dtype), torch.tensor([0.0627, 0.00100])
+    return torch.tensor(data["dist"], dtype=dtype), torch.tensor(data["switched"], dtype=dtype)

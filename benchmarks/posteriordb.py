@@ -4,7 +4,8 @@ Posteriors: eight schools (non-centered), sblrc-blr (badly scaled linear regress
 (logistic regression on an unscaled distance; posteriordb has no reference draws for it, so the
 reference is Pyro NUTS, computed once and cached in ``benchmarks/results/wells_nuts.json``).
 For each fit: the worst |mean error| in reference sds, the range of sd ratios, Pareto k̂ and the
-wall time, from 10000 guide draws.
+wall time, from 10000 guide draws. Every SVI fit runs 5000 steps of ClippedAdam, learning rate
+0.01 decayed by 0.9995 per step; the BLR runs 200 steps.
 
 Run: ``python -m benchmarks.posteriordb`` (writes benchmarks/results/posteriordb.md and
 docs/assets/posteriordb.png; needs ``../shared/posteriordb`` beside the checkout); ``--smoke``
@@ -13,10 +14,8 @@ runs toy sizes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -27,10 +26,19 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_fea
 
 import pyro_blr as pb
 from benchmarks import models
-from benchmarks.blr_vs_adam import RESULTS
+from benchmarks._report import (
+    ASSETS,
+    RESULTS,
+    machine,
+    markdown_table,
+    parser,
+    pyplot,
+    report,
+    save_figure,
+)
 from examples import eight_schools
 
-FIGURE = Path(__file__).resolve().parents[1] / "docs" / "assets" / "posteriordb.png"
+ADAM = {"lr": 0.01, "lrd": 0.9995}  # ClippedAdam: learning rate 0.01, decayed by 0.9995 a step
 
 
 def load_eight_schools():
@@ -85,9 +93,7 @@ def fits(model, num_steps):
     def svi(guide_class, objective):
         def run(args):
             guide = guide_class(model, init_loc_fn=init_to_feasible)
-            engine = SVI(
-                model, guide, pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.9995}), objective
-            )
+            engine = SVI(model, guide, pyro.optim.ClippedAdam(dict(ADAM)), objective)
             for _ in range(num_steps):
                 engine.step(*args)
             return guide
@@ -116,15 +122,10 @@ def fits(model, num_steps):
     }
 
 
-def figure(errors: dict[str, dict[str, float]]) -> None:
+def figure(errors: dict[str, dict[str, float]], folder: Path = ASSETS) -> Path:
     """Worst mean error (in reference sds) of every method on every posterior, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = list(dict.fromkeys(m for row in errors.values() for m in row))
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(methods) + 1.4))
+    fig, ax = pyplot().subplots(figsize=(10, 0.45 * len(methods) + 1.4))
     height = 0.8 / len(errors)
     for i, (problem, row) in enumerate(errors.items()):
         rows = [j for j, m in enumerate(methods) if m in row]
@@ -136,9 +137,7 @@ def figure(errors: dict[str, dict[str, float]]) -> None:
     ax.set_xlabel("worst |mean error| in reference sds (lower is better)")
     ax.legend()
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, "posteriordb", dpi=110, folder=folder)
 
 
 def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
@@ -151,7 +150,7 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
         ("eight schools", eight_schools.model, load_eight_schools(), ["mu", "tau", "theta"]),
         ("sblrc-blr", models.sblrc_blr, models.load_sblrc(), ["beta", "sigma"]),
     ]
-    wells_args, _, _ = models.load_wells()
+    wells_args = models.load_wells()
     RESULTS.mkdir(exist_ok=True)
     cache = RESULTS / ("wells_nuts_smoke.json" if smoke else "wells_nuts.json")
     cached = cache.exists()
@@ -161,19 +160,7 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
         f"read from {cache.name}" if cached else f"{time.perf_counter() - start:.0f} s to compute"
     )
     problems.append(("wells", models.wells_dist, (wells_args, wells_mean, wells_sd), ["beta"]))
-    lines = [
-        "# Reference posteriors (posteriordb)",
-        "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, pyro {pyro.__version__}. Command: "
-        f"`python -m benchmarks.posteriordb{' --smoke' if smoke else ''}`. Errors in reference "
-        f"sds; SVI runs {num_steps} steps, the BLR 200; statistics from {num_draws} draws. The "
-        f"wells reference is Pyro NUTS ({json.loads(cache.read_text())['num_samples']} draws; "
-        f"{origin}).",
-        "",
-        "| posterior | method | worst mean error | sd ratio | Pareto k̂ | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
+    table = []
     errors: dict[str, dict[str, float]] = {}
     for problem, model, (args, ref_mean, ref_sd), names in problems:
         errors[problem] = {}
@@ -184,10 +171,9 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
             error = float(((draws.mean(0) - ref_mean) / ref_sd).abs().max())
             ratio = draws.std(0) / ref_sd
             errors[problem]["NUTS (Pyro)"] = error
-            lines.append(
-                f"| {problem} | NUTS (Pyro), {nuts_samples} draws | {error:.3g} | "
-                f"{float(ratio.min()):.3g} - {float(ratio.max()):.3g} | - | {seconds:.1f} |"
-            )
+            spread = f"{float(ratio.min()):.3g} - {float(ratio.max()):.3g}"
+            method = f"NUTS (Pyro), {nuts_samples} draws"
+            table.append((problem, method, f"{error:.3g}", spread, "-", f"{seconds:.1f}"))
         for name, fit in fits(model, num_steps).items():
             pyro.clear_param_store()
             start = time.perf_counter()
@@ -201,27 +187,35 @@ def main(smoke: bool = False, nuts_draws_wells: int | None = None) -> str:
                 if not math.isfinite(error):
                     raise FloatingPointError("non-finite posterior")
                 errors[problem][name] = error
-                lines.append(
-                    f"| {problem} | {name} | {error:.3g} | {float(ratio.min()):.3g} - "
-                    f"{float(ratio.max()):.3g} | {khat:.2f} | {seconds:.1f} |"
+                spread = f"{float(ratio.min()):.3g} - {float(ratio.max()):.3g}"
+                table.append(
+                    (problem, name, f"{error:.3g}", spread, f"{khat:.2f}", f"{seconds:.1f}")
                 )
             except (ValueError, FloatingPointError, RuntimeError) as e:
                 reason = str(e).splitlines()[0][:60]
-                lines.append(f"| {problem} | {name} | diverged ({reason}) | - | - | - |")
-    report = "\n".join(lines)
-    print(report)
+                table.append((problem, name, f"diverged ({reason})", "-", "-", "-"))
+    header = ["posterior", "method", "worst mean error", "sd ratio", "Pareto k̂", "seconds"]
+    lines = [
+        "# Reference posteriors (posteriordb)",
+        "",
+        f"{machine('posteriordb', smoke)} Errors in reference sds; SVI runs {num_steps} steps "
+        f"of ClippedAdam (learning rate {ADAM['lr']}, decayed by {ADAM['lrd']} a step), the BLR "
+        f"200; statistics from {num_draws} draws. The wells reference is Pyro NUTS "
+        f"({json.loads(cache.read_text())['num_samples']} draws; {origin}).",
+        "",
+        *markdown_table(header, table),
+    ]
+    text = report(lines, "posteriordb", smoke)
     if not smoke:
-        (RESULTS / "posteriordb.md").write_text(report + "\n")
         figure(errors)
-    return report
+    return text
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes")
-    parser.add_argument(
+    command_line = parser(__doc__, "toy sizes")
+    command_line.add_argument(
         "--nuts-draws-wells", type=int, default=None,
         help="NUTS draws (and warm-up steps) for the cached wells reference",
     )  # fmt: skip
-    options = parser.parse_args()
+    options = command_line.parse_args()
     main(options.smoke, options.nuts_draws_wells)

@@ -10,9 +10,7 @@ Run: ``python -m benchmarks.renyi_cost`` (writes benchmarks/results/renyi_cost.m
 
 from __future__ import annotations
 
-import argparse
 import math
-import platform
 
 import pyro
 import torch
@@ -22,7 +20,8 @@ from sklearn.datasets import load_diabetes
 
 import pyro_blr as pb
 from benchmarks import models
-from benchmarks.blr_vs_adam import RESULTS, per_step_ms, standardize
+from benchmarks._report import machine, markdown_table, parser, report
+from benchmarks.blr_vs_adam import per_step_ms, standardize
 
 
 def step_ms(model, args, objective, num_steps):
@@ -41,18 +40,7 @@ def main(smoke: bool = False) -> str:
         "BNN, 50 tanh units (442 x 10)": (models.bnn, (X, y)),
     }
     num_steps = 10 if smoke else 200
-    lines = [
-        "# pb.RenyiELBO: cost per step",
-        "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, pyro {pyro.__version__}. Command: "
-        f"`python -m benchmarks.renyi_cost{' --smoke' if smoke else ''}`. SVI + Adam, AutoNormal, "
-        "full data, vectorized particles.",
-        "",
-        "| model | particles | Trace_ELBO (ms) | pyro RenyiELBO α=0.5 (ms) | pb.RenyiELBO α=0.5 "
-        "(ms) | pb α=1 (ms) | pb α=−∞ (ms) | pb α=0.5 / Trace_ELBO |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    table = []
     for name, (model, args) in problems.items():
         for k in (1, 10) if smoke else (1, 10, 100):
             common = {"num_particles": k, "vectorize_particles": True, "max_plate_nesting": 1}
@@ -61,19 +49,21 @@ def main(smoke: bool = False) -> str:
             ours = step_ms(model, args, pb.RenyiELBO(0.5, **common), num_steps)
             elbo = step_ms(model, args, pb.RenyiELBO(1.0, **common), num_steps)
             vr_max = step_ms(model, args, pb.RenyiELBO(-math.inf, **common), num_steps)
-            lines.append(
-                f"| {name} | {k} | {base:.2f} | {theirs:.2f} | {ours:.2f} | {elbo:.2f} | "
-                f"{vr_max:.2f} | {ours / base:.2f} |"
-            )
-    report = "\n".join(lines)
-    print(report)
-    if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "renyi_cost.md").write_text(report + "\n")
-    return report
+            times = (base, theirs, ours, elbo, vr_max, ours / base)
+            table.append((name, k, *(f"{t:.2f}" for t in times)))
+    header = [
+        "model", "particles", "Trace_ELBO (ms)", "pyro RenyiELBO α=0.5 (ms)",
+        "pb.RenyiELBO α=0.5 (ms)", "pb α=1 (ms)", "pb α=−∞ (ms)", "pb α=0.5 / Trace_ELBO",
+    ]  # fmt: skip
+    lines = [
+        "# pb.RenyiELBO: cost per step",
+        "",
+        f"{machine('renyi_cost', smoke)} SVI + Adam, AutoNormal, full data, vectorized particles.",
+        "",
+        *markdown_table(header, table),
+    ]
+    return report(lines, "renyi_cost", smoke)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes, nothing written")
-    main(parser.parse_args().smoke)
+    main(parser(__doc__, "toy sizes, nothing written").parse_args().smoke)

@@ -18,8 +18,8 @@ settings (lr 0.01 decayed tenfold, initial scales 0.01) were not tuned.
 
 Test RMSE is that of the posterior predictive mean; the test log-likelihood per datum is
 :math:`\\log \\frac1S \\sum_s \\mathcal N(y; f_s(x), \\sigma_s^2)` over S = 500 guide draws,
-computed with ``pyro_blr``'s vectorized draws. Mean ± standard error over splits, beside the
-published rows quoted in the docs (PBP, MC dropout, deep ensembles, Rényi VI).
+from the pointwise log-likelihood of ``pb.to_inference_data``. Mean ± standard error over
+splits, beside the published rows quoted in the docs (PBP, MC dropout, deep ensembles, Rényi VI).
 
 Run: ``python -m benchmarks.uci_bnn`` (writes benchmarks/results/uci_bnn.md and
 docs/assets/uci_bnn.png); ``--smoke`` runs one split and a few steps; ``--splits N`` fewer
@@ -28,10 +28,8 @@ splits; ``--datasets boston`` one data set.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +41,9 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
 from benchmarks import models
-from benchmarks.blr_vs_adam import RESULTS
+from benchmarks._report import ASSETS, machine, markdown_table, parser, pyplot, report, save_figure
 from examples.renyi_bnn import split  # the same random 90/10 splits as the Rényi tutorial
-from pyro_blr.diagnostics.draws import draw
 
-FIGURE = Path(__file__).resolve().parents[1] / "docs" / "assets" / "uci_bnn.png"
 # (test RMSE, test log-likelihood) as published; Lakshminarayanan et al. (2017), Table 1, and
 # Li & Turner (2016), Table 2 (RMSE only).
 PUBLISHED = {
@@ -124,11 +120,14 @@ METHODS = {
 
 def evaluate(guide, X_test, y_test, y_mean, y_sd, num_samples=500):
     """Test RMSE of the predictive mean and test log-likelihood per datum, original scale."""
-    with torch.no_grad():
-        draws = draw(model, guide, (X_test, (y_test - y_mean) / y_sd), {}, num_samples, 1)
-    mean = draws.posterior["mean"] * y_sd + y_mean
+    y_scaled = (y_test - y_mean) / y_sd
+    idata = pb.to_inference_data(
+        model, guide, X_test, y_scaled, num_samples=num_samples, max_plate_nesting=1
+    )
+    mean = torch.as_tensor(idata.posterior["mean"].values[0]) * y_sd + y_mean
     rmse = float((mean.mean(0) - y_test).square().mean().sqrt())
-    log_lik = draws.log_likelihood["y"].logsumexp(0) - math.log(num_samples) - y_sd.log()
+    pointwise = torch.as_tensor(idata.log_likelihood["y"].values[0])
+    log_lik = pointwise.logsumexp(0) - math.log(num_samples) - y_sd.log()
     return rmse, float(log_lik.mean())
 
 
@@ -154,14 +153,9 @@ def summary(values: list[float]) -> str:
     return f"{mean:.2f} ± {stderr:.2f}"
 
 
-def figure(log_lik: dict[str, dict[str, tuple[float, float]]]) -> None:
+def figure(log_lik: dict[str, dict[str, tuple[float, float]]], folder: Path = ASSETS) -> Path:
     """Test log-likelihood (mean ± standard error) per method and data set, published beside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(log_lik), figsize=(5.5 * len(log_lik), 3.4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(log_lik), figsize=(5.5 * len(log_lik), 3.4), squeeze=False)
     for ax, (name, per_method) in zip(axes[0], log_lik.items(), strict=True):
         for row, (mean, stderr) in enumerate(per_method.values()):
             ax.errorbar(mean, row, xerr=stderr, fmt="o", color="C0")
@@ -174,22 +168,17 @@ def figure(log_lik: dict[str, dict[str, tuple[float, float]]]) -> None:
         ax.set_title(name)
     fig.suptitle("measured (circles, ± standard error) and published (squares); higher is better")
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, "uci_bnn", dpi=120, folder=folder)
 
 
 def main(smoke=False, num_splits=None, datasets=("boston", "concrete")) -> str:
     num_splits = num_splits or (1 if smoke else 20)
     num_steps = 10 if smoke else 2000
-    command = "python -m benchmarks.uci_bnn" + (" --smoke" if smoke else "")
     lines = [
         "# BNN regression on UCI data",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, pyro {pyro.__version__}. Command: `{command}`. "
-        f"{num_splits} random 90/10 splits, {num_steps} full-batch steps per fit; mean ± "
-        "standard error over splits; seconds per fit.",
+        f"{machine('uci_bnn', smoke)} {num_splits} random 90/10 splits, {num_steps} full-batch "
+        "steps per fit; mean ± standard error over splits; seconds per fit.",
     ]
     results = {}
     for name in datasets:
@@ -198,36 +187,29 @@ def main(smoke=False, num_splits=None, datasets=("boston", "concrete")) -> str:
             method: [run_split(fit, X, y, seed, num_steps) for seed in range(num_splits)]
             for method, fit in METHODS.items()
         }
-        lines += [
-            "",
-            f"## {name} ({X.shape[0]} × {X.shape[1]})",
-            "",
-            "| method | test RMSE | test log-likelihood | seconds |",
-            "|---|---|---|---|",
-        ]
+        table = []
         for method, values in results[name].items():
             rmse, log_lik, seconds = (summary([v[i] for v in values]) for i in range(3))
-            lines.append(f"| {method} | {rmse} | {log_lik} | {seconds.split()[0]} |")
+            table.append((method, rmse, log_lik, seconds.split()[0]))
         for method, (rmse, log_lik) in PUBLISHED[name].items():
-            lines.append(f"| {method} (published) | {rmse} | {log_lik} | - |")
-        print("\n".join(lines[-len(results[name]) - len(PUBLISHED[name]) :]), flush=True)
-    report = "\n".join(lines)
+            table.append((f"{method} (published)", rmse, log_lik, "-"))
+        section = markdown_table(["method", "test RMSE", "test log-likelihood", "seconds"], table)
+        print("\n".join(section[2:]), flush=True)
+        lines += ["", f"## {name} ({X.shape[0]} × {X.shape[1]})", "", *section]
+    text = report(lines, "uci_bnn", smoke, echo=False)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "uci_bnn.md").write_text(report + "\n")
         figure(
             {
                 name: {m: mean_and_stderr([v[1] for v in vs]) for m, vs in per_method.items()}
                 for name, per_method in results.items()
             }
         )
-    return report
+    return text
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="one split, a few steps")
-    parser.add_argument("--splits", type=int, default=None, help="number of splits (20)")
-    parser.add_argument("--datasets", nargs="+", default=["boston", "concrete"])
-    options = parser.parse_args()
+    command_line = parser(__doc__, "one split, a few steps")
+    command_line.add_argument("--splits", type=int, default=None, help="number of splits (20)")
+    command_line.add_argument("--datasets", nargs="+", default=["boston", "concrete"])
+    options = command_line.parse_args()
     main(options.smoke, options.splits, tuple(options.datasets))

@@ -14,27 +14,17 @@ docs/assets/vae_families.png); ``--smoke`` trains one epoch with K = 10.
 
 from __future__ import annotations
 
-import argparse
-import platform
 from pathlib import Path
 
-import pyro
-import torch
-
-from benchmarks.blr_vs_adam import RESULTS
+from benchmarks._report import ASSETS, machine, markdown_table, parser, pyplot, report, save_figure
 from examples import vae_latent_families as vae
 
-FIGURE = Path(__file__).resolve().parents[1] / "docs" / "assets" / "vae_families.png"
 LATENT_DIMS = (2, 5, 10)
 
 
-def figure(nll: dict[int, dict[str, tuple[float, float]]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+def figure(nll: dict[int, dict[str, tuple[float, float]]], folder: Path = ASSETS) -> Path:
+    """Test NLL against the latent dimension, one line per family."""
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     for family in vae.FAMILIES:
         ax.plot(list(nll), [nll[d][family][0] for d in nll], "o-", label=family)
     ax.set_xlabel("latent dimension")
@@ -42,9 +32,7 @@ def figure(nll: dict[int, dict[str, tuple[float, float]]]) -> None:
     ax.set_xticks(list(nll))
     ax.legend()
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, "vae_families", dpi=120, folder=folder)
 
 
 def main(smoke: bool = False) -> dict[int, dict[str, tuple[float, float]]]:
@@ -59,37 +47,25 @@ def main(smoke: bool = False) -> dict[int, dict[str, tuple[float, float]]]:
             nll[dim][family] = vae.test_nll(model, test_x, num_particles)
             seconds[family] += elapsed
             print(f"dim {dim}, {family}: {nll[dim][family][0]:.2f} nats", flush=True)
-    command = "python -m benchmarks.vae_families" + (" --smoke" if smoke else "")
+    table = [
+        (dim, *(f"{value:.2f} ± {stderr:.2f}" for value, stderr in row.values()))
+        for dim, row in nll.items()
+    ]
+    table.append(("training seconds (all dims)", *(f"{seconds[f]:.0f}" for f in vae.FAMILIES)))
     lines = [
         "# VAE latent families",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, pyro {pyro.__version__}. Command: `{command}`. Digits 8×8 "
-        f"(binarized), {len(train_x)} training and {len(test_x)} test images, {num_epochs} "
-        f"epochs of SVI + Adam; test NLL by IWAE with K = {num_particles} (nats per image, "
-        "± Monte Carlo standard error; lower is better).",
+        f"{machine('vae_families', smoke)} Digits 8×8 (binarized), {len(train_x)} training and "
+        f"{len(test_x)} test images, {num_epochs} epochs of SVI + Adam; test NLL by IWAE with "
+        f"K = {num_particles} (nats per image, ± Monte Carlo standard error; lower is better).",
         "",
-        "| latent dimension | " + " | ".join(vae.FAMILIES) + " |",
-        "|---" * (len(vae.FAMILIES) + 1) + "|",
+        *markdown_table(["latent dimension", *vae.FAMILIES], table),
     ]
-    for dim, row in nll.items():
-        cells = " | ".join(f"{value:.2f} ± {stderr:.2f}" for value, stderr in row.values())
-        lines.append(f"| {dim} | {cells} |")
-    lines.append(
-        "| training seconds (all dims) | "
-        + " | ".join(f"{seconds[f]:.0f}" for f in vae.FAMILIES)
-        + " |"
-    )
-    report = "\n".join(lines)
-    print(report)
+    report(lines, "vae_families", smoke)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "vae_families.md").write_text(report + "\n")
         figure(nll)
     return nll
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="one epoch, K = 10")
-    main(parser.parse_args().smoke)
+    main(parser(__doc__, "one epoch, K = 10").parse_args().smoke)

@@ -13,9 +13,7 @@ docs/assets/circular_data.png; ``--smoke`` is quick).
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -25,8 +23,11 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "docs" / "assets"
+try:  # imported as examples.circular_data (by the tests and benchmarks)
+    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/circular_data.py
+    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
+
 KAPPA = 4.0  # the observation concentration, known
 
 
@@ -86,24 +87,19 @@ def main(smoke: bool = False) -> dict:
     lines = [
         f"Posterior mean direction: exact {exact_mean:.3f} rad (quadrature on a grid).",
         "",
-        "| guide | error of the circular mean (rad) |",
-        "|---|---|",
-        *[f"| {name} | {error:+.3f} |" for name, error in rows.items()],
+        *markdown_table(
+            ["guide", "error of the circular mean (rad)"],
+            [(name, f"{error:+.3f}") for name, error in rows.items()],
+        ),
     ]
-    print("\n".join(lines))
+    report(lines, "circular_data", smoke)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "circular_data.md").write_text("\n".join(lines) + "\n")
         _plot(grid, density, vm_draws, normal_draws)
     return rows
 
 
 def _plot(grid, density, vm_draws, normal_draws) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     wrapped = torch.remainder(normal_draws + math.pi, 2 * math.pi) - math.pi
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(grid, density, color="black", label="exact posterior")
@@ -114,11 +110,8 @@ def _plot(grid, density, vm_draws, normal_draws) -> None:
     ax.set_xlabel("mean direction (rad)")
     ax.legend()
     fig.tight_layout()
-    ASSETS.mkdir(exist_ok=True)
-    fig.savefig(ASSETS / "circular_data.png", dpi=110)
+    save_figure(fig, "circular_data", dpi=110)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "a few steps"))

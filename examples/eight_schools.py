@@ -13,7 +13,6 @@ docs/assets/eight_schools.png; ``--smoke`` is quick).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -28,9 +27,16 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 
+try:  # imported as examples.eight_schools (by the tests and benchmarks)
+    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/eight_schools.py
+    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.x announces its 1.0 refactor
+    import arviz as az
+
 DATA = Path(__file__).resolve().parent / "data" / "eight_schools"
-RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "docs" / "assets"
 PARAMETERS = ["mu", "tau"] + [f"theta[{j}]" for j in range(1, 9)]
 
 
@@ -81,9 +87,7 @@ def main(smoke: bool = False) -> dict[str, tuple]:
     rows["NUTS (Pyro)"] = (*score(flat(samples), reference), float("nan"), seconds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pyro_blr.diagnostics.psis import _arviz
-
-        nuts = _arviz().from_dict(posterior={k: v[None].numpy() for k, v in samples.items()})
+        nuts = az.from_dict(posterior={k: v[None].numpy() for k, v in samples.items()})
     idatas["NUTS (Pyro)"] = nuts
 
     pyro.clear_param_store()
@@ -116,42 +120,34 @@ def main(smoke: bool = False) -> dict[str, tuple]:
         rows[name] = (*score(draws, reference), khat, seconds + extra)
         idatas[name] = idata
 
+    table = []
+    for name, (error, low, high, khat, seconds) in rows.items():
+        shown = "-" if np.isnan(khat) else f"{khat:.2f}"
+        table.append((name, f"{error:.2f}", f"{low:.2f} - {high:.2f}", shown, f"{seconds:.1f}"))
     lines = [
         f"Eight schools (non-centered) against the posteriordb reference; {num_draws} draws per "
         "variational fit.",
         "",
-        "| method | worst mean error (ref. sd) | sd ratio | Pareto k̂ | seconds |",
-        "|---|---|---|---|---|",
+        *markdown_table(
+            ["method", "worst mean error (ref. sd)", "sd ratio", "Pareto k̂", "seconds"], table
+        ),
     ]
-    for name, (error, low, high, khat, seconds) in rows.items():
-        shown = "-" if np.isnan(khat) else f"{khat:.2f}"
-        lines.append(f"| {name} | {error:.2f} | {low:.2f} - {high:.2f} | {shown} | {seconds:.1f} |")
-    print("\n".join(lines))
+    report(lines, "eight_schools", smoke)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "eight_schools.md").write_text("\n".join(lines) + "\n")
         _plot(idatas)
     return rows
 
 
 def _plot(idatas: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from pyro_blr.diagnostics.psis import _arviz
-
-    az = _arviz()
+    pyplot()  # the Agg backend, before ArviZ draws
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         axes = az.plot_forest(
             list(idatas.values()), model_names=list(idatas), var_names=["mu", "tau", "theta"],
             combined=True, figsize=(7, 6),
         )  # fmt: skip
-    ASSETS.mkdir(exist_ok=True)
-    axes[0].figure.savefig(ASSETS / "eight_schools.png", dpi=110, bbox_inches="tight")
+    save_figure(axes[0].figure, "eight_schools", dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps and draws")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "a few steps and draws"))

@@ -14,10 +14,8 @@ docs/assets/funnel_and_banana.png; ``--smoke`` is quick).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -32,8 +30,10 @@ from pyro.infer.autoguide import (
 
 import pyro_blr as pb
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "docs" / "assets"
+try:  # imported as examples.funnel_and_banana (by the tests and benchmarks)
+    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/funnel_and_banana.py
+    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
 
 
 def funnel() -> None:
@@ -109,26 +109,21 @@ def main(smoke: bool = False) -> dict:
                 draws[target.__name__, name] = pyro.infer.Predictive(
                     target, guide=guide, num_samples=500
                 )()
-    lines = [
-        "| target | guide | ELBO (log Z = 0) | Pareto k̂ | ms per step |",
-        "|---|---|---|---|---|",
-    ]
-    for (target, name), (value, khat, ms) in table.items():
-        lines.append(f"| {target} | {name} | {value:.3f} | {khat:.2f} | {ms:.2f} |")
-    print("\n".join(lines))
+    lines = markdown_table(
+        ["target", "guide", "ELBO (log Z = 0)", "Pareto k̂", "ms per step"],
+        [
+            (target, name, f"{value:.3f}", f"{khat:.2f}", f"{ms:.2f}")
+            for (target, name), (value, khat, ms) in table.items()
+        ],
+    )
+    report(lines, "funnel_and_banana", smoke)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "funnel_and_banana.md").write_text("\n".join(lines) + "\n")
         _plot(draws)
     return table
 
 
 def _plot(draws: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(dict.fromkeys(name for _, name in draws))
     fig, axes = plt.subplots(2, len(names), figsize=(3 * len(names), 6), squeeze=False)
     for row, target in enumerate((funnel, banana)):
@@ -147,11 +142,8 @@ def _plot(draws: dict) -> None:
             if row == 0:
                 ax.set_title(name, fontsize=8)
     fig.tight_layout()
-    ASSETS.mkdir(exist_ok=True)
-    fig.savefig(ASSETS / "funnel_and_banana.png", dpi=100)
+    save_figure(fig, "funnel_and_banana", dpi=100)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps and draws")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "a few steps and draws"))

@@ -17,10 +17,8 @@ examples/results/gaussian_mixture_cavi.md; ``--smoke`` is quick).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -30,7 +28,11 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 
-RESULTS = Path(__file__).resolve().parent / "results"
+try:  # imported as examples.gaussian_mixture_cavi (by the tests and benchmarks)
+    from examples._report import markdown_table, report, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/gaussian_mixture_cavi.py
+    from _report import markdown_table, report, smoke_flag
+
 K, SIGMA = 3, 5.0
 
 
@@ -94,23 +96,19 @@ def main(smoke: bool = False) -> dict:
         seconds = blr_fit(guide, x, start_means, 10 if smoke else 100)
         means = guide.median(x)["mu"].detach()
         rows[name] = (means, -elbo.loss(model, guide, x), seconds)
+    table = []
+    for name, (means, value, seconds) in rows.items():
+        shown = ", ".join(f"{v:.3f}" for v in means.sort().values.tolist())
+        table.append((name, shown, f"{value:.2f}", f"{seconds:.2f}"))
+    header = ["method", "cluster means (sorted)", "ELBO it optimizes", "seconds"]
     lines = [
         f"{len(x)} points from clusters at {true_means.tolist()}; K = {K}, sigma = {SIGMA}.",
         "",
-        "| method | cluster means (sorted) | ELBO it optimizes | seconds |",
-        "|---|---|---|---|",
+        *markdown_table(header, table),
     ]
-    for name, (means, value, seconds) in rows.items():
-        shown = ", ".join(f"{v:.3f}" for v in means.sort().values.tolist())
-        lines.append(f"| {name} | {shown} | {value:.2f} | {seconds:.2f} |")
-    print("\n".join(lines))
-    if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "gaussian_mixture_cavi.md").write_text("\n".join(lines) + "\n")
+    report(lines, "gaussian_mixture_cavi", smoke)
     return rows
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "a few steps"))

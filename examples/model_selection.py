@@ -16,9 +16,6 @@ docs/assets/model_selection.png; ``--smoke`` is quick).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -26,9 +23,12 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 
 import pyro_blr as pb
 
+try:  # imported as examples.model_selection (by the tests and benchmarks)
+    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/model_selection.py
+    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
+
 NOISE, PRIOR = 0.3, 1.0
-RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "docs" / "assets"
 
 
 def make_data(num_data: int = 30, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,21 +103,14 @@ def main(smoke: bool = False, plot: bool | None = None) -> dict[int, dict[str, f
     table = {d: estimates(features(x, d), y, smoke) for d in degrees}
     names = list(next(iter(table.values())))
     print("log evidence by polynomial degree (true degree 3)")
-    lines = ["| estimate | " + " | ".join(f"degree {d}" for d in table) + " | picks |"]
-    lines.append("|---" * (len(table) + 2) + "|")
-    for n in names:
-        best = max(table, key=lambda d: table[d][n])
-        lines.append(f"| {n} | " + " | ".join(f"{table[d][n]:.2f}" for d in table) + f" | {best} |")
-    print("\n".join(lines))
-    if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "model_selection.md").write_text("\n".join(lines) + "\n")
+    rows = [
+        (n, *(f"{table[d][n]:.2f}" for d in table), max(table, key=lambda d: table[d][n]))
+        for n in names
+    ]
+    header = ["estimate", *(f"degree {d}" for d in table), "picks"]
+    report(markdown_table(header, rows), "model_selection", smoke)
     if plot if plot is not None else not smoke:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4))
         for n in names:
             style = {"color": "black", "lw": 4, "alpha": 0.3} if n == "exact" else {"marker": "o"}
@@ -127,14 +120,9 @@ def main(smoke: bool = False, plot: bool | None = None) -> dict[int, dict[str, f
         ax.set_ylim(min(r["exact"] for r in table.values()) - 40, None)
         ax.legend()
         fig.tight_layout()
-        out = ASSETS / "model_selection.png"
-        out.parent.mkdir(exist_ok=True)
-        fig.savefig(out, dpi=120)
-        print(f"wrote {out}")
+        print(f"wrote {save_figure(fig, 'model_selection', dpi=120)}")
     return table
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="fewer steps and particles")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "fewer steps and particles"))

@@ -12,9 +12,6 @@ and docs/assets/multimodal_posterior.png; ``--smoke`` is quick).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -23,8 +20,10 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "docs" / "assets"
+try:  # imported as examples.multimodal_posterior (by the tests and benchmarks)
+    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/multimodal_posterior.py
+    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
 
 
 def model(y: torch.Tensor) -> None:
@@ -69,25 +68,22 @@ def main(smoke: bool = False) -> dict:
     lines = [
         f"Exact posterior: log evidence {log_z:.3f}, mass on the positive mode {exact_right:.3f}.",
         "",
-        "| guide | ELBO | mass on the positive mode |",
-        "|---|---|---|",
+        *markdown_table(
+            ["guide", "ELBO", "mass on the positive mode"],
+            [
+                (name, f"{value:.3f}", f"{float((draws > 0).double().mean()):.3f}")
+                for name, (value, draws) in rows.items()
+            ],
+        ),
     ]
-    for name, (value, draws) in rows.items():
-        lines.append(f"| {name} | {value:.3f} | {float((draws > 0).double().mean()):.3f} |")
-    print("\n".join(lines))
+    report(lines, "multimodal_posterior", smoke)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "multimodal_posterior.md").write_text("\n".join(lines) + "\n")
         _plot(grid, density, rows)
     return {name: value for name, (value, _) in rows.items()} | {"log_z": log_z}
 
 
 def _plot(grid, density, rows) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(grid, density, color="black", label="exact posterior")
     for name, (_, draws) in rows.items():
@@ -95,11 +91,8 @@ def _plot(grid, density, rows) -> None:
     ax.set_xlabel("theta")
     ax.legend()
     fig.tight_layout()
-    ASSETS.mkdir(exist_ok=True)
-    fig.savefig(ASSETS / "multimodal_posterior.png", dpi=110)
+    save_figure(fig, "multimodal_posterior", dpi=110)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "a few steps"))

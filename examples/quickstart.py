@@ -9,7 +9,6 @@ Run: ``python examples/quickstart.py`` (``--smoke`` for a seconds-long check).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import pyro
@@ -20,6 +19,11 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 from sklearn.datasets import load_breast_cancer
 
 import pyro_blr as pb
+
+try:  # imported as examples.quickstart (by the tests and benchmarks)
+    from examples._report import smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/quickstart.py
+    from _report import smoke_flag
 
 
 def load_data() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -81,6 +85,4 @@ def main(smoke: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "a few steps only"))

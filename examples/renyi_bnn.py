@@ -16,9 +16,7 @@ one split and a few steps).
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -29,7 +27,11 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
 
-RESULTS = Path(__file__).resolve().parent / "results"
+try:  # imported as examples.renyi_bnn (by the tests and benchmarks)
+    from examples._report import markdown_table, report, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/renyi_bnn.py
+    from _report import markdown_table, report, smoke_flag
+
 ALPHAS = {"VR-max (α=−∞)": -math.inf, "α=0": 0.0, "α=0.5": 0.5, "VI (α=1)": 1.0, "α=+∞": math.inf}
 # Li & Turner (2016), Table 2, Boston: RMSE for alpha -> -inf, 0, 0.5 and VI.
 PUBLISHED_RMSE = {"VR-max (α=−∞)": "2.84 ± 0.18", "α=0": "2.85 ± 0.17", "α=0.5": "2.85 ± 0.15",
@@ -107,24 +109,21 @@ def main(smoke: bool = False) -> dict[str, list[tuple[float, float]]]:
         stderr = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
         return f"{float(t.mean()):.2f} ± {stderr:.2f}"
 
-    lines = [
-        f"Boston housing, {num_splits} random 90/10 splits, {num_steps} Adam steps, 10 particles.",
-        "",
-        "| objective | test RMSE | test log-likelihood | Li & Turner RMSE |",
-        "|---|---|---|---|",
-    ]
+    table = []
     for name, values in results.items():
         rmse = summary([v[0] for v in values])
         log_lik = summary([v[1] for v in values])
-        lines.append(f"| {name} | {rmse} | {log_lik} | {PUBLISHED_RMSE.get(name, '-')} |")
-    print("\n".join(lines))
-    if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "renyi_bnn.md").write_text("\n".join(lines) + "\n")
+        table.append((name, rmse, log_lik, PUBLISHED_RMSE.get(name, "-")))
+    lines = [
+        f"Boston housing, {num_splits} random 90/10 splits, {num_steps} Adam steps, 10 particles.",
+        "",
+        *markdown_table(
+            ["objective", "test RMSE", "test log-likelihood", "Li & Turner RMSE"], table
+        ),
+    ]
+    report(lines, "renyi_bnn", smoke)
     return results
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="one split, a few steps")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "one split, a few steps"))

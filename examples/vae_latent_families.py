@@ -27,10 +27,8 @@ quick). ``python -m benchmarks.vae_families`` runs the full table over latent di
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 from typing import ClassVar
 
 import pyro
@@ -45,8 +43,11 @@ from torch.nn.functional import softplus
 import pyro_blr as pb
 from pyro_blr.distributions import VonMises
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "docs" / "assets"
+try:  # imported as examples.vae_latent_families (by the tests and benchmarks)
+    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+except ModuleNotFoundError:  # run as a script: python examples/vae_latent_families.py
+    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
+
 FAMILIES = ("Normal", "Gamma", "Beta", "von Mises")
 
 
@@ -157,11 +158,7 @@ def test_nll(vae: VAE, test_x: torch.Tensor, num_particles: int = 500) -> tuple[
 
 def figure(vaes: dict[str, VAE], test_x: torch.Tensor, labels: torch.Tensor) -> None:
     """The test images' latent means in two dimensions, coloured by digit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(vaes), figsize=(3.2 * len(vaes), 3.2))
     for ax, (family, vae) in zip(axes, vaes.items(), strict=True):
         with torch.no_grad():
@@ -171,35 +168,28 @@ def figure(vaes: dict[str, VAE], test_x: torch.Tensor, labels: torch.Tensor) -> 
         ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=6)
         ax.set_title(f"{family} latent")
     fig.tight_layout()
-    ASSETS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(ASSETS / "vae_latent_families.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, "vae_latent_families", dpi=110)
 
 
 def main(smoke: bool = False) -> dict[str, float]:
     num_epochs, num_particles = (1, 10) if smoke else (150, 500)
     train_x, test_x, test_labels = load()
-    vaes, nll = {}, {}
+    vaes, nll, rows = {}, {}, []
+    for family in FAMILIES:
+        vaes[family], seconds = train(family, 2, train_x, num_epochs)
+        nll[family], stderr = test_nll(vaes[family], test_x, num_particles)
+        rows.append((family, f"{nll[family]:.2f} ± {stderr:.2f}", f"{seconds:.0f}"))
     lines = [
         f"Digits 8×8 (binarized), 2 latent dimensions, {num_epochs} epochs of SVI + Adam; "
         f"test NLL by IWAE with K = {num_particles} (nats per image).",
         "",
-        "| latent | test NLL | seconds |",
-        "|---|---|---|",
+        *markdown_table(["latent", "test NLL", "seconds"], rows),
     ]
-    for family in FAMILIES:
-        vaes[family], seconds = train(family, 2, train_x, num_epochs)
-        nll[family], stderr = test_nll(vaes[family], test_x, num_particles)
-        lines.append(f"| {family} | {nll[family]:.2f} ± {stderr:.2f} | {seconds:.0f} |")
-    print("\n".join(lines))
+    report(lines, "vae_latent_families", smoke)
     if not smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "vae_latent_families.md").write_text("\n".join(lines) + "\n")
         figure(vaes, test_x, test_labels)
     return nll
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="one epoch, few particles")
-    main(parser.parse_args().smoke)
+    main(smoke_flag(__doc__, "one epoch, few particles"))

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -20,7 +21,10 @@ def test_quickstart_smoke(capsys):
     result = load("quickstart").main(smoke=True)
     out = capsys.readouterr().out
     assert "BLR (von, full covariance)" in out and "SVI + Adam" in out
-    assert math.isfinite(result["blr_elbo"]) and math.isfinite(result["adam_elbo"])
+    # Both ELBOs lie below the log evidence (the optimum ELBO is -57.1, see the benchmark), and
+    # 5 BLR steps already beat 20 Adam steps by far (measured -129 and -281).
+    assert -1e4 < result["adam_elbo"] < result["blr_elbo"] < -57
+    assert result["blr_seconds"] > 0
 
 
 @pytest.mark.slow
@@ -34,40 +38,77 @@ def test_quickstart_full_run_beats_adam(capsys):
 def test_model_selection_smoke(capsys):
     table = load("model_selection").main(smoke=True, plot=False)
     assert "picks" in capsys.readouterr().out
-    assert all(math.isfinite(v) for row in table.values() for v in row.values())
+    assert list(table) == [0, 1, 2, 3]
+    for row in table.values():
+        # Every estimate is a lower bound on the exact evidence; the full-covariance Gaussian is
+        # the exact posterior here, so its ELBO and IWAE are exact (zero variance).
+        assert all(math.isfinite(v) and v <= row["exact"] + 1e-6 for v in row.values()), row
+        assert row["full: elbo"] == pytest.approx(row["exact"], abs=1e-4)
+        assert row["full: iwae"] == pytest.approx(row["exact"], abs=1e-4)
+    for estimate in ("exact", "full: elbo", "full: iwae", "mean-field: iwae"):
+        assert max(table, key=lambda d: table[d][estimate]) == 3  # the true degree
 
 
 def test_renyi_bnn_smoke(capsys):
-    results = load("renyi_bnn").main(smoke=True)
+    module = load("renyi_bnn")
+    results = module.main(smoke=True)
     assert "Li & Turner RMSE" in capsys.readouterr().out
-    assert all(
-        math.isfinite(rmse) and math.isfinite(ll) for v in results.values() for rmse, ll in v
-    )
+    # The yardstick: predicting every test target by the training mean, with the training sd.
+    frame = module.rdata("Boston")
+    y = torch.tensor(frame["medv"].values, dtype=torch.float32)
+    (_, y_train), (_, y_test) = module.split(y[:, None], y, 0)
+    constant_rmse = float((y_test - y_train.mean()).square().mean().sqrt())
+    constant = torch.distributions.Normal(y_train.mean(), y_train.std())
+    assert list(results) == list(module.ALPHAS)
+    for name, [(rmse, log_lik)] in results.items():
+        # 20 steps already beat that constant in RMSE (measured 6.6 to 6.8 against 9.3) and
+        # are not better than the best published log-likelihood (-2.41).
+        assert 0 < rmse < constant_rmse, name
+        assert float(constant.log_prob(y_test).mean()) - 0.5 < log_lik < -2.41, name
 
 
 def test_eight_schools_smoke(capsys):
     rows = load("eight_schools").main(smoke=True)
     assert set(rows) == {"NUTS (Pyro)", "AutoNormal + Adam", "BLR (von, full)", "BLR + PSIS"}
     assert "Pareto k̂" in capsys.readouterr().out
-    assert all(math.isfinite(row[0]) for row in rows.values())
+    for name, (error, low, high, khat, seconds) in rows.items():
+        assert math.isfinite(error) and 0 < low <= high and seconds > 0, name
+        assert math.isnan(khat) == (name == "NUTS (Pyro)"), name
+    # Errors in reference sds at smoke size: 50 NUTS draws (Monte Carlo error ~0.2 sd) and a
+    # 20-step full-covariance BLR fit are within one sd of the reference (measured 0.47, 0.51).
+    for name in ("NUTS (Pyro)", "BLR (von, full)", "BLR + PSIS"):
+        assert rows[name][0] < 1.0, name
 
 
 def test_funnel_and_banana_smoke(capsys):
     table = load("funnel_and_banana").main(smoke=True)
     assert len(table) == 14 and "Pareto k̂" in capsys.readouterr().out
-    assert all(math.isfinite(elbo) for elbo, _, _ in table.values())
+    for key, (elbo, khat, ms) in table.items():
+        # log Z = 0 for both targets: every ELBO (500 draws, Monte Carlo sd < 0.2) is below it.
+        assert -20 < elbo < 0.3 and math.isfinite(khat) and ms > 0, key
+    for target in ("funnel", "banana"):  # the BLR fits are within 2 nats (measured 0.4 to 1)
+        assert table[target, "BLR (von, full)"][0] > -2
+        assert table[target, "AutoMixture (K=4) + BLR"][0] > -2
 
 
 def test_circular_data_smoke(capsys):
     rows = load("circular_data").main(smoke=True)
     assert "von Mises" in capsys.readouterr().out
-    assert all(math.isfinite(error) for error in rows.values())
+    assert all(-math.pi <= error <= math.pi for error in rows.values())
+    # The posterior sd of the mean direction is about 1 / sqrt(kappa n) = 0.16 rad: ten BLR
+    # steps put the von Mises guide's circular mean within a third of it (measured 0.006).
+    assert abs(rows["AutoExpFamily (von Mises) + BLR"]) < 0.05
 
 
 def test_multimodal_posterior_smoke(capsys):
     result = load("multimodal_posterior").main(smoke=True)
     assert "mass on the positive mode" in capsys.readouterr().out
-    assert all(math.isfinite(v) for v in result.values())
+    log_z = result["log_z"]
+    # ELBOs from 5000 draws (Monte Carlo sd < 0.01) lie below log Z; a one-mode Gaussian pays
+    # at least log 2 for the mode it misses; two BLR'd components reach log Z.
+    assert math.isfinite(log_z)
+    assert result["AutoNormal + Adam"] < log_z - math.log(2) + 0.05
+    assert log_z - 0.1 < result["AutoMixture (K=2) + BLR"] < log_z + 0.05
 
 
 @pytest.mark.slow
@@ -82,7 +123,16 @@ def test_multimodal_posterior_full_run_finds_both_modes():
 def test_gaussian_mixture_cavi_smoke(capsys):
     rows = load("gaussian_mixture_cavi").main(smoke=True)
     assert "CAVI" in capsys.readouterr().out
-    assert all(math.isfinite(value) for _, value, _ in rows.values())
+    cavi_means, cavi_elbo, _ = rows.pop("CAVI (Blei et al. 2017)")
+    # About 100 points per unit-variance cluster: the means are within 3 standard errors (0.3)
+    # of the true -4, 0, 5.
+    true = torch.tensor([-4.0, 0.0, 5.0], dtype=torch.float64)
+    assert (cavi_means.sort().values - true).abs().max() < 0.3
+    for name, (means, elbo, seconds) in rows.items():
+        # Same cluster means as CAVI; summing the assignments out gives a bound at least as
+        # tight as CAVI's at the same q(mu) (measured 0.2 nats tighter).
+        assert (means.sort().values - cavi_means.sort().values).abs().max() < 0.05, name
+        assert cavi_elbo < elbo < 0 and seconds > 0, name
 
 
 def test_vae_latent_families_smoke(capsys):
