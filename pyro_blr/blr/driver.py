@@ -126,6 +126,11 @@ class BLR:
             type-II maximum likelihood, as ``SVI`` learns them. When the model has parameters
             and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used.
 
+    Attributes:
+        num_steps: the steps taken so far (restored by :meth:`load_state_dict`).
+        halvings: how often an exponential-family step was halved to keep the natural
+            parameters valid (``"expfamily"`` and ``"mixture"``; never clamped).
+
     Raises:
         TypeError: ``rule`` cannot drive this guide.
         ValueError: a hyperparameter is out of range, or an option ``rule`` does not use.
@@ -220,6 +225,7 @@ class BLR:
         self.rule_name = rule
         self.optim = optim
         self.num_steps = 0
+        self.halvings = 0
         self._stepper = stepper(model, guide, rule, options)
         self._pending = None
         self._model_params = None
@@ -290,6 +296,7 @@ class BLR:
         lr = self._check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
         info = self._stepper.step(args, kwargs, lr, self.num_steps + 1)
         self.num_steps += 1
+        self.halvings += info.halvings
         if self._has_model_params(args, kwargs):
             self._step_model_params(args, kwargs)
         self._watch(info.loss, lr)
