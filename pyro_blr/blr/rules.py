@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from pyro_blr.families.gaussian import gaussian_family
+from pyro_blr.families import ExpFamily, gaussian_family
 
 __all__ = [
     "RULES",
@@ -224,7 +224,9 @@ def ivon_update(
     return IVONState(state.loc - lr * direction, h, momentum)
 
 
-def expfamily_update(family, eta: Tensor, grad_eta: Tensor, lr: float) -> tuple[Tensor, int]:
+def expfamily_update(
+    family: ExpFamily, eta: Tensor, grad_eta: Tensor, lr: float
+) -> tuple[Tensor, int]:
     r"""One BLR step on an exponential family's natural parameters.
 
     .. math::

@@ -69,10 +69,8 @@ class AutoMixture(AutoGuide):
       :class:`~pyro_blr.guides.expfamily_mixture.ExpFamilyMixture` (also ``families``).
       Fitted by ``pb.BLR(rule="mixture")``.
 
-    Args:
-        model: the Pyro model.
-        num_components: :math:`K`.
-        component: the kind of component.
+    The arguments are ``model`` (the Pyro model), ``num_components`` (:math:`K`) and
+    ``component`` (the kind of component), then the subclass's own.
 
     Raises:
         ValueError: an unknown ``component`` or ``num_components < 1``; (at the first call) a
