@@ -109,7 +109,7 @@ def riemannian_precision_update(precision: Tensor, hess: Tensor, lr: float) -> T
 def _riemannian_step(precision: Tensor, g: Tensor, lr: float) -> Tensor:
     """:math:`S + \rho G + \tfrac{\rho^2}{2} G S^{-1} G` for a natural-gradient direction G."""
     if precision.dim() == 1:
-        return precision + lr * g + 0.5 * lr**2 * g.square() / precision
+        return precision + lr * g + 0.5 * lr**2 * g * (g / precision)  # no overflow of g^2
     chol = torch.linalg.cholesky(precision)
     correction = g @ torch.cholesky_solve(g, chol)
     updated = precision + lr * g + 0.5 * lr**2 * correction
@@ -217,7 +217,8 @@ def ivon_update(
     """
     momentum = beta1 * state.momentum + (1 - beta1) * grad
     h = state.precision
-    h = beta2 * h + (1 - beta2) * hess + 0.5 * (1 - beta2) ** 2 * (h - hess).square() / h
+    gap = h - hess
+    h = beta2 * h + (1 - beta2) * hess + 0.5 * (1 - beta2) ** 2 * gap * (gap / h)
     direction = momentum / (1 - beta1**step) / h
     if clip_radius is not None:
         direction = direction.clamp(-clip_radius, clip_radius)

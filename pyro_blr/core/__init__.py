@@ -16,6 +16,7 @@ from pyro_blr.core.gaussian_guide import (
     check_gaussian_guide,
     initialize_guide,
     write_param,
+    write_params,
 )
 from pyro_blr.core.layout import LatentLayout, LatentSite, latent_layout
 from pyro_blr.core.log_joint import (
@@ -68,4 +69,5 @@ __all__ = [
     "validate_site_shapes",
     "vectorized_traces",
     "write_param",
+    "write_params",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "check_gaussian_guide",
     "initialize_guide",
     "write_param",
+    "write_params",
 ]
 
 GAUSSIAN_GUIDES = (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal)
@@ -45,6 +46,37 @@ def write_param(module: PyroModule, name: str, value: Tensor) -> None:
             getattr(module, name + "_unconstrained").copy_(transform_to(constraint).inv(value))
         else:
             getattr(module, name).copy_(value)
+
+
+def write_params(writes: list[tuple[PyroModule, str, Tensor]]) -> None:
+    """Apply several :func:`write_param` as one: if anything interrupts them (an error, or a
+    ``KeyboardInterrupt`` between two writes), every parameter is restored to what it was, so a
+    guide is never left half-updated.
+
+    Example:
+        >>> import torch
+        >>> from pyro.nn import PyroModule, PyroParam
+        >>> module = PyroModule()
+        >>> module.scale = PyroParam(torch.ones(2), torch.distributions.constraints.positive)
+        >>> write_params([(module, "scale", torch.tensor([2.0, 3.0]))])
+        >>> module.scale
+        tensor([2., 3.], grad_fn=<ExpBackward0>)
+    """
+
+    def target(module: PyroModule, name: str) -> Tensor:
+        if name in module._pyro_params:
+            return getattr(module, name + "_unconstrained")
+        return getattr(module, name)
+
+    with torch.no_grad():
+        saved = [target(module, name).clone() for module, name, _ in writes]
+        try:
+            for module, name, value in writes:
+                write_param(module, name, value)
+        except BaseException:
+            for (module, name, _), old in zip(writes, saved, strict=True):
+                target(module, name).copy_(old)
+            raise
 
 
 class GaussianGuide:
@@ -74,26 +106,29 @@ class GaussianGuide:
         return guide.loc.clone(), precision_from_scale_tril(scale_tril)
 
     def write(self, loc: Tensor, precision: Tensor) -> None:
-        """Set the guide's Gaussian to mean ``loc`` and precision ``precision``."""
+        """Set the guide's Gaussian to mean ``loc`` and precision ``precision`` (all parameters
+        or none, see :func:`write_params`)."""
         guide = self.guide
+        writes = []
         if isinstance(guide, AutoNormal):
             scale = precision.rsqrt()
             for site in self.layout.sites:
-                block = slice(site.offset, site.offset + site.size)
                 *path, leaf = site.name.split(".")
                 locs = attrgetter(".".join(path))(guide.locs) if path else guide.locs
                 scales = attrgetter(".".join(path))(guide.scales) if path else guide.scales
-                write_param(locs, leaf, loc[block].reshape(site.shape))
-                write_param(scales, leaf, scale[block].reshape(site.shape))
+                writes.append((locs, leaf, loc[site.block].reshape(site.shape)))
+                writes.append((scales, leaf, scale[site.block].reshape(site.shape)))
         elif isinstance(guide, AutoDiagonalNormal):
-            write_param(guide, "loc", loc)
-            write_param(guide, "scale", precision.rsqrt())
+            writes = [(guide, "loc", loc), (guide, "scale", precision.rsqrt())]
         else:
             scale_tril = scale_tril_from_precision(precision)
             scale = scale_tril.diagonal(dim1=-2, dim2=-1)
-            write_param(guide, "loc", loc)
-            write_param(guide, "scale", scale)
-            write_param(guide, "scale_tril", scale_tril / scale[..., None])
+            writes = [
+                (guide, "loc", loc),
+                (guide, "scale", scale),
+                (guide, "scale_tril", scale_tril / scale[..., None]),
+            ]
+        write_params(writes)
 
 
 def initialize_guide(guide: AutoGuide, args: tuple, kwargs: dict) -> Tensor:

@@ -39,7 +39,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import transform_to
 
-from pyro_blr.core import write_param
+from pyro_blr.core import write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
 
 __all__ = ["AutoExpFamily"]
@@ -212,10 +212,13 @@ class AutoExpFamily(AutoGuide):
                         "representable (it overflows or underflows)"
                     )
             writes[name] = params
-        for name, params in writes.items():
-            module = getattr(self.params, name)
-            for param, value in params.items():
-                write_param(module, param, value)
+        write_params(
+            [
+                (getattr(self.params, name), param, value)
+                for name, params in writes.items()
+                for param, value in params.items()
+            ]
+        )
 
     def distributions(self, *args, **kwargs) -> dict[str, dist.Distribution]:
         """Each site's current distribution (constrained space), initializing if needed."""

@@ -42,7 +42,7 @@ from pyro.nn import PyroParam
 from torch import Tensor, nn
 from torch.distributions import biject_to, transform_to
 
-from pyro_blr.core import latent_layout, write_param
+from pyro_blr.core import latent_layout, write_params
 from pyro_blr.families.gaussian import precision_from_scale_tril, scale_tril_from_precision
 from pyro_blr.guides.mixture import AutoMixture, check_num_components
 
@@ -204,9 +204,7 @@ class GaussianMixture(AutoMixture, AutoContinuous):
         unconstrained = transform_to(self._pyro_params[name][0]).inv(value)
         if not (torch.isfinite(value).all() and torch.isfinite(unconstrained).all()):
             raise ValueError(f"{who}: the scales of these precisions overflow or underflow")
-        write_param(self, "logits", logits)
-        write_param(self, "locs", locs)
-        write_param(self, name, value)
+        write_params([(self, "logits", logits), (self, "locs", locs), (self, name, value)])
 
     @staticmethod
     def _scale_trils(precisions: Tensor, who: str) -> Tensor:

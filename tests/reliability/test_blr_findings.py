@@ -172,3 +172,87 @@ def test_a_bad_checkpoint_is_rejected_before_anything_changes(corrupt, message):
     assert blr.num_steps == 2
     for name, value in guide.named_parameters():
         assert torch.equal(value.detach(), before[name]), name
+
+
+def test_half_precision_data_is_refused_by_name():
+    s = linear_regression(dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"float16.*float32 or float64"):
+        pb.BLR(s.model, AutoNormal(s.model), rule="von").step(s.X, s.y)
+
+
+def test_a_max_plate_nesting_below_the_models_is_refused():
+    s = linear_regression()
+    blr = pb.BLR(s.model, AutoNormal(s.model), rule="von", max_plate_nesting=0)
+    with pytest.raises(ValueError, match="max_plate_nesting=0 is less than the 1 plate"):
+        blr.step(s.X, s.y)
+    with pytest.raises(ValueError, match="max_plate_nesting must be a non-negative integer"):
+        pb.BLR(s.model, AutoNormal(s.model), max_plate_nesting=-1)
+
+
+def test_a_site_the_log_joint_ignores_is_named_at_the_first_step():
+    # A latent whose every density term is masked out has zero gradient and curvature: von's
+    # precision would decay until the update overflowed a hundred steps later.
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.poutine.mask(mask=False):
+            pyro.sample("ghost", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    blr = pb.BLR(model, AutoNormal(model), rule="von")
+    with pytest.raises(ValueError, match=r"does not depend on site\(s\) \['ghost'\]"):
+        blr.step(torch.tensor(1.0))
+
+
+def test_an_interrupted_write_leaves_the_guide_as_it_was(monkeypatch):
+    # A KeyboardInterrupt between two per-site writes must not leave some sites updated.
+    import pyro_blr.core.gaussian_guide as gaussian_guide
+
+    s = linear_regression()
+
+    def model(X, y):
+        a = pyro.sample("a", dist.Normal(X.new_zeros(()), 1.0))
+        b = pyro.sample("b", dist.Normal(X.new_zeros(2), 1.0).to_event(1))
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Normal(a * X[:, 0] + X[:, 1:] @ b, 0.5), obs=y)
+
+    guide = AutoNormal(model)
+    blr = pb.BLR(model, guide, lr=0.5, rule="von")
+    blr.step(s.X, s.y)
+    before = {k: v.detach().clone() for k, v in guide.named_parameters()}
+    real, calls = gaussian_guide.write_param, []
+
+    def interrupted(module, name, value):
+        calls.append(name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(module, name, value)
+
+    monkeypatch.setattr(gaussian_guide, "write_param", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        blr.step(s.X, s.y)
+    for name, value in guide.named_parameters():
+        assert torch.equal(value.detach(), before[name]), name
+    assert blr.num_steps == 1
+
+
+def test_diagonal_von_does_not_overflow_float32_on_large_gradients():
+    # g^2 / s overflows float32 for |g| > 1.8e19 even when g * (g / s) is representable.
+    from pyro_blr.blr.rules import riemannian_precision_update
+
+    precision = torch.tensor([1e20])
+    hess = torch.tensor([3e19])
+    out = riemannian_precision_update(precision, hess, 0.5)
+    assert torch.isfinite(out).all() and out.item() > 0
+
+
+def test_latent_sites_of_mixed_dtypes_are_named():
+    s = linear_regression()
+
+    def model(X, y):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))  # float32 beside float64 data
+        b = pyro.sample("b", dist.Normal(X.new_zeros(2), 1.0).to_event(1))
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Normal(a * X[:, 0] + X[:, 1:] @ b, 0.5), obs=y)
+
+    with pytest.raises(TypeError, match=r"mix dtypes.*'a': torch.float32"):
+        pb.BLR(model, AutoNormal(model), rule="von").step(s.X, s.y)

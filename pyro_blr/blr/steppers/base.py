@@ -98,10 +98,29 @@ def prepare_layout(
     :func:`pyro_blr.core.choose_vectorization`); ``True``/``False`` force plate/loop.
     """
     like = initialize_guide(guide, args, kwargs)
+    if like.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the guide's parameters are {like.dtype}: the BLR's curvature and Cholesky updates "
+            "need float32 or float64; pass float32 or float64 data"
+        )
+    dtypes = {
+        name: site["value"].dtype for name, site in guide.prototype_trace.iter_stochastic_nodes()
+    }
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(
+            f"the model's latent sites mix dtypes {dtypes}: one flat latent vector needs one "
+            "dtype; create every prior in the data's dtype, e.g. dist.Normal(X.new_zeros(()), 1.0)"
+        )
     model_trace = trace_without_rng(model, args, kwargs, like)
     validate_site_shapes(model_trace)
     layout = latent_layout(guide.prototype_trace, model_trace)
     if options.max_plate_nesting is not None:
+        if options.max_plate_nesting < layout.max_plate_nesting:
+            raise ValueError(
+                f"max_plate_nesting={options.max_plate_nesting} is less than the "
+                f"{layout.max_plate_nesting} plate dimension(s) the model uses; leave it None "
+                "to have it found"
+            )
         layout = layout.with_plate_nesting(options.max_plate_nesting)
     mode = options.vectorize_particles
     if mode == "auto":

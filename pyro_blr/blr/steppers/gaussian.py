@@ -124,6 +124,20 @@ class GaussianStepper(Stepper):
                 f"BLR step {step}: the {label} is not finite at {sites}; {KEPT}"
             )
 
+    def _check_informative(self, d: Derivatives, hess: Tensor) -> None:
+        """Refuse coordinates the log joint does not depend on (zero gradient and curvature at
+        every particle): their precision would decay step after step until the update is not
+        finite. This is an improper (flat) or masked-out site."""
+        diag = hess if hess.dim() == 1 else hess.diagonal()
+        flat = (d.grad == 0).all(0) & (diag == 0)
+        if flat.any():
+            sites = sorted({self.layout.site_at(int(i)) for i in flat.nonzero()})
+            raise ValueError(
+                f"the log joint does not depend on site(s) {sites} (zero gradient and curvature): "
+                "their posterior is improper under this model, e.g. a masked-out or flat-prior "
+                "site; give them a proper prior or remove them"
+            )
+
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
             self._setup(args, kwargs)
@@ -144,6 +158,8 @@ class GaussianStepper(Stepper):
             hess = d.hess.mean(0)
             if family.diagonal:
                 hess = hess.diagonal()
+        if self._state is None:  # the first step of this stepper
+            self._check_informative(d, hess)
         loss = d.value.mean() - family.entropy(precision)
         if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 for quadratic l
             spread = family.solve(precision, hess)
