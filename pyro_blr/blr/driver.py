@@ -22,6 +22,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
+from pyro_blr.blr.averaging import IterateAverage, converged
 from pyro_blr.blr.steppers import StepOptions, stepper_for
 from pyro_blr.core import trace_without_rng
 
@@ -314,24 +315,60 @@ class BLR:
             )
         self._best = min(self._best, loss)
 
-    def fit(self, *args: Any, num_steps: int, progress: bool = True, **kwargs: Any) -> FitResult:
-        """Take ``num_steps`` steps; returns the losses and the wall-clock seconds.
+    def fit(
+        self,
+        *args: Any,
+        num_steps: int,
+        progress: bool = True,
+        average: bool = True,
+        tol: float | None = None,
+        window: int = 20,
+        **kwargs: Any,
+    ) -> FitResult:
+        """Take up to ``num_steps`` steps and leave the guide at a good point.
+
+        With ``average=True`` (the default) the guide ends at the Polyak average of the natural
+        parameters of the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which
+        removes the jitter a constant step leaves in the last iterate. With ``tol`` the fit
+        stops early once the mean loss of the last ``window`` steps is not ``tol`` nats below
+        that of the ``window`` before (:func:`pyro_blr.blr.averaging.converged`); the average
+        is then over the last ``window`` steps.
 
         Args:
             *args: the model's positional arguments.
-            num_steps: how many steps to take (a non-negative integer).
+            num_steps: the most steps to take (a non-negative integer).
             progress: show a tqdm progress bar with the current loss.
+            average: end at the average of the late iterates instead of the last one.
+            tol: stop when the moving-average loss improves by less than this (nats).
+            window: the moving-average window of the stopping rule, in steps.
             **kwargs: the model's keyword arguments.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
+        if tol is not None:
+            tol = _check_number("tol", tol, 0.0, math.inf, closed_high=False)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive integer, got {window!r}")
         losses = []
+        averaged = IterateAverage(self)
+        start_averaging = num_steps // 2
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
-        for _ in bar:
+        for t in bar:
             losses.append(self.step(*args, **kwargs))
             if progress:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+            if average and (t >= start_averaging or tol is not None):
+                if tol is not None and (t + 1) % window == 0 and t + 1 < num_steps:
+                    if converged(losses, window, tol):
+                        averaged.update()
+                        break
+                    averaged.reset()  # with a stopping rule: average the last window only
+                averaged.update()
+            elif tol is not None and (t + 1) % window == 0 and converged(losses, window, tol):
+                break
+        if average and averaged.count:
+            averaged.write()
         return FitResult(losses, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ checkpoints

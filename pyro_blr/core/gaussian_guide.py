@@ -59,8 +59,8 @@ def write_params(writes: list[tuple[PyroModule, str, Tensor]]) -> None:
         >>> module = PyroModule()
         >>> module.scale = PyroParam(torch.ones(2), torch.distributions.constraints.positive)
         >>> write_params([(module, "scale", torch.tensor([2.0, 3.0]))])
-        >>> module.scale
-        tensor([2., 3.], grad_fn=<ExpBackward0>)
+        >>> module.scale.detach()
+        tensor([2., 3.])
     """
 
     def target(module: PyroModule, name: str) -> Tensor:

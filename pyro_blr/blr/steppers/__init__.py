@@ -46,9 +46,9 @@ def stepper_for(rule: str, guide: Any) -> type[Stepper]:
     if rule not in rule_names():
         raise ValueError(f"unknown rule {rule!r}; choose one of {rule_names()}")
     for stepper in STEPPERS:
-        if rule in stepper.rules and stepper.accepts(guide):
+        if rule in stepper.rules and stepper.accepts(guide, rule):
             return stepper
-    able = sorted({r for s in STEPPERS if s.accepts(guide) for r in s.rules})
+    able = sorted({r for s in STEPPERS for r in s.rules if s.accepts(guide, r)})
     fix = (
         f"this guide takes rule {' or '.join(map(repr, able))}"
         if able

@@ -71,12 +71,21 @@ class Stepper(ABC):
 
     @classmethod
     @abstractmethod
-    def accepts(cls, guide: Any) -> bool:
-        """Whether this stepper can drive ``guide``."""
+    def accepts(cls, guide: Any, rule: str) -> bool:
+        """Whether this stepper can drive ``guide`` with ``rule`` (one of :attr:`rules`)."""
 
     @abstractmethod
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         """Take one step; on any error the guide is left unchanged."""
+
+    @abstractmethod
+    def natural_state(self) -> dict[str, Tensor]:
+        """The guide's distribution in natural parameters (in which the rule's update is linear,
+        so that an average of these is a Polyak average of the iterates), detached."""
+
+    @abstractmethod
+    def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        """Write a :meth:`natural_state` (e.g. an average of several) into the guide."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -116,7 +116,7 @@ class ExpFamilyStepper(Stepper):
     options: ClassVar[dict[str, frozenset[str]]] = {"expfamily": _OPTIONS}
 
     @classmethod
-    def accepts(cls, guide: Any) -> bool:
+    def accepts(cls, guide: Any, rule: str) -> bool:
         return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
 
     def __init__(self, model, guide, rule, options):
@@ -149,6 +149,12 @@ class ExpFamilyStepper(Stepper):
         updates, halvings = update_sites(families, etas, grads, lr, step_number)
         self.guide.set_natural_params(updates)
         return StepInfo(float(expected_loss.detach() - entropy), halvings)
+
+    def natural_state(self) -> dict[str, Tensor]:
+        return self.guide.natural_params()
+
+    def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        self.guide.set_natural_params(state)
 
     def state_dict(self) -> dict[str, Any]:
         if self.layout is None:

@@ -47,18 +47,13 @@ class GaussianStepper(Stepper):
     }
 
     @classmethod
-    def accepts(cls, guide: Any) -> bool:
-        return isinstance(guide, GAUSSIAN_GUIDES)
+    def accepts(cls, guide: Any, rule: str) -> bool:
+        full = isinstance(guide, AutoMultivariateNormal)
+        return isinstance(guide, GAUSSIAN_GUIDES) and (RULES[rule].full_covariance or not full)
 
     def __init__(self, model, guide, rule, options):
         super().__init__(model, guide, rule, options)
         self.rule = RULES[rule]
-        if isinstance(guide, AutoMultivariateNormal) and not self.rule.full_covariance:
-            full = [name for name, r in RULES.items() if r.full_covariance]
-            raise TypeError(
-                f"rule {rule!r} drives diagonal Gaussians only, not AutoMultivariateNormal: "
-                f"use rule {' or '.join(repr(n) for n in full)}, or AutoNormal/AutoDiagonalNormal"
-            )
         if not self.rule.at_mean and options.antithetic and options.mc_samples % 2:
             raise ValueError(
                 f"antithetic sampling draws pairs: mc_samples must be even, got "
@@ -176,6 +171,18 @@ class GaussianStepper(Stepper):
             )
         self._write(new_state)
         return StepInfo(float(loss))
+
+    # ---------------------------------------------------------------- natural parameters
+    def natural_state(self) -> dict[str, Tensor]:
+        state = self._current_state()
+        family = gaussian_family(state.precision)
+        eta1, _ = family.natural_params(state.loc, state.precision)
+        return {"precision_times_loc": eta1, "precision": state.precision.clone()}
+
+    def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        precision = state["precision"]
+        loc = gaussian_family(precision).solve(precision, state["precision_times_loc"])
+        self._write(self._current_state()._replace(loc=loc, precision=precision))
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

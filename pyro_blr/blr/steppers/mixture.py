@@ -21,7 +21,7 @@ from torch import Tensor
 from pyro_blr.blr.rules import MixtureState, mixture_logits_update, mixture_update
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
 from pyro_blr.blr.steppers.expfamily import SiteDraws, update_sites
-from pyro_blr.core import derivatives, neg_log_joint
+from pyro_blr.core import derivatives, neg_log_joint, write_params
 from pyro_blr.families import gaussian_family
 from pyro_blr.guides import AutoMixture
 
@@ -43,7 +43,7 @@ class GaussianMixtureStepper(Stepper):
     options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS | {"antithetic"}}
 
     @classmethod
-    def accepts(cls, guide: Any) -> bool:
+    def accepts(cls, guide: Any, rule: str) -> bool:
         return isinstance(guide, AutoMixture) and guide.component in ("diagonal", "full")
 
     def __init__(self, model, guide, rule, options):
@@ -101,23 +101,55 @@ class GaussianMixtureStepper(Stepper):
         self.guide.set_components(*new)
         return StepInfo(float((torch.softmax(logits, -1) * expected).sum()))
 
+    def natural_state(self) -> dict[str, Tensor]:
+        logits, locs, precisions = self.guide.components()
+        if precisions.dim() == 2:
+            eta1 = precisions * locs
+        else:
+            eta1 = (precisions @ locs.unsqueeze(-1)).squeeze(-1)
+        return {"logits": logits, "precision_times_loc": eta1, "precisions": precisions}
+
+    def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        precisions = state["precisions"]
+        locs = torch.stack(
+            [
+                gaussian_family(p).solve(p, e)
+                for p, e in zip(precisions, state["precision_times_loc"], strict=True)
+            ]
+        )
+        self.guide.set_components(state["logits"], locs, precisions)
+
     def state_dict(self) -> dict[str, Any]:
+        # The guide's own (unconstrained) parameters: bit-exact, where precisions read back
+        # through the scales' constraint would differ by round-off.
         if self.layout is None:
             return {}
-        return dict(zip(MixtureState._fields, self.guide.components(), strict=True))
+        return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
         if self.layout is None:
             self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
-        current = dict(zip(MixtureState._fields, self.guide.components(), strict=True))
+        current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
         if set(state) != set(current):
             raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
         for key, value in current.items():
             check_state(key, state[key], value)
-        like = current["locs"]
-        self.guide.set_components(
-            *(state[k].to(dtype=like.dtype, device=like.device) for k in MixtureState._fields)
+        old = [(self.guide, key[6:], value.clone()) for key, value in current.items()]
+        write_params(
+            [
+                (self.guide, key[6:], state[key].to(dtype=value.dtype, device=value.device))
+                for key, value in current.items()
+            ]
         )
+        _, _, precisions = self.guide.components()
+        valid = torch.isfinite(precisions).all() and (
+            bool((precisions > 0).all())
+            if precisions.dim() == 2
+            else bool((torch.linalg.cholesky_ex(precisions).info == 0).all())
+        )
+        if not valid:
+            write_params(old)
+            raise ValueError("state_dict holds a mixture whose precisions are not positive")
 
 
 class ExpFamilyMixtureStepper(Stepper):
@@ -131,7 +163,7 @@ class ExpFamilyMixtureStepper(Stepper):
     options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS}
 
     @classmethod
-    def accepts(cls, guide: Any) -> bool:
+    def accepts(cls, guide: Any, rule: str) -> bool:
         return isinstance(guide, AutoMixture) and guide.component == "expfamily"
 
     def __init__(self, model, guide, rule, options):
@@ -173,6 +205,15 @@ class ExpFamilyMixtureStepper(Stepper):
         self.guide.set_natural_params(updates)
         self.guide.set_logits(mixture_logits_update(logits, expected, lr))
         return StepInfo(float((log_weights.exp() * expected).sum()), halvings)
+
+    def natural_state(self) -> dict[str, Tensor]:
+        state = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
+        state["logits"] = self.guide.logits.detach().clone()
+        return state
+
+    def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        self.guide.set_natural_params({k[4:]: v for k, v in state.items() if k != "logits"})
+        self.guide.set_logits(state["logits"])
 
     def state_dict(self) -> dict[str, Any]:
         if self.layout is None:
