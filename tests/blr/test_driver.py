@@ -2,7 +2,6 @@
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
@@ -11,30 +10,7 @@ from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
 import pyro_blr as pb
-from pyro_blr.core import derivatives, latent_layout, neg_log_joint
 from tests.scenarios import constrained_model, linear_regression
-
-
-def test_minibatch_gradient_is_unbiased_for_the_full_data_gradient():
-    full = linear_regression(num_data=20)
-    mini = linear_regression(num_data=20, subsample_size=5)
-    guide = AutoDiagonalNormal(full.model)
-    guide(full.X, full.y)
-    layout = latent_layout(
-        guide.prototype_trace, poutine.trace(full.model).get_trace(full.X, full.y)
-    )
-    theta = torch.randn(1, layout.dim, dtype=torch.float64)
-
-    def gradient(model):
-        return derivatives(lambda t: neg_log_joint(model, layout, t, (full.X, full.y)), theta).grad[
-            0
-        ]
-
-    exact = gradient(full.model)
-    draws = torch.stack([gradient(mini.model) for _ in range(4000)])
-    stderr = draws.std(0) / 4000**0.5
-    assert ((draws.mean(0) - exact).abs() < 4 * stderr).all()
-    assert (draws.std(0) > 0).all()  # the minibatches really differ
 
 
 def test_subsampled_fit_converges_to_the_full_data_posterior():

@@ -9,15 +9,13 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_blr as pb
 from pyro_blr.blr.rules import expfamily_update
 from pyro_blr.families import Beta, Gamma
-from tests.guides.test_expfamily import (
-    COUNTS,
-    EXACT,
-    FLIPS,
-    assert_exact_posteriors,
-    conjugate_model,
-)
+from tests.scenarios import beta_bernoulli_gamma_poisson
 
 D = torch.float64
+CONJUGATE = beta_bernoulli_gamma_poisson(D)
+conjugate_model = CONJUGATE.model
+FLIPS, COUNTS = CONJUGATE.data
+EXACT = CONJUGATE.exact
 
 
 @pytest.mark.parametrize(
@@ -42,7 +40,7 @@ def test_monte_carlo_blr_recovers_beta_bernoulli_and_gamma_poisson():
     blr = pb.BLR(conjugate_model, guide, lr=lambda t: 1 / (t + 1), rule="expfamily",
                  mc_samples=100)  # fmt: skip
     blr.fit(FLIPS, COUNTS, num_steps=200, progress=False)
-    assert_exact_posteriors(guide)
+    CONJUGATE.assert_exact_posteriors(guide)
     assert blr.num_steps == 200 and blr.halvings == 0
 
 

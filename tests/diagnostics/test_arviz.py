@@ -11,8 +11,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, Aut
 
 import pyro_blr as pb
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz
-from tests.evidence.models import MIXTURE_DATA, mixture, mixture_guide
-from tests.scenarios import linear_regression
+from tests.scenarios import MIXTURE_DATA, linear_regression, mixture, mixture_guide
 
 matplotlib.use("Agg")
 az = import_arviz()

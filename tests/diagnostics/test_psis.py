@@ -8,8 +8,7 @@ from torch.distributions import transform_to
 
 import pyro_blr as pb
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES
-from tests.evidence.models import MIXTURE_DATA, mixture, mixture_guide
-from tests.scenarios import linear_regression
+from tests.scenarios import MIXTURE_DATA, linear_regression, mixture, mixture_guide
 
 
 def fitted(guide_class, s, steps=100, lr=0.5):

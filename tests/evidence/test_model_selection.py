@@ -5,9 +5,9 @@ import pytest
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_blr as pb
-from tests.examples.test_examples import load
+from tests.scenarios import load_example
 
-selection = load("model_selection")
+selection = load_example("model_selection")
 DEGREES = range(1, 6)
 
 

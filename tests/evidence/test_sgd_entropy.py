@@ -16,8 +16,7 @@ from pyro_blr.evidence.sgd_entropy import (
     log_det_expansion,
     step_log_det,
 )
-from tests.evidence.models import impossible_counts
-from tests.scenarios import linear_regression
+from tests.scenarios import impossible_counts, linear_regression
 
 # step * largest curvature = 0.37: every gradient step is invertible
 STEP, CHAINS, STEPS, SCALE = 0.002, 64, 60, 0.5

@@ -10,15 +10,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
-
-
-def bimodal():
-    """p(x) ∝ [N(x1; -2, 0.5²) + N(x1; 2, 0.5²)] N(x2; 0, 1): log Z = log 2, modes at x1 = ±2."""
-    x = pyro.sample("x", dist.Normal(torch.zeros(2), 3.0).to_event(1))
-    modes = torch.stack([dist.Normal(-2.0, 0.5).log_prob(x[..., 0]),
-                         dist.Normal(2.0, 0.5).log_prob(x[..., 0])])  # fmt: skip
-    target = torch.logsumexp(modes, 0) + dist.Normal(0.0, 1.0).log_prob(x[..., 1])
-    pyro.factor("target", target - dist.Normal(torch.zeros(2), 3.0).log_prob(x).sum(-1))
+from tests.scenarios import BIMODAL_LOG_Z, BIMODAL_MODE_SCALE, BIMODAL_MODES, bimodal
 
 
 @pytest.mark.parametrize("component", ["diagonal", "full"])
@@ -28,11 +20,12 @@ def test_blr_mixture_finds_both_modes_exactly(component):
     blr = pb.BLR(bimodal, guide, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture", mc_samples=16)
     losses = blr.fit(num_steps=300, progress=False).losses
     means = guide.locs.detach()[:, 0].sort().values
-    torch.testing.assert_close(means, torch.tensor([-2.0, 2.0]), rtol=0, atol=0.01)
+    torch.testing.assert_close(means, torch.tensor(BIMODAL_MODES), rtol=0, atol=0.01)
     torch.testing.assert_close(guide.weights.detach(), torch.tensor([0.5, 0.5]), rtol=0, atol=0.01)
     scale_trils = guide.mixture().component_distribution.scale_tril.detach()
-    torch.testing.assert_close(scale_trils[:, 0, 0], torch.tensor([0.5, 0.5]), rtol=0, atol=0.01)
-    assert losses[-1] == pytest.approx(-math.log(2), abs=0.01)  # -ELBO = -log Z
+    scale = torch.tensor([BIMODAL_MODE_SCALE] * 2)
+    torch.testing.assert_close(scale_trils[:, 0, 0], scale, rtol=0, atol=0.01)
+    assert losses[-1] == pytest.approx(-BIMODAL_LOG_Z, abs=0.01)  # -ELBO = -log Z
 
 
 def test_a_single_gaussian_cannot_hold_both_modes():
@@ -44,7 +37,7 @@ def test_a_single_gaussian_cannot_hold_both_modes():
     draws = Predictive(bimodal, guide=guide, num_samples=4000)()["x"].reshape(-1, 2)
     assert float((draws[:, 0].abs() < 1).float().mean()) > 0.1
     elbo = -Trace_ELBO(num_particles=4000, vectorize_particles=True).loss(bimodal, guide)
-    assert elbo < math.log(2) - 1.0
+    assert elbo < BIMODAL_LOG_Z - 1.0
 
 
 def test_svi_with_trace_elbo_reparameterizes_every_parameter():

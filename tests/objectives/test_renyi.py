@@ -13,8 +13,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 from pyro_blr.core import log_weights
-from tests.evidence.models import MIXTURE_DATA, mixture, mixture_guide
-from tests.scenarios import linear_regression
+from tests.scenarios import MIXTURE_DATA, linear_regression, mixture, mixture_guide
 
 ALPHAS = [-math.inf, -1.0, 0.0, 0.5, 1.0, 2.0, math.inf]
 

@@ -1,0 +1,211 @@
+"""The steppers behind pb.BLR: which rule drives which guide, the options each rule declares
+(and the driver enforces), and checkpoints that resume bit for bit."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
+
+import pyro_blr as pb
+from pyro_blr.blr.steppers import (
+    STEPPERS,
+    ExpFamilyMixtureStepper,
+    ExpFamilyStepper,
+    GaussianMixtureStepper,
+    GaussianStepper,
+    StepOptions,
+    rule_names,
+    stepper_for,
+)
+
+D = torch.float64
+Y = torch.tensor([0.3, 1.2, -0.4, 0.8], dtype=D)
+COUNTS = torch.tensor([3.0, 1.0, 4.0], dtype=D)
+ARGS = (Y, COUNTS)
+
+
+def model(y, counts):
+    """A real site and a positive one (Normal-Normal and Gamma-Poisson)."""
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=D), 2.0))
+    rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=D), 0.5))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    with pyro.plate("counts", len(counts)):
+        pyro.sample("count", dist.Poisson(rate), obs=counts)
+
+
+GUIDES = {
+    "AutoNormal": AutoNormal,
+    "AutoDiagonalNormal": AutoDiagonalNormal,
+    "AutoMultivariateNormal": AutoMultivariateNormal,
+    "AutoExpFamily": pb.AutoExpFamily,
+    "AutoMixture-diagonal": lambda m: pb.AutoMixture(m, num_components=2, component="diagonal"),
+    "AutoMixture-full": lambda m: pb.AutoMixture(m, num_components=2, component="full"),
+    "AutoMixture-expfamily": lambda m: pb.AutoMixture(m, num_components=2, component="expfamily"),
+    "AutoFlow": lambda m: pb.AutoFlow(m, flow="planar"),
+    "AutoDelta": AutoDelta,
+}
+# The stepper each guide kind takes, and the rules it runs (absent: no rule drives it).
+ACCEPTED = {
+    "AutoNormal": (GaussianStepper, ("ivon", "newton", "von")),
+    "AutoDiagonalNormal": (GaussianStepper, ("ivon", "newton", "von")),
+    "AutoMultivariateNormal": (GaussianStepper, ("newton", "von")),
+    "AutoExpFamily": (ExpFamilyStepper, ("expfamily",)),
+    "AutoMixture-diagonal": (GaussianMixtureStepper, ("mixture",)),
+    "AutoMixture-full": (GaussianMixtureStepper, ("mixture",)),
+    "AutoMixture-expfamily": (ExpFamilyMixtureStepper, ("mixture",)),
+}
+
+
+def test_the_rules_are_those_of_the_design():
+    assert rule_names() == ["expfamily", "ivon", "mixture", "newton", "von"]
+    with pytest.raises(ValueError, match=r"unknown rule 'adam'; choose one of \['expfamily'"):
+        stepper_for("adam", AutoNormal(model))
+
+
+def pairings():
+    for kind in GUIDES:
+        for rule in rule_names():
+            yield pytest.param(kind, rule, id=f"{kind}-{rule}")
+
+
+@pytest.mark.parametrize("kind, rule", list(pairings()))
+def test_every_rule_and_guide_pairing_is_accepted_or_refused_with_what_to_do(kind, rule):
+    guide = GUIDES[kind](model)
+    stepper, rules = ACCEPTED.get(kind, (None, ()))
+    if rule in rules:
+        assert stepper_for(rule, guide) is stepper
+        pb.BLR(model, guide, rule=rule)  # the driver builds it
+        return
+    name = type(guide).__name__
+    if rules:  # the message lists exactly the rules that drive this guide
+        able = " or ".join(repr(r) for r in rules)
+        match = rf"BLR cannot drive {name} with rule '{rule}': this guide takes rule {able}$"
+    else:
+        match = rf"BLR cannot drive {name} with rule '{rule}': BLR drives pyro.infer.autoguide"
+    with pytest.raises(TypeError, match=match):
+        pb.BLR(model, guide, rule=rule)
+
+
+NON_DEFAULT = {
+    "mc_samples": 4,
+    "antithetic": False,
+    "beta1": 0.5,
+    "beta2": 0.9,
+    "clip_radius": 1e-3,
+    "weight_decay": 3.0,
+    "vectorize_particles": False,
+    "max_plate_nesting": 2,
+}
+STRUCTURAL = {"vectorize_particles", "max_plate_nesting"}  # how, not what: every rule takes them
+# A guide each stepper's rules drive.
+DRIVEN = [
+    (GaussianStepper, "ivon", "AutoNormal"),
+    (GaussianStepper, "von", "AutoMultivariateNormal"),
+    (GaussianStepper, "newton", "AutoDiagonalNormal"),
+    (ExpFamilyStepper, "expfamily", "AutoExpFamily"),
+    (GaussianMixtureStepper, "mixture", "AutoMixture-diagonal"),
+    (GaussianMixtureStepper, "mixture", "AutoMixture-full"),
+    (ExpFamilyMixtureStepper, "mixture", "AutoMixture-expfamily"),
+]
+DRIVEN_IDS = [f"{rule}-{kind}" for _, rule, kind in DRIVEN]
+
+
+def test_every_stepper_declares_options_for_exactly_its_rules():
+    assert set(NON_DEFAULT) == set(StepOptions._fields)
+    for stepper in STEPPERS:
+        assert set(stepper.options) == set(stepper.rules), stepper.__name__
+        for rule, options in stepper.options.items():
+            assert options <= set(StepOptions._fields), (stepper.__name__, rule)
+
+
+@pytest.mark.parametrize("stepper, rule, kind", DRIVEN, ids=DRIVEN_IDS)
+def test_the_driver_refuses_every_option_a_rule_does_not_declare(stepper, rule, kind):
+    honoured = stepper.options[rule] | STRUCTURAL
+    for option, value in NON_DEFAULT.items():
+        guide = GUIDES[kind](model)
+        if option in honoured:
+            pb.BLR(model, guide, rule=rule, **{option: value})
+            continue
+        with pytest.raises(
+            ValueError, match=rf"{option}={value!r} does not apply to rule '{rule}'"
+        ):
+            pb.BLR(model, guide, rule=rule, **{option: value})
+
+
+def params(guide):
+    return {name: p.detach().clone() for name, p in guide.named_parameters()}
+
+
+def two_steps(kind, rule, **options):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = GUIDES[kind](model)
+    pb.BLR(model, guide, lr=0.2, rule=rule, **options).fit(*ARGS, num_steps=2, progress=False)
+    return params(guide)
+
+
+@pytest.mark.parametrize("stepper, rule, kind", DRIVEN, ids=DRIVEN_IDS)
+def test_every_declared_option_changes_the_fit(stepper, rule, kind):
+    # An option a rule declares but ignores would be silently accepted: each one, set to a value
+    # other than its default, must change the guide after two steps from the same seed.
+    default = two_steps(kind, rule)
+    for option in sorted(stepper.options[rule] - STRUCTURAL):
+        changed = two_steps(kind, rule, **{option: NON_DEFAULT[option]})
+        assert any(not torch.equal(changed[n], default[n]) for n in default), option
+
+
+@pytest.mark.parametrize("stepper, rule, kind", DRIVEN, ids=DRIVEN_IDS)
+def test_state_dict_round_trip_resumes_bit_for_bit(stepper, rule, kind):
+    options = StepOptions(mc_samples=4)
+
+    def make(seed):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        guide = GUIDES[kind](model)
+        return guide, stepper_for(rule, guide)(model, guide, rule, options)
+
+    guide, original = make(0)
+    assert original.state_dict() == {}  # nothing to save before the first step
+    for t in (1, 2):
+        original.step(ARGS, {}, 0.3, t)
+    state = original.state_dict()
+    assert state and all(torch.is_tensor(v) for v in state.values())
+    at_checkpoint = params(guide)
+    rng = torch.get_rng_state()
+    for t in (3, 4):
+        original.step(ARGS, {}, 0.3, t)
+    expected = params(guide)
+
+    resumed_guide, resumed = make(1)  # another initialization, overwritten by the checkpoint
+    resumed.load_state_dict(state, ARGS, {})
+    for name, value in params(resumed_guide).items():
+        assert torch.equal(value, at_checkpoint[name]), name
+    torch.set_rng_state(rng)
+    for t in (3, 4):
+        resumed.step(ARGS, {}, 0.3, t)
+    for name, value in params(resumed_guide).items():
+        assert torch.equal(value, expected[name]), name
+
+
+@pytest.mark.parametrize("stepper, rule, kind", DRIVEN, ids=DRIVEN_IDS)
+def test_a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing(stepper, rule, kind):
+    guide = GUIDES[kind](model)
+    driver = stepper_for(rule, guide)(model, guide, rule, StepOptions(mc_samples=4))
+    driver.step(ARGS, {}, 0.3, 1)
+    state = driver.state_dict()
+    before = params(guide)
+    key = sorted(state)[0]
+    wrong_shape = {**state, key: torch.zeros(7, *state[key].shape, dtype=D)}
+    not_finite = {**state, key: torch.full_like(state[key], float("nan"))}
+    missing = {k: v for k, v in state.items() if k != key}
+    for bad, match in (
+        (wrong_shape, "checkpoint is of another model or guide"),
+        (not_finite, "is not finite"),
+        (missing, "needs entries"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            driver.load_state_dict(bad, ARGS, {})
+        for name, value in params(guide).items():
+            assert torch.equal(value, before[name]), (match, name)

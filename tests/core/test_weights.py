@@ -1,0 +1,121 @@
+"""Log importance weights against hand computations and Pyro's own Trace_ELBO: joint weights,
+N/B scaling under subsampling, and per-element weights of local latents."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_blr.core import log_weights
+from tests.scenarios import linear_regression, normal_normal
+
+D = torch.float64
+
+
+def recording_guide(loc, scale, drawn):
+    """q(mu) = N(loc, scale^2); every draw is appended to ``drawn``."""
+
+    def guide(y):
+        drawn.append(pyro.sample("mu", dist.Normal(torch.tensor(loc, dtype=D), scale)))
+
+    return guide
+
+
+def test_joint_weights_match_a_hand_computation():
+    s = normal_normal()
+    drawn = []
+    weights = log_weights(s.model, recording_guide(0.3, 0.7, drawn), (s.y,), {}, 5, 1)
+    mu = drawn[0].reshape(5)  # drawn inside the particle plate: (5, 1)
+    prior = dist.Normal(torch.tensor(0.0, dtype=D), s.prior_scale).log_prob(mu)
+    likelihood = dist.Normal(mu[:, None], s.noise).log_prob(s.y).sum(-1)
+    guide = dist.Normal(torch.tensor(0.3, dtype=D), 0.7).log_prob(mu)
+    torch.testing.assert_close(weights.joint, prior + likelihood - guide, rtol=1e-12, atol=1e-12)
+    # mu is shared by all data: no per-element split, and mu is named as the reason.
+    assert weights.local is None and weights.outside == ("mu",) and weights.subsampled == ()
+
+
+def test_weights_at_the_exact_posterior_are_the_exact_log_evidence():
+    # p(D, mu) / q(mu) = Z for every mu when q is the posterior: no Monte Carlo error at all.
+    s = normal_normal()
+    guide = recording_guide(s.posterior_mean, s.posterior_scale, [])
+    weights = log_weights(s.model, guide, (s.y,), {}, 7, 1)
+    expected = torch.full((7,), s.log_evidence, dtype=D)
+    torch.testing.assert_close(weights.joint, expected, rtol=0, atol=1e-10)
+
+
+def test_mean_weight_is_pyros_trace_elbo_on_the_same_draws():
+    s = linear_regression()
+    guide = AutoNormal(s.model, init_scale=0.3)
+    guide(s.X, s.y)
+    pyro.set_rng_seed(4)
+    weights = log_weights(s.model, guide, (s.X, s.y), {}, 11, 1)
+    pyro.set_rng_seed(4)
+    elbo = Trace_ELBO(num_particles=11, vectorize_particles=True, max_plate_nesting=1)
+    loss = elbo.loss(s.model, guide, s.X, s.y)
+    assert -float(weights.joint.detach().mean()) == pytest.approx(loss, rel=1e-12)
+
+
+def test_a_subsampled_plate_scales_the_likelihood_by_n_over_b():
+    # A global latent under subsampling: the joint weight is prior + N/B * minibatch likelihood
+    # - log q, and no per-element split exists (mu is shared by all data).
+    y = torch.linspace(-1, 2, 10, dtype=D)
+    drawn, indices = [], []
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=D), 1.0))
+        with pyro.plate("data", 10, subsample_size=4) as idx:
+            indices.append(idx)
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    weights = log_weights(model, recording_guide(0.2, 0.5, drawn), (y,), {}, 6, 1)
+    mu, idx = drawn[0].reshape(6), indices[0]
+    expected = (
+        dist.Normal(torch.tensor(0.0, dtype=D), 1.0).log_prob(mu)
+        + 10 / 4 * dist.Normal(mu[:, None], 1.0).log_prob(y[idx]).sum(-1)
+        - dist.Normal(torch.tensor(0.2, dtype=D), 0.5).log_prob(mu)
+    )
+    torch.testing.assert_close(weights.joint, expected, rtol=1e-12, atol=1e-12)
+    assert weights.local is None
+    assert weights.subsampled == ("data",) and weights.outside == ("mu",)
+
+
+def test_local_latents_give_per_element_weights_with_the_scale_taken_out():
+    x = torch.linspace(-2, 2, 10, dtype=D)
+    drawn, indices = [], []
+
+    def model(x):
+        with pyro.plate("data", 10, subsample_size=4) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=D), 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
+
+    def guide(x):
+        with pyro.plate("data", 10, subsample_size=4) as idx:
+            indices.append(idx)
+            drawn.append(pyro.sample("z", dist.Normal(0.5 * x[idx], 0.8)))
+
+    weights = log_weights(model, guide, (x,), {}, 3, 1)
+    z, idx = drawn[0], indices[0]  # z: (3, 4)
+    local = (
+        dist.Normal(torch.zeros((), dtype=D), 1.0).log_prob(z)
+        + dist.Normal(z, 0.5).log_prob(x[idx])
+        - dist.Normal(0.5 * x[idx], 0.8).log_prob(z)
+    )
+    assert weights.local.shape == (3, 4) and weights.local_scale == 10 / 4
+    torch.testing.assert_close(weights.local, local, rtol=1e-12, atol=1e-12)
+    # The joint weight is the scaled sum of the per-element ones, as Pyro scales it.
+    torch.testing.assert_close(weights.joint, 10 / 4 * local.sum(-1), rtol=1e-12, atol=1e-12)
+    assert weights.subsampled == ("data",) and weights.outside == ()
+
+
+def test_a_guide_site_without_rsample_is_refused_unless_allowed():
+    s = normal_normal()
+
+    def guide(y):
+        pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=D), 1.0).has_rsample_(False))
+
+    with pytest.raises(ValueError, match=r"guide site 'mu' .*cannot be reparameterized"):
+        log_weights(s.model, guide, (s.y,), {}, 4, 1)
+    weights = log_weights(s.model, guide, (s.y,), {}, 4, 1, require_rsample=False)
+    assert weights.joint.shape == (4,) and torch.isfinite(weights.joint).all()
