@@ -92,32 +92,72 @@ class GaussianGuide:
         self.layout = layout
         self.diagonal = not isinstance(guide, AutoMultivariateNormal)
 
+    def _site_params(self, name: str) -> tuple[PyroModule, PyroModule, str]:
+        *path, leaf = name.split(".")
+        locs = attrgetter(".".join(path))(self.guide.locs) if path else self.guide.locs
+        scales = attrgetter(".".join(path))(self.guide.scales) if path else self.guide.scales
+        return locs, scales, leaf
+
     @torch.no_grad()
-    def read(self) -> tuple[Tensor, Tensor]:
-        """The guide's mean and precision (a vector if diagonal, else a matrix)."""
+    def read(self, subsample: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The guide's mean and precision (a vector if diagonal, else a matrix).
+
+        Args:
+            subsample: plate name -> minibatch indices; the blocks of sites local to those
+                plates then hold those rows of the guide's per-datum parameters
+                (``AutoNormal`` only).
+        """
         guide = self.guide
         if isinstance(guide, AutoNormal):
-            locs = [attrgetter(s.name)(guide.locs).reshape(-1) for s in self.layout.sites]
-            scales = [attrgetter(s.name)(guide.scales).reshape(-1) for s in self.layout.sites]
+            locs, scales = [], []
+            for site in self.layout.sites:
+                loc_module, scale_module, leaf = self._site_params(site.name)
+                loc, scale = getattr(loc_module, leaf), getattr(scale_module, leaf)
+                if site.plate is not None:
+                    index = self._rows(site, subsample)
+                    loc, scale = (
+                        loc.index_select(site.axis, index),
+                        scale.index_select(site.axis, index),
+                    )
+                locs.append(loc.reshape(-1))
+                scales.append(scale.reshape(-1))
             return torch.cat(locs).clone(), torch.cat(scales).pow(-2)
         if isinstance(guide, AutoDiagonalNormal):
             return guide.loc.clone(), guide.scale.pow(-2)
         scale_tril = guide.scale[..., None] * guide.scale_tril
         return guide.loc.clone(), precision_from_scale_tril(scale_tril)
 
-    def write(self, loc: Tensor, precision: Tensor) -> None:
+    @staticmethod
+    def _rows(site, subsample: dict[str, Tensor] | None) -> Tensor:
+        if not subsample or site.plate not in subsample:
+            raise ValueError(
+                f"site '{site.name}' is local to the subsampled plate '{site.plate}': pass that "
+                "plate's minibatch indices"
+            )
+        return subsample[site.plate]
+
+    def write(
+        self, loc: Tensor, precision: Tensor, subsample: dict[str, Tensor] | None = None
+    ) -> None:
         """Set the guide's Gaussian to mean ``loc`` and precision ``precision`` (all parameters
-        or none, see :func:`write_params`)."""
+        or none, see :func:`write_params`); with ``subsample``, the local sites' minibatch rows
+        (see :meth:`read`)."""
         guide = self.guide
         writes = []
         if isinstance(guide, AutoNormal):
             scale = precision.rsqrt()
             for site in self.layout.sites:
-                *path, leaf = site.name.split(".")
-                locs = attrgetter(".".join(path))(guide.locs) if path else guide.locs
-                scales = attrgetter(".".join(path))(guide.scales) if path else guide.scales
-                writes.append((locs, leaf, loc[site.block].reshape(site.shape)))
-                writes.append((scales, leaf, scale[site.block].reshape(site.shape)))
+                loc_module, scale_module, leaf = self._site_params(site.name)
+                new_loc = loc[site.block].reshape(site.shape)
+                new_scale = scale[site.block].reshape(site.shape)
+                if site.plate is not None:
+                    index = self._rows(site, subsample)
+                    full_loc = getattr(loc_module, leaf).detach().clone()
+                    full_scale = getattr(scale_module, leaf).detach().clone()
+                    new_loc = full_loc.index_copy_(site.axis, index, new_loc)
+                    new_scale = full_scale.index_copy_(site.axis, index, new_scale)
+                writes.append((loc_module, leaf, new_loc))
+                writes.append((scale_module, leaf, new_scale))
         elif isinstance(guide, AutoDiagonalNormal):
             writes = [(guide, "loc", loc), (guide, "scale", precision.rsqrt())]
         else:

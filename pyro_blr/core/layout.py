@@ -33,6 +33,10 @@ class LatentSite:
         event_dim: how many rightmost dimensions of ``shape`` belong to the event.
         offset: the first index of this site in the flat vector.
         size: the number of coordinates of this site.
+        plate: for a latent local to a subsampled plate, that plate's name (its block then
+            holds the minibatch's rows only); ``None`` for a global site.
+        axis: the plate's (negative) axis in ``shape``, for a local site.
+        scale: :math:`N/B` for a local site (the factor Pyro scales its terms by), else 1.
     """
 
     name: str
@@ -41,6 +45,9 @@ class LatentSite:
     event_dim: int
     offset: int
     size: int
+    plate: str | None = None
+    axis: int | None = None
+    scale: float = 1.0
 
     @property
     def block(self) -> slice:
@@ -83,12 +90,26 @@ class LatentLayout:
                 return site.name
         raise IndexError(f"coordinate {index} is outside the latent vector of size {self.dim}")
 
+    @property
+    def local_plates(self) -> tuple[str, ...]:
+        """The subsampled plates that hold local latent sites."""
+        return tuple(sorted({s.plate for s in self.sites if s.plate is not None}))
+
+    def coordinate_scale(self, like: Tensor) -> Tensor:
+        """Each coordinate's minibatch scale (:math:`N/B` for local sites, 1 for global ones)."""
+        scale = like.new_ones(self.dim)
+        for site in self.sites:
+            scale[site.block] = site.scale
+        return scale
+
     def with_plate_nesting(self, nesting: int) -> LatentLayout:
         """The same layout for a model said to use ``nesting`` plate dimensions."""
         return LatentLayout(self.sites, self.dim, nesting)
 
 
-def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> LatentLayout:
+def latent_layout(
+    prototype_trace: Trace, model_trace: Trace | None = None, allow_local: bool = False
+) -> LatentLayout:
     """Build the flat latent layout from a guide's prototype trace.
 
     Args:
@@ -96,10 +117,13 @@ def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> L
             sample sites, in order, are the latent sites.
         model_trace: a full trace of the model, observed sites included, used to find how many
             plate dimensions the model uses. Defaults to ``prototype_trace``.
+        allow_local: give a latent site local to one subsampled plate a block for the
+            minibatch's rows (see :class:`LatentSite`); otherwise such a site is refused.
 
     Raises:
-        ValueError: for a discrete latent site, or a latent site inside a subsampled plate (its
-            value changes size with the minibatch, so it has no fixed block in the flat vector).
+        ValueError: for a discrete latent site, or a latent site inside a subsampled plate
+            (unless ``allow_local``; and always inside two), whose value changes with the
+            minibatch.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -121,20 +145,39 @@ def latent_layout(prototype_trace: Trace, model_trace: Trace | None = None) -> L
                 f"latent site '{name}' is discrete ({type(fn).__name__}); this needs continuous "
                 "latents: marginalize it out in the model, or observe it"
             )
-        for frame in site["cond_indep_stack"]:
-            full_size = frame.full_size if frame.full_size is not None else frame.size
-            if frame.vectorized and full_size != frame.size:
-                raise ValueError(
-                    f"latent site '{name}' is local to the subsampled plate '{frame.name}' "
-                    f"(size {full_size}, subsample {frame.size}): its value changes with the "
-                    "minibatch, so it has no fixed place in a flat latent vector; use a "
-                    "full-data plate for local latents"
+        local = [
+            f
+            for f in site["cond_indep_stack"]
+            if f.vectorized and (f.full_size if f.full_size is not None else f.size) != f.size
+        ]
+        if local and (not allow_local or len(local) > 1):
+            frame = local[0]
+            raise ValueError(
+                f"latent site '{name}' is local to the subsampled plate '{frame.name}' "
+                f"(size {frame.full_size}, subsample {frame.size}): its value changes with the "
+                "minibatch, so it has no fixed place in a flat latent vector; "
+                + (
+                    "a site local to two subsampled plates is not supported"
+                    if local[1:]
+                    else "use a full-data plate for local latents, or a guide that keeps them "
+                    "per datum (AutoNormal) with the BLR"
                 )
+            )
         transform = biject_to(fn.support)
         unconstrained = transform.inv(site["value"].detach())
         event_dim = fn.event_dim + unconstrained.dim() - site["value"].dim()
         size = unconstrained.numel()
-        sites.append(LatentSite(name, transform, unconstrained.shape, event_dim, offset, size))
+        extra = {}
+        if local:
+            frame = local[0]
+            extra = {
+                "plate": frame.name,
+                "axis": frame.dim - event_dim,
+                "scale": frame.full_size / frame.size,
+            }
+        sites.append(
+            LatentSite(name, transform, unconstrained.shape, event_dim, offset, size, **extra)
+        )
         offset += size
     if not sites:
         raise ValueError("the model has no latent sites to infer")

@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 def _to_constrained(site: LatentSite, unconstrained: Tensor, leading: int) -> tuple[Tensor, Tensor]:
     value = site.transform(unconstrained)
     jacobian = site.transform.log_abs_det_jacobian(unconstrained, value)
-    return value, jacobian.reshape(leading, -1).sum(-1)
+    # A local site of a subsampled plate is scaled by N/B like the rest of the plate's terms.
+    return value, site.scale * jacobian.reshape(leading, -1).sum(-1)
 
 
 def neg_log_joint(
@@ -56,6 +57,7 @@ def neg_log_joint(
     kwargs: dict | None = None,
     vectorize: bool | str = True,
     terms_out: list | None = None,
+    subsample: dict[str, Tensor] | None = None,
 ) -> Tensor:
     r"""The negative log joint :math:`\ell(\theta_s)` of each particle, shape ``(S,)``.
 
@@ -70,6 +72,8 @@ def neg_log_joint(
         terms_out: if given, each run's ``(name, log_prob)`` pairs (see
             :func:`pyro_blr.core.traces.site_log_probs`) and ``("log|det J|", log_det)`` are
             appended to it, to locate non-finite terms.
+        subsample: plate name -> the minibatch indices every run uses (all particles see the
+            same minibatch); by default each model run draws its own, as Pyro does.
 
     Example:
         >>> import math, pyro, pyro.distributions as dist, torch
@@ -81,13 +85,14 @@ def neg_log_joint(
         tensor([0.0000, 0.5000])
     """
     kwargs = kwargs or {}
+    subsample = subsample or {}
     num_particles = theta.shape[0]
     mode = _mode(vectorize)
     if mode == "vmap" and terms_out is None:
-        return _neg_log_joint_vmap(model, layout, theta, args, kwargs)
+        return _neg_log_joint_vmap(model, layout, theta, args, kwargs, subsample)
     if mode != "plate":
         rows = [
-            _neg_log_joint_one(model, layout, theta[s], args, kwargs, terms_out)
+            _neg_log_joint_one(model, layout, theta[s], args, kwargs, terms_out, subsample)
             for s in range(num_particles)
         ]
         return torch.cat(rows)
@@ -97,8 +102,9 @@ def neg_log_joint(
     for site, unconstrained in zip(layout.sites, layout.unpack(theta).values(), strict=True):
         values[site.name], jacobian = _to_constrained(site, unconstrained, num_particles)
         log_det = log_det + jacobian
+    conditioned = poutine.condition(model, data={**values, **subsample})
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
     _check_all_latents_given(trace)
     terms = site_log_probs(trace)
     log_joint = theta.new_zeros(num_particles)
@@ -110,7 +116,13 @@ def neg_log_joint(
 
 
 def _neg_log_joint_one(
-    model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict, terms_out
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    terms_out: list | None,
+    subsample: dict[str, Tensor],
 ) -> Tensor:
     values = {}
     log_det = theta.new_zeros(1)
@@ -118,7 +130,8 @@ def _neg_log_joint_one(
         unconstrained = theta[site.block].reshape(site.shape)
         values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
         log_det = log_det + jacobian
-    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    conditioned = poutine.condition(model, data={**values, **subsample})
+    trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
     _check_all_latents_given(trace)
     terms = site_log_probs(trace)
     log_joint = sum(log_prob.sum() for _, log_prob in terms)
@@ -220,11 +233,16 @@ def _mode(vectorize: bool | str) -> str:
 
 
 def _neg_log_joint_vmap(
-    model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    subsample: dict[str, Tensor],
 ) -> Tensor:
     def one(row: Tensor) -> Tensor:
         with pyro.validation_enabled(False):
-            return _neg_log_joint_one(model, layout, row, args, kwargs, None).squeeze(0)
+            return _neg_log_joint_one(model, layout, row, args, kwargs, None, subsample)[0]
 
     return torch.func.vmap(one, randomness="different")(theta)
 
@@ -236,6 +254,7 @@ def choose_vectorization(
     args: tuple = (),
     kwargs: dict | None = None,
     rtol: float = 1e-4,
+    subsample: dict[str, Tensor] | None = None,
 ) -> str:
     """The fastest way to evaluate particles that matches one model run per particle.
 
@@ -252,6 +271,8 @@ def choose_vectorization(
         args: the model's positional arguments.
         kwargs: the model's keyword arguments.
         rtol: the relative tolerance of the comparison.
+        subsample: the minibatch indices of subsampled plates, held fixed across the compared
+            runs (see :func:`neg_log_joint`).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -267,11 +288,11 @@ def choose_vectorization(
     """
     kwargs = kwargs or {}
     with torch.no_grad():
-        exact = neg_log_joint(model, layout, probe, args, kwargs, "loop")
+        exact = neg_log_joint(model, layout, probe, args, kwargs, "loop", None, subsample)
         reasons = []
         for mode in ("plate", "vmap"):
             try:
-                value = neg_log_joint(model, layout, probe, args, kwargs, mode)
+                value = neg_log_joint(model, layout, probe, args, kwargs, mode, None, subsample)
             except Exception as error:
                 reasons.append(f"{mode}: {type(error).__name__}: {str(error).splitlines()[0]}")
                 continue

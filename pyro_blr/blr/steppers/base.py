@@ -12,7 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
+import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_blr.core import (
@@ -24,7 +26,16 @@ from pyro_blr.core import (
     validate_site_shapes,
 )
 
-__all__ = ["KEPT", "StepInfo", "StepOptions", "Stepper", "check_state", "prepare_layout"]
+__all__ = [
+    "KEPT",
+    "StepInfo",
+    "StepOptions",
+    "Stepper",
+    "check_state",
+    "minibatch",
+    "prepare_layout",
+    "subsample_indices",
+]
 
 KEPT = "the guide's parameters were left as they were before this step"
 
@@ -96,8 +107,31 @@ class Stepper(ABC):
         """Restore :meth:`state_dict`; validate everything before changing anything."""
 
 
+def minibatch(model: Callable, args: tuple, kwargs: dict) -> dict[str, Tensor]:
+    """The minibatch indices of every subsampled plate, from one run of the model (so that a
+    ``subsample=`` the user passes is honoured, and random ones are drawn as Pyro draws them)."""
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    return subsample_indices(trace)
+
+
+def subsample_indices(trace) -> dict[str, Tensor]:
+    """Plate name -> minibatch indices, for the subsampled plates of a trace."""
+    indices = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site):
+            if site["value"].numel() != site["fn"].size:  # drawn, or given by subsample=
+                indices[name] = site["value"]
+    return indices
+
+
 def prepare_layout(
-    model: Callable, guide: Any, args: tuple, kwargs: dict, options: StepOptions
+    model: Callable,
+    guide: Any,
+    args: tuple,
+    kwargs: dict,
+    options: StepOptions,
+    allow_local: bool = False,
 ) -> tuple[LatentLayout, str]:
     """Initialize the guide (without consuming the RNG), validate the model's site shapes, build
     its latent layout and choose how particles are evaluated.
@@ -122,7 +156,7 @@ def prepare_layout(
         )
     model_trace = trace_without_rng(model, args, kwargs, like)
     validate_site_shapes(model_trace)
-    layout = latent_layout(guide.prototype_trace, model_trace)
+    layout = latent_layout(guide.prototype_trace, model_trace, allow_local=allow_local)
     if options.max_plate_nesting is not None:
         if options.max_plate_nesting < layout.max_plate_nesting:
             raise ValueError(
@@ -136,7 +170,8 @@ def prepare_layout(
         devices = [like.device] if like.is_cuda else []
         with torch.random.fork_rng(devices=devices):
             probe = torch.randn(3, layout.dim, dtype=like.dtype, device=like.device)
-            mode = choose_vectorization(model, layout, probe, args, kwargs)
+            subsample = subsample_indices(model_trace)
+            mode = choose_vectorization(model, layout, probe, args, kwargs, subsample=subsample)
     return layout, mode
 
 

@@ -6,14 +6,29 @@ S^{-1/2}\epsilon_s` (antithetic pairs by default; the mean itself for ``"newton"
 rule and writes the new Gaussian back. The guide is the single source of truth: a change made to
 it behind the driver's back (SVI steps, another driver, ``pyro.get_param_store`` edits) is picked
 up at the next step, and only the rule's extra state (IVON's momentum) lives in the stepper.
+
+**Local latents under subsampling** (``AutoNormal``, which keeps them per datum; rules ``"von"``
+and ``"newton"``): this is natural-gradient stochastic variational inference for local-global
+models (Hoffman, Blei, Wang & Paisley 2013). Each step draws the minibatch as the model draws it,
+and the flat vector holds the global sites and the minibatch's rows of the local ones. The
+minibatch log joint scales every local term by :math:`N/B`, which makes its gradient in the
+global coordinates an unbiased estimate of the full-data one; in a local coordinate
+:math:`z_i` only datum :math:`i`'s own terms appear, so dividing its gradient and curvature by
+:math:`N/B` gives them exactly, and the rows drawn take a natural-gradient step on their own
+exact objective while the others keep their values.
+
+References:
+    | Stochastic Variational Inference (Hoffman, Blei, Wang & Paisley, JMLR 2013)
+    | https://jmlr.org/papers/v14/hoffman13a.html
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
-from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch import Tensor
 
 from pyro_blr.blr.curvature import reparam_hessian_diagonal
@@ -23,9 +38,17 @@ from pyro_blr.blr.steppers.base import (
     StepInfo,
     Stepper,
     check_state,
+    minibatch,
     prepare_layout,
 )
-from pyro_blr.core import GAUSSIAN_GUIDES, Derivatives, GaussianGuide, derivatives, neg_log_joint
+from pyro_blr.core import (
+    GAUSSIAN_GUIDES,
+    Derivatives,
+    GaussianGuide,
+    derivatives,
+    neg_log_joint,
+    write_params,
+)
 from pyro_blr.families import gaussian_family
 
 __all__ = ["GaussianStepper"]
@@ -61,17 +84,34 @@ class GaussianStepper(Stepper):
             )
         self.layout, self.mode, self._view = None, None, None
         self._state, self._written = None, None
+        self._local, self._per_step_minibatch, self._subsample = False, False, None
+        self._started = False  # whether a step has run or a checkpoint was restored
 
     # ---------------------------------------------------------------- the guide, read and written
     def _setup(self, args: tuple, kwargs: dict) -> None:
-        self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        allow_local = isinstance(self.guide, AutoNormal)
+        self.layout, self.mode = prepare_layout(
+            self.model, self.guide, args, kwargs, self.opts, allow_local=allow_local
+        )
         self._view = GaussianGuide(self.guide, self.layout)
+        self._local = bool(self.layout.local_plates)
+        if self._local and self.rule_name == "ivon":
+            raise ValueError(
+                f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: rule "
+                "'ivon' keeps a momentum per coordinate, which would be needed per datum; use "
+                "rule 'von' or 'newton' for local latents under subsampling"
+            )
+        # Every particle must see the same minibatch: one drawn per step unless the plate path
+        # (one model run for all particles) draws it anyway, and always for local latents.
+        with torch.random.fork_rng(devices=[]):  # set-up draws nothing a resumed run would miss
+            subsampled = bool(minibatch(self.model, args, kwargs))
+        self._per_step_minibatch = self._local or (subsampled and self.mode != "plate")
 
     def _current_state(self):
         """The rule's state with the guide's current Gaussian (exact if the guide still holds
         what this stepper wrote last, else as read from the guide)."""
-        loc, precision = self._view.read()
-        if self._state is None:
+        loc, precision = self._view.read(self._subsample)
+        if self._state is None or self._local:
             return self.rule.init(loc, precision)
         written_loc, written_precision = self._written
         if torch.equal(loc, written_loc) and torch.equal(precision, written_precision):
@@ -79,8 +119,10 @@ class GaussianStepper(Stepper):
         return self._state._replace(loc=loc, precision=precision)
 
     def _write(self, state) -> None:
-        self._view.write(state.loc, state.precision)
-        self._state, self._written = state, self._view.read()
+        self._view.write(state.loc, state.precision, self._subsample)
+        self._state, self._started = state, True
+        if not self._local:
+            self._written = self._view.read()
 
     # ---------------------------------------------------------------- one step
     def _particles(self, loc: Tensor, precision: Tensor) -> Tensor:
@@ -94,7 +136,9 @@ class GaussianStepper(Stepper):
 
     def _neg_log_joint(self, theta: Tensor, args, kwargs, mode=None, terms_out=None) -> Tensor:
         mode = mode or self.mode
-        value = neg_log_joint(self.model, self.layout, theta, args, kwargs, mode, terms_out)
+        value = neg_log_joint(
+            self.model, self.layout, theta, args, kwargs, mode, terms_out, self._subsample
+        )
         if self.opts.weight_decay:
             value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
         return value
@@ -136,6 +180,7 @@ class GaussianStepper(Stepper):
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
             self._setup(args, kwargs)
+        self._subsample = minibatch(self.model, args, kwargs) if self._per_step_minibatch else None
         state = self._current_state()
         loc, precision = state.loc, state.precision
         family = gaussian_family(precision)
@@ -153,18 +198,24 @@ class GaussianStepper(Stepper):
             hess = d.hess.mean(0)
             if family.diagonal:
                 hess = hess.diagonal()
-        if self._state is None:  # the first step of this stepper
+        if not self._started:  # the first step of this stepper
             self._check_informative(d, hess)
-        loss = d.value.mean() - family.entropy(precision)
-        if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 for quadratic l
-            spread = family.solve(precision, hess)
-            loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
-        options: ClassVar[dict[str, frozenset[str]]] = {}
+        if self._local:  # local coordinates: their own terms exactly (see the module docstring)
+            scale = self.layout.coordinate_scale(grad)
+            grad, hess = grad / scale, hess / scale
+            entropy = 0.5 * (scale * (1 + math.log(2 * math.pi) - precision.log())).sum()
+            loss = d.value.mean() - entropy
+            if self.rule.at_mean:
+                loss = loss + 0.5 * (scale * hess / precision).sum()
+        else:
+            loss = d.value.mean() - family.entropy(precision)
+            if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 (quadratic l)
+                spread = family.solve(precision, hess)
+                loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
+        extra = {}
         if self.rule_name == "ivon":
-            options: ClassVar[dict[str, frozenset[str]]] = {
-                k: getattr(self.opts, k) for k in ("beta1", "beta2", "clip_radius")
-            }
-        new_state = self.rule.update(state, grad, hess, lr, step_number, **options)
+            extra = {k: getattr(self.opts, k) for k in ("beta1", "beta2", "clip_radius")}
+        new_state = self.rule.update(state, grad, hess, lr, step_number, **extra)
         if not all(torch.isfinite(t).all() for t in new_state):
             raise FloatingPointError(
                 f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
@@ -173,27 +224,60 @@ class GaussianStepper(Stepper):
         return StepInfo(float(loss))
 
     # ---------------------------------------------------------------- natural parameters
+    def _per_datum_params(self) -> list:
+        return [self._view._site_params(site.name) for site in self.layout.sites]
+
     def natural_state(self) -> dict[str, Tensor]:
+        if self._local:  # every datum's row, not only a minibatch's
+            state = {}
+            for site, (locs, scales, leaf) in zip(
+                self.layout.sites, self._per_datum_params(), strict=True
+            ):
+                precision = getattr(scales, leaf).detach().pow(-2)
+                state[f"{site.name}.precision_times_loc"] = precision * getattr(locs, leaf).detach()
+                state[f"{site.name}.precision"] = precision
+            return state
         state = self._current_state()
         family = gaussian_family(state.precision)
         eta1, _ = family.natural_params(state.loc, state.precision)
         return {"precision_times_loc": eta1, "precision": state.precision.clone()}
 
     def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        if self._local:
+            writes = []
+            for site, (locs, scales, leaf) in zip(
+                self.layout.sites, self._per_datum_params(), strict=True
+            ):
+                precision = state[f"{site.name}.precision"]
+                writes.append((locs, leaf, state[f"{site.name}.precision_times_loc"] / precision))
+                writes.append((scales, leaf, precision.rsqrt()))
+            write_params(writes)
+            return
         precision = state["precision"]
         loc = gaussian_family(precision).solve(precision, state["precision_times_loc"])
         self._write(self._current_state()._replace(loc=loc, precision=precision))
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        if self._state is None:
+        if not self._started:
             return {}
+        if self._local:  # the guide's own parameters are all of the state (von and newton)
+            return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
         state = self._current_state()
         return {name: value.clone() for name, value in state._asdict().items()}
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
         if self.layout is None:
             self._setup(args, kwargs)
+        if self._local:
+            current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
+            if set(state) != set(current):
+                raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
+            for key, value in current.items():
+                check_state(key, state[key], value)
+            write_params([(self.guide, key[6:], state[key]) for key in current])
+            self._started = True
+            return
         current = self._current_state()
         expected = set(current._fields)
         if set(state) != expected:
