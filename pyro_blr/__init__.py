@@ -2,7 +2,7 @@
 for unchanged Pyro models."""
 
 from pyro_blr.blr import BLR
-from pyro_blr.diagnostics import psis_diagnostic, to_inference_data
+from pyro_blr.diagnostics import loo_sensitivity, psis_diagnostic, to_inference_data
 from pyro_blr.evidence import log_evidence, sgd_evidence
 from pyro_blr.guides import AutoExpFamily, AutoFlow, AutoMixture
 from pyro_blr.objectives import RenyiELBO
@@ -14,6 +14,7 @@ __all__ = [
     "AutoMixture",
     "RenyiELBO",
     "log_evidence",
+    "loo_sensitivity",
     "psis_diagnostic",
     "sgd_evidence",
     "to_inference_data",

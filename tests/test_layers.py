@@ -65,6 +65,7 @@ def test_the_top_level_reexports_only_the_public_api():
         "AutoMixture",
         "RenyiELBO",
         "log_evidence",
+        "loo_sensitivity",
         "psis_diagnostic",
         "sgd_evidence",
         "to_inference_data",

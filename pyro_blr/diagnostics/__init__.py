@@ -1,12 +1,16 @@
-"""Diagnostics: ArviZ conversion of any guide's posterior and PSIS for variational fits."""
+"""Diagnostics: ArviZ conversion of any guide's posterior, PSIS for variational fits, and the
+leave-one-out sensitivity of a Gaussian posterior to each datum."""
 
 from pyro_blr.diagnostics.arviz import to_inference_data
 from pyro_blr.diagnostics.arviz_compat import import_arviz, psis_smooth, to_numpy
 from pyro_blr.diagnostics.psis import PSISDiagnostic, psis_diagnostic
+from pyro_blr.diagnostics.sensitivity import LOOSensitivity, loo_sensitivity
 
 __all__ = [
+    "LOOSensitivity",
     "PSISDiagnostic",
     "import_arviz",
+    "loo_sensitivity",
     "psis_diagnostic",
     "psis_smooth",
     "to_inference_data",

@@ -40,9 +40,11 @@ def test_model_selection_smoke(capsys):
     assert "picks" in capsys.readouterr().out
     assert list(table) == [0, 1, 2, 3]
     for row in table.values():
-        # Every estimate is a lower bound on the exact evidence; the full-covariance Gaussian is
-        # the exact posterior here, so its ELBO and IWAE are exact (zero variance).
-        assert all(math.isfinite(v) and v <= row["exact"] + 1e-6 for v in row.values()), row
+        # Every estimate is a lower bound on the exact evidence in expectation. Where a fit is
+        # the exact posterior to 1e-4 nat (the full-covariance Gaussian always, the mean-field
+        # one for degrees 0-1) an estimate is log Z plus Monte Carlo noise of that size, so the
+        # bound holds up to the same 1e-4 (measured: at most 8e-6 above).
+        assert all(math.isfinite(v) and v <= row["exact"] + 1e-4 for v in row.values()), row
         assert row["full: elbo"] == pytest.approx(row["exact"], abs=1e-4)
         assert row["full: iwae"] == pytest.approx(row["exact"], abs=1e-4)
     for estimate in ("exact", "full: elbo", "full: iwae", "mean-field: iwae"):
@@ -146,3 +148,20 @@ def test_vae_latent_family_is_checked():
     module = load("vae_latent_families")
     with pytest.raises(ValueError, match="unknown latent family 'Cauchy'"):
         module.VAE("Cauchy", 2)
+
+
+def test_memory_maps_smoke(capsys):
+    result = load("memory_maps").main(smoke=True)
+    out = capsys.readouterr().out
+    assert "memory perturbation (closed form)" in out and "PSIS-LOO" in out
+    loo, sampled = result["loo"], result["sampled"]
+    assert loo.mean_shift.shape == (569, 31) and loo.method == "quadratic"
+    assert set(result["refits"]) == {int(loo.influence.argmax())}
+    # Every leave-one-out log density lies below 0 (a Bernoulli probability), and the
+    # closed-form estimate, the 4-draw one and PSIS-LOO agree within one standard error even
+    # after a 20-step fit (measured -83.7, -79.7 and -84.1, se 5.5).
+    assert (loo.loo_lpd < 0).all() and (sampled.loo_lpd < 0).all()
+    psis = result["psis"]["elpd_loo"]
+    assert abs(float(loo.elpd_loo) - psis) < float(loo.se)
+    assert abs(float(sampled.elpd_loo) - float(loo.elpd_loo)) < float(loo.se)
+    assert all(seconds > 0 for seconds in result["seconds"].values())
