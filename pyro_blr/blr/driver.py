@@ -252,13 +252,11 @@ class BLR:
             for site in capture.trace.nodes.values()
             if id(site["value"].unconstrained()) not in guide_params
         ]
-        if self._model_params is None:
-            self._model_params = bool(params)
-            if params and self.optim is None:
-                logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
-                self.optim = pyro.optim.Adam({"lr": 0.01})
         if not params:
             return
+        if self.optim is None:
+            logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
+            self.optim = pyro.optim.Adam({"lr": 0.01})
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for param, grad in zip(params, grads, strict=True):
             param.grad = None if grad is None else grad.detach()

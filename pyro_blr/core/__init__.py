@@ -5,6 +5,7 @@ other package builds on these; they use only public Pyro APIs."""
 from pyro_blr.core.autodiff import Derivatives, derivatives, hessian_from_grad
 from pyro_blr.core.checks import (
     check_finite_weights,
+    check_latent_masks,
     check_model_and_guide,
     check_no_enumerated_sites,
     nonfinite_term,
@@ -33,9 +34,10 @@ from pyro_blr.core.traces import (
     site_log_probs,
     sum_per_particle,
     trace_without_rng,
+    unsubsampled_scale,
     validate_site_shapes,
 )
-from pyro_blr.core.weights import LogWeights, log_weights, vectorized_traces
+from pyro_blr.core.weights import LogWeights, log_weights, replay_particles, vectorized_traces
 
 __all__ = [
     "GAUSSIAN_GUIDES",
@@ -48,6 +50,7 @@ __all__ = [
     "LogWeights",
     "check_finite_weights",
     "check_gaussian_guide",
+    "check_latent_masks",
     "check_model_and_guide",
     "check_no_enumerated_sites",
     "choose_vectorization",
@@ -61,11 +64,13 @@ __all__ = [
     "max_plate_nesting",
     "neg_log_joint",
     "nonfinite_term",
+    "replay_particles",
     "rng_state",
     "sample_sites",
     "site_log_probs",
     "sum_per_particle",
     "trace_without_rng",
+    "unsubsampled_scale",
     "validate_site_shapes",
     "vectorized_traces",
     "write_param",

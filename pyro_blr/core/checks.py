@@ -23,6 +23,7 @@ from pyro_blr.core.weights import vectorized_traces
 
 __all__ = [
     "check_finite_weights",
+    "check_latent_masks",
     "check_model_and_guide",
     "check_no_enumerated_sites",
     "nonfinite_term",
@@ -87,6 +88,36 @@ def check_no_enumerated_sites(model_trace: Trace, guide_trace: Trace) -> None:
         )
 
 
+def check_latent_masks(model_trace: Trace) -> None:
+    """Refuse a latent site whose density is masked out at some elements (``poutine.mask``, or
+    the ``_unobserved`` site Pyro makes for ``obs_mask=``): those elements appear in no term of
+    the joint, so their posterior is improper and no estimate of it, or of the evidence, is
+    meaningful.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     with pyro.poutine.mask(mask=torch.tensor([True, False])):
+        ...         pyro.sample("z", dist.Normal(torch.zeros(2), 1.0))
+        >>> try:
+        ...     check_latent_masks(pyro.poutine.trace(model).get_trace())
+        ... except ValueError as error:
+        ...     print(str(error).split(":")[0])
+        latent site 'z' is masked out at some elements
+    """
+    for name, site in sample_sites(model_trace, deterministic=False):
+        mask = site["mask"]
+        if site["is_observed"] or mask is None or mask is True:
+            continue
+        if mask is False or (torch.is_tensor(mask) and not bool(mask.all())):
+            raise ValueError(
+                f"latent site '{name}' is masked out at some elements: they enter no term of "
+                "the joint density, so their posterior is improper; sample only the elements "
+                "that are really unknown (e.g. the missing entries, as a site of their own) "
+                "instead of masking them"
+            )
+
+
 def _cuda_devices() -> list[int]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return list(range(torch.cuda.device_count()))
@@ -110,6 +141,24 @@ def check_model_and_guide(model: Callable, guide: Callable, args: tuple, kwargs:
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     check_no_enumerated_sites(model_trace, guide_trace)
+    check_latent_masks(model_trace)
+    guide_sites = {name for name, _ in sample_sites(guide_trace)}
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
+        for _ in range(_PRIOR_RUNS):  # latents that control flow adds on some runs only
+            prior = poutine.trace(model).get_trace(*args, **kwargs)
+            for name, site in sample_sites(prior, deterministic=False):
+                if not site["is_observed"] and name not in guide_sites:
+                    raise ValueError(
+                        f"latent site '{name}' of the model is not sampled by the guide (it "
+                        "appears on some runs only, e.g. through control flow, or the guide "
+                        "leaves it out): make the model sample it on every run, or give the "
+                        "guide that site"
+                    )
+
+
+_PRIOR_RUNS = 8
+"""Prior runs of the model that look for latents a guide misses: a branch taken with
+probability one half is missed with probability 2^-8."""
 
 
 def nonfinite_term(terms: Iterable[tuple[str, Tensor]]) -> tuple[str, float] | None:

@@ -105,7 +105,7 @@ def neg_log_joint(
     conditioned = poutine.condition(model, data={**values, **subsample})
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
         trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-    _check_all_latents_given(trace)
+    _check_all_latents_given(trace, values)
     terms = site_log_probs(trace)
     log_joint = theta.new_zeros(num_particles)
     for _, log_prob in terms:
@@ -132,7 +132,7 @@ def _neg_log_joint_one(
         log_det = log_det + jacobian
     conditioned = poutine.condition(model, data={**values, **subsample})
     trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-    _check_all_latents_given(trace)
+    _check_all_latents_given(trace, values)
     terms = site_log_probs(trace)
     log_joint = sum(log_prob.sum() for _, log_prob in terms)
     if terms_out is not None:
@@ -178,7 +178,7 @@ def log_joint(
 
     def run(data: dict[str, Tensor]) -> Tensor:
         trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-        _check_all_latents_given(trace)
+        _check_all_latents_given(trace, data)
         return sum(log_prob.sum() for _, log_prob in site_log_probs(trace))
 
     if mode == "loop":
@@ -198,17 +198,28 @@ def log_joint(
         padded[name] = value.reshape((num_particles, *pad, *value.shape[1:]))
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-max_plate_nesting - 1):
         trace = poutine.trace(poutine.condition(model, data=padded)).get_trace(*args, **kwargs)
-    _check_all_latents_given(trace)
+    _check_all_latents_given(trace, padded)
     total = 0.0
     for _, log_prob in site_log_probs(trace):
         total = total + sum_per_particle(log_prob, num_particles, max_plate_nesting)
     return total
 
 
-def _check_all_latents_given(trace) -> None:
-    """Refuse a latent site the values did not cover: it would be drawn from its prior and
-    scored as if observed, which fits another model."""
+def _check_all_latents_given(trace, given=(), resampled=()) -> None:
+    """Refuse a latent site the values did not cover (it would be drawn from its prior and
+    scored as if observed, which fits another model), and a given value the model did not
+    sample on this run (its coordinates would enter no term: control flow)."""
+    sampled = {name for name, _ in sample_sites(trace)}
+    for name in given:
+        if name not in sampled:
+            raise ValueError(
+                f"latent site '{name}' is not sampled on every run of the model (control flow "
+                "skips it for some values of the other latents), so it has no fixed place in "
+                "the guide: make the model sample it on every run"
+            )
     for name, site in sample_sites(trace, deterministic=False):
+        if name in resampled:
+            continue
         if site["is_observed"]:
             continue
         enumerated = site["infer"].get("enumerate")

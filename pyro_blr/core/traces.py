@@ -28,6 +28,7 @@ __all__ = [
     "site_log_probs",
     "sum_per_particle",
     "trace_without_rng",
+    "unsubsampled_scale",
     "validate_site_shapes",
 ]
 
@@ -60,6 +61,26 @@ def site_log_probs(trace: Trace) -> list[tuple[str, Tensor]]:
         if torch.is_tensor(log_prob):
             terms.append((name, log_prob))
     return terms
+
+
+def unsubsampled_scale(site: dict):
+    """A site's own scale (``poutine.scale``, tempering) without the :math:`N/B` factors of
+    its subsampled plates: what its terms weigh when the full data are used.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     with pyro.poutine.scale(scale=2.0), pyro.plate("data", 10, subsample_size=5):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.zeros(5))
+        >>> site = pyro.poutine.trace(model).get_trace().nodes["y"]
+        >>> site["scale"], unsubsampled_scale(site)
+        (4.0, 2.0)
+    """
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.full_size != frame.size:
+            factor *= frame.full_size / frame.size
+    return site["scale"] / factor
 
 
 def sum_per_particle(term: Tensor, num_particles: int, max_plate_nesting: int) -> Tensor:

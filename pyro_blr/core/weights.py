@@ -11,7 +11,7 @@ weights (unscaled, shape ``(K, B)``) are what an unbiased minibatch Rényi bound
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import pyro
@@ -19,11 +19,13 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, sum_per_particle
+from pyro_blr.core.log_joint import _check_all_latents_given
+from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
-__all__ = ["LogWeights", "log_weights", "vectorized_traces"]
+__all__ = ["LogWeights", "log_weights", "replay_particles", "vectorized_traces"]
 
 
 class LogWeights(NamedTuple):
@@ -69,14 +71,170 @@ def _per_element(log_prob: Tensor, num_particles: int, nesting: int, dim: int) -
     return log_prob.reshape(log_prob.shape[-nesting - 1], -1).expand(num_particles, -1)
 
 
+class _StackedFn:
+    """The distributions of one site in per-particle runs, seen as one batched distribution
+    with the particles first (left of ``pad`` singleton plate dimensions)."""
+
+    def __init__(self, fns: list, shapes: list, pad: int, shared: bool = False):
+        self.fns, self.shapes, self.pad, self.shared = fns, shapes, pad, shared
+        self.event_dim = fns[0].event_dim
+        self.has_rsample = fns[0].has_rsample
+        self.batch_shape = torch.Size((len(fns), *(1,) * pad, *fns[0].batch_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        rows = [  # observed data are shared by every particle, latent values are not
+            fn.log_prob(value if self.shared else value[k].reshape(shape))
+            for k, (fn, shape) in enumerate(zip(self.fns, self.shapes, strict=True))
+        ]
+        first = torch.as_tensor(rows[0])
+        stacked = torch.stack([torch.as_tensor(r).expand(first.shape) for r in rows])
+        return stacked.reshape((len(rows), *(1,) * self.pad, *first.shape))
+
+
+def _padded(value: Tensor, event_dim: int, nesting: int) -> tuple[Tensor, int]:
+    pad = max(0, nesting - (value.dim() - event_dim))
+    return value.reshape((*(1,) * pad, *value.shape)), pad
+
+
+def _stack(traces: list[Trace], nesting: int, latents: set[str]) -> Trace:
+    """Per-particle model traces as one trace whose sample sites hold every particle's value
+    (particles first, as under a particle plate) and score each with its own distribution.
+    The ``latents`` were conditioned on the guide's draws: they are latent, as under replay."""
+    stacked = Trace()
+    for name, node in traces[0].nodes.items():
+        node = dict(node)
+        if name in latents:
+            node["is_observed"] = False
+        if node["type"] == "sample" and not site_is_subsample(node):
+            event_dim = node["fn"].event_dim
+            values = [t.nodes[name]["value"] for t in traces]
+            fns = [t.nodes[name]["fn"] for t in traces]
+            shapes = [v.shape for v in values]
+            pad = _padded(values[0], event_dim, nesting)[1]
+            if node["is_observed"] and not node["infer"].get("_deterministic"):
+                node["fn"] = _StackedFn(fns, shapes, pad, shared=True)
+            else:
+                node["value"] = torch.stack([_padded(v, event_dim, nesting)[0] for v in values])
+                node["fn"] = _StackedFn(fns, shapes, pad)
+        stacked.add_node(name, **{k: v for k, v in node.items() if k != "name"})
+    return stacked
+
+
+def _particle_values(guide_trace: Trace, k: int, nesting: int) -> dict[str, Tensor]:
+    """Particle ``k``'s value of every latent site the guide drew, without the particle
+    dimension and the padding to the model's plate nesting (its batch dimensions are those of
+    its own plates)."""
+    values = {}
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if site["infer"].get("is_auxiliary"):
+            continue
+        dims = [
+            -f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE
+        ]
+        batch = max(dims, default=0)
+        value = site["value"][k]
+        values[name] = value.reshape(value.shape[nesting - batch :])
+    return values
+
+
+def _per_particle_traces(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    count: int,
+    nesting: int,
+    resampled: Collection[str] = (),
+) -> list[Trace]:
+    """The model run once per particle on the guide's draws, every run on the first run's
+    minibatch."""
+    traces, shared = [], {}
+    for k in range(count):
+        data = {**_particle_values(guide_trace, k, nesting), **shared}
+        trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        # a latent the guide does not draw, or one the model skips on this run: refused by name
+        _check_all_latents_given(trace, data.keys() - shared.keys(), resampled)
+        if k == 0:
+            shared = {n: s["value"] for n, s in trace.nodes.items() if site_is_subsample(s)}
+        traces.append(trace)
+    return traces
+
+
+def _joint(trace: Trace, num: int, nesting: int) -> Tensor:
+    total = 0.0
+    for _, log_prob in site_log_probs(trace):
+        total = total + sum_per_particle(log_prob, num, nesting)
+    return total
+
+
+def replay_particles(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int,
+    mode: str = "auto",
+    resampled: Collection[str] = (),
+) -> tuple[Trace, str]:
+    """Run ``model`` replayed on a particle-vectorized guide trace; returns the model trace and
+    the way it was run.
+
+    ``"plate"`` runs the model once inside the particle plate (it must broadcast); ``"loop"``
+    runs it once per particle (conditioned on that particle's values, every run on the same
+    minibatch) and stacks the runs into one trace that reads like the plate's, so models
+    written ``X @ w`` or with ``nn.Linear`` are scored right. ``"auto"`` takes the plate when
+    it runs and gives the same log joint as the loop on the first three particles. The
+    observed sites named in ``resampled`` are drawn by the model on purpose (a posterior
+    predictive); any other latent the guide did not draw is refused by name.
+    """
+    latents = set(_particle_values(guide_trace, 0, nesting))
+    model_trace = None
+    if mode in ("auto", "plate"):
+        try:
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+                replayed = poutine.replay(model, trace=guide_trace)
+                model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+        except Exception:
+            if mode == "plate":
+                raise
+    if mode == "auto" and model_trace is not None:
+        count = min(3, num_particles)
+        loop = _per_particle_traces(model, guide_trace, args, kwargs, count, nesting, resampled)
+        loop = _stack(loop, nesting, latents)
+        plate = _joint(model_trace, num_particles, nesting)[:count]
+        exact = _joint(loop, count, nesting)
+        finite = torch.isfinite(exact)
+        if torch.equal(finite, torch.isfinite(plate)) and torch.allclose(
+            plate[finite], exact[finite], rtol=1e-4, atol=1e-4
+        ):
+            return model_trace, "plate"
+    elif mode == "plate":
+        return model_trace, "plate"
+    traces = _per_particle_traces(
+        model, guide_trace, args, kwargs, num_particles, nesting, resampled
+    )
+    return _stack(traces, nesting, latents), "loop"
+
+
 def vectorized_traces(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, nesting: int
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int,
+    mode: str = "auto",
 ) -> tuple[Trace, Trace]:
-    """Run ``guide`` on ``num_particles`` particles at once and ``model`` replayed on them."""
+    """Run ``guide`` on ``num_particles`` particles at once and ``model`` replayed on them
+    (see :func:`replay_particles` for ``mode``)."""
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        replayed = poutine.replay(model, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    model_trace, _ = replay_particles(
+        model, guide_trace, args, kwargs, num_particles, nesting, mode
+    )
     return model_trace, guide_trace
 
 

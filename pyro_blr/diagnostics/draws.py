@@ -24,11 +24,12 @@ from torch import Tensor
 
 from pyro_blr.core import (
     PARTICLE_PLATE,
-    check_no_enumerated_sites,
+    check_model_and_guide,
     guess_max_plate_nesting,
+    replay_particles,
     sample_sites,
     sum_per_particle,
-    vectorized_traces,
+    unsubsampled_scale,
 )
 
 __all__ = ["Draws", "draw"]
@@ -86,7 +87,7 @@ def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> T
     with poutine.block():
         proto_guide = poutine.trace(guide).get_trace(*args, **kwargs)
         proto = poutine.trace(poutine.replay(model, trace=proto_guide)).get_trace(*args, **kwargs)
-    check_no_enumerated_sites(proto, proto_guide)
+    check_model_and_guide(model, guide, args, kwargs)
     subsampled = _subsampled_plates(proto)
     for name, site in sample_sites(proto):
         local = [f.name for f in site["cond_indep_stack"] if f.name in subsampled]
@@ -130,7 +131,8 @@ def _posterior(
         dims[name] = [n for a, n in enumerate(_names(site, shape, batch_ndim)) if a not in squeeze]
         if not deterministic:
             drawn = model_trace.nodes[name]
-            log_prob = scale_and_mask(drawn["fn"].log_prob(drawn["value"]), 1.0, drawn["mask"])
+            scale = unsubsampled_scale(drawn)  # poutine.scale counts, minibatch factors do not
+            log_prob = scale_and_mask(drawn["fn"].log_prob(drawn["value"]), scale, drawn["mask"])
             log_prior = log_prior + sum_per_particle(log_prob, num, nesting)
     return posterior, dims, log_prior
 
@@ -153,6 +155,7 @@ def _observed_part(
     nesting: int,
     proto: Trace,
     posterior: dict[str, Tensor],
+    mode: str,
 ) -> tuple[dict, dict, dict, dict, dict[str, list[str]]]:
     """Pointwise log-likelihood, predictive and data of every observed site over the full data,
     the full-data values of deterministic sites inside a subsampled plate, and the observed
@@ -166,7 +169,7 @@ def _observed_part(
         and any(f.name in subsampled for f in proto.nodes[n]["cond_indep_stack"])
     ]
     log_lik, predictive, observed, gathered = _observed(
-        model, guide_trace, args, kwargs, num, nesting, proto, names, subsampled, chunked
+        model, guide_trace, args, kwargs, num, nesting, proto, names, subsampled, chunked, mode
     )
     dims = {}
     for name in names:
@@ -204,13 +207,13 @@ def draw(
     nesting = max_plate_nesting
     proto = _prototype(model, guide, args, kwargs)
     with poutine.block():
-        model_trace, guide_trace = vectorized_traces(
-            model, guide, args, kwargs, num_samples, nesting
-        )
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=-nesting - 1):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace, mode = replay_particles(model, guide_trace, args, kwargs, num_samples, nesting)
     posterior, dims, log_prior = _posterior(proto, model_trace, num_samples, nesting)
     log_q = _log_q(guide_trace, num_samples, nesting)
     log_lik, predictive, observed, gathered, observed_dims = _observed_part(
-        model, guide_trace, args, kwargs, num_samples, nesting, proto, posterior
+        model, guide_trace, args, kwargs, num_samples, nesting, proto, posterior, mode
     )
     posterior.update(gathered)
     dims.update(observed_dims)
@@ -253,21 +256,25 @@ def _per_draw(value: Tensor, num: int, shape: torch.Size) -> Tensor:
     return value.reshape(shape).expand((num, *shape))
 
 
-def _observed(model, guide_trace, args, kwargs, num, nesting, proto, names, subsampled, chunked):
+def _observed(
+    model, guide_trace, args, kwargs, num, nesting, proto, names, subsampled, chunked, mode
+):
     """Pointwise log-likelihood, predictive draw and data of each observed site, and the values
     of the deterministic sites ``chunked``, all over the full data."""
     log_lik, predictive, observed, gathered = {}, {}, {}, {}
-    replayed = poutine.replay(model, trace=guide_trace)
     for indices in _minibatches(subsampled):
-        conditioned = poutine.condition(replayed, indices)
-        with poutine.block(), pyro.plate(PARTICLE_PLATE, num, dim=-nesting - 1):
-            trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-            resample = _Resample(names)(conditioned)
-            resampled = poutine.trace(resample).get_trace(*args, **kwargs)
+        conditioned = poutine.condition(model, indices)
+        resample = _Resample(names)(conditioned)
+        with poutine.block():
+            trace, _ = replay_particles(conditioned, guide_trace, args, kwargs, num, nesting, mode)
+            resampled, _ = replay_particles(
+                resample, guide_trace, args, kwargs, num, nesting, mode, resampled=names
+            )
         for name in names:
             site, site_proto = trace.nodes[name], proto.nodes[name]
             batch_shape, value_shape = site_proto["fn"].batch_shape, site_proto["value"].shape
-            lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+            scale = unsubsampled_scale(site)
+            lp = scale_and_mask(site["fn"].log_prob(site["value"]), scale, site["mask"])
             lp = _per_draw(lp, num, batch_shape)
             pred = _per_draw(resampled.nodes[name]["value"], num, value_shape)
             obs = site["value"].reshape(value_shape)

@@ -281,6 +281,7 @@ def loo_sensitivity(
     with torch.no_grad():
         value = log_lik(loc)  # validation on: Pyro's shape and support checks, once
     grad, hess = _derivatives(log_lik, loc)
+    grad, hess = grad.to(loc.dtype), hess.to(loc.dtype)  # the data's dtype, whatever the model's
     curvature = -hess  # H_i
     removed = torch.diag_embed(curvature.diagonal(dim1=-2, dim2=-1)) if diagonal else curvature
     loo_precision = precision_matrix - removed

@@ -33,10 +33,13 @@ from typing import Any, NamedTuple
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_blr.core import (
     LatentLayout,
+    check_latent_masks,
+    choose_vectorization,
     hessian_from_grad,
     latent_layout,
     neg_log_joint,
@@ -277,6 +280,15 @@ def _setup(
     """The model's latent layout, the dtype and device of its values, m_0 and P."""
     with poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site):
+            if site["value"].numel() != site["fn"].size:
+                raise ValueError(
+                    f"sgd_evidence needs the full data, but plate '{name}' is subsampled: the "
+                    "best bound, a maximum over steps, would pick up the minibatch noise of each "
+                    "step's estimate and lie above log p(D); pass the full data"
+                )
+    check_latent_masks(trace)
     layout = latent_layout(trace, trace)
     like = trace.nodes[layout.sites[0].name]["value"]
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
@@ -289,6 +301,13 @@ def _setup(
         torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
     )
     return layout, options, loc, precond
+
+
+def _vectorization(model: Callable, layout: LatentLayout, loc: Tensor, args, kwargs) -> str:
+    """Plate, vmap or loop: the fastest that matches one model run per chain (X @ w models)."""
+    with torch.random.fork_rng(devices=[]):
+        probe = loc + torch.randn(3, layout.dim, dtype=loc.dtype, device=loc.device)
+        return choose_vectorization(model, layout, probe, args, kwargs)
 
 
 def _entropy_change(
@@ -379,8 +398,8 @@ def sgd_evidence(
 
     Args:
         model: the Pyro model (its latent sites are mapped to unconstrained coordinates).
-        *args: the model's positional arguments. Minibatch plates give stochastic gradients
-            and an unbiased estimate of each :math:`\mathcal L_t`.
+        *args: the model's positional arguments, with the full data: a subsampled plate is
+            refused (the maximum over steps of minibatch-noisy bounds is biased upward).
         num_chains: the number :math:`r` of chains.
         num_steps: the number :math:`T` of gradient steps.
         step_size: :math:`\beta`.
@@ -418,6 +437,7 @@ def sgd_evidence(
     _check_arguments(hessian, num_chains, num_steps, step_size, temperature, init_scale,
                      num_probes)  # fmt: skip
     layout, options, loc, precond = _setup(model, args, kwargs, init_loc, preconditioner)
+    mode = _vectorization(model, layout, loc, args, kwargs)
     dim = layout.dim
     noise_variance = 2 * temperature * step_size
     noise_entropy = gaussian_entropy(
@@ -431,9 +451,19 @@ def sgd_evidence(
     for t in range(num_steps + 1):
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
-            values = neg_log_joint(model, layout, theta, args, kwargs, terms_out=terms)
-            _check_finite(values.detach(), terms, t)
-            terms.clear()
+            try:
+                values = neg_log_joint(model, layout, theta, args, kwargs, mode)
+                if not torch.isfinite(values).all():  # again, one chain at a time, to name it
+                    with torch.no_grad():
+                        neg_log_joint(model, layout, theta, args, kwargs, "loop", terms_out=terms)
+                    _check_finite(values.detach(), [[x for run in terms for x in run]], t)
+            except ValueError as error:  # e.g. a distribution refusing an overflowed parameter
+                if t == 0 or str(error).startswith(f"at step {t} "):
+                    raise
+                raise ValueError(
+                    f"at step {t} the model refused the chains' values ("
+                    f"{str(error).splitlines()[0]}): the chains diverged; lower step_size"
+                ) from error
             (grad,) = torch.autograd.grad(values.sum(), theta, create_graph=t < num_steps)
             bounds.append(evidence_bound(values, entropy))
             if t == num_steps:

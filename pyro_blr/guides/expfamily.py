@@ -29,12 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from operator import attrgetter
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoGuide, init_to_median
 from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import transform_to
@@ -120,7 +122,7 @@ class AutoExpFamily(AutoGuide):
                 constraint = family.param_constraints[param]
                 event_dim = self._event_dim(family, param, value)
                 setattr(module, param, PyroParam(value.detach().clone(), constraint, event_dim))
-            setattr(self.params, name, module)
+            deep_setattr(self.params, name, module)  # PyroModule sites are dotted
             self._families[name] = family
         unknown = sorted(set(self._overrides) - set(self._families))
         if unknown:
@@ -145,7 +147,7 @@ class AutoExpFamily(AutoGuide):
             )
 
     def _params(self, name: str) -> dict[str, Tensor]:
-        module = getattr(self.params, name)
+        module = attrgetter(name)(self.params)
         return {p: getattr(module, p) for p in self._families[name].param_names}
 
     def _distribution(self, name: str) -> dist.Distribution:
@@ -214,7 +216,7 @@ class AutoExpFamily(AutoGuide):
             writes[name] = params
         write_params(
             [
-                (getattr(self.params, name), param, value)
+                (attrgetter(name)(self.params), param, value)
                 for name, params in writes.items()
                 for param, value in params.items()
             ]

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from pyro_blr.core import (
     LatentLayout,
+    check_latent_masks,
     choose_vectorization,
     initialize_guide,
     latent_layout,
@@ -156,6 +157,7 @@ def prepare_layout(
         )
     model_trace = trace_without_rng(model, args, kwargs, like)
     validate_site_shapes(model_trace)
+    check_latent_masks(model_trace)
     layout = latent_layout(guide.prototype_trace, model_trace, allow_local=allow_local)
     if options.max_plate_nesting is not None:
         if options.max_plate_nesting < layout.max_plate_nesting:
