@@ -113,7 +113,7 @@ def run(method: str, y, batch: int, steps: int, every: int, target: float):
 
 
 def main(smoke: bool = False) -> list[dict]:
-    groups, batch, steps, every = (200, 50, 60, 20) if smoke else (10_000, 500, 3000, 50)
+    groups, batch, steps, every = (200, 50, 60, 20) if smoke else (10_000, 500, 2000, 50)
     y = data(groups)
     target = optimum(y)
     rows = [run(m, y, batch, steps, every, target) for m in ("BLR newton", "SVI + Adam")]

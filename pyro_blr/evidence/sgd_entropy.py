@@ -44,6 +44,7 @@ from pyro_blr.core import (
     latent_layout,
     neg_log_joint,
     nonfinite_term,
+    validate_site_shapes,
 )
 
 __all__ = [
@@ -289,6 +290,7 @@ def _setup(
                     "step's estimate and lie above log p(D); pass the full data"
                 )
     check_latent_masks(trace)
+    validate_site_shapes(trace)  # a value broadcasting against a plate is named, not summed
     layout = latent_layout(trace, trace)
     like = trace.nodes[layout.sites[0].name]["value"]
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()

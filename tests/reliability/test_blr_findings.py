@@ -256,3 +256,9 @@ def test_latent_sites_of_mixed_dtypes_are_named():
 
     with pytest.raises(TypeError, match=r"mix dtypes.*'a': torch.float32"):
         pb.BLR(model, AutoNormal(model), rule="von").step(s.X, s.y)
+
+
+def test_sgd_evidence_refuses_a_column_observation_against_a_plate():
+    s = linear_regression()
+    with pytest.raises(ValueError, match='at site "y", invalid log_prob shape'):
+        pb.sgd_evidence(s.model, s.X, s.y[:, None], num_chains=2, num_steps=1)
