@@ -262,7 +262,7 @@ SLOW = {"blr_von", *SVI_FITS}
 def cells():
     for idiom_name in IDIOMS:
         for entry in ENTRY_POINTS:
-            marks = [pytest.mark.slow] if entry in SLOW else []
+            marks = [pytest.mark.long_fit] if entry in SLOW else []
             yield pytest.param(idiom_name, entry, marks=marks, id=f"{idiom_name}-{entry}")
 
 
