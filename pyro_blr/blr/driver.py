@@ -267,7 +267,9 @@ class BLR:
     def _has_model_params(self, args: tuple, kwargs: dict) -> bool:
         if self._model_params is None:
             guide_params = {id(p) for p in self.guide.parameters()}
-            trace = trace_without_rng(self.model, args, kwargs, next(iter(self.guide.parameters())))
+            replayed = poutine.replay(self.model, trace=self.guide.prototype_trace)
+            like = next(iter(self.guide.parameters()))
+            trace = trace_without_rng(replayed, args, kwargs, like)
             self._model_params = any(
                 id(site["value"].unconstrained()) not in guide_params
                 for site in trace.nodes.values()

@@ -147,19 +147,24 @@ def _per_particle_traces(
     count: int,
     nesting: int,
     resampled: Collection[str] = (),
+    shared: dict | None = None,
 ) -> list[Trace]:
-    """The model run once per particle on the guide's draws, every run on the first run's
-    minibatch."""
-    traces, shared = [], {}
+    """The model run once per particle on the guide's draws, every run on the same minibatch
+    (``shared``: plate name -> indices; by default the first run's)."""
+    traces, shared = [], dict(shared or {})
     for k in range(count):
         data = {**_particle_values(guide_trace, k, nesting), **shared}
         trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         # a latent the guide does not draw, or one the model skips on this run: refused by name
         _check_all_latents_given(trace, data.keys() - shared.keys(), resampled)
-        if k == 0:
-            shared = {n: s["value"] for n, s in trace.nodes.items() if site_is_subsample(s)}
+        if k == 0 and not shared:
+            shared = _subsample_values(trace)
         traces.append(trace)
     return traces
+
+
+def _subsample_values(trace: Trace) -> dict[str, Tensor]:
+    return {n: s["value"] for n, s in trace.nodes.items() if site_is_subsample(s)}
 
 
 def _joint(trace: Trace, num: int, nesting: int) -> Tensor:
@@ -202,7 +207,10 @@ def replay_particles(
                 raise
     if mode == "auto" and model_trace is not None:
         count = min(3, num_particles)
-        loop = _per_particle_traces(model, guide_trace, args, kwargs, count, nesting, resampled)
+        shared = _subsample_values(model_trace)  # the plate's minibatch, for a fair comparison
+        loop = _per_particle_traces(
+            model, guide_trace, args, kwargs, count, nesting, resampled, shared
+        )
         loop = _stack(loop, nesting, latents)
         plate = _joint(model_trace, num_particles, nesting)[:count]
         exact = _joint(loop, count, nesting)
@@ -213,8 +221,9 @@ def replay_particles(
             return model_trace, "plate"
     elif mode == "plate":
         return model_trace, "plate"
+    shared = _subsample_values(guide_trace)  # a guide that subsamples chose the minibatch
     traces = _per_particle_traces(
-        model, guide_trace, args, kwargs, num_particles, nesting, resampled
+        model, guide_trace, args, kwargs, num_particles, nesting, resampled, shared
     )
     return _stack(traces, nesting, latents), "loop"
 

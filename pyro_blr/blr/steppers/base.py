@@ -155,7 +155,10 @@ def prepare_layout(
             f"the model's latent sites mix dtypes {dtypes}: one flat latent vector needs one "
             "dtype; create every prior in the data's dtype, e.g. dist.Normal(X.new_zeros(()), 1.0)"
         )
-    model_trace = trace_without_rng(model, args, kwargs, like)
+    # The model replayed on the guide's prototype: its latents take the guide's starting values,
+    # so no prior is sampled (an ImproperUniform prior has no sampler).
+    replayed = poutine.replay(model, trace=guide.prototype_trace)
+    model_trace = trace_without_rng(replayed, args, kwargs, like)
     validate_site_shapes(model_trace)
     check_latent_masks(model_trace)
     layout = latent_layout(guide.prototype_trace, model_trace, allow_local=allow_local)

@@ -220,7 +220,13 @@ class GaussianStepper(Stepper):
             raise FloatingPointError(
                 f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
             )
-        self._write(new_state)
+        try:
+            self._write(new_state)  # computes every parameter before writing any
+        except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
+            raise FloatingPointError(
+                f"BLR step {step_number}: the new precision cannot be factorized ({error}); "
+                f"the fit diverged (lower lr); {KEPT}"
+            ) from None
         return StepInfo(float(loss))
 
     # ---------------------------------------------------------------- natural parameters
