@@ -320,25 +320,29 @@ class BLR:
         *args: Any,
         num_steps: int,
         progress: bool = True,
-        average: bool = True,
+        average: bool | None = None,
         tol: float | None = None,
         window: int = 20,
         **kwargs: Any,
     ) -> FitResult:
         """Take up to ``num_steps`` steps and leave the guide at a good point.
 
-        With ``average=True`` (the default) the guide ends at the Polyak average of the natural
-        parameters of the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which
-        removes the jitter a constant step leaves in the last iterate. With ``tol`` the fit
-        stops early once the mean loss of the last ``window`` steps is not ``tol`` nats below
-        that of the ``window`` before (:func:`pyro_blr.blr.averaging.converged`); the average
-        is then over the last ``window`` steps.
+        With ``average=True`` the guide ends at the Polyak average of the natural parameters of
+        the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which removes the
+        jitter a constant step leaves in the last iterate. The default (``None``) averages when
+        ``lr`` is a constant and not when it is a schedule: a decaying schedule already damps
+        the jitter, and an average would lag behind iterates that are still moving. With
+        ``tol`` the fit stops early once the mean loss of the last ``window`` steps is not
+        ``tol`` nats below that of the ``window`` before
+        (:func:`pyro_blr.blr.averaging.converged`); the average is then over the last
+        ``window`` steps.
 
         Args:
             *args: the model's positional arguments.
             num_steps: the most steps to take (a non-negative integer).
             progress: show a tqdm progress bar with the current loss.
-            average: end at the average of the late iterates instead of the last one.
+            average: end at the average of the late iterates instead of the last one (default:
+                when ``lr`` is a constant).
             tol: stop when the moving-average loss improves by less than this (nats).
             window: the moving-average window of the stopping rule, in steps.
             **kwargs: the model's keyword arguments.
@@ -349,6 +353,8 @@ class BLR:
             tol = _check_number("tol", tol, 0.0, math.inf, closed_high=False)
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
+        if average is None:
+            average = not callable(self.lr)
         losses = []
         averaged = IterateAverage(self)
         start_averaging = num_steps // 2

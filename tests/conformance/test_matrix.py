@@ -129,7 +129,7 @@ def fit(entry: str, idiom: Idiom):
             base = options["lr"]
             options["lr"], steps = (lambda t: base / (1 + t / 50)), max(steps, 400)
         blr = pb.BLR(idiom.model, guide, **options)
-        blr.fit(*idiom.args, num_steps=steps, progress=False)
+        blr.fit(*idiom.args, num_steps=steps, progress=False, average=True)
         return guide
     make, particles = SVI_FITS[entry]
     guide = make(idiom.for_guide)
