@@ -28,7 +28,7 @@ from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, pre
 from pyro_blr.core import log_joint, neg_log_joint
 from pyro_blr.guides import AutoExpFamily, AutoMixture
 
-__all__ = ["ExpFamilyStepper", "SiteDraws", "update_sites"]
+__all__ = ["ExpFamilyStepper", "SiteDraws", "SiteFamiliesStepper", "update_sites"]
 
 _OPTIONS = frozenset({"mc_samples", "weight_decay", "vectorize_particles", "max_plate_nesting"})
 
@@ -109,15 +109,9 @@ def update_sites(
     return updates, total
 
 
-class ExpFamilyStepper(Stepper):
-    """Runs the ``"expfamily"`` rule on every site of an ``AutoExpFamily`` guide."""
-
-    rules = ("expfamily",)
-    options: ClassVar[dict[str, frozenset[str]]] = {"expfamily": _OPTIONS}
-
-    @classmethod
-    def accepts(cls, guide: Any, rule: str) -> bool:
-        return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
+class SiteFamiliesStepper(Stepper):
+    """What the steppers of exponential-family guides share: the layout, the evaluation mode
+    and each site's family, found at the first step."""
 
     def __init__(self, model, guide, rule, options):
         super().__init__(model, guide, rule, options)
@@ -126,6 +120,17 @@ class ExpFamilyStepper(Stepper):
     def _setup(self, args: tuple, kwargs: dict) -> None:
         self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
         self.families = self.guide.site_families()
+
+
+class ExpFamilyStepper(SiteFamiliesStepper):
+    """Runs the ``"expfamily"`` rule on every site of an ``AutoExpFamily`` guide."""
+
+    rules = ("expfamily",)
+    options: ClassVar[dict[str, frozenset[str]]] = {"expfamily": _OPTIONS}
+
+    @classmethod
+    def accepts(cls, guide: Any, rule: str) -> bool:
+        return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:

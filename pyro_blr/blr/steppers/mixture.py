@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pyro_blr.blr.rules import MixtureState, mixture_logits_update, mixture_update
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
-from pyro_blr.blr.steppers.expfamily import SiteDraws, update_sites
+from pyro_blr.blr.steppers.expfamily import SiteDraws, SiteFamiliesStepper, update_sites
 from pyro_blr.core import derivatives, neg_log_joint, write_params
 from pyro_blr.families import gaussian_family
 from pyro_blr.guides import AutoMixture
@@ -152,7 +152,7 @@ class GaussianMixtureStepper(Stepper):
             raise ValueError("state_dict holds a mixture whose precisions are not positive")
 
 
-class ExpFamilyMixtureStepper(Stepper):
+class ExpFamilyMixtureStepper(SiteFamiliesStepper):
     """Runs the mixture rule on ``AutoMixture(component="expfamily")``: every component draws
     its own reparameterized values; with :math:`h = \\log q(x) - \\log p(\\mathcal D, x) +
     \\log h_{\\text{base}}(x)` (the mixture density held fixed), each site's natural parameters
@@ -165,14 +165,6 @@ class ExpFamilyMixtureStepper(Stepper):
     @classmethod
     def accepts(cls, guide: Any, rule: str) -> bool:
         return isinstance(guide, AutoMixture) and guide.component == "expfamily"
-
-    def __init__(self, model, guide, rule, options):
-        super().__init__(model, guide, rule, options)
-        self.layout, self.mode, self.families = None, None, None
-
-    def _setup(self, args: tuple, kwargs: dict) -> None:
-        self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
-        self.families = self.guide.site_families()
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
