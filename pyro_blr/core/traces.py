@@ -24,6 +24,7 @@ __all__ = [
     "PARTICLE_PLATE",
     "guess_max_plate_nesting",
     "max_plate_nesting",
+    "num_observations",
     "sample_sites",
     "site_log_probs",
     "sum_per_particle",
@@ -119,6 +120,35 @@ def max_plate_nesting(trace: Trace) -> int:
         if torch.is_tensor(value):
             nesting = max(nesting, value.dim() - site["fn"].event_dim)
     return nesting
+
+
+def num_observations(trace: Trace) -> int:
+    """The number of observed data: over the observed sample sites, the largest product of the
+    full sizes of their plates (a subsampled plate counts all its elements), at least 1. It is the
+    effective sample size of IVON's data-scale hyperparameters.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", 1000, subsample_size=10) as idx:
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+        >>> num_observations(poutine.trace(model).get_trace(torch.zeros(1000)))
+        1000
+    """
+    full_sizes = {  # a plate's subsample site holds its full size
+        name: site["fn"].size
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site)
+    }
+    largest = 1
+    for _, site in sample_sites(trace, deterministic=False):
+        if site["is_observed"]:
+            size = 1
+            for frame in site["cond_indep_stack"]:
+                size *= full_sizes.get(frame.name, frame.size)
+            largest = max(largest, size)
+    return largest
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:

@@ -140,3 +140,22 @@ def test_trace_without_rng_leaves_the_generator_where_it_was():
     trace = trace_without_rng(with_everything, (torch.zeros(10),), {}, torch.zeros(()))
     assert {"mu", "y", "twice"} <= set(trace.nodes)  # observed and deterministic sites too
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_num_observations_counts_full_plates_of_observed_sites():
+    from pyro_blr.core import num_observations
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("groups", 3, dim=-2):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))  # latent: not counted
+            with pyro.plate("data", 100, subsample_size=10, dim=-1) as idx:
+                pyro.sample("y", dist.Normal(z, 1.0), obs=y[..., idx])
+        pyro.sample("extra", dist.Normal(mu, 1.0), obs=torch.tensor(0.0))
+
+    assert num_observations(poutine.trace(model).get_trace(torch.zeros(3, 100))) == 300
+
+    def no_data():
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    assert num_observations(poutine.trace(no_data).get_trace()) == 1

@@ -1,0 +1,199 @@
+r"""The negative log joint split by datum, and its per-datum gradients.
+
+With the data the elements of plates, the negative log joint of a minibatch splits as
+
+.. math::
+    \ell(\theta) = \sum_{i \in B} \tilde\ell_i(\theta) + \ell_{\text{rest}}(\theta),
+
+where :math:`\tilde\ell_i = \tfrac NB \ell_i` is datum :math:`i`'s term as the model scales it
+(every observed site of its data plate, summed over the plate's other dimensions; an observed
+site outside every plate is one datum) and
+:math:`\ell_{\text{rest}}` holds the priors, sites outside the plate and the log-Jacobians. The
+per-datum gradients :math:`\nabla\tilde\ell_i` come from one model run and one batched backward
+pass (``is_grads_batched``; a loop over the data where an operator has no batching rule). They
+give the Gauss--Newton (empirical Fisher) curvature of variational online Gauss--Newton:
+:math:`\sum_{i=1}^N \nabla\ell_i \odot \nabla\ell_i \approx \tfrac BN \sum_{i\in B}
+\nabla\tilde\ell_i \odot \nabla\tilde\ell_i`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.trace_struct import Trace
+from torch import Tensor
+
+from pyro_blr.core.layout import LatentLayout
+from pyro_blr.core.log_joint import _check_all_latents_given, _to_constrained
+from pyro_blr.core.traces import sample_sites, site_log_probs
+
+__all__ = ["DataPlate", "PerDatum", "data_plates", "per_datum_gradients"]
+
+
+class DataPlate(NamedTuple):
+    """A plate whose elements are data.
+
+    Attributes:
+        name: the plate's name.
+        dim: its (negative) batch dimension.
+        size: its full size :math:`N`.
+        sites: the observed sites inside it.
+    """
+
+    name: str
+    dim: int
+    size: int
+    sites: tuple[str, ...]
+
+
+class PerDatum(NamedTuple):
+    """Per-datum gradients at particles ``(S, D)``.
+
+    Attributes:
+        value: :math:`\\ell(\\theta_s)`, shape ``(S,)``.
+        grad: :math:`\\nabla\\ell(\\theta_s)`, shape ``(S, D)``.
+        datum_grads: :math:`\\nabla\\tilde\\ell_i(\\theta_s)` as the model scales them, shape
+            ``(S, B, D)``: the data of every data plate, then each observed site outside a plate.
+        scale: each datum's minibatch factor :math:`N/B`, shape ``(B,)``.
+    """
+
+    value: Tensor
+    grad: Tensor
+    datum_grads: Tensor
+    scale: Tensor
+
+
+def data_plates(
+    trace: Trace, latents: Iterable[str] = ()
+) -> tuple[tuple[DataPlate, ...], tuple[str, ...]]:
+    """The plates whose elements are data, and the observed sites outside every plate; the
+    ``latents`` (sites a conditioned run observes) are not data.
+
+    An observed site's data plate is its subsampled plate, or else its outermost one (the data,
+    when plates nest); an observed site in no plate counts as one datum.
+    """
+    plates: dict[str, list[str]] = {}
+    frames, unplated, latents = {}, [], set(latents)
+    for name, site in sample_sites(trace, deterministic=False):
+        if not site["is_observed"] or name in latents:
+            continue
+        vectorized = [f for f in site["cond_indep_stack"] if f.vectorized]
+        if not vectorized:
+            unplated.append(name)
+            continue
+        subsampled = [f for f in vectorized if f.full_size not in (None, f.size)]
+        outer = min(subsampled or vectorized, key=lambda f: f.dim)
+        plates.setdefault(outer.name, []).append(name)
+        frames[outer.name] = outer
+    found = tuple(
+        DataPlate(
+            name,
+            frames[name].dim,
+            frames[name].full_size if frames[name].full_size is not None else frames[name].size,
+            tuple(sites),
+        )
+        for name, sites in plates.items()
+    )
+    return found, tuple(unplated)
+
+
+def _split_one(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    subsample: dict[str, Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One particle's per-datum terms ``(B,)``, their minibatch factors ``(B,)`` and the rest
+    ``()``, from one model run."""
+    values, rest = {}, theta.new_zeros(())
+    for site in layout.sites:
+        unconstrained = theta[site.block].reshape(site.shape)
+        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
+        rest = rest - jacobian[0]
+    trace = poutine.trace(poutine.condition(model, data={**values, **subsample})).get_trace(
+        *args, **kwargs
+    )
+    _check_all_latents_given(trace, values)
+    plates, unplated = data_plates(trace, values)
+    plate_of = {site: plate for plate in plates for site in plate.sites}
+    rows: dict[str, Tensor] = {}
+    for name, log_prob in site_log_probs(trace):
+        if name in plate_of:
+            plate = plate_of[name]
+            by_datum = -log_prob.movedim(plate.dim, 0)
+            by_datum = by_datum.reshape(by_datum.shape[0], -1).sum(-1)
+            rows[plate.name] = rows[plate.name] + by_datum if plate.name in rows else by_datum
+        elif name in unplated:
+            rows[name] = -log_prob.sum().reshape(1)
+        else:
+            rest = rest - log_prob.sum()
+    if not rows:
+        raise ValueError("the model has no observed site: per-datum curvature needs data")
+    scales = [torch.full_like(rows[p.name], p.size / rows[p.name].shape[0]) for p in plates] + [
+        rest.new_ones(1) for _ in unplated
+    ]
+    return torch.cat(list(rows.values())), torch.cat(scales), rest
+
+
+def per_datum_gradients(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    subsample: dict[str, Tensor] | None = None,
+) -> PerDatum:
+    """The negative log joint, its gradient and its per-datum gradients at each particle.
+
+    Args:
+        model: the Pyro model.
+        layout: its latent layout.
+        theta: particles ``(S, D)``.
+        args: the model's positional arguments.
+        kwargs: the model's keyword arguments.
+        subsample: plate name -> the minibatch indices every run uses.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_blr.core import latent_layout
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> y = torch.tensor([1.0, 3.0])
+        >>> trace = pyro.poutine.trace(model).get_trace(y)
+        >>> out = per_datum_gradients(model, latent_layout(trace), torch.zeros(1, 1), (y,), {})
+        >>> out.datum_grads.squeeze(-1), out.grad  # mu - y_i, and their sum plus the prior's mu
+        (tensor([[-1., -3.]]), tensor([[-4.]]))
+    """
+    subsample = subsample or {}
+    values, grads, datum_grads = [], [], []
+    for row in theta:
+        with torch.enable_grad():
+            row = row.detach().requires_grad_(True)
+            per_datum, scale, rest = _split_one(model, layout, row, args, kwargs, subsample)
+            total = per_datum.sum() + rest
+            (grad,) = torch.autograd.grad(total, row, retain_graph=True)
+            datum_grads.append(_batched_rows(per_datum, row))
+        values.append(total.detach())
+        grads.append(grad)
+    return PerDatum(torch.stack(values), torch.stack(grads), torch.stack(datum_grads), scale)
+
+
+def _batched_rows(per_datum: Tensor, row: Tensor) -> Tensor:
+    """The Jacobian ``(B, D)`` of ``per_datum`` with respect to ``row``."""
+    basis = torch.eye(per_datum.shape[0], dtype=per_datum.dtype, device=per_datum.device)
+    try:
+        (jac,) = torch.autograd.grad(
+            per_datum, row, grad_outputs=basis, is_grads_batched=True, retain_graph=True
+        )
+    except RuntimeError:  # an operator without a batching rule for its backward: loop instead
+        jac = torch.stack(
+            [torch.autograd.grad(term, row, retain_graph=True)[0] for term in per_datum]
+        )
+    return jac.detach()

@@ -1,0 +1,68 @@
+"""Per-datum gradients: equal to one autograd pass per datum, scaled as the model scales the
+minibatch, over every data plate and each observed site outside a plate."""
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+
+from pyro_blr.core import data_plates, latent_layout, neg_log_joint, per_datum_gradients
+
+D = torch.float64
+
+
+def model(X, y, subsample=None):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    sigma = pyro.sample("sigma", dist.LogNormal(torch.zeros((), dtype=D), 1.0))
+    with pyro.plate("data", len(y), subsample=subsample, dim=-2) as idx:
+        with pyro.plate("outputs", 3, dim=-1):  # three observations per datum
+            pyro.sample("y", dist.Normal((X[idx] @ w)[:, None], sigma), obs=y[idx])
+
+
+def test_per_datum_gradients_equal_one_pass_per_datum():
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(10, 2, generator=gen, dtype=D), torch.randn(10, 3, generator=gen, dtype=D)
+    idx = torch.tensor([1, 4, 7, 8])
+    trace = poutine.trace(model).get_trace(X, y, idx)
+    layout = latent_layout(trace)
+    assert data_plates(trace) == ((("data", -2, 10, ("y",)),), ())
+    theta = torch.randn(2, layout.dim, generator=gen, dtype=D)
+    out = per_datum_gradients(model, layout, theta, (X, y, idx), {})
+    assert out.scale.tolist() == [10 / 4] * 4 and out.datum_grads.shape == (2, 4, layout.dim)
+    for s in range(2):
+        t = theta[s].clone().requires_grad_(True)
+        for k, i in enumerate(idx):  # datum i's three terms, scaled by N/B as the plate scales
+            term = -2.5 * dist.Normal(X[i] @ t[:2], t[2].exp()).log_prob(y[i]).sum()
+            (expected,) = torch.autograd.grad(term, t)
+            torch.testing.assert_close(out.datum_grads[s, k], expected, atol=1e-12, rtol=0)
+    value = neg_log_joint(model, layout, theta, (X, y, idx), {}, "loop")
+    torch.testing.assert_close(out.value, value, atol=1e-12, rtol=0)
+    for s in range(2):
+        t = theta[s : s + 1].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(
+            neg_log_joint(model, layout, t, (X, y, idx), {}, "loop").sum(), t
+        )
+        torch.testing.assert_close(out.grad[s], expected[0], atol=1e-12, rtol=0)
+
+
+def two_plates(y, z):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("a", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    with pyro.plate("b", 4, subsample=torch.tensor([0, 2])):
+        pyro.sample("z", dist.Normal(mu, 1.0), obs=z)
+    pyro.sample("extra", dist.Normal(mu, 1.0), obs=torch.tensor(0.5))
+
+
+def test_every_data_plate_and_each_unplated_observation_are_data():
+    y, z = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 1.0])
+    trace = poutine.trace(two_plates).get_trace(y, z)
+    plates, unplated = data_plates(trace)
+    assert [(p.name, p.size, p.sites) for p in plates] == [("a", 3, ("y",)), ("b", 4, ("z",))]
+    assert unplated == ("extra",)
+    out = per_datum_gradients(two_plates, latent_layout(trace), torch.zeros(1, 1), (y, z), {})
+    # d/dmu of -log N(x | mu, 1) at mu = 0 is -x; plate b's terms are scaled by 4/2.
+    expected = torch.tensor([-1.0, -2.0, -3.0, 2.0, -2.0, -0.5])
+    torch.testing.assert_close(out.datum_grads[0, :, 0], expected)
+    assert out.scale.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 1.0]
+    torch.testing.assert_close(out.grad[0, 0], expected.sum())  # the prior's gradient is 0 here
