@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from pyro_blr.blr.averaging import IterateAverage, converged
+from pyro_blr.blr.distributed import Collective
 from pyro_blr.blr.steppers import StepOptions, stepper_for
 from pyro_blr.core import trace_without_rng
 
@@ -83,6 +85,7 @@ class BLR:
     with the expectations and the positivity safeguard chosen by ``rule`` (see
     :mod:`pyro_blr.blr.rules`): ``"ivon"`` (diagonal; gradient-only curvature, momentum),
     ``"von"`` (diagonal or full; exact Hessians by autograd, Riemannian precision update),
+    ``"vogn"`` (diagonal; the Gauss--Newton sum of squared per-datum gradients as the Hessian),
     ``"newton"`` (diagonal or full; gradient and Hessian at the mean). The prior comes from the
     model, so no weight decay is needed; ``weight_decay`` adds :math:`\tfrac\delta2\lVert\theta
     \rVert^2` to :math:`\ell` for those who want one.
@@ -102,7 +105,8 @@ class BLR:
             parameters are the single source of truth: each step starts from what they hold.
         lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step`` counts
             the steps taken so far, from 0).
-        rule: ``"ivon"``, ``"von"`` or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
+        rule: ``"ivon"``, ``"von"``, ``"vogn"`` (diagonal; Gauss--Newton curvature from
+            per-datum gradients) or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
             :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.steppers.expfamily`);
             ``"mixture"`` for :class:`pyro_blr.AutoMixture` (see
             :mod:`pyro_blr.blr.steppers.mixture`). An option a rule does not use raises
@@ -111,7 +115,10 @@ class BLR:
         antithetic: draw the particles in antithetic pairs (needs an even ``mc_samples``).
         beta1: IVON's gradient momentum.
         beta2: IVON's Hessian momentum.
-        clip_radius: IVON's optional per-coordinate clip of the mean's update.
+        clip_radius: IVON's per-coordinate clip of the mean's update before the step size, so
+            no coordinate moves by more than ``lr * clip_radius`` a step (``None``: no clip).
+            It keeps the first steps safe while the curvature estimate grows to the data's
+            scale (a network's hidden layers have no curvature at a symmetric start).
         weight_decay: an optional extra Gaussian penalty :math:`\delta \ge 0` on :math:`\theta`.
         vectorize_particles: ``"auto"`` (the default) evaluates the particles in the fastest way
             that gives the same numbers as one model run per particle, checked on probe particles
@@ -121,6 +128,22 @@ class BLR:
             the loop.
         max_plate_nesting: the model's number of plate dimensions; found from a model trace when
             not given.
+        ess: IVON's effective sample size :math:`N`: the number of observed data, found from
+            the model's plates (a subsampled plate counts its full size) when ``None``.
+        hess_init: IVON's starting curvature per datum, in the data's units: the first step
+            sets the guide's precision to ``ess * hess_init`` in every coordinate (as the
+            reference IVON does), so the start does not depend on the guide's ``init_scale``.
+            ``None`` keeps the guide's own precision (e.g. to continue an earlier fit).
+        process_group: the ``torch.distributed`` group to run over (see
+            :mod:`pyro_blr.blr.distributed`): ``"auto"`` (the default) uses the default group
+            when ``torch.distributed`` is initialized with more than one rank, ``None`` runs in
+            one process. Each rank passes its own shard of the data (see
+            :func:`pyro_blr.blr.distributed.shard_indices`); the guide's parameters are
+            broadcast from rank 0 and every step averages the ranks' estimates in one
+            all-reduce. Gaussian guides only.
+        rank_noise: in a distributed run, draw each rank's particles from its own stream, so
+            that :math:`K` ranks average :math:`K` times the particles; ``False`` uses the
+            global RNG (the same draws on every rank seeded alike).
         optim: a Pyro optimizer (e.g. ``pyro.optim.Adam({"lr": 0.01})``) for the model's own
             parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that are not
             ``PyroSample``), stepped on the ELBO gradient after each BLR step: variational EM,
@@ -162,11 +185,15 @@ class BLR:
         antithetic: bool = True,
         beta1: float = 0.9,
         beta2: float = 0.999,
-        clip_radius: float | None = None,
+        clip_radius: float | None = 0.1,
         weight_decay: float = 0.0,
         vectorize_particles: bool | str = "auto",
         max_plate_nesting: int | None = None,
         optim: pyro.optim.PyroOptim | None = None,
+        ess: float | None = None,
+        hess_init: float | None = 1.0,
+        process_group: Any = "auto",
+        rank_noise: bool = True,
     ):
         stepper = stepper_for(rule, guide)
         if not callable(lr):
@@ -198,18 +225,28 @@ class BLR:
             raise ValueError(
                 f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}"
             )
+        if ess is not None:
+            ess = _check_number("ess", ess, 0.0, math.inf, closed_high=False)
+            if ess == 0:
+                raise ValueError("ess must be positive, got 0")
+        if hess_init is not None:
+            hess_init = _check_number("hess_init", hess_init, 0.0, math.inf, closed_high=False)
+            if hess_init == 0:
+                raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")
         options = StepOptions(
-            mc_samples,
-            bool(antithetic),
-            beta1,
-            beta2,
-            clip_radius,
-            weight_decay,
-            vectorize_particles,
-            max_plate_nesting,
+            mc_samples=mc_samples,
+            antithetic=bool(antithetic),
+            beta1=beta1,
+            beta2=beta2,
+            clip_radius=clip_radius,
+            weight_decay=weight_decay,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            ess=ess,
+            hess_init=hess_init,
         )
         defaults = StepOptions()
-        honoured = stepper.options[rule] | {"vectorize_particles", "max_plate_nesting"}
+        honoured = stepper.options[rule]
         for name, value in options._asdict().items():
             if name not in honoured and value != getattr(defaults, name):
                 users = sorted(
@@ -228,10 +265,28 @@ class BLR:
         self.num_steps = 0
         self.halvings = 0
         self._stepper = stepper(model, guide, rule, options)
+        self._stepper.collective = self._collective(process_group, rank_noise, stepper, rule)
         self._pending = None
         self._model_params = None
         self._best = math.inf
         self._warned = False
+
+    @staticmethod
+    def _collective(process_group: Any, rank_noise: bool, stepper: type, rule: str):
+        """The distributed run's reductions, or ``None`` for a one-process run."""
+        if process_group == "auto":
+            running = torch.distributed.is_available() and torch.distributed.is_initialized()
+            if not running or torch.distributed.get_world_size() == 1:
+                return None
+            process_group = None  # the default group
+        elif process_group is None:
+            return None
+        if not stepper.distributable:
+            raise ValueError(
+                f"rule {rule!r} does not run distributed yet: use a Gaussian guide with rule "
+                "'ivon', 'von', 'vogn' or 'newton', or pass process_group=None for one process"
+            )
+        return Collective(process_group, rank_noise=bool(rank_noise))
 
     @staticmethod
     def _check_lr(lr: Any) -> float:
@@ -244,6 +299,23 @@ class BLR:
     # ------------------------------------------------------------------ model parameters
     def _step_model_params(self, args: tuple, kwargs: dict) -> None:
         """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI)."""
+        params, grads = self._stepper._together(
+            self.num_steps, lambda: self._model_param_grads(args, kwargs)
+        )
+        if not params:
+            return
+        if self._stepper.collective is not None:  # the same optimizer step on every rank
+            grads = self._stepper.collective.mean(grads)
+        if self.optim is None:
+            logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
+            self.optim = pyro.optim.Adam({"lr": 0.01})
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = None if grad is None else grad.detach()
+        self.optim([p for p in params if p.grad is not None])
+        for param in params:
+            param.grad = None
+
+    def _model_param_grads(self, args: tuple, kwargs: dict) -> tuple[list, list]:
         guide_params = {id(p) for p in self.guide.parameters()}
         with poutine.trace(param_only=True) as capture:
             loss = Trace_ELBO().differentiable_loss(self.model, self.guide, *args, **kwargs)
@@ -253,16 +325,12 @@ class BLR:
             if id(site["value"].unconstrained()) not in guide_params
         ]
         if not params:
-            return
-        if self.optim is None:
-            logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
-            self.optim = pyro.optim.Adam({"lr": 0.01})
+            return [], []
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for param, grad in zip(params, grads, strict=True):
-            param.grad = None if grad is None else grad.detach()
-        self.optim([p for p in params if p.grad is not None])
-        for param in params:
-            param.grad = None
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
+        return params, grads
 
     def _has_model_params(self, args: tuple, kwargs: dict) -> bool:
         if self._model_params is None:
@@ -346,6 +414,11 @@ class BLR:
             tol: stop when the moving-average loss improves by less than this (nats).
             window: the moving-average window of the stopping rule, in steps.
             **kwargs: the model's keyword arguments.
+
+        Raises:
+            FloatingPointError: a step failed (see :meth:`step`), or the fit diverged: the mean
+                loss of the last ``window`` steps is far above the best of the run (see
+                :func:`diverging`), so the guide holds no answer to trust.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
@@ -373,6 +446,15 @@ class BLR:
                 averaged.update()
             elif tol is not None and (t + 1) % window == 0 and converged(losses, window, tol):
                 break
+        last = losses[-window:]
+        final = statistics.fmean(last) if last else math.nan
+        if last and diverging(self._best, final):
+            raise FloatingPointError(
+                f"BLR.fit: the loss ended at {final:.4g} (mean of the last {len(last)} "
+                f"steps), far above the best of the run, {self._best:.4g}: the fit diverged and "
+                "the guide holds a diverged iterate; lower lr or raise mc_samples"
+                + ("" if self.rule_name != "ivon" else " (for 'ivon': or lower clip_radius)")
+            )
         if average and averaged.count:
             averaged.write()
         return FitResult(losses, time.perf_counter() - start)

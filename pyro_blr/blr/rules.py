@@ -13,6 +13,10 @@ The rules differ in how the expectations are estimated and how :math:`S` is kept
   Hessian, and the improved (Riemannian) precision update of Lin, Schmidt & Khan (2020),
   :math:`S \leftarrow S + \rho G + \tfrac{\rho^2}2 G S^{-1} G` with :math:`G = \hat H - S`, which is
   positive definite whenever :math:`S` is, for any (even indefinite) :math:`\hat H`.
+* ``"vogn"`` -- variational online Gauss--Newton (Khan et al. 2018; Osawa et al. 2019) for
+  diagonal Gaussians: ``"von"``'s update with the Hessian replaced by the Gauss--Newton
+  (empirical Fisher) sum of squared per-datum gradients, which is never negative and needs no
+  second derivatives.
 * ``"newton"`` -- the delta method: gradient and Hessian at the mean; with :math:`\rho = 1` on a
   quadratic :math:`\ell` it lands on the exact Gaussian posterior in one step.
 * ``"ivon"`` -- improved variational online Newton (Shen et al. 2024) for diagonal Gaussians: the
@@ -24,6 +28,10 @@ The rules differ in how the expectations are estimated and how :math:`S` is kept
 
 References:
     | The Bayesian Learning Rule (Khan & Rue, JMLR 2023) https://arxiv.org/abs/2107.04562
+    | Fast and Scalable Bayesian Deep Learning by Weight-Perturbation in Adam (Khan et al., ICML
+      2018) https://arxiv.org/abs/1806.04854
+    | Practical Deep Learning with Bayesian Principles (Osawa et al., NeurIPS 2019)
+      https://arxiv.org/abs/1906.02506
     | Handling the Positive-Definite Constraint in the Bayesian Learning Rule (Lin, Schmidt &
       Khan, ICML 2020) https://arxiv.org/abs/2002.10060
     | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)
@@ -189,9 +197,14 @@ def ivon_update(
         m &\leftarrow m - \alpha\, \frac{g / (1-\beta_1^t)}{h},
 
     and the new precision is :math:`h`. Writing :math:`a = (1-\beta_2)(\hat h - h)/h`, the new
-    :math:`h` is :math:`h\,((1+a)^2 + 1)/2 > 0`: positivity is kept by the update itself. Here
-    :math:`\ell` is the whole negative log joint (prior included), so the paper's effective sample
-    size is 1 and its weight decay is part of :math:`\ell`.
+    :math:`h` is :math:`h\,((1+a)^2 + 1)/2 > 0`: positivity is kept by the update itself.
+
+    Units: here :math:`\ell` is the whole negative log joint (prior included, plates scaled to
+    the full data), so :math:`g` and :math:`h` are the paper's per-datum averages times its
+    effective sample size :math:`N`, its weight decay :math:`\delta` is the prior's curvature,
+    and the paper's :math:`h_0` (``hess_init``) is a per-datum curvature: the driver starts
+    :math:`h = N h_0` (see :class:`pyro_blr.BLR`). The step :math:`g/h` is the paper's
+    :math:`(\bar g + \delta m)/(\bar h + \delta)` with both scaled by :math:`N`, unchanged.
 
     Args:
         state: mean, Hessian estimate and momentum.
@@ -339,7 +352,8 @@ class Rule:
 
     Attributes:
         name: the rule's name.
-        curvature: ``"hessian"`` (exact, by autograd) or ``"reparam"`` (IVON's estimate).
+        curvature: ``"hessian"`` (exact, by autograd), ``"reparam"`` (IVON's estimate) or
+            ``"ggn"`` (the Gauss--Newton sum of squared per-datum gradients).
         at_mean: evaluate at the mean (delta method) instead of at samples from the guide.
         full_covariance: whether the rule can drive a full-covariance Gaussian.
         state_type: the rule's state; its first two fields are ``loc`` and ``precision``.
@@ -366,6 +380,14 @@ RULES = {
         "hessian",
         False,
         True,
+        GaussianState,
+        lambda state, grad, hess, lr, step: von_update(state, grad, hess, lr),
+    ),
+    "vogn": Rule(
+        "vogn",
+        "ggn",
+        False,
+        False,
         GaussianState,
         lambda state, grad, hess, lr, step: von_update(state, grad, hess, lr),
     ),

@@ -165,3 +165,10 @@ def test_memory_maps_smoke(capsys):
     assert abs(float(loo.elpd_loo) - psis) < float(loo.se)
     assert abs(float(sampled.elpd_loo) - float(loo.elpd_loo)) < float(loo.se)
     assert all(seconds > 0 for seconds in result["seconds"].values())
+
+
+def test_distributed_blr_smoke():
+    # Two spawned CPU processes fit the BNN on their own shards and hold the same posterior.
+    first, second = load("distributed_blr").main(smoke=True)
+    assert first["checksum"] == second["checksum"] and math.isfinite(first["checksum"])
+    assert first["loss"] == second["loss"] and math.isfinite(first["loss"])

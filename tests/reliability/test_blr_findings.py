@@ -82,12 +82,14 @@ def test_negative_num_steps_is_refused():
         pb.BLR(s.model, AutoNormal(s.model)).fit(s.X, s.y, num_steps=-5)
 
 
-def test_a_diverging_fit_warns():
-    # Newton at lr 5 overshoots and climbs on a logistic-like loss; the driver must say so.
+def test_a_diverging_fit_warns_and_raises():
+    # Newton at lr 5 overshoots and climbs on a logistic-like loss; the driver must say so as
+    # it happens, and a fit that ends there must not return the diverged guide as an answer.
     s = linear_regression()
     blr = pb.BLR(s.model, AutoDiagonalNormal(s.model), lr=5.0, rule="newton")
     with pytest.warns(RuntimeWarning, match="diverging"):
-        blr.fit(s.X, s.y, num_steps=30, progress=False)
+        with pytest.raises(FloatingPointError, match="BLR.fit: the loss ended at .* diverged"):
+            blr.fit(s.X, s.y, num_steps=30, progress=False)
 
 
 def test_changes_behind_the_drivers_back_are_read_from_the_guide():

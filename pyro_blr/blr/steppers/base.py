@@ -48,10 +48,12 @@ class StepOptions(NamedTuple):
     antithetic: bool = True
     beta1: float = 0.9
     beta2: float = 0.999
-    clip_radius: float | None = None
+    clip_radius: float | None = 0.1
     weight_decay: float = 0.0
     vectorize_particles: bool | str = "auto"
     max_plate_nesting: int | None = None
+    ess: float | None = None
+    hess_init: float | None = 1.0
 
 
 class StepInfo(NamedTuple):
@@ -78,8 +80,24 @@ class Stepper(ABC):
     rules: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, frozenset[str]]] = {}
 
+    distributable: ClassVar[bool] = False
+    """Whether the stepper runs under a :class:`pyro_blr.blr.distributed.Collective`."""
+
     def __init__(self, model: Callable, guide: Any, rule: str, options: StepOptions):
         self.model, self.guide, self.rule_name, self.opts = model, guide, rule, options
+        self.collective = None  # set by the driver for a distributed run
+
+    def _together(self, step_number: int, fn: Callable[[], Any]) -> Any:
+        """``fn()``; in a distributed run every rank learns whether every rank succeeded, and
+        all raise if one did (so that no rank waits forever in a later collective)."""
+        if self.collective is None:
+            return fn()
+        try:
+            out, error = fn(), None
+        except Exception as e:  # every error must reach every rank
+            out, error = None, e
+        self.collective.agree(error, step_number)
+        return out
 
     @classmethod
     @abstractmethod
@@ -108,9 +126,15 @@ class Stepper(ABC):
         """Restore :meth:`state_dict`; validate everything before changing anything."""
 
 
-def minibatch(model: Callable, args: tuple, kwargs: dict) -> dict[str, Tensor]:
+def minibatch(
+    model: Callable, args: tuple, kwargs: dict, latents: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """The minibatch indices of every subsampled plate, from one run of the model (so that a
-    ``subsample=`` the user passes is honoured, and random ones are drawn as Pyro draws them)."""
+    ``subsample=`` the user passes is honoured, and random ones are drawn as Pyro draws them).
+    With ``latents`` (site name -> value) the run is conditioned on them, so that the only
+    random numbers it draws are the minibatch's."""
+    if latents:
+        model = poutine.condition(model, data=latents)
     with poutine.block(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     return subsample_indices(trace)

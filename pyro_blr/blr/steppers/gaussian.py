@@ -47,11 +47,17 @@ from pyro_blr.core import (
     GaussianGuide,
     derivatives,
     neg_log_joint,
+    num_observations,
+    per_datum_gradients,
+    trace_without_rng,
     write_params,
 )
 from pyro_blr.families import gaussian_family
 
-__all__ = ["GaussianStepper"]
+__all__ = ["EXACT_START_MAX_DIM", "GaussianStepper"]
+
+EXACT_START_MAX_DIM = 4096
+"""IVON starts from the exact Hessian diagonal at the mean up to this many latent coordinates."""
 
 _SAMPLED = frozenset(
     {"mc_samples", "antithetic", "weight_decay", "vectorize_particles", "max_plate_nesting"}
@@ -59,13 +65,15 @@ _SAMPLED = frozenset(
 
 
 class GaussianStepper(Stepper):
-    """Runs ``"ivon"``, ``"von"`` or ``"newton"`` on ``AutoNormal``, ``AutoDiagonalNormal`` or
-    (``"von"``, ``"newton"``) ``AutoMultivariateNormal``."""
+    """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
+    ``AutoDiagonalNormal`` or (``"von"``, ``"newton"``) ``AutoMultivariateNormal``."""
 
-    rules = ("ivon", "von", "newton")
+    rules = ("ivon", "von", "vogn", "newton")
+    distributable = True
     options: ClassVar[dict[str, frozenset[str]]] = {
-        "ivon": _SAMPLED | {"beta1", "beta2", "clip_radius"},
+        "ivon": _SAMPLED | {"beta1", "beta2", "clip_radius", "ess", "hess_init"},
         "von": _SAMPLED,
+        "vogn": _SAMPLED - {"vectorize_particles"},
         "newton": frozenset({"weight_decay", "vectorize_particles", "max_plate_nesting"}),
     }
 
@@ -106,6 +114,16 @@ class GaussianStepper(Stepper):
         with torch.random.fork_rng(devices=[]):  # set-up draws nothing a resumed run would miss
             subsampled = bool(minibatch(self.model, args, kwargs))
         self._per_step_minibatch = self._local or (subsampled and self.mode != "plate")
+        like = next(iter(self.guide.parameters()))
+        trace = trace_without_rng(self.model, args, kwargs, like)
+        self.ess = self.opts.ess if self.opts.ess is not None else num_observations(trace)
+        if self.rule.curvature == "ggn":
+            if self._local:
+                raise ValueError(
+                    f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: "
+                    "rule 'vogn' does not drive local latents; use rule 'von' or 'newton'"
+                )
+            self._per_step_minibatch = subsampled  # one run per particle: share the minibatch
 
     def _current_state(self):
         """The rule's state with the guide's current Gaussian (exact if the guide still holds
@@ -129,7 +147,10 @@ class GaussianStepper(Stepper):
         if self.rule.at_mean:
             return loc.unsqueeze(0)
         num = self.opts.mc_samples // 2 if self.opts.antithetic else self.opts.mc_samples
-        noise = torch.randn(num, loc.shape[-1], dtype=loc.dtype, device=loc.device)
+        generator = None if self.collective is None else self.collective.generator
+        noise = torch.randn(
+            num, loc.shape[-1], dtype=loc.dtype, device=loc.device, generator=generator
+        )
         if self.opts.antithetic:
             noise = torch.cat([noise, -noise])
         return gaussian_family(precision).sample(loc, precision, noise)
@@ -177,38 +198,101 @@ class GaussianStepper(Stepper):
                 "site; give them a proper prior or remove them"
             )
 
-    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
-        if self.layout is None:
-            self._setup(args, kwargs)
-        self._subsample = minibatch(self.model, args, kwargs) if self._per_step_minibatch else None
-        state = self._current_state()
-        loc, precision = state.loc, state.precision
-        family = gaussian_family(precision)
+    def _estimate(self, loc, precision, args, kwargs, step_number) -> tuple[Tensor, ...]:
+        """This process's estimates of the expected gradient and curvature (the Hessian's
+        diagonal for a diagonal guide) and of the expected negative log joint."""
         theta = self._particles(loc, precision)
-        d = derivatives(
-            lambda t: self._neg_log_joint(t, args, kwargs),
-            theta,
-            hessian=self.rule.curvature == "hessian",
-        )
+        d, hess = self._derivatives(theta, loc, precision, args, kwargs)
         self._check_finite(theta, d, args, kwargs, step_number)
-        grad = d.grad.mean(0)
-        if d.hess is None:
-            hess = reparam_hessian_diagonal(d.grad, theta, loc, precision).mean(0)
-        else:
-            hess = d.hess.mean(0)
-            if family.diagonal:
-                hess = hess.diagonal()
+        grad, hess = d.grad.mean(0), hess.mean(0)
+        if hess.dim() == 2 and precision.dim() == 1:
+            hess = hess.diagonal()
         if not self._started:  # the first step of this stepper
             self._check_informative(d, hess)
+        return grad, hess, d.value.mean()
+
+    def _check_distributable(self) -> None:
+        if self._local:
+            raise ValueError(
+                f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: "
+                "each rank would hold other data's local factors; the distributed BLR drives "
+                "global latents only"
+            )
+
+    def _derivatives(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
+        """Value and gradient at each particle, and the rule's curvature estimate per particle:
+        the exact Hessian, IVON's reparameterization estimate, or Gauss--Newton's."""
+        if self.rule.curvature == "ggn":
+            return self._gauss_newton(theta, loc, precision, args, kwargs)
+        exact = self.rule.curvature == "hessian"
+        d = derivatives(lambda t: self._neg_log_joint(t, args, kwargs), theta, hessian=exact)
+        if exact:
+            return d, d.hess
+        return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
+
+    def _gauss_newton(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
+        """The squared per-datum gradients summed over the data (the minibatch's scaled to the
+        full data), plus IVON's reparameterization estimate for the rest (priors,
+        log-Jacobians), per particle."""
+        out = per_datum_gradients(self.model, self.layout, theta, args, kwargs, self._subsample)
+        value, grad = out.value, out.grad
+        rest_grad = grad - out.datum_grads.sum(1)
+        if self.opts.weight_decay:
+            value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
+            grad = grad + self.opts.weight_decay * theta
+            rest_grad = rest_grad + self.opts.weight_decay * theta
+        ggn = (out.datum_grads.square() / out.scale[:, None]).sum(1)  # B/N * sum (N/B g_i)^2
+        rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
+        return Derivatives(value, grad, None), ggn + rest
+
+    def _ivon_start(self, loc: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        """IVON's starting precision: ``ess * hess_init`` in every coordinate, raised to the
+        exact Hessian diagonal at the mean where that is larger and affordable (``D`` at most
+        :data:`EXACT_START_MAX_DIM`), so that the first mean steps are no longer than Newton's
+        in any coordinate whatever the data's scale."""
+        floor = self.ess * self.opts.hess_init
+        start = torch.full_like(loc, floor)
+        if loc.shape[-1] <= EXACT_START_MAX_DIM:
+            d = derivatives(lambda t: self._neg_log_joint(t, args, kwargs), loc[None], True)
+            diagonal = d.hess[0].diagonal()
+            if torch.isfinite(diagonal).all():
+                start = start.maximum(diagonal)
+        return start
+
+    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
+        if self.layout is None:
+            self._together(step_number, lambda: self._setup(args, kwargs))
+            if self.collective is not None:
+                self._check_distributable()
+                self.collective.setup(self.guide.parameters(), next(iter(self.guide.parameters())))
+        self._subsample = None
+        if self._per_step_minibatch:
+            latents = {
+                s.name: self.guide.prototype_trace.nodes[s.name]["value"] for s in self.layout.sites
+            }
+            self._subsample = minibatch(self.model, args, kwargs, latents)
+        state = self._current_state()
+        if not self._started and self.rule_name == "ivon" and self.opts.hess_init is not None:
+            start = self._together(step_number, lambda: self._ivon_start(state.loc, args, kwargs))
+            if self.collective is not None:
+                (start,) = self.collective.mean([start])
+            state = state._replace(precision=start)
+        loc, precision = state.loc, state.precision
+        family = gaussian_family(precision)
+        grad, hess, value = self._together(
+            step_number, lambda: self._estimate(loc, precision, args, kwargs, step_number)
+        )
+        if self.collective is not None:  # one all-reduce: every rank then takes the same step
+            grad, hess, value = self.collective.mean([grad, hess, value])
         if self._local:  # local coordinates: their own terms exactly (see the module docstring)
             scale = self.layout.coordinate_scale(grad)
             grad, hess = grad / scale, hess / scale
             entropy = 0.5 * (scale * (1 + math.log(2 * math.pi) - precision.log())).sum()
-            loss = d.value.mean() - entropy
+            loss = value - entropy
             if self.rule.at_mean:
                 loss = loss + 0.5 * (scale * hess / precision).sum()
         else:
-            loss = d.value.mean() - family.entropy(precision)
+            loss = value - family.entropy(precision)
             if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 (quadratic l)
                 spread = family.solve(precision, hess)
                 loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
