@@ -28,13 +28,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Collective", "RankFailed", "shard_indices"]
+__all__ = ["Collective", "RankFailed", "rank_stream", "shard_indices"]
 
 
 class RankFailed(RuntimeError):
@@ -100,6 +101,24 @@ class Collective:
             out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.dtype))
             start += t.numel()
         return out
+
+
+@contextmanager
+def rank_stream(collective: Collective | None, device: torch.device) -> Iterator[None]:
+    """Draw from the rank's own stream inside the block, for code that samples from the global
+    RNG (``Distribution.rsample``); without a rank stream, the global RNG as it is."""
+    if collective is None or collective.generator is None:
+        yield
+        return
+    generator = collective.generator
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.cuda.set_rng_state(generator.get_state(), device)
+        else:
+            torch.set_rng_state(generator.get_state())
+        yield
+        generator.set_state(torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state())
 
 
 def shard_indices(

@@ -140,7 +140,7 @@ class BLR:
             one process. Each rank passes its own shard of the data (see
             :func:`pyro_blr.blr.distributed.shard_indices`); the guide's parameters are
             broadcast from rank 0 and every step averages the ranks' estimates in one
-            all-reduce. Gaussian guides only.
+            all-reduce. Gaussian guides and ``AutoExpFamily``.
         rank_noise: in a distributed run, draw each rank's particles from its own stream, so
             that :math:`K` ranks average :math:`K` times the particles; ``False`` uses the
             global RNG (the same draws on every rank seeded alike).
@@ -284,7 +284,8 @@ class BLR:
         if not stepper.distributable:
             raise ValueError(
                 f"rule {rule!r} does not run distributed yet: use a Gaussian guide with rule "
-                "'ivon', 'von', 'vogn' or 'newton', or pass process_group=None for one process"
+                "'ivon', 'von', 'vogn' or 'newton' or an AutoExpFamily with 'expfamily', or pass "
+                "process_group=None for one process"
             )
         return Collective(process_group, rank_noise=bool(rank_noise))
 

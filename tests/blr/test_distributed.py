@@ -20,6 +20,7 @@ from pyro_blr.blr.distributed import RankFailed, shard_indices
 N = 40
 D = torch.float64
 CASES = [
+    ("expfamily", pb.AutoExpFamily),
     ("ivon", AutoNormal),
     ("von", AutoNormal),
     ("von", AutoMultivariateNormal),
@@ -198,5 +199,6 @@ def test_shards_are_disjoint_and_cover_each_epoch():
 def test_a_process_group_needs_torch_distributed_running():
     with pytest.raises(RuntimeError, match="init_process_group"):
         pb.BLR(model, AutoNormal(model), process_group=object())
-    with pytest.raises(ValueError, match="rule 'expfamily' does not run distributed"):
-        pb.BLR(model, pb.AutoExpFamily(model), rule="expfamily", process_group=object())
+    mixture = pb.AutoMixture(model, num_components=2, component="diagonal")
+    with pytest.raises(ValueError, match="rule 'mixture' does not run distributed"):
+        pb.BLR(model, mixture, rule="mixture", process_group=object())

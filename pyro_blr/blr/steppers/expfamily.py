@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from pyro_blr.blr.distributed import rank_stream
 from pyro_blr.blr.rules import expfamily_update
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
 from pyro_blr.core import log_joint, neg_log_joint
@@ -132,14 +133,36 @@ class ExpFamilyStepper(SiteFamiliesStepper):
     def accepts(cls, guide: Any, rule: str) -> bool:
         return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
 
+    distributable = True
+
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
-            self._setup(args, kwargs)
-        num, families = self.opts.mc_samples, self.families
+            self._together(step_number, lambda: self._setup(args, kwargs))
+            if self.collective is not None:
+                like = next(iter(self.guide.parameters()))
+                self.collective.setup(self.guide.parameters(), like)
+        families = self.families
         etas = self.guide.natural_params()
+        expected_loss, grads = self._together(
+            step_number, lambda: self._estimate(etas, args, kwargs, step_number)
+        )
+        if self.collective is not None:  # one all-reduce: every rank then takes the same step
+            names = list(grads)
+            expected_loss, *values = self.collective.mean([expected_loss, *grads.values()])
+            grads = dict(zip(names, values, strict=True))
+        entropy = sum(families[n].entropy(etas[n]).sum() for n in families)
+        updates, halvings = update_sites(families, etas, grads, lr, step_number)
+        self.guide.set_natural_params(updates)
+        return StepInfo(float(expected_loss - entropy), halvings)
+
+    def _estimate(self, etas, args, kwargs, step_number) -> tuple[Tensor, dict[str, Tensor]]:
+        """This process's expected negative log joint and its gradient in each site's natural
+        parameters."""
+        num, families = self.opts.mc_samples, self.families
         with torch.enable_grad():
             leaves = {n: eta.clone().requires_grad_(True) for n, eta in etas.items()}
-            draws = {n: f.distribution(leaves[n]).rsample((num,)) for n, f in families.items()}
+            with rank_stream(self.collective, next(iter(etas.values())).device):
+                draws = {n: f.distribution(leaves[n]).rsample((num,)) for n, f in families.items()}
             sample = SiteDraws(self, draws)
             expected_loss = sample.neg_log_target(args, kwargs).mean()
             if not torch.isfinite(expected_loss):
@@ -150,10 +173,7 @@ class ExpFamilyStepper(SiteFamiliesStepper):
             grads = dict(
                 zip(leaves, torch.autograd.grad(expected_loss, list(leaves.values())), strict=True)
             )
-        entropy = sum(families[n].entropy(etas[n]).sum() for n in families)
-        updates, halvings = update_sites(families, etas, grads, lr, step_number)
-        self.guide.set_natural_params(updates)
-        return StepInfo(float(expected_loss.detach() - entropy), halvings)
+        return expected_loss.detach(), grads
 
     def natural_state(self) -> dict[str, Tensor]:
         return self.guide.natural_params()
