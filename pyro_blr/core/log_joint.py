@@ -29,12 +29,19 @@ from collections.abc import Callable
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
 from pyro_blr.core.layout import LatentLayout, LatentSite
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
-__all__ = ["VECTORIZATIONS", "choose_vectorization", "log_joint", "neg_log_joint"]
+__all__ = [
+    "VECTORIZATIONS",
+    "choose_vectorization",
+    "conditioned_trace",
+    "log_joint",
+    "neg_log_joint",
+]
 
 VECTORIZATIONS = ("plate", "vmap", "loop")
 """The ways :func:`neg_log_joint` can evaluate particles."""
@@ -115,15 +122,16 @@ def neg_log_joint(
     return -(log_joint + log_det)
 
 
-def _neg_log_joint_one(
+def conditioned_trace(
     model: Callable,
     layout: LatentLayout,
     theta: Tensor,
     args: tuple,
     kwargs: dict,
-    terms_out: list | None,
     subsample: dict[str, Tensor],
-) -> Tensor:
+) -> tuple[Trace, Tensor]:
+    """One model run with its latents set from the flat vector ``theta`` ``(D,)``, and the
+    log-Jacobian of the map to their constrained values, shape ``(1,)``."""
     values = {}
     log_det = theta.new_zeros(1)
     for site in layout.sites:
@@ -133,6 +141,19 @@ def _neg_log_joint_one(
     conditioned = poutine.condition(model, data={**values, **subsample})
     trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
     _check_all_latents_given(trace, values)
+    return trace, log_det
+
+
+def _neg_log_joint_one(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    terms_out: list | None,
+    subsample: dict[str, Tensor],
+) -> Tensor:
+    trace, log_det = conditioned_trace(model, layout, theta, args, kwargs, subsample)
     terms = site_log_probs(trace)
     log_joint = sum(log_prob.sum() for _, log_prob in terms)
     if terms_out is not None:

@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
 from pyro_blr.core.layout import LatentLayout
-from pyro_blr.core.log_joint import _check_all_latents_given, _to_constrained
+from pyro_blr.core.log_joint import conditioned_trace
 from pyro_blr.core.traces import sample_sites, site_log_probs
 
 __all__ = ["DataPlate", "PerDatum", "data_plates", "per_datum_gradients"]
@@ -110,16 +109,9 @@ def _split_one(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One particle's per-datum terms ``(B,)``, their minibatch factors ``(B,)`` and the rest
     ``()``, from one model run."""
-    values, rest = {}, theta.new_zeros(())
-    for site in layout.sites:
-        unconstrained = theta[site.block].reshape(site.shape)
-        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
-        rest = rest - jacobian[0]
-    trace = poutine.trace(poutine.condition(model, data={**values, **subsample})).get_trace(
-        *args, **kwargs
-    )
-    _check_all_latents_given(trace, values)
-    plates, unplated = data_plates(trace, values)
+    trace, log_det = conditioned_trace(model, layout, theta, args, kwargs, subsample)
+    rest = -log_det[0]
+    plates, unplated = data_plates(trace, (site.name for site in layout.sites))
     plate_of = {site: plate for plate in plates for site in plate.sites}
     rows: dict[str, Tensor] = {}
     for name, log_prob in site_log_probs(trace):
