@@ -66,7 +66,7 @@ class Collective:
         self.generator: torch.Generator | None = None
 
     def setup(self, params: Iterable[Tensor], like: Tensor) -> None:
-        """Broadcast the guide's parameters from rank 0 and seed this rank's particle stream."""
+        """Broadcast parameters from rank 0 and seed this rank's particle stream."""
         with torch.no_grad():
             for param in params:
                 dist.broadcast(param.data, src=self.source, group=self.group)

@@ -131,9 +131,11 @@ class BLR:
         ess: IVON's effective sample size :math:`N`: the number of observed data, found from
             the model's plates (a subsampled plate counts its full size) when ``None``.
         hess_init: IVON's starting curvature per datum, in the data's units: the first step
-            sets the guide's precision to ``ess * hess_init`` in every coordinate (as the
-            reference IVON does), so the start does not depend on the guide's ``init_scale``.
-            ``None`` keeps the guide's own precision (e.g. to continue an earlier fit).
+            sets the guide's precision to ``ess * hess_init`` (``ess`` divided by the size of
+            the plates a latent site lies in), raised to the exact Hessian diagonal at the mean
+            where that is larger (up to 4096 coordinates), so the start does not depend on the
+            guide's ``init_scale``. ``None`` keeps the guide's own precision (e.g. to continue
+            an earlier fit: a new driver with the default restarts the precision).
         process_group: the ``torch.distributed`` group to run over (see
             :mod:`pyro_blr.blr.distributed`): ``"auto"`` (the default) uses the default group
             when ``torch.distributed`` is initialized with more than one rank, ``None`` runs in
@@ -191,7 +193,7 @@ class BLR:
         max_plate_nesting: int | None = None,
         optim: pyro.optim.PyroOptim | None = None,
         ess: float | None = None,
-        hess_init: float | None = 1.0,
+        hess_init: float | None = 0.1,
         process_group: Any = "auto",
         rank_noise: bool = True,
     ):
@@ -429,6 +431,7 @@ class BLR:
             raise ValueError(f"window must be a positive integer, got {window!r}")
         if average is None:
             average = not callable(self.lr)
+        self._best, self._warned = math.inf, False  # divergence is judged within this fit
         losses = []
         averaged = IterateAverage(self)
         start_averaging = num_steps // 2

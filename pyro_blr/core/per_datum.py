@@ -5,15 +5,14 @@ With the data the elements of plates, the negative log joint of a minibatch spli
 .. math::
     \ell(\theta) = \sum_{i \in B} \tilde\ell_i(\theta) + \ell_{\text{rest}}(\theta),
 
-where :math:`\tilde\ell_i = \tfrac NB \ell_i` is datum :math:`i`'s term as the model scales it
-(every observed site of its data plate, summed over the plate's other dimensions; an observed
-site outside every plate is one datum) and
-:math:`\ell_{\text{rest}}` holds the priors, sites outside the plate and the log-Jacobians. The
-per-datum gradients :math:`\nabla\tilde\ell_i` come from one model run and one batched backward
-pass (``is_grads_batched``; a loop over the data where an operator has no batching rule). They
-give the Gauss--Newton (empirical Fisher) curvature of variational online Gauss--Newton:
-:math:`\sum_{i=1}^N \nabla\ell_i \odot \nabla\ell_i \approx \tfrac BN \sum_{i\in B}
-\nabla\tilde\ell_i \odot \nabla\tilde\ell_i`.
+where :math:`\tilde\ell_i = c_i \ell_i` is datum :math:`i`'s term of one observed site as the
+model scales it (:math:`c_i`: the plate's :math:`N/B` times any ``poutine.scale``; the site summed
+over its data plate's other dimensions) and :math:`\ell_{\text{rest}}` holds the priors and the
+log-Jacobians. The per-datum gradients :math:`\nabla\tilde\ell_i` come from one model run and
+one batched backward pass (``is_grads_batched``; a loop over the data where an operator has no
+batching rule). They give the Gauss--Newton (empirical Fisher) curvature of variational online
+Gauss--Newton, each term's curvature :math:`c_i \nabla\ell_i \odot \nabla\ell_i =
+\nabla\tilde\ell_i \odot \nabla\tilde\ell_i / c_i`.
 """
 
 from __future__ import annotations
@@ -55,8 +54,9 @@ class PerDatum(NamedTuple):
         value: :math:`\\ell(\\theta_s)`, shape ``(S,)``.
         grad: :math:`\\nabla\\ell(\\theta_s)`, shape ``(S, D)``.
         datum_grads: :math:`\\nabla\\tilde\\ell_i(\\theta_s)` as the model scales them, shape
-            ``(S, B, D)``: the data of every data plate, then each observed site outside a plate.
-        scale: each datum's minibatch factor :math:`N/B`, shape ``(B,)``.
+            ``(S, B, D)``: each observed site's data in turn.
+        scale: each row's scale (the plate's :math:`N/B` times any ``poutine.scale``), so that
+            ``datum_grads / scale`` is the unscaled gradient, shape ``(B,)``.
     """
 
     value: Tensor
@@ -71,8 +71,8 @@ def data_plates(
     """The plates whose elements are data, and the observed sites outside every plate; the
     ``latents`` (sites a conditioned run observes) are not data.
 
-    An observed site's data plate is its subsampled plate, or else its outermost one (the data,
-    when plates nest); an observed site in no plate counts as one datum.
+    An observed site's data plate is its subsampled plate, or else the outermost plate it lies
+    in (the first entered: the data, when a plate of features nests inside).
     """
     plates: dict[str, list[str]] = {}
     frames, unplated, latents = {}, [], set(latents)
@@ -84,7 +84,7 @@ def data_plates(
             unplated.append(name)
             continue
         subsampled = [f for f in vectorized if f.full_size not in (None, f.size)]
-        outer = min(subsampled or vectorized, key=lambda f: f.dim)
+        outer = (subsampled or vectorized)[0]  # the stack lists the outermost plate first
         plates.setdefault(outer.name, []).append(name)
         frames[outer.name] = outer
     found = tuple(
@@ -107,29 +107,32 @@ def _split_one(
     kwargs: dict,
     subsample: dict[str, Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One particle's per-datum terms ``(B,)``, their minibatch factors ``(B,)`` and the rest
-    ``()``, from one model run."""
+    """One particle's per-datum terms ``(B,)`` (each observed site's data in turn), their
+    scales (the plate's :math:`N/B` times any ``poutine.scale``) and the rest ``()``, from one
+    model run."""
     trace, log_det = conditioned_trace(model, layout, theta, args, kwargs, subsample)
     rest = -log_det[0]
     plates, unplated = data_plates(trace, (site.name for site in layout.sites))
+    if unplated:
+        raise ValueError(
+            f"observed site(s) {list(unplated)} lie in no pyro.plate: per-datum curvature needs "
+            "the data as the elements of a plate (declare it with pyro.plate, or use rule 'von' "
+            "or 'ivon')"
+        )
     plate_of = {site: plate for plate in plates for site in plate.sites}
-    rows: dict[str, Tensor] = {}
+    rows, scales = [], []
     for name, log_prob in site_log_probs(trace):
-        if name in plate_of:
-            plate = plate_of[name]
-            by_datum = -log_prob.movedim(plate.dim, 0)
-            by_datum = by_datum.reshape(by_datum.shape[0], -1).sum(-1)
-            rows[plate.name] = rows[plate.name] + by_datum if plate.name in rows else by_datum
-        elif name in unplated:
-            rows[name] = -log_prob.sum().reshape(1)
-        else:
+        if name not in plate_of:
             rest = rest - log_prob.sum()
+            continue
+        by_datum = -log_prob.movedim(plate_of[name].dim, 0)
+        rows.append(by_datum.reshape(by_datum.shape[0], -1).sum(-1))
+        # The site's whole scale: the plate's N/B times any poutine.scale.
+        scale = torch.as_tensor(trace.nodes[name]["scale"], dtype=rest.dtype, device=rest.device)
+        scales.append(scale.expand(rows[-1].shape))
     if not rows:
         raise ValueError("the model has no observed site: per-datum curvature needs data")
-    scales = [torch.full_like(rows[p.name], p.size / rows[p.name].shape[0]) for p in plates] + [
-        rest.new_ones(1) for _ in unplated
-    ]
-    return torch.cat(list(rows.values())), torch.cat(scales), rest
+    return torch.cat(rows), torch.cat(scales), rest
 
 
 def per_datum_gradients(

@@ -104,6 +104,50 @@ def failing_rank(rank, world):
     return {"raised": raised, "unchanged": unchanged}
 
 
+def with_param(X, y, idx=None):
+    offset = pyro.param("offset", torch.randn((), dtype=D))  # rank-dependent start
+    w = pyro.sample("w", dist.Normal(X.new_zeros(3), 2.0).to_event(1))
+    with pyro.plate("data", N, subsample=idx) as i:
+        pyro.sample("y", dist.Bernoulli(logits=X[i] @ w + offset), obs=y[i])
+
+
+def model_parameters(rank, world):
+    X, y = data()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(rank)  # different starts, guide and model parameter alike
+    guide = AutoNormal(with_param)
+    blr = pb.BLR(with_param, guide, rule="ivon")
+    for _ in range(3):
+        blr.step(X, y, half(rank))
+    return {"offset": pyro.param("offset").detach().clone(), **params(guide)}
+
+
+FAIL = {"armed": False}
+
+
+def failing(X, y, idx=None):
+    if FAIL["armed"]:
+        raise RuntimeError("the model failed")
+    model(X, y, idx)
+
+
+def setup_fails_then_retries(rank, world):
+    X, y = data()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(failing)
+    guide(X, y, half(rank))  # the guide set up before the failing run
+    blr = pb.BLR(failing, guide, rule="von")
+    FAIL["armed"] = rank == 1
+    try:
+        blr.step(X, y, half(rank))
+    except (RuntimeError, RankFailed) as error:
+        first = type(error).__name__
+    FAIL["armed"] = False
+    blr.step(X, y, half(rank))  # the retry: every rank sets up again, nobody hangs
+    return {"first": first, **params(guide)}
+
+
 def resume_from_two_ranks(rank, world):
     _, state = fit("ivon", AutoNormal, 2, half(rank))
     guide, _ = fit("ivon", AutoNormal, 2, half(rank), state=state)
@@ -170,6 +214,20 @@ def test_a_failing_rank_makes_every_rank_raise_with_the_guide_unchanged():
     assert second["raised"] in ("ValueError", "FloatingPointError")
     assert first["raised"] == "RankFailed"
     assert first["unchanged"] and second["unchanged"]
+
+
+def test_model_parameters_start_from_rank_0_and_stay_identical():
+    first, second = run_ranks("model_parameters")
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
+def test_a_set_up_that_fails_on_one_rank_is_retried_by_all():
+    first, second = run_ranks("setup_fails_then_retries", timeout=90)
+    assert (first["first"], second["first"]) == ("RankFailed", "RuntimeError")
+    for key, value in first.items():
+        if key != "first":
+            assert torch.equal(value, second[key]), key
 
 
 def test_checkpoints_move_between_world_sizes():

@@ -11,6 +11,7 @@ from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
 import pyro_blr as pb
+from pyro_blr.blr.steppers import gaussian as gaussian_stepper
 from tests.scenarios import NormalNormal
 
 
@@ -33,6 +34,40 @@ def test_the_precision_starts_at_ess_times_hess_init():
     # the Hessian, whatever the guide's init_scale; hess_init=None keeps the guide's 1 / 0.1^2.
     assert first_precision({"init_scale": 1e-3}) == pytest.approx(11.0, rel=0.01)
     assert first_precision(hess_init=None) == pytest.approx(100.0, rel=0.01)
+
+
+def per_datum_latents(y):
+    mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 1.0))
+    with pyro.plate("data", len(y)):
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+
+def test_a_latent_inside_the_data_plate_starts_at_one_datums_curvature(monkeypatch):
+    # Without the exact diagonal (as above 4096 coordinates), mu starts at 100 * hess_init but
+    # each z_i, which sees one datum, at 1 * hess_init.
+    monkeypatch.setattr(gaussian_stepper, "EXACT_START_MAX_DIM", 0)
+    y = torch.linspace(-1, 1, 100, dtype=torch.float64)
+    pyro.clear_param_store()
+    guide = AutoNormal(per_datum_latents)
+    pb.BLR(per_datum_latents, guide, lr=1e-3, rule="ivon", hess_init=3.0).step(y)
+    assert float(guide.scales.mu.detach().pow(-2)) == pytest.approx(300.0, rel=0.01)
+    torch.testing.assert_close(
+        guide.scales.z.detach().pow(-2),
+        torch.full((100,), 3.0, dtype=torch.float64),
+        rtol=0.01,
+        atol=0,
+    )
+
+
+def test_each_fit_judges_divergence_against_its_own_best():
+    # A second fit on ten times the data has a loss far above the first fit's best: that is
+    # not a divergence.
+    s = NormalNormal(torch.linspace(-1, 1, 1000, dtype=torch.float64))
+    pyro.clear_param_store()
+    blr = pb.BLR(s.model, AutoNormal(s.model), lr=0.5, rule="von")
+    blr.fit(s.y[:10], num_steps=30, progress=False)
+    blr.fit(s.y, num_steps=30, progress=False)
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ NON_DEFAULT = {
     "weight_decay": 3.0,
     "vectorize_particles": False,
     "max_plate_nesting": 2,
-    "ess": 7.0,
+    "ess": 1000.0,  # ess * hess_init above the exact curvature, so the start shows
     "hess_init": 3.0,
 }
 STRUCTURAL = {"vectorize_particles", "max_plate_nesting"}  # how, not what: the fit is the same

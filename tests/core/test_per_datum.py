@@ -4,6 +4,7 @@ minibatch, over every data plate and each observed site outside a plate."""
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
+import pytest
 import torch
 
 from pyro_blr.core import data_plates, latent_layout, neg_log_joint, per_datum_gradients
@@ -49,20 +50,44 @@ def two_plates(y, z):
     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
     with pyro.plate("a", len(y)):
         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-    with pyro.plate("b", 4, subsample=torch.tensor([0, 2])):
+    with pyro.plate("b", 4, subsample=torch.tensor([0, 2])), poutine.scale(scale=0.5):
         pyro.sample("z", dist.Normal(mu, 1.0), obs=z)
-    pyro.sample("extra", dist.Normal(mu, 1.0), obs=torch.tensor(0.5))
 
 
-def test_every_data_plate_and_each_unplated_observation_are_data():
+def nested(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", y.shape[1]), pyro.plate("features", 2):  # features at dim -2
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def unplated(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(mu, 1.0).expand([3]).to_event(1), obs=y)
+
+
+def test_every_data_plate_is_data_scaled_as_the_model_scales_it():
     y, z = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 1.0])
     trace = poutine.trace(two_plates).get_trace(y, z)
-    plates, unplated = data_plates(trace)
+    plates, unplated_sites = data_plates(trace)
     assert [(p.name, p.size, p.sites) for p in plates] == [("a", 3, ("y",)), ("b", 4, ("z",))]
-    assert unplated == ("extra",)
+    assert unplated_sites == ()
     out = per_datum_gradients(two_plates, latent_layout(trace), torch.zeros(1, 1), (y, z), {})
-    # d/dmu of -log N(x | mu, 1) at mu = 0 is -x; plate b's terms are scaled by 4/2.
-    expected = torch.tensor([-1.0, -2.0, -3.0, 2.0, -2.0, -0.5])
+    # d/dmu of -log N(x | mu, 1) at mu = 0 is -x; plate b's terms scaled by 4/2 * 0.5 = 1.
+    expected = torch.tensor([-1.0, -2.0, -3.0, 1.0, -1.0])
     torch.testing.assert_close(out.datum_grads[0, :, 0], expected)
-    assert out.scale.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 1.0]
+    assert out.scale.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
     torch.testing.assert_close(out.grad[0, 0], expected.sum())  # the prior's gradient is 0 here
+
+
+def test_the_data_are_the_outermost_plate_and_unplated_data_are_refused():
+    y = torch.arange(10.0).reshape(2, 5)
+    trace = poutine.trace(nested).get_trace(y)
+    (plate,), _ = data_plates(trace)
+    assert (plate.name, plate.size) == ("data", 5)  # not the features, though they are at -2
+    out = per_datum_gradients(nested, latent_layout(trace), torch.zeros(1, 1), (y,), {})
+    torch.testing.assert_close(out.datum_grads[0, :, 0], -y.sum(0))  # per datum, both features
+    trace = poutine.trace(unplated).get_trace(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"observed site\(s\) \['y'\] lie in no pyro\.plate"):
+        per_datum_gradients(
+            unplated, latent_layout(trace), torch.zeros(1, 1), (torch.zeros(3),), {}
+        )

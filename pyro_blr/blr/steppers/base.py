@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
@@ -53,7 +54,7 @@ class StepOptions(NamedTuple):
     vectorize_particles: bool | str = "auto"
     max_plate_nesting: int | None = None
     ess: float | None = None
-    hess_init: float | None = 1.0
+    hess_init: float | None = 0.1
 
 
 class StepInfo(NamedTuple):
@@ -86,18 +87,44 @@ class Stepper(ABC):
     def __init__(self, model: Callable, guide: Any, rule: str, options: StepOptions):
         self.model, self.guide, self.rule_name, self.opts = model, guide, rule, options
         self.collective = None  # set by the driver for a distributed run
+        self.layout = None
+        self._joined = False  # whether this rank has joined the distributed run
 
     def _together(self, step_number: int, fn: Callable[[], Any]) -> Any:
         """``fn()``; in a distributed run every rank learns whether every rank succeeded, and
-        all raise if one did (so that no rank waits forever in a later collective)."""
+        all raise if one did (so that no rank waits forever in a later collective). A set-up
+        that failed on any rank is undone on every rank, so that a retry starts alike."""
         if self.collective is None:
             return fn()
         try:
             out, error = fn(), None
         except Exception as e:  # every error must reach every rank
             out, error = None, e
-        self.collective.agree(error, step_number)
+        try:
+            self.collective.agree(error, step_number)
+        except Exception:
+            if not self._joined:
+                self.layout = None
+            raise
         return out
+
+    def _join(self, step_number: int) -> None:
+        """Once per distributed run, before the first collective of a step: refuse what cannot
+        run distributed, broadcast rank 0's guide and model parameters and seed the rank's
+        particle stream (also after a checkpoint was loaded before the first step)."""
+        if self.collective is None or self._joined:
+            return
+        self._together(step_number, self._check_distributable)
+        params = {id(p): p for p in self.guide.parameters()}
+        for _, param in pyro.get_param_store().named_parameters():
+            params.setdefault(id(param), param)
+        self.collective.setup(list(params.values()), next(iter(self.guide.parameters())))
+        self._joined = True
+
+    def _check_distributable(self) -> None:
+        """Raise if this stepper's current set-up cannot run distributed."""
+        if not self.distributable:
+            raise ValueError(f"rule {self.rule_name!r} does not run distributed")
 
     @classmethod
     @abstractmethod

@@ -138,9 +138,7 @@ class ExpFamilyStepper(SiteFamiliesStepper):
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
             self._together(step_number, lambda: self._setup(args, kwargs))
-            if self.collective is not None:
-                like = next(iter(self.guide.parameters()))
-                self.collective.setup(self.guide.parameters(), like)
+        self._join(step_number)
         families = self.families
         etas = self.guide.natural_params()
         expected_loss, grads = self._together(

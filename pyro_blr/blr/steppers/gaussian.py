@@ -241,17 +241,21 @@ class GaussianStepper(Stepper):
             value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
             grad = grad + self.opts.weight_decay * theta
             rest_grad = rest_grad + self.opts.weight_decay * theta
-        ggn = (out.datum_grads.square() / out.scale[:, None]).sum(1)  # B/N * sum (N/B g_i)^2
+        ggn = (out.datum_grads.square() / out.scale[:, None]).sum(1)  # sum of c_i g_i^2
         rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
         return Derivatives(value, grad, None), ggn + rest
 
     def _ivon_start(self, loc: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        """IVON's starting precision: ``ess * hess_init`` in every coordinate, raised to the
-        exact Hessian diagonal at the mean where that is larger and affordable (``D`` at most
-        :data:`EXACT_START_MAX_DIM`), so that the first mean steps are no longer than Newton's
-        in any coordinate whatever the data's scale."""
-        floor = self.ess * self.opts.hess_init
-        start = torch.full_like(loc, floor)
+        """IVON's starting precision: ``ess * hess_init`` in every coordinate (``ess`` divided
+        by the size of the plates a latent site lies in: a per-datum latent sees one datum),
+        raised to the exact Hessian diagonal at the mean where that is larger and affordable
+        (``D`` at most :data:`EXACT_START_MAX_DIM`), so that the first mean steps are no longer
+        than Newton's in any coordinate whatever the data's scale."""
+        start = torch.empty_like(loc)
+        for site in self.layout.sites:
+            stack = self.guide.prototype_trace.nodes[site.name]["cond_indep_stack"]
+            copies = math.prod(f.full_size or f.size for f in stack if f.vectorized)
+            start[site.block] = max(self.ess / copies, 1.0) * self.opts.hess_init
         if loc.shape[-1] <= EXACT_START_MAX_DIM:
             d = derivatives(lambda t: self._neg_log_joint(t, args, kwargs), loc[None], True)
             diagonal = d.hess[0].diagonal()
@@ -262,15 +266,15 @@ class GaussianStepper(Stepper):
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
             self._together(step_number, lambda: self._setup(args, kwargs))
-            if self.collective is not None:
-                self._check_distributable()
-                self.collective.setup(self.guide.parameters(), next(iter(self.guide.parameters())))
+        self._join(step_number)
         self._subsample = None
         if self._per_step_minibatch:
             latents = {
                 s.name: self.guide.prototype_trace.nodes[s.name]["value"] for s in self.layout.sites
             }
-            self._subsample = minibatch(self.model, args, kwargs, latents)
+            self._subsample = self._together(
+                step_number, lambda: minibatch(self.model, args, kwargs, latents)
+            )
         state = self._current_state()
         if not self._started and self.rule_name == "ivon" and self.opts.hess_init is not None:
             start = self._together(step_number, lambda: self._ivon_start(state.loc, args, kwargs))
