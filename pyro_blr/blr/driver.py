@@ -193,7 +193,7 @@ class BLR:
         max_plate_nesting: int | None = None,
         optim: pyro.optim.PyroOptim | None = None,
         ess: float | None = None,
-        hess_init: float | None = 0.1,
+        hess_init: float | None = 1.0,
         process_group: Any = "auto",
         rank_noise: bool = True,
     ):
