@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks._report import machine, markdown_table, parser, report
@@ -24,14 +25,17 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distributed_blr.py
 
 def launch(world: int, steps: int, batch: int) -> dict:
     """Run the example on ``world`` CPU processes; rank 0's result (all ranks agree)."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "NUM_STEPS": str(steps), "BATCH": str(batch)}  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={world}", str(EXAMPLE)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-    if done.returncode:
-        raise RuntimeError(f"torchrun failed:\n{done.stderr[-3000:]}")
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+               "NUM_STEPS": str(steps), "BATCH": str(batch), "RESULT_DIR": out}  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+        if done.returncode:
+            raise RuntimeError(f"torchrun failed:\n{done.stderr[-3000:]}")
+        results = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json"))]
+    if len(results) != world:
+        raise RuntimeError(f"expected {world} results, got {len(results)}")
     if len({r["checksum"] for r in results}) != 1:
         raise RuntimeError(f"the ranks ended with different posteriors: {results}")
     return min(results, key=lambda r: r["rank"])

@@ -20,7 +20,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -101,11 +103,13 @@ def main(smoke: bool = False) -> list[dict]:
     if smoke:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node=2", __file__, "--tiny"]  # fmt: skip
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        if done.returncode:
-            raise RuntimeError(f"torchrun failed:\n{done.stderr[-3000:]}")
-        results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        with tempfile.TemporaryDirectory() as out:
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+                   "RESULT_DIR": out}  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+            if done.returncode:
+                raise RuntimeError(f"torchrun failed:\n{done.stderr[-3000:]}")
+            results = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json"))]
         for result in results:
             print(result)
         return sorted(results, key=lambda r: r["rank"])
@@ -122,6 +126,8 @@ def run(tiny: bool) -> dict:
             batch = int(os.environ.get("BATCH", 256))
             result = train(num_steps=int(os.environ.get("NUM_STEPS", 1000)), batch=batch)
         print(json.dumps(result), flush=True)
+        if "RESULT_DIR" in os.environ:  # one file per rank: their prints may interleave
+            Path(os.environ["RESULT_DIR"], f"{result['rank']}.json").write_text(json.dumps(result))
         return result
     finally:
         torch.distributed.destroy_process_group()
