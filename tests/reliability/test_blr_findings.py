@@ -88,7 +88,7 @@ def test_a_diverging_fit_warns_and_raises():
     s = linear_regression()
     blr = pb.BLR(s.model, AutoDiagonalNormal(s.model), lr=5.0, rule="newton")
     with pytest.warns(RuntimeWarning, match="diverging"):
-        with pytest.raises(FloatingPointError, match="BLR.fit: the loss ended at .* diverged"):
+        with pytest.raises(FloatingPointError, match=r"BLR\.fit: the loss ended at .* diverged"):
             blr.fit(s.X, s.y, num_steps=30, progress=False)
 
 
