@@ -52,7 +52,7 @@ class Collective:
             the global RNG, e.g. to reproduce a one-process run exactly.
     """
 
-    def __init__(self, process_group=None, rank_noise: bool = True):
+    def __init__(self, process_group: dist.ProcessGroup | None = None, rank_noise: bool = True):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "process_group= needs an initialized torch.distributed process group: call "
