@@ -6,92 +6,51 @@ The guide's latent (the model's unconstrained vector) is
     z = m + L\, f_K \circ \dots \circ f_1(\epsilon), \qquad \epsilon \sim \mathcal N(0, I),
 
 so :math:`\log q(z) = \log \mathcal N(\epsilon) - \sum_k \log\lvert\det J_{f_k}\rvert - \log\lvert
-\det L\rvert`. The flows act in the whitened coordinates of the Gaussian
-:math:`\mathcal N(m, LL^\top)`; with ``base=`` a fitted Gaussian guide (e.g. after ``pb.BLR``)
-supplies :math:`m, L` and every flow starts at the identity, so the guide starts exactly at that
-Gaussian and only refines it.
+\det L\rvert`. The layers act in the whitened coordinates of the Gaussian
+:math:`\mathcal N(m, LL^\top)`, where a spline's :math:`[-3, 3]` holds the posterior's bulk
+whatever its scale; with ``base=`` a fitted Gaussian guide (e.g. after ``pb.BLR``) supplies
+:math:`m, L` and every layer starts at the identity, so the guide starts at that Gaussian and
+only refines it.
 
-Flows (Pyro's): ``"planar"`` :math:`f(x) = x + u\tanh(w^\top x + b)` (Rezende & Mohamed 2015),
-``"radial"``, ``"sylvester"`` (van den Berg et al. 2018), ``"iaf"`` (affine autoregressive, Kingma
-et al. 2016) and ``"spline"`` (elementwise rational-quadratic splines, Durkan et al. 2019).
+The layers (:data:`FLOWS`, from :mod:`pyro_blr.guides.flow_layers`): neural spline flows,
+autoregressive and coupling (Durkan et al. 2019), the neural and the block neural autoregressive
+flow (Huang et al. 2018; De Cao et al. 2019), IAF, elementwise splines, planar, radial and
+Sylvester flows; or any ``Transform`` a factory ``flow(dim)`` builds. Autoregressive and
+coupling layers condition in the model's order in the last layer and in reverse in every other
+one (Pyro's helpers draw a random order per layer instead; on two dimensions that coin flip
+decided which of AutoFlow and ``AutoIAFNormal`` fitted a banana better, see
+``docs/guides/flows.md``). IAF layers all follow the model's order: measured better on the
+banana and the funnel.
 
 References:
     | Variational Inference with Normalizing Flows (Rezende & Mohamed, ICML 2015)
     | https://arxiv.org/abs/1505.05770
+    | Neural Autoregressive Flows (Huang, Krueger, Lacoste & Courville, ICML 2018)
+    | https://arxiv.org/abs/1804.00779
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
-from pyro.distributions.transforms import (
-    ComposeTransform,
-    LowerCholeskyAffine,
-    Planar,
-    Radial,
-    Spline,
-    Sylvester,
-    affine_autoregressive,
-)
+from pyro.distributions import ComposeTransformModule, constraints
+from pyro.distributions.transforms import ComposeTransform, LowerCholeskyAffine, Permute
 from pyro.infer.autoguide import AutoContinuous, AutoGuide, init_to_median
 from pyro.nn import PyroParam
 from torch import Tensor, nn
-from torch.distributions import biject_to
+from torch.distributions import Transform, biject_to
 
 from pyro_blr.core import GaussianGuide, check_gaussian_guide, latent_layout
+from pyro_blr.guides.flow_layers import FLOWS, Flow
 
-__all__ = ["FLOWS", "AutoFlow"]
+__all__ = ["DEFAULT_FLOW", "DEFAULT_WARM_FLOW", "FLOWS", "AutoFlow"]
 
-_LOG_E_MINUS_1 = math.log(math.e - 1)  # softplus(a) = 1 at a = log(e - 1)
-
-
-def _planar_identity(flow: Planar) -> None:
-    # w^T u = log(e - 1) makes Pyro's invertibility-corrected u exactly zero.
-    flow.u.copy_(_LOG_E_MINUS_1 * flow.w / flow.w.square().sum())
-
-
-def _radial_identity(flow: Radial) -> None:
-    flow.beta_prime.copy_(flow.alpha_prime)  # beta = -softplus(alpha') + softplus(beta') = 0
-
-
-def _sylvester_identity(flow: Sylvester) -> None:
-    flow.R_dense.zero_()  # R = 0 makes A = QR = 0
-    flow.R_diag.zero_()
-
-
-def _iaf_identity(flow: nn.Module) -> None:
-    flow.arn.layers[-1].weight.zero_()  # a zero output layer: mean 0, log-scale 0
-    flow.arn.layers[-1].bias.zero_()
-
-
-def _spline_identity(flow: Spline) -> None:
-    # Equal bins and unit interior knot derivatives: the identity outside [-bound, bound] and on
-    # the inner bins. Pyro pads the two boundary knots with derivative 1 - 1e-3, so the outer
-    # bins bend by up to 1e-4 (measured: 7.5e-5 at 2.9 with bound 3): the start is the base
-    # Gaussian to that accuracy, not to round-off.
-    flow.unnormalized_widths.zero_()
-    flow.unnormalized_heights.zero_()
-    flow.unnormalized_derivatives.fill_(math.log(math.expm1(1 - 1e-3)))
-
-
-FLOWS: dict[str, tuple[Callable[[int, Sequence[int] | None], nn.Module], Callable]] = {
-    "planar": (lambda dim, hidden: Planar(dim), _planar_identity),
-    "radial": (lambda dim, hidden: Radial(dim), _radial_identity),
-    "sylvester": (lambda dim, hidden: Sylvester(dim, count_transforms=1), _sylvester_identity),
-    "iaf": (
-        lambda dim, hidden: affine_autoregressive(dim, hidden_dims=hidden or [3 * dim + 1]),
-        _iaf_identity,
-    ),
-    "spline": (
-        lambda dim, hidden: Spline(dim, count_bins=8, bound=3.0, order="quadratic"),
-        _spline_identity,
-    ),
-}
-"""Each flow's constructor ``(dim, hidden_dims) -> module`` and its identity initialization."""
+DEFAULT_FLOW = "neural_autoregressive"
+"""The flow ``AutoFlow(model)`` builds: the best of ``benchmarks/flows.py``."""
+DEFAULT_WARM_FLOW = "iaf"
+"""The flow ``AutoFlow(model, base=...)`` builds: the default flow has no identity to start at."""
 
 
 class AutoFlow(AutoContinuous):
@@ -104,18 +63,29 @@ class AutoFlow(AutoContinuous):
 
     Args:
         model: the Pyro model.
-        flow: ``"planar"``, ``"radial"``, ``"sylvester"``, ``"iaf"`` or ``"spline"``.
-        num_flows: the number :math:`K` of stacked flows.
+        flow: a name in :data:`FLOWS` (``"neural_autoregressive"``, ``"spline_autoregressive"``,
+            ``"spline_coupling"``, ``"block_autoregressive"``, ``"iaf"``, ``"spline"``,
+            ``"planar"``, ``"radial"``, ``"sylvester"``), or a factory ``dim -> Transform``
+            called once per layer (e.g. ``lambda d: pyro.distributions.transforms
+            .affine_coupling(d)``). Default: :data:`DEFAULT_FLOW`, the best of
+            ``benchmarks/flows.py``, or :data:`DEFAULT_WARM_FLOW` with ``base=``.
+        num_flows: the number :math:`K` of stacked layers.
         base: an initialized ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal``
-            of the same model, usually fitted (warm start): the guide starts as that Gaussian.
-        hidden_dims: hidden layer sizes of the ``"iaf"`` networks (default ``[3 D + 1]``).
+            of the same model, usually fitted (warm start): :math:`m, L` are its mean and
+            Cholesky factor and every named layer starts at its identity, so the guide starts as
+            that Gaussian. A factory's layers start as the factory builds them.
+        hidden_dims: hidden layer sizes of the layers' networks (default: Pyro's, see
+            :mod:`~pyro_blr.guides.flow_layers`; hidden factors for the block flow).
         init_loc_fn: initial mean of the cold-started Gaussian.
-        init_scale: initial scale of the cold-started Gaussian.
+        init_scale: initial scale of the cold-started Gaussian (1: the unit scale Pyro's flow
+            guides start at; 0.1 starved the layers of range in `benchmarks/flows.py`).
 
     Raises:
-        ValueError: an unknown flow, or (at the first call) a latent site local to a subsampled
-            plate, whose size changes with the minibatch.
-        TypeError: a ``base`` that is not a Gaussian autoguide.
+        ValueError: an unknown flow; ``base=`` with a flow that has no identity
+            (``"neural_autoregressive"``, ``"block_autoregressive"``); or (at the first call) a
+            latent site local to a subsampled plate, whose size changes with the minibatch.
+        TypeError: a ``flow`` neither a name nor callable, or a ``base`` that is not a Gaussian
+            autoguide.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -123,26 +93,39 @@ class AutoFlow(AutoContinuous):
         >>> def model():
         ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         ...     pyro.sample("y", dist.Normal(x[0] * x[1], 0.5), obs=torch.tensor(1.0))
-        >>> guide = pb.AutoFlow(model, flow="iaf", num_flows=2)
+        >>> guide = pb.AutoFlow(model)  # two neural autoregressive layers
         >>> elbo = pyro.infer.Trace_ELBO()
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
         >>> loss = svi.step()
         >>> guide.median()["x"].shape
         torch.Size([2])
+        >>> splines = pb.AutoFlow(model, flow="spline_coupling", num_flows=4)
     """
 
     def __init__(
         self,
         model: Callable,
-        flow: str = "iaf",
+        flow: str | Callable[[int], Transform] | None = None,
         num_flows: int = 2,
         base: AutoGuide | None = None,
         hidden_dims: Sequence[int] | None = None,
         init_loc_fn: Callable = init_to_median,
-        init_scale: float = 0.1,
+        init_scale: float = 1.0,
     ):
-        if flow not in FLOWS:
-            raise ValueError(f"unknown flow {flow!r}; choose one of {sorted(FLOWS)}")
+        if flow is None:
+            flow = DEFAULT_FLOW if base is None else DEFAULT_WARM_FLOW
+        if isinstance(flow, str):
+            if flow not in FLOWS:
+                raise ValueError(
+                    f"unknown flow {flow!r}; choose one of {sorted(FLOWS)} or a callable"
+                )
+            if base is not None and FLOWS[flow].identity is None:
+                have = sorted(name for name, kind in FLOWS.items() if kind.identity)
+                raise ValueError(
+                    f"flow {flow!r} has no identity to start from base=; use one of {have}"
+                )
+        elif not callable(flow):
+            raise TypeError(f"flow must be a name or a callable dim -> Transform, got {flow!r}")
         if not isinstance(num_flows, int) or num_flows < 0:
             raise ValueError(f"num_flows must be a non-negative integer, got {num_flows!r}")
         if base is not None:
@@ -173,14 +156,27 @@ class AutoFlow(AutoContinuous):
             scale_tril = self._init_scale * torch.eye(dim, dtype=loc.dtype, device=loc.device)
         self.loc = nn.Parameter(loc.detach().clone())
         self.scale_tril = PyroParam(scale_tril.detach().clone(), constraints.lower_cholesky)
-        build, identity = FLOWS[self.flow]
-        flows = nn.ModuleList([build(dim, self.hidden_dims) for _ in range(self.num_flows)])
-        flows = flows.to(dtype=loc.dtype, device=loc.device)
-        if base is not None:  # start at the identity, in the flows' final dtype
+        if isinstance(self.flow, str):
+            kind = FLOWS[self.flow]
+        else:  # a user's factory: alternated (harmless on an elementwise layer)
+            kind = Flow(lambda dim, hidden: self.flow(dim), None, True)
+        layers = [kind.build(dim, self.hidden_dims) for _ in range(self.num_flows)]
+        layers = [t if isinstance(t, nn.Module) else ComposeTransformModule([t]) for t in layers]
+        flows = nn.ModuleList(layers).to(dtype=loc.dtype, device=loc.device)
+        if base is not None and kind.identity is not None:  # in the layers' final dtype
             with torch.no_grad():
-                for flow in flows:
-                    identity(flow)
+                for layer in flows:
+                    kind.identity(layer)
         self.flows = flows
+        # Layer k conditions in the model's order when K - 1 - k is even, in reverse otherwise:
+        # the last layer (next to the affine map) follows the model's order.
+        reverse = torch.arange(dim - 1, -1, -1, device=loc.device)
+        self._reversals = [
+            (Permute(reverse), Permute(reverse))
+            if kind.alternate and (self.num_flows - 1 - k) % 2 and dim > 1
+            else None
+            for k in range(self.num_flows)
+        ]
 
     def get_base_dist(self) -> dist.Distribution:
         zeros = torch.zeros(self.latent_dim, dtype=self.loc.dtype, device=self.loc.device)
@@ -189,8 +185,11 @@ class AutoFlow(AutoContinuous):
     def get_transform(self, *args, **kwargs) -> ComposeTransform:
         # cache_size=1: scoring a fresh draw inverts nothing (Pyro's autoregressive inverse
         # allocates in the default dtype, and planar/Sylvester flows have no inverse at all).
+        parts = []
+        for layer, reversal in zip(self.flows, self._reversals, strict=True):  # registers them
+            parts += [reversal[0], layer, reversal[1]] if reversal else [layer]
         affine = LowerCholeskyAffine(self.loc, self.scale_tril, cache_size=1)
-        return ComposeTransform([*self.flows, affine])
+        return ComposeTransform([*parts, affine])
 
     def get_posterior(self, *args, **kwargs) -> dist.Distribution:
         return dist.TransformedDistribution(self.get_base_dist(), list(self.get_transform().parts))
