@@ -131,7 +131,18 @@ def conditioned_trace(
     subsample: dict[str, Tensor],
 ) -> tuple[Trace, Tensor]:
     """One model run with its latents set from the flat vector ``theta`` ``(D,)``, and the
-    log-Jacobian of the map to their constrained values, shape ``(1,)``."""
+    log-Jacobian of the map to their constrained values, shape ``(1,)``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_blr.core import latent_layout
+        >>> def model():
+        ...     pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        >>> layout = latent_layout(pyro.poutine.trace(model).get_trace())
+        >>> trace, log_det = conditioned_trace(model, layout, torch.zeros(1), (), {}, {})
+        >>> trace.nodes["scale"]["value"], log_det  # exp(0) = 1, log|d exp/dt| = 0
+        (tensor(1.), tensor([0.]))
+    """
     values = {}
     log_det = theta.new_zeros(1)
     for site in layout.sites:

@@ -73,6 +73,16 @@ def data_plates(
 
     An observed site's data plate is its subsampled plate, or else the outermost plate it lies
     in (the first entered: the data, when a plate of features nests inside).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", 5), pyro.plate("features", 2):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> plates, unplated = data_plates(pyro.poutine.trace(model).get_trace(torch.zeros(2, 5)))
+        >>> [(p.name, p.size, p.sites) for p in plates], unplated
+        ([('data', 5, ('y',))], ())
     """
     plates: dict[str, list[str]] = {}
     frames, unplated, latents = {}, [], set(latents)
