@@ -114,9 +114,10 @@ class GaussianStepper(Stepper):
         with torch.random.fork_rng(devices=[]):  # set-up draws nothing a resumed run would miss
             subsampled = bool(minibatch(self.model, args, kwargs))
         self._per_step_minibatch = self._local or (subsampled and self.mode != "plate")
-        like = next(iter(self.guide.parameters()))
-        trace = trace_without_rng(self.model, args, kwargs, like)
-        self.ess = self.opts.ess if self.opts.ess is not None else num_observations(trace)
+        self.ess = self.opts.ess
+        if self.rule_name == "ivon" and self.ess is None:  # only IVON's start uses it
+            like = next(iter(self.guide.parameters()))
+            self.ess = num_observations(trace_without_rng(self.model, args, kwargs, like))
         if self.rule.curvature == "ggn":
             if self._local:
                 raise ValueError(
