@@ -140,7 +140,8 @@ def conditioned_trace(
         ...     pyro.sample("scale", dist.LogNormal(0.0, 1.0))
         >>> layout = latent_layout(pyro.poutine.trace(model).get_trace())
         >>> trace, log_det = conditioned_trace(model, layout, torch.zeros(1), (), {}, {})
-        >>> trace.nodes["scale"]["value"], log_det  # exp(0) = 1, log|d exp/dt| = 0
+        >>> site = trace.nodes["scale"]
+        >>> site["value"], log_det  # exp(0) = 1, log|d exp/dt| = 0
         (tensor(1.), tensor([0.]))
     """
     values = {}
