@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["IterateAverage", "converged"]
+__all__ = ["IterateAverage", "converged", "diverging"]
 
 
 class IterateAverage:
@@ -65,28 +65,44 @@ class IterateAverage:
 
     def __init__(self, blr: Any):
         self.blr = blr
-        self.count = 0
-        self._sum: dict[str, Tensor] | None = None
+        self.reset()
 
     def reset(self) -> None:
         """Forget the iterates averaged so far."""
-        self.count, self._sum = 0, None
+        self._sum: dict[str, Tensor] | None = None  # of the iterates before the last one
+        self._confirmed = 0
+        self._last: tuple[int, dict[str, Tensor]] | None = None  # (step, the last iterate)
+
+    @property
+    def count(self) -> int:
+        """How many iterates the average holds."""
+        return self._confirmed + (self._last is not None)
 
     def update(self) -> None:
-        """Add the guide's current natural parameters to the average."""
+        """Add the guide's current natural parameters to the average. If the driver's last
+        step stepped back (see :mod:`pyro_blr.blr.step_back`) from the iterate added after the
+        step before, that iterate leaves the average: the driver rejected it."""
+        step = self.blr.num_steps
+        if self._last is not None:
+            rejected = self.blr.stepped_back and self._last[0] == step - 1
+            if not rejected:
+                if self._sum is None:
+                    self._sum = self._last[1]
+                else:
+                    for key, value in self._last[1].items():
+                        self._sum[key] += value
+                self._confirmed += 1
         state = self.blr._stepper.natural_state()
-        if self._sum is None:
-            self._sum = {k: v.detach().clone() for k, v in state.items()}
-        else:
-            for key, value in state.items():
-                self._sum[key] += value.detach()
-        self.count += 1
+        self._last = (step, {k: v.detach().clone() for k, v in state.items()})
 
     def average(self) -> dict[str, Tensor]:
         """The average natural parameters of the iterates added so far."""
-        if not self.count:
+        if self._last is None:
             raise ValueError("no iterate has been averaged yet: call update() after a step")
-        return {key: value / self.count for key, value in self._sum.items()}
+        last = self._last[1]
+        if self._sum is None:
+            return {key: value.clone() for key, value in last.items()}
+        return {key: (self._sum[key] + last[key]) / self.count for key in last}
 
     def write(self) -> None:
         """Write the average into the guide (checked whole before anything is written)."""
@@ -108,3 +124,14 @@ def converged(losses: Sequence[float], window: int, tol: float) -> bool:
     previous = math.fsum(losses[-2 * window : -window]) / window
     last = math.fsum(losses[-window:]) / window
     return previous - last < tol
+
+
+def diverging(best: float, loss: float) -> bool:
+    """Whether a loss has climbed far above the best loss of the run so far: by more than ten
+    times the best's magnitude plus 100 nats, far beyond Monte Carlo noise of a converging fit.
+
+    Example:
+        >>> diverging(55.0, 3044.0), diverging(55.0, 60.0)
+        (True, False)
+    """
+    return not loss - best <= 10 * abs(best) + 100  # a NaN loss diverges too

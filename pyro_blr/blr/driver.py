@@ -23,7 +23,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_blr.blr.averaging import IterateAverage, converged
+from pyro_blr.blr.averaging import IterateAverage, converged, diverging
 from pyro_blr.blr.distributed import Collective
 from pyro_blr.blr.steppers import StepOptions, stepper_for
 from pyro_blr.core import trace_without_rng
@@ -57,17 +57,6 @@ def _check_number(name: str, value: Any, low: float, high: float, closed_high: b
         bracket = "]" if closed_high else ")"
         raise ValueError(f"{name} must lie in [{low:g}, {high:g}{bracket}, got {value}")
     return value
-
-
-def diverging(best: float, loss: float) -> bool:
-    """Whether a loss has climbed far above the best loss of the run so far: by more than ten
-    times the best's magnitude plus 100 nats, far beyond Monte Carlo noise of a converging fit.
-
-    Example:
-        >>> diverging(55.0, 3044.0), diverging(55.0, 60.0)
-        (True, False)
-    """
-    return loss - best > 10 * abs(best) + 100
 
 
 class BLR:
@@ -156,6 +145,11 @@ class BLR:
         num_steps: the steps taken so far (restored by :meth:`load_state_dict`).
         halvings: how often an exponential-family step was halved to keep the natural
             parameters valid (``"expfamily"`` and ``"mixture"``; never clamped).
+        step_backs: how often a Gaussian rule returned to the state before its previous step
+            and retook that step with half the step size, because the loss had jumped far
+            above its value before that step or was not finite (see
+            :mod:`pyro_blr.blr.step_back`); warned about once per fit.
+        stepped_back: whether the last step was such a step back.
 
     Raises:
         TypeError: ``rule`` cannot drive this guide.
@@ -266,12 +260,14 @@ class BLR:
         self.optim = optim
         self.num_steps = 0
         self.halvings = 0
+        self.step_backs = 0
+        self.stepped_back = False
         self._stepper = stepper(model, guide, rule, options)
         self._stepper.collective = self._collective(process_group, rank_noise, stepper, rule)
         self._pending = None
         self._model_params = None
         self._best = math.inf
-        self._warned = False
+        self._warned = self._warned_step_back = False
 
     @staticmethod
     def _collective(process_group: Any, rank_noise: bool, stepper: type, rule: str):
@@ -356,7 +352,7 @@ class BLR:
         :math:`\frac1S\\sum_s \\ell(\theta_s) - \\mathbb H[q]`, or for ``"newton"`` the
         delta-method value :math:`\\ell(m) + \tfrac12\\operatorname{tr}(\nabla^2\\ell(m)
         S^{-1}) - \\mathbb H[q]` (exact for quadratic :math:`\\ell`). A loss that climbs far
-        above the best of the run (see :func:`diverging`) warns once.
+        above the best of the run (see :func:`pyro_blr.blr.averaging.diverging`) warns once.
 
         Raises:
             FloatingPointError: the log joint, a gradient or a Hessian is not finite, or the
@@ -369,10 +365,25 @@ class BLR:
         info = self._stepper.step(args, kwargs, lr, self.num_steps + 1)
         self.num_steps += 1
         self.halvings += info.halvings
+        self.stepped_back = info.stepped_back is not None
+        if self.stepped_back:
+            self.step_backs += 1
+            self._warn_step_back(info.stepped_back, lr)
         if self._has_model_params(args, kwargs):
             self._step_model_params(args, kwargs)
         self._watch(info.loss, lr)
         return info.loss
+
+    def _warn_step_back(self, reason: str, lr: float) -> None:
+        if not self._warned_step_back:
+            self._warned_step_back = True
+            warnings.warn(
+                f"BLR step {self.num_steps}: {reason} after the previous step, so the driver "
+                "returned to the state before it and retook it with half the step size (see "
+                f"pyro_blr.blr.step_back); if this recurs (BLR.step_backs), lower lr (now {lr:g})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _watch(self, loss: float, lr: float) -> None:
         if not self._warned and math.isfinite(self._best) and diverging(self._best, loss):
@@ -421,7 +432,7 @@ class BLR:
         Raises:
             FloatingPointError: a step failed (see :meth:`step`), or the fit diverged: the mean
                 loss of the last ``window`` steps is far above the best of the run (see
-                :func:`diverging`), so the guide holds no answer to trust.
+                :func:`pyro_blr.blr.averaging.diverging`), so the guide holds no answer to trust.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
@@ -432,6 +443,7 @@ class BLR:
         if average is None:
             average = not callable(self.lr)
         self._best, self._warned = math.inf, False  # divergence is judged within this fit
+        self._warned_step_back = False
         losses = []
         averaged = IterateAverage(self)
         start_averaging = num_steps // 2

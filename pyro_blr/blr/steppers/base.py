@@ -63,10 +63,14 @@ class StepInfo(NamedTuple):
     Attributes:
         loss: the negative ELBO estimate of the guide before the step.
         halvings: how often the step size was halved to keep natural parameters valid.
+        stepped_back: why the step returned to the state before the previous step and
+            retook that step with a smaller step size (see :mod:`pyro_blr.blr.step_back`);
+            ``None`` for an ordinary step.
     """
 
     loss: float
     halvings: int = 0
+    stepped_back: str | None = None
 
 
 class Stepper(ABC):

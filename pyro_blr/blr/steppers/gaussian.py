@@ -31,8 +31,10 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch import Tensor
 
+from pyro_blr.blr.averaging import diverging
 from pyro_blr.blr.curvature import reparam_hessian_diagonal
 from pyro_blr.blr.rules import RULES
+from pyro_blr.blr.step_back import StepBack
 from pyro_blr.blr.steppers.base import (
     KEPT,
     StepInfo,
@@ -94,6 +96,8 @@ class GaussianStepper(Stepper):
         self._state, self._written = None, None
         self._local, self._per_step_minibatch, self._subsample = False, False, None
         self._started = False  # whether a step has run or a checkpoint was restored
+        self._undo: StepBack | None = None  # how to retake the last step (non-local only)
+        self._undo_data: tuple = ((), {})  # the model's arguments at that step
 
     # ---------------------------------------------------------------- the guide, read and written
     def _setup(self, args: tuple, kwargs: dict) -> None:
@@ -277,6 +281,8 @@ class GaussianStepper(Stepper):
                 step_number, lambda: minibatch(self.model, args, kwargs, latents)
             )
         state = self._current_state()
+        if state is not self._state or not self._same_data(args, kwargs):
+            self._undo = None  # first step, local rows, guide changed outside, other data
         if not self._started and self.rule_name == "ivon" and self.opts.hess_init is not None:
             start = self._together(step_number, lambda: self._ivon_start(state.loc, args, kwargs))
             if self.collective is not None:
@@ -284,9 +290,19 @@ class GaussianStepper(Stepper):
             state = state._replace(precision=start)
         loc, precision = state.loc, state.precision
         family = gaussian_family(precision)
-        grad, hess, value = self._together(
-            step_number, lambda: self._estimate(loc, precision, args, kwargs, step_number)
-        )
+        try:
+            grad, hess, value = self._together(
+                step_number, lambda: self._estimate(loc, precision, args, kwargs, step_number)
+            )
+        except FloatingPointError as error:
+            # Step back only where the last step caused it: in one process (in a distributed
+            # run the other ranks see RankFailed), and where the state before that step is
+            # still finite (a non-finite datum fails everywhere: the error is the user's).
+            if self._undo is None or self.collective is not None:
+                raise
+            if not self._finite_at(self._undo.state.loc, args, kwargs):
+                raise
+            return self._step_back(step_number, str(error).split(": ", 1)[-1].split("; ")[0])
         if self.collective is not None:  # one all-reduce: every rank then takes the same step
             grad, hess, value = self.collective.mean([grad, hess, value])
         if self._local:  # local coordinates: their own terms exactly (see the module docstring)
@@ -301,22 +317,70 @@ class GaussianStepper(Stepper):
             if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 (quadratic l)
                 spread = family.solve(precision, hess)
                 loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
+        loss = float(loss)
+        if self._undo is not None and diverging(self._undo.loss, loss):
+            return self._step_back(step_number, f"the loss rose to {loss:.4g}")
+        self._take(state, grad, hess, lr, step_number)
+        if not self._local:
+            self._undo = StepBack(state, grad, hess, lr, step_number, loss)
+            self._undo_data = (args, kwargs)
+        return StepInfo(loss)
+
+    def _same_data(self, args: tuple, kwargs: dict) -> bool:
+        """Whether the model gets the very objects of the last step (only then are two steps'
+        losses comparable: a step on other data may well have a larger loss)."""
+        if self._undo is None:
+            return False
+        last_args, last_kwargs = self._undo_data
+        return (
+            len(args) == len(last_args)
+            and all(a is b for a, b in zip(args, last_args, strict=True))
+            and kwargs.keys() == last_kwargs.keys()
+            and all(kwargs[k] is last_kwargs[k] for k in kwargs)
+        )
+
+    @torch.no_grad()
+    def _finite_at(self, loc: Tensor, args: tuple, kwargs: dict) -> bool:
+        """Whether the log joint is finite at ``loc``."""
+        return bool(torch.isfinite(self._neg_log_joint(loc[None], args, kwargs)).all())
+
+    def _take(self, state, grad: Tensor, hess: Tensor, lr: float, step_number: int):
+        """Apply the rule to ``state`` and write the result into the guide, or raise
+        FloatingPointError with the guide unchanged if the update is not finite or its
+        precision cannot be factorized."""
         extra = {}
         if self.rule_name == "ivon":
             extra = {k: getattr(self.opts, k) for k in ("beta1", "beta2", "clip_radius")}
-        new_state = self.rule.update(state, grad, hess, lr, step_number, **extra)
-        if not all(torch.isfinite(t).all() for t in new_state):
-            raise FloatingPointError(
-                f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
-            )
         try:
-            self._write(new_state)  # computes every parameter before writing any
+            new_state = self.rule.update(state, grad, hess, lr, step_number, **extra)
+            if all(torch.isfinite(t).all() for t in new_state):
+                self._write(new_state)  # computes every parameter before writing any
+                return
+            problem = "is not finite"
         except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
+            problem = f"has a precision that cannot be factorized ({error})"
+        raise FloatingPointError(
+            f"BLR step {step_number}: the update {problem} (lr={lr:g}): the fit diverged; "
+            f"lower lr; {KEPT}"
+        )
+
+    def _step_back(self, step_number: int, reason: str) -> StepInfo:
+        """Return to the state before the last step and retake it with half the step size
+        (see :mod:`pyro_blr.blr.step_back`); the loss reported is that of the state returned
+        to."""
+        undo = self._undo.halved()
+        if undo.exhausted:
+            self._write(undo.state)
+            self._undo = None
             raise FloatingPointError(
-                f"BLR step {step_number}: the new precision cannot be factorized ({error}); "
-                f"the fit diverged (lower lr); {KEPT}"
-            ) from None
-        return StepInfo(float(loss))
+                f"BLR step {step_number}: after step {undo.step_number} {reason}, and that step "
+                f"diverged even at lr={undo.lr_now * 2:g} (lr={undo.lr:g} halved "
+                f"{undo.halvings - 1} times): the fit diverged; lower lr or raise mc_samples. "
+                f"The guide holds the state before step {undo.step_number}"
+            )
+        self._take(undo.state, undo.grad, undo.hess, undo.lr_now, step_number)
+        self._undo = undo
+        return StepInfo(undo.loss, stepped_back=reason)
 
     # ---------------------------------------------------------------- natural parameters
     def _per_datum_params(self) -> list:

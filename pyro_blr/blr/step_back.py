@@ -1,0 +1,73 @@
+r"""Stepping back from a Gaussian BLR step that made the fit diverge.
+
+Far from the posterior a Newton-like step can overshoot into a region where the log joint is
+astronomically worse (a Poisson rate :math:`e^f` with :math:`f` too large, a scale parameter
+pushed to where a covariance matrix is singular): the precision then explodes and the run never
+returns. The BLR's own loss says so one step later at no extra cost: the negative ELBO
+:math:`\hat L_{t+1}` estimated at the new guide :math:`q_{t+1}` has jumped far above the
+estimate :math:`\hat L_t` at :math:`q_t` (see :func:`pyro_blr.blr.averaging.diverging`), or the
+log joint, a gradient or a Hessian at its particles is not finite. The Gaussian stepper then
+*steps back*: it returns to :math:`q_t` and retakes that step from the same estimates with half
+the step size,
+
+.. math::
+    q_{t+1} \leftarrow \operatorname{update}(q_t, \hat g_t, \hat H_t, \rho_t / 2^k),
+
+halving again (``k`` = 1, 2, ...) while the retaken step still diverges, up to
+:data:`MAX_STEP_BACKS` times; a step that is accepted resets ``k``. This is backtracking on the
+step size (Nocedal & Wright 2006, Ch. 3) with the sufficient-decrease test replaced by a
+divergence test, loose enough that Monte Carlo noise never triggers it. Every step back is
+reported (:attr:`pyro_blr.BLR.step_backs`) and warned about once per fit: a fit that steps
+back often wants a smaller ``lr``.
+
+References:
+    | Numerical Optimization, 2nd ed. (Nocedal & Wright, Springer 2006), Chapter 3
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+__all__ = ["MAX_STEP_BACKS", "StepBack"]
+
+MAX_STEP_BACKS = 10
+"""How many times one step may be retaken (halved) before the fit is declared diverged."""
+
+
+class StepBack(NamedTuple):
+    """What retaking a step needs: the rule's state before it, the estimates it was taken
+    from, its step size and number, the loss estimated at that state, and how often the step
+    has been halved so far.
+
+    Example:
+        >>> import torch
+        >>> from pyro_blr.blr.rules import GaussianState
+        >>> state = GaussianState(torch.zeros(1), torch.ones(1))
+        >>> undo = StepBack(state, torch.ones(1), torch.ones(1), 0.5, 3, 12.0)
+        >>> undo.halved().lr_now, undo.halved().halved().lr_now
+        (0.25, 0.125)
+    """
+
+    state: Any
+    grad: Tensor
+    hess: Tensor
+    lr: float
+    step_number: int
+    loss: float
+    halvings: int = 0
+
+    @property
+    def lr_now(self) -> float:
+        """The step size the step is retaken with."""
+        return self.lr * 0.5**self.halvings
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the step has been retaken :data:`MAX_STEP_BACKS` times already."""
+        return self.halvings > MAX_STEP_BACKS
+
+    def halved(self) -> StepBack:
+        """The same step, to be retaken with half the step size."""
+        return self._replace(halvings=self.halvings + 1)
