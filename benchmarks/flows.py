@@ -5,7 +5,8 @@ funnel in 2 and 10 dimensions (v ~ N(0, 3), x_i ~ N(0, exp(v/2))), all with log 
 moments in closed form; eight schools, non-centered and centered (the same posterior, the
 centered one a funnel between tau and theta), and posteriordb's ``gp_pois_regr``, against
 posteriordb's reference draws (``benchmarks/posteriordb_models``). Guides: ``pb.AutoFlow``
-(two layers: its default, the autoregressive neural spline flow and IAF), Pyro's
+(two layers: its default, the autoregressive neural spline flow and IAF; where zuko is installed,
+also on zuko's ``NSF`` and ``NAF`` through :mod:`pyro_blr.guides.lazy_layer`), Pyro's
 ``AutoNormalizingFlow`` on Pyro's own helpers (two layers: neural, spline and block
 autoregressive), ``AutoIAFNormal(num_transforms=2)``, ``AutoNormal`` and the BLR's
 full-covariance Gaussian. Every SVI fit has the same budget: ``STEPS`` steps of ClippedAdam
@@ -135,12 +136,27 @@ def _pyro_flow(helper: Callable) -> Callable:
     return lambda model: AutoNormalizingFlow(model, functools.partial(iterated, 2, helper))
 
 
+def _zuko_flows() -> dict[str, Callable]:
+    """AutoFlow on zuko's neural spline and neural autoregressive flows (two layers of one
+    transform each, zuko's default sizes), where zuko is installed (it is not a dependency)."""
+    try:
+        import zuko
+    except ImportError:
+        return {}
+
+    def on(kind: type) -> Callable:
+        return lambda m: pb.AutoFlow(m, flow=lambda dim: kind(dim, transforms=1).transform)
+
+    return {"AutoFlow zuko NSF": on(zuko.flows.NSF), "AutoFlow zuko NAF": on(zuko.flows.NAF)}
+
+
 def guides() -> dict[str, Callable]:
     """Every SVI guide, by name: ``model -> guide``."""
     return {
         f"AutoFlow {DEFAULT_FLOW} (default)": lambda m: pb.AutoFlow(m),
         "AutoFlow spline_autoregressive": lambda m: pb.AutoFlow(m, flow="spline_autoregressive"),
         "AutoFlow iaf": lambda m: pb.AutoFlow(m, flow="iaf"),
+        **_zuko_flows(),
         "Pyro neural_autoregressive": _pyro_flow(neural_autoregressive),
         "Pyro spline_autoregressive": _pyro_flow(spline_autoregressive),
         "Pyro block_autoregressive": _pyro_flow(block_autoregressive),

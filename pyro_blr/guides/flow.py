@@ -15,7 +15,9 @@ only refines it.
 The layers (:data:`FLOWS`, from :mod:`pyro_blr.guides.flow_layers`): neural spline flows,
 autoregressive and coupling (Durkan et al. 2019), the neural and the block neural autoregressive
 flow (Huang et al. 2018; De Cao et al. 2019), IAF, elementwise splines, planar, radial and
-Sylvester flows; or any ``Transform`` a factory ``flow(dim)`` builds. Autoregressive and
+Sylvester flows; or any ``Transform`` a factory ``flow(dim)`` builds, including a module that
+builds one when called (zuko's flows: ``flow=lambda dim: zuko.flows.NSF(dim).transform``, see
+:mod:`pyro_blr.guides.lazy_layer`). Autoregressive and
 coupling layers condition in the model's order in the last layer and in reverse in every other
 one (Pyro's helpers draw a random order per layer instead; on two dimensions that coin flip
 decided which of AutoFlow and ``AutoIAFNormal`` fitted a banana better, see
@@ -44,6 +46,7 @@ from torch.distributions import Transform, biject_to
 
 from pyro_blr.core import GaussianGuide, check_gaussian_guide, latent_layout
 from pyro_blr.guides.flow_layers import FLOWS, Flow
+from pyro_blr.guides.lazy_layer import LazyLayer, is_lazy_transform
 
 __all__ = ["DEFAULT_FLOW", "DEFAULT_WARM_FLOW", "FLOWS", "AutoFlow"]
 
@@ -161,7 +164,7 @@ class AutoFlow(AutoContinuous):
         else:  # a user's factory: alternated (harmless on an elementwise layer)
             kind = Flow(lambda dim, hidden: self.flow(dim), None, True)
         layers = [kind.build(dim, self.hidden_dims) for _ in range(self.num_flows)]
-        layers = [t if isinstance(t, nn.Module) else ComposeTransformModule([t]) for t in layers]
+        layers = [_as_module(t) for t in layers]
         flows = nn.ModuleList(layers).to(dtype=loc.dtype, device=loc.device)
         if base is not None and kind.identity is not None:  # in the layers' final dtype
             with torch.no_grad():
@@ -217,3 +220,20 @@ class AutoFlow(AutoContinuous):
             value = biject_to(site["fn"].support)(unconstrained)
             out[site["name"]] = torch.quantile(value, q, dim=0)
         return out
+
+
+def _as_module(layer: object) -> nn.Module:
+    """A factory's layer as a module AutoFlow registers: a ``TransformModule`` as it is, a lazy
+    transform (zuko's) in a :class:`~pyro_blr.guides.lazy_layer.LazyLayer`, a parameter-free
+    ``Transform`` in a ``ComposeTransformModule``."""
+    if is_lazy_transform(layer):
+        return LazyLayer(layer)
+    if isinstance(layer, nn.Module):
+        return layer
+    if not isinstance(layer, Transform):
+        raise TypeError(
+            f"the flow factory returned {type(layer).__name__}: it must return a Transform, a "
+            "TransformModule or a module that builds a Transform when called (zuko's "
+            "LazyTransform)"
+        )
+    return ComposeTransformModule([layer])
