@@ -8,6 +8,7 @@ autoguides use, in the same order, so a flat index means the same coordinate to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,37 @@ class LatentLayout:
         for site in self.sites:
             scale[site.block] = site.scale
         return scale
+
+    def plate_groups(self, device: torch.device | None = None) -> Tensor:
+        """Each coordinate's group for :func:`pyro_blr.core.hessian_diagonal_from_grad`: a global
+        coordinate alone; a local site's coordinates grouped by their place within a row of its
+        subsampled plate, so that one group holds one coordinate of every row. Rows of a
+        subsampled plate are conditionally independent, so a group's coordinates interact only
+        if the model ties rows together, which the caller checks.
+
+        Example:
+            >>> import torch
+            >>> from torch.distributions.transforms import identity_transform as t
+            >>> layout = LatentLayout(
+            ...     (LatentSite("mu", t, torch.Size([]), 0, 0, 1),
+            ...      LatentSite("b", t, torch.Size([3, 2]), 1, 1, 6, "groups", -2, 10.0)), 7, 1)
+            >>> layout.plate_groups()  # b's 3 rows of 2: two groups of 3
+            tensor([0, 1, 2, 1, 2, 1, 2])
+        """
+        groups = torch.empty(self.dim, dtype=torch.long, device=device)
+        count = 0
+        for site in self.sites:
+            if site.plate is None:
+                groups[site.block] = torch.arange(count, count + site.size, device=device)
+                count += site.size
+                continue
+            row_shape = list(site.shape)
+            row_shape[site.axis] = 1
+            per_row = math.prod(row_shape)
+            within = torch.arange(per_row, device=device).reshape(row_shape).expand(site.shape)
+            groups[site.block] = count + within.reshape(-1)
+            count += per_row
+        return groups
 
     def with_plate_nesting(self, nesting: int) -> LatentLayout:
         """The same layout for a model said to use ``nesting`` plate dimensions."""

@@ -15,7 +15,11 @@ minibatch log joint scales every local term by :math:`N/B`, which makes its grad
 global coordinates an unbiased estimate of the full-data one; in a local coordinate
 :math:`z_i` only datum :math:`i`'s own terms appear, so dividing its gradient and curvature by
 :math:`N/B` gives them exactly, and the rows drawn take a natural-gradient step on their own
-exact objective while the others keep their values.
+exact objective while the others keep their values. The rows of a subsampled plate do not
+interact, so the exact Hessian's diagonal there takes one Hessian-vector product per coordinate
+of a row and per global coordinate (:meth:`~pyro_blr.core.LatentLayout.plate_groups`), not one
+per coordinate of the minibatch; the first step checks this against the full Hessian and keeps
+the full one for a model that ties rows together.
 
 References:
     | Stochastic Variational Inference (Hoffman, Blei, Wang & Paisley, JMLR 2013)
@@ -24,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, ClassVar
 
@@ -57,6 +62,8 @@ from pyro_blr.core import (
 from pyro_blr.families import gaussian_family
 
 __all__ = ["EXACT_START_MAX_DIM", "GaussianStepper"]
+
+logger = logging.getLogger(__name__)
 
 EXACT_START_MAX_DIM = 4096
 """IVON starts from the exact Hessian diagonal at the mean up to this many latent coordinates."""
@@ -95,6 +102,7 @@ class GaussianStepper(Stepper):
         self.layout, self.mode, self._view = None, None, None
         self._state, self._written = None, None
         self._local, self._per_step_minibatch, self._subsample = False, False, None
+        self._groups, self._groups_checked = None, False
         self._started = False  # whether a step has run or a checkpoint was restored
         self._undo: StepBack | None = None  # how to retake the last step (non-local only)
         self._undo_data: tuple = ((), {})  # the model's arguments at that step
@@ -107,6 +115,12 @@ class GaussianStepper(Stepper):
         )
         self._view = GaussianGuide(self.guide, self.layout)
         self._local = bool(self.layout.local_plates)
+        # Local rows do not interact: the Hessian's diagonal takes one product per coordinate
+        # of a row (plus one per global coordinate), not one per coordinate of the minibatch.
+        like = next(iter(self.guide.parameters()))
+        exact = self.rule.curvature == "hessian"
+        self._groups = self.layout.plate_groups(like.device) if self._local and exact else None
+        self._groups_checked = False
         if self._local and self.rule_name == "ivon":
             raise ValueError(
                 f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: rule "
@@ -230,10 +244,34 @@ class GaussianStepper(Stepper):
         if self.rule.curvature == "ggn":
             return self._gauss_newton(theta, loc, precision, args, kwargs)
         exact = self.rule.curvature == "hessian"
-        d = derivatives(lambda t: self._neg_log_joint(t, args, kwargs), theta, hessian=exact)
+        fn = lambda t: self._neg_log_joint(t, args, kwargs)  # noqa: E731
+        if exact and self._groups is not None:
+            d = derivatives(fn, theta, hessian=True, groups=self._groups)
+            if not self._groups_checked:
+                self._check_groups(d.hess, derivatives(fn, theta, hessian=True).hess)
+                if self._groups is None:
+                    return self._derivatives(theta, loc, precision, args, kwargs)
+            return d, d.hess
+        d = derivatives(fn, theta, hessian=exact)
         if exact:
             return d, d.hess
         return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
+
+    def _check_groups(self, grouped: Tensor, full: Tensor) -> None:
+        """Keep the grouped Hessian diagonal (one product per coordinate of a plate row) only if
+        it equals the full Hessian's at the first step's particles: a model that ties rows of a
+        subsampled plate together (a site outside the plate reading all of them) has cross
+        terms, and then every step computes the full Hessian."""
+        self._groups_checked = True
+        diagonal = full.diagonal(dim1=-2, dim2=-1)
+        tolerance = 1e-6 * diagonal.abs().amax().clamp_min(1.0)
+        if not ((grouped - diagonal).abs() <= tolerance).all():
+            self._groups = None
+            logger.info(
+                "the model ties rows of the subsampled plate(s) %s together: computing the full "
+                "Hessian at every step",
+                list(self.layout.local_plates),
+            )
 
     def _gauss_newton(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
         """The squared per-datum gradients summed over the data (the minibatch's scaled to the
