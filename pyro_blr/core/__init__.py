@@ -2,9 +2,15 @@
 importance weights and the checks on them, autodiff, and the view of a Gaussian guide. Every
 other package builds on these; they use only public Pyro APIs."""
 
-from pyro_blr.core.autodiff import Derivatives, derivatives, hessian_from_grad
+from pyro_blr.core.autodiff import (
+    Derivatives,
+    derivatives,
+    hessian_diagonal_from_grad,
+    hessian_from_grad,
+)
 from pyro_blr.core.checks import (
     check_finite_weights,
+    check_fixed_latent_sites,
     check_latent_masks,
     check_model_and_guide,
     check_no_enumerated_sites,
@@ -53,6 +59,7 @@ __all__ = [
     "LogWeights",
     "PerDatum",
     "check_finite_weights",
+    "check_fixed_latent_sites",
     "check_gaussian_guide",
     "check_latent_masks",
     "check_model_and_guide",
@@ -61,6 +68,7 @@ __all__ = [
     "data_plates",
     "derivatives",
     "guess_max_plate_nesting",
+    "hessian_diagonal_from_grad",
     "hessian_from_grad",
     "initialize_guide",
     "latent_layout",

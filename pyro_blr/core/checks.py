@@ -22,7 +22,9 @@ from pyro_blr.core.traces import sample_sites, site_log_probs
 from pyro_blr.core.weights import vectorized_traces
 
 __all__ = [
+    "STRUCTURE_RUNS",
     "check_finite_weights",
+    "check_fixed_latent_sites",
     "check_latent_masks",
     "check_model_and_guide",
     "check_no_enumerated_sites",
@@ -116,6 +118,51 @@ def check_latent_masks(model_trace: Trace) -> None:
                 "that are really unknown (e.g. the missing entries, as a site of their own) "
                 "instead of masking them"
             )
+
+
+STRUCTURE_RUNS = 16
+"""How many prior runs :func:`check_fixed_latent_sites` compares with the prototype trace."""
+
+
+def check_fixed_latent_sites(
+    model: Callable, prototype_trace: Trace, args: tuple, kwargs: dict
+) -> None:
+    """Refuse a model whose latent sites change from run to run (a site sampled only in one
+    branch of an ``if``): a guide built from one run has no factor for a site that other runs
+    sample, and Pyro would score that site as if observed. The model is run
+    :data:`STRUCTURE_RUNS` times from its prior (without gradients, leaving the random number
+    generators where they were) and each run's latent sites are compared with the prototype's;
+    a site that appears with probability below about 1/16 a run may go unseen.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     s = pyro.sample("s", dist.Normal(0.0, 1.0))
+        ...     if s > 0:
+        ...         pyro.sample("extra", dist.Normal(0.0, 1.0))
+        >>> prototype = pyro.poutine.trace(model).get_trace()
+        >>> try:
+        ...     check_fixed_latent_sites(model, prototype, (), {})
+        ... except ValueError as error:
+        ...     print(str(error).split(":")[0])
+        the model's latent sites change from run to run
+    """
+
+    def latent_names(trace: Trace) -> set[str]:
+        return {name for name, site in sample_sites(trace) if not site["is_observed"]}
+
+    expected = latent_names(prototype_trace)
+    with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad(), poutine.block():
+        for _ in range(STRUCTURE_RUNS):
+            found = latent_names(poutine.trace(model).get_trace(*args, **kwargs))
+            if found != expected:
+                changed = sorted(found ^ expected)
+                raise ValueError(
+                    f"the model's latent sites change from run to run: {changed} are sampled in "
+                    "some runs and not in others, so a guide built from one run has no fixed "
+                    "place for them; make every run sample the same sites (e.g. sample the "
+                    "site always and use it only in one branch)"
+                )
 
 
 def _cuda_devices() -> list[int]:

@@ -44,7 +44,13 @@ from pyro.nn import PyroParam
 from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 
-from pyro_blr.core import GaussianGuide, check_gaussian_guide, latent_layout
+from pyro_blr.core import (
+    GaussianGuide,
+    check_fixed_latent_sites,
+    check_gaussian_guide,
+    check_latent_masks,
+    latent_layout,
+)
 from pyro_blr.guides.flow_layers import FLOWS, Flow
 from pyro_blr.guides.lazy_layer import LazyLayer, is_lazy_transform
 
@@ -145,6 +151,8 @@ class AutoFlow(AutoContinuous):
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
         latent_layout(self.prototype_trace)  # refuses discrete and subsampled local latents by name
+        check_latent_masks(self.prototype_trace)
+        check_fixed_latent_sites(self.model, self.prototype_trace, args, kwargs)
         dim = self.latent_dim
         base = self._base[0]
         if base is not None:

@@ -42,7 +42,12 @@ from pyro.nn import PyroParam
 from torch import Tensor, nn
 from torch.distributions import biject_to, transform_to
 
-from pyro_blr.core import latent_layout, write_params
+from pyro_blr.core import (
+    check_fixed_latent_sites,
+    check_latent_masks,
+    latent_layout,
+    write_params,
+)
 from pyro_blr.families.gaussian import precision_from_scale_tril, scale_tril_from_precision
 from pyro_blr.guides.mixture import AutoMixture, check_num_components
 
@@ -119,6 +124,8 @@ class GaussianMixture(AutoMixture, AutoContinuous):
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
         latent_layout(self.prototype_trace)  # refuses discrete and subsampled local latents
+        check_latent_masks(self.prototype_trace)
+        check_fixed_latent_sites(self.model, self.prototype_trace, args, kwargs)
         loc = self._init_loc()
         k, d = self.num_components, self.latent_dim
         offsets = torch.randn(k, d, dtype=loc.dtype, device=loc.device)

@@ -44,13 +44,16 @@ SD_RANGE = (0.75, 1.3)
 NUM_DRAWS = 1000
 
 FULL = {"blr_von", "blr_newton", "svi_renyi", "svi_flow"}  # full-covariance families
+MIXTURES = {"blr_mixture", "svi_mixture"}  # diagonal components: between mean-field and full
 
 # entry point -> (guide factory, how to fit it); fits are sized to converge on these models.
 BLR_FITS = {
     # IVON's default beta2 = 0.999 suits long runs on large nets; 0.95 lets its curvature
     # estimate settle in the 200 steps these models need (the fixed point is the same)
     "blr_ivon": (AutoNormal, dict(rule="ivon", lr=0.5, beta2=0.95), 200),
-    "blr_von": (AutoMultivariateNormal, dict(rule="von", lr=0.5), 12),
+    # 12 steps reach the Gaussian idioms' posterior; the skewed ones (interval, positive) need
+    # about 50 (measured: u 0.85 sd off after 12 steps, 0.05 after 50)
+    "blr_von": (AutoMultivariateNormal, dict(rule="von", lr=0.5), 60),
     "blr_newton": (AutoMultivariateNormal, dict(rule="newton", lr=0.5), 30),
     "blr_expfamily": (
         pb.AutoExpFamily,
@@ -63,13 +66,17 @@ BLR_FITS = {
         150,
     ),
 }
+# entry point -> (guide factory, particles, ClippedAdam steps, lr decay a step), from lr 0.05.
+# Decayed to about 1e-4: Adam's last iterates jitter by about its step size, which at 2.5e-3
+# left Rényi and flow fits 0.26-0.32 posterior sd off. AutoExpFamily's Gamma factors widen slowly
+# under Adam (sd ratios 0.57-0.76 after 1500 steps on the positive idiom, 1.00 and 0.89 after
+# 3000 steps of 4 particles).
 SVI_FITS = {
-    "svi_expfamily": (pb.AutoExpFamily, 1),
-    "svi_mixture": (lambda m: pb.AutoMixture(m, num_components=2), 1),
-    "svi_flow": (lambda m: pb.AutoFlow(m, flow="iaf"), 1),
-    "svi_renyi": (AutoMultivariateNormal, 8),
+    "svi_expfamily": (pb.AutoExpFamily, 4, 3000, 0.999),
+    "svi_mixture": (lambda m: pb.AutoMixture(m, num_components=2), 1, 1500, 0.996),
+    "svi_flow": (lambda m: pb.AutoFlow(m, flow="iaf"), 1, 1500, 0.996),
+    "svi_renyi": (AutoMultivariateNormal, 8, 1500, 0.996),
 }
-SVI_STEPS = 1500
 DIAGNOSTICS = ["log_evidence", "sgd_evidence", "to_inference_data", "psis_diagnostic"]
 ENTRY_POINTS = [*BLR_FITS, *SVI_FITS, *DIAGNOSTICS]
 
@@ -102,16 +109,21 @@ def reference(idiom: Idiom, diagonal: bool) -> dict[str, tuple[torch.Tensor, tor
     return out
 
 
-def check_moments(samples: dict[str, torch.Tensor], ref: dict, tol: float = MEAN_TOL) -> None:
+def check_moments(
+    samples: dict[str, torch.Tensor], ref: dict, tol: float = MEAN_TOL, widest: dict | None = None
+) -> None:
+    """Means within ``tol`` reference sds; sds within ``SD_RANGE`` of the reference's (of
+    ``widest``'s from above, where given)."""
     for name, (mean, sd) in ref.items():
         got_mean, got_sd = samples[name].mean(0), samples[name].std(0)
         fixed = sd == 0  # e.g. the (0, 0) entry of a Cholesky factor
         torch.testing.assert_close(got_mean[fixed], mean[fixed], rtol=0, atol=1e-6)
         err = ((got_mean - mean) / sd)[~fixed]
         assert err.abs().max() < tol, f"{name}: mean off by {err.tolist()} sd"
-        ratio = (got_sd / sd)[~fixed]
-        assert ratio.min() > SD_RANGE[0] and ratio.max() < SD_RANGE[1], (
-            f"{name}: sd ratio {ratio.tolist()}"
+        high = sd if widest is None else widest[name][1]
+        low_ratio, high_ratio = (got_sd / sd)[~fixed], (got_sd / high)[~fixed]
+        assert low_ratio.min() > SD_RANGE[0] and high_ratio.max() < SD_RANGE[1], (
+            f"{name}: sd ratio {low_ratio.tolist()} (to the widest: {high_ratio.tolist()})"
         )
 
 
@@ -131,17 +143,17 @@ def fit(entry: str, idiom: Idiom):
         blr = pb.BLR(idiom.model, guide, **options)
         blr.fit(*idiom.args, num_steps=steps, progress=False, average=True)
         return guide
-    make, particles = SVI_FITS[entry]
+    make, particles, steps, decay = SVI_FITS[entry]
     guide = make(idiom.for_guide)
     if entry == "svi_renyi":
         loss = pb.RenyiELBO(alpha=0.5, num_particles=particles)
     elif idiom.elbo == "TraceEnum_ELBO":
-        loss = TraceEnum_ELBO(max_plate_nesting=1)
+        loss = TraceEnum_ELBO(max_plate_nesting=1, num_particles=particles)
     else:
-        loss = Trace_ELBO()
-    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.998})
+        loss = Trace_ELBO(num_particles=particles)
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": decay})
     svi = SVI(idiom.model, guide, optim, loss)
-    for _ in range(SVI_STEPS):
+    for _ in range(steps):
         svi.step(*idiom.args)
     return guide
 
@@ -190,7 +202,10 @@ def run_cell(entry: str, idiom: Idiom, refusal: bool = False) -> None:
             torch.testing.assert_close(posterior.covariance_matrix, ref[1], rtol=1e-8, atol=1e-8)
         ref = reference(idiom, diagonal=entry not in FULL)
         tol = NEWTON_TOL if entry == "blr_newton" and not idiom.gaussian else MEAN_TOL
-        check_moments(draws(guide, idiom), ref, tol)
+        # a mixture of diagonal Gaussians lies between the mean-field optimum and the posterior:
+        # its sds are held to the first from below and to the marginal sds from above
+        widest = reference(idiom, diagonal=False) if entry in MIXTURES else None
+        check_moments(draws(guide, idiom), ref, tol, widest)
         if idiom.answer is not None:  # a model parameter: learned toward type-II ML
             check_learned_parameter(idiom)
         return
