@@ -28,7 +28,6 @@ References:
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, ClassVar
 
@@ -37,7 +36,6 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch import Tensor
 
 from pyro_blr.blr.averaging import diverging
-from pyro_blr.blr.curvature import reparam_hessian_diagonal
 from pyro_blr.blr.rules import RULES
 from pyro_blr.blr.step_back import StepBack
 from pyro_blr.blr.steppers.base import (
@@ -48,22 +46,18 @@ from pyro_blr.blr.steppers.base import (
     minibatch,
     prepare_layout,
 )
+from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
-    Derivatives,
     GaussianGuide,
     derivatives,
-    neg_log_joint,
     num_observations,
-    per_datum_gradients,
     trace_without_rng,
     write_params,
 )
 from pyro_blr.families import gaussian_family
 
 __all__ = ["EXACT_START_MAX_DIM", "GaussianStepper"]
-
-logger = logging.getLogger(__name__)
 
 EXACT_START_MAX_DIM = 4096
 """IVON starts from the exact Hessian diagonal at the mean up to this many latent coordinates."""
@@ -73,7 +67,7 @@ _SAMPLED = frozenset(
 )
 
 
-class GaussianStepper(Stepper):
+class GaussianStepper(GaussianEstimates, Stepper):
     """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
     ``AutoDiagonalNormal`` or (``"von"``, ``"newton"``) ``AutoMultivariateNormal``."""
 
@@ -162,132 +156,6 @@ class GaussianStepper(Stepper):
             self._written = self._view.read()
 
     # ---------------------------------------------------------------- one step
-    def _particles(self, loc: Tensor, precision: Tensor) -> Tensor:
-        if self.rule.at_mean:
-            return loc.unsqueeze(0)
-        num = self.opts.mc_samples // 2 if self.opts.antithetic else self.opts.mc_samples
-        generator = None if self.collective is None else self.collective.generator
-        noise = torch.randn(
-            num, loc.shape[-1], dtype=loc.dtype, device=loc.device, generator=generator
-        )
-        if self.opts.antithetic:
-            noise = torch.cat([noise, -noise])
-        return gaussian_family(precision).sample(loc, precision, noise)
-
-    def _neg_log_joint(self, theta: Tensor, args, kwargs, mode=None, terms_out=None) -> Tensor:
-        mode = mode or self.mode
-        value = neg_log_joint(
-            self.model, self.layout, theta, args, kwargs, mode, terms_out, self._subsample
-        )
-        if self.opts.weight_decay:
-            value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
-        return value
-
-    def _check_finite(self, theta: Tensor, d: Derivatives, args, kwargs, step: int) -> None:
-        if not torch.isfinite(d.value).all():
-            runs = []
-            with torch.no_grad():
-                self._neg_log_joint(theta, args, kwargs, "loop", runs)
-            bad = sorted(
-                {name for terms in runs for name, t in terms if not torch.isfinite(t).all()}
-            )
-            raise FloatingPointError(
-                f"BLR step {step}: the log joint is not finite at site(s) {bad}; {KEPT}"
-            )
-        for label, tensor in (("gradient", d.grad), ("Hessian", d.hess)):
-            if tensor is None or torch.isfinite(tensor).all():
-                continue
-            bad_coords = (~torch.isfinite(tensor)).reshape(-1, self.layout.dim).any(0)
-            sites = sorted({self.layout.site_at(int(i)) for i in bad_coords.nonzero()})
-            raise FloatingPointError(
-                f"BLR step {step}: the {label} is not finite at {sites}; {KEPT}"
-            )
-
-    def _check_informative(self, d: Derivatives, hess: Tensor) -> None:
-        """Refuse coordinates the log joint does not depend on (zero gradient and curvature at
-        every particle): their precision would decay step after step until the update is not
-        finite. This is an improper (flat) or masked-out site."""
-        diag = hess if hess.dim() == 1 else hess.diagonal()
-        flat = (d.grad == 0).all(0) & (diag == 0)
-        if flat.any():
-            sites = sorted({self.layout.site_at(int(i)) for i in flat.nonzero()})
-            raise ValueError(
-                f"the log joint does not depend on site(s) {sites} (zero gradient and curvature): "
-                "their posterior is improper under this model, e.g. a masked-out or flat-prior "
-                "site; give them a proper prior or remove them"
-            )
-
-    def _estimate(self, loc, precision, args, kwargs, step_number) -> tuple[Tensor, ...]:
-        """This process's estimates of the expected gradient and curvature (the Hessian's
-        diagonal for a diagonal guide) and of the expected negative log joint."""
-        theta = self._particles(loc, precision)
-        d, hess = self._derivatives(theta, loc, precision, args, kwargs)
-        self._check_finite(theta, d, args, kwargs, step_number)
-        grad, hess = d.grad.mean(0), hess.mean(0)
-        if hess.dim() == 2 and precision.dim() == 1:
-            hess = hess.diagonal()
-        if not self._started:  # the first step of this stepper
-            self._check_informative(d, hess)
-        return grad, hess, d.value.mean()
-
-    def _check_distributable(self) -> None:
-        if self._local:
-            raise ValueError(
-                f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: "
-                "each rank would hold other data's local factors; the distributed BLR drives "
-                "global latents only"
-            )
-
-    def _derivatives(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
-        """Value and gradient at each particle, and the rule's curvature estimate per particle:
-        the exact Hessian, IVON's reparameterization estimate, or Gauss--Newton's."""
-        if self.rule.curvature == "ggn":
-            return self._gauss_newton(theta, loc, precision, args, kwargs)
-        exact = self.rule.curvature == "hessian"
-        fn = lambda t: self._neg_log_joint(t, args, kwargs)  # noqa: E731
-        if exact and self._groups is not None:
-            d = derivatives(fn, theta, hessian=True, groups=self._groups)
-            if not self._groups_checked:
-                self._check_groups(d.hess, derivatives(fn, theta, hessian=True).hess)
-                if self._groups is None:
-                    return self._derivatives(theta, loc, precision, args, kwargs)
-            return d, d.hess
-        d = derivatives(fn, theta, hessian=exact)
-        if exact:
-            return d, d.hess
-        return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
-
-    def _check_groups(self, grouped: Tensor, full: Tensor) -> None:
-        """Keep the grouped Hessian diagonal (one product per coordinate of a plate row) only if
-        it equals the full Hessian's at the first step's particles: a model that ties rows of a
-        subsampled plate together (a site outside the plate reading all of them) has cross
-        terms, and then every step computes the full Hessian."""
-        self._groups_checked = True
-        diagonal = full.diagonal(dim1=-2, dim2=-1)
-        tolerance = 1e-6 * diagonal.abs().amax().clamp_min(1.0)
-        if not ((grouped - diagonal).abs() <= tolerance).all():
-            self._groups = None
-            logger.info(
-                "the model ties rows of the subsampled plate(s) %s together: computing the full "
-                "Hessian at every step",
-                list(self.layout.local_plates),
-            )
-
-    def _gauss_newton(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
-        """The squared per-datum gradients summed over the data (the minibatch's scaled to the
-        full data), plus IVON's reparameterization estimate for the rest (priors,
-        log-Jacobians), per particle."""
-        out = per_datum_gradients(self.model, self.layout, theta, args, kwargs, self._subsample)
-        value, grad = out.value, out.grad
-        rest_grad = grad - out.datum_grads.sum(1)
-        if self.opts.weight_decay:
-            value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
-            grad = grad + self.opts.weight_decay * theta
-            rest_grad = rest_grad + self.opts.weight_decay * theta
-        ggn = (out.datum_grads.square() / out.scale[:, None]).sum(1)  # sum of c_i g_i^2
-        rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
-        return Derivatives(value, grad, None), ggn + rest
-
     def _ivon_start(self, loc: Tensor, args: tuple, kwargs: dict) -> Tensor:
         """IVON's starting precision: ``ess * hess_init`` in every coordinate (``ess`` divided
         by the size of the plates a latent site lies in: a per-datum latent sees one datum),
