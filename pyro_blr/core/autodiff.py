@@ -31,26 +31,33 @@ class Derivatives(NamedTuple):
     hess: Tensor | None
 
 
+def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor | None:
+    """Each particle's Hessian times each probe, ``(P, S, D)`` for probes ``(P, S, D)``
+    (particles are independent, so cross-particle terms vanish); ``None`` where the gradient
+    does not reach ``theta``. Batched with ``is_grads_batched``, or a loop where an operator has
+    no batching rule for its backward."""
+    try:
+        (rows,) = torch.autograd.grad(
+            grad, theta, grad_outputs=probes, is_grads_batched=True, allow_unused=True
+        )
+    except RuntimeError:
+        rows = [
+            torch.autograd.grad(grad, theta, probe, retain_graph=True, allow_unused=True)[0]
+            for probe in probes
+        ]
+        rows = None if rows[0] is None else torch.stack(rows)
+    return rows
+
+
 def hessian_from_grad(grad: Tensor, theta: Tensor) -> Tensor:
     """Per-particle Hessians ``(S, D, D)`` from gradients ``(S, D)`` built with ``create_graph``."""
     num_particles, dim = theta.shape
     zeros = theta.new_zeros(num_particles, dim, dim)
     if not grad.requires_grad:  # the gradient does not depend on theta: a linear log joint
         return zeros
-    # Row d of every particle's Hessian is the gradient of sum_s grad[s, d] (particles are
-    # independent, so cross-particle terms vanish).
+    # Row d of every particle's Hessian is its Hessian times the unit vector e_d.
     basis = torch.eye(dim, dtype=theta.dtype, device=theta.device)
-    basis = basis.unsqueeze(1).expand(dim, num_particles, dim)
-    try:
-        (rows,) = torch.autograd.grad(
-            grad, theta, grad_outputs=basis, is_grads_batched=True, allow_unused=True
-        )
-    except RuntimeError:  # an operator without a batching rule for its backward: loop instead
-        rows = [
-            torch.autograd.grad(grad[:, d].sum(), theta, retain_graph=True, allow_unused=True)[0]
-            for d in range(dim)
-        ]
-        rows = None if rows[0] is None else torch.stack(rows)
+    rows = _hessian_products(grad, theta, basis.unsqueeze(1).expand(dim, num_particles, dim))
     if rows is None:
         return zeros
     hess = rows.transpose(0, 1)
@@ -80,17 +87,9 @@ def hessian_diagonal_from_grad(grad: Tensor, theta: Tensor, groups: Tensor) -> T
         return theta.new_zeros(num_particles, dim)
     num_groups = int(groups.max()) + 1
     probes = torch.nn.functional.one_hot(groups, num_groups).T.to(theta.dtype)  # (G, D)
-    probes = probes.unsqueeze(1).expand(num_groups, num_particles, dim)
-    try:
-        (rows,) = torch.autograd.grad(
-            grad, theta, grad_outputs=probes, is_grads_batched=True, allow_unused=True
-        )
-    except RuntimeError:  # an operator without a batching rule for its backward: loop instead
-        rows = [
-            torch.autograd.grad(grad, theta, probes[g], retain_graph=True, allow_unused=True)[0]
-            for g in range(num_groups)
-        ]
-        rows = None if rows[0] is None else torch.stack(rows)
+    rows = _hessian_products(
+        grad, theta, probes.unsqueeze(1).expand(num_groups, num_particles, dim)
+    )
     if rows is None:
         return theta.new_zeros(num_particles, dim)
     index = groups.expand(num_particles, dim).unsqueeze(0)  # (1, S, D)
