@@ -262,6 +262,7 @@ class BLR:
         self.halvings = 0
         self.step_backs = 0
         self.stepped_back = False
+        self._skipped_params = False
         self._stepper = stepper(model, guide, rule, options)
         self._stepper.collective = self._collective(process_group, rank_noise, stepper, rule)
         self._pending = None
@@ -298,13 +299,27 @@ class BLR:
     # ------------------------------------------------------------------ model parameters
     def _step_model_params(self, args: tuple, kwargs: dict) -> None:
         """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI)."""
-        params, grads = self._stepper._together(
+        names, params, grads = self._stepper._together(
             self.num_steps, lambda: self._model_param_grads(args, kwargs)
         )
         if not params:
             return
         if self._stepper.collective is not None:  # the same optimizer step on every rank
             grads = self._stepper.collective.mean(grads)
+        bad = [n for n, g in zip(names, grads, strict=True) if not torch.isfinite(g).all()]
+        if bad:
+            # The ELBO gradient at a guide that overflowed: skip this step on the parameters
+            # so that the next BLR step can step back from that guide; twice in a row
+            # without a step back in between, the parameters themselves are at fault.
+            if self._skipped_params and not self.stepped_back:
+                raise FloatingPointError(
+                    f"BLR step {self.num_steps}: the ELBO gradient of the model's parameter(s) "
+                    f"{bad} is not finite two steps in a row; their values were left as they "
+                    "were (lower the optimizer's learning rate, or check their initial values)"
+                )
+            self._skipped_params = True
+            return
+        self._skipped_params = False
         if self.optim is None:
             logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
             self.optim = pyro.optim.Adam({"lr": 0.01})
@@ -318,18 +333,19 @@ class BLR:
         guide_params = {id(p) for p in self.guide.parameters()}
         with poutine.trace(param_only=True) as capture:
             loss = Trace_ELBO().differentiable_loss(self.model, self.guide, *args, **kwargs)
-        params = [
-            site["value"].unconstrained()
-            for site in capture.trace.nodes.values()
+        sites = [
+            (name, site["value"].unconstrained())
+            for name, site in capture.trace.nodes.items()
             if id(site["value"].unconstrained()) not in guide_params
         ]
-        if not params:
-            return [], []
+        if not sites:
+            return [], [], []
+        names, params = (list(x) for x in zip(*sites, strict=True))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [
             torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
         ]
-        return params, grads
+        return names, params, grads
 
     def _has_model_params(self, args: tuple, kwargs: dict) -> bool:
         if self._model_params is None:

@@ -20,6 +20,16 @@ divergence test, loose enough that Monte Carlo noise never triggers it. Every st
 reported (:attr:`pyro_blr.BLR.step_backs`) and warned about once per fit: a fit that steps
 back often wants a smaller ``lr``.
 
+Two losses compare only on the same data, so the driver steps back only between steps on the
+very same argument objects, unmodified in place, and never for a model that draws minibatches
+(``subsample_size``: one minibatch's loss may rightly be far above the last one's). A state
+written from outside (``load_state_dict``, an iterate average) has no step to retake. A
+checkpoint holds the current state only: resumed from a checkpoint taken between a diverging
+step and the step that would have stepped back from it, a run raises where the original would
+have stepped back. The model's own parameters (``optim=``) skip their update when their ELBO
+gradient at the new guide is not finite, so that the next step can step back; twice in a row
+without a step back between, the error names them.
+
 References:
     | Numerical Optimization, 2nd ed. (Nocedal & Wright, Springer 2006), Chapter 3
 """

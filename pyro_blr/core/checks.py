@@ -112,11 +112,16 @@ def check_latent_masks(model_trace: Trace) -> None:
         if site["is_observed"] or mask is None or mask is True:
             continue
         if mask is False or (torch.is_tensor(mask) and not bool(mask.all())):
+            how = (
+                "; it is the site Pyro adds for obs_mask=, whose observed entries it masks out: "
+                "sample the missing entries as a site of their own instead of obs_mask="
+                if name.endswith("_unobserved")
+                else "; sample only the elements that are really unknown (e.g. the missing "
+                "entries, as a site of their own) instead of masking them"
+            )
             raise ValueError(
                 f"latent site '{name}' is masked out at some elements: they enter no term of "
-                "the joint density, so their posterior is improper; sample only the elements "
-                "that are really unknown (e.g. the missing entries, as a site of their own) "
-                "instead of masking them"
+                f"the joint density, so their posterior is improper{how}"
             )
 
 

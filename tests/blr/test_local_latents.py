@@ -142,3 +142,35 @@ def test_the_grouped_hessian_diagonal_equals_the_full_one(tie_rows):
         runs.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     for key in runs[0]:
         torch.testing.assert_close(runs[0][key], runs[1][key], rtol=1e-12, atol=1e-12)
+
+
+def tied_at_zero(y):
+    """Rows tied by a site reading sum(z^2): the cross terms 8 z_i z_j vanish at z = 0, where
+    Newton's first step evaluates, so the check must look elsewhere."""
+    with pyro.plate("groups", G, subsample_size=5) as idx:
+        z = pyro.sample("z", dist.Normal(y.new_zeros(()), 1.0))
+        pyro.sample("y", dist.Normal(z, 1.0), obs=y[idx, 0])
+    pyro.sample("s", dist.Normal((z**2).sum(-1), 0.5), obs=y.new_tensor(3.0))
+
+
+def tied_beside_a_stiff_global(y):
+    """Rows tied by a factor, next to a global whose curvature is 10^8: the check must compare
+    each coordinate with its own curvature, not with the largest."""
+    mu = pyro.sample("mu", dist.Normal(y.new_zeros(()), 10.0))
+    big = 2.0 + 0.01 * torch.randn(20000, generator=torch.Generator().manual_seed(1), dtype=D)
+    pyro.sample("big", dist.Normal(mu, 0.01).expand([20000]).to_event(1), obs=big)
+    with pyro.plate("groups", G, subsample_size=5) as idx:
+        z = pyro.sample("z", dist.Normal(y.new_zeros(()), 1.0))
+        pyro.sample("y", dist.Normal(z, 1.0), obs=y[idx, 0])
+    pyro.factor("tie", -5.0 * z.sum(-1) ** 2)
+
+
+@pytest.mark.parametrize("model", [tied_at_zero, tied_beside_a_stiff_global])
+@pytest.mark.parametrize("rule", ["newton", "von"])
+def test_rows_tied_where_the_first_particles_hide_it_are_caught(model, rule):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(model)
+    blr = pb.BLR(model, guide, lr=0.3, rule=rule)
+    blr.step(grouped_data())
+    assert blr._stepper._groups is None

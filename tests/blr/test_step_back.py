@@ -127,3 +127,98 @@ def test_a_larger_loss_on_other_data_is_no_divergence():
         blr.step(y)
     assert blr.step_backs == 0
     assert not any("half the step size" in str(w.message) for w in caught)
+
+
+def test_minibatches_are_never_compared():
+    # Each step scores another minibatch: one holding outliers has a loss far above the last
+    # and must still be stepped on (stepping back from it biased the mean from 0.29 to -0.01).
+    pyro.clear_param_store()
+    y = torch.randn(2000, generator=torch.Generator().manual_seed(0))
+    y[:20] = 30.0
+
+    def subsampled(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(y), subsample_size=20) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    pyro.set_rng_seed(1)
+    blr = pb.BLR(subsampled, AutoDiagonalNormal(subsampled), lr=0.5, rule="von")
+    for _ in range(300):
+        blr.step(y)
+    assert blr.step_backs == 0
+
+
+def test_data_refilled_in_place_is_other_data(counts):
+    guide = AutoDiagonalNormal(model, init_scale=0.1)
+    blr = pb.BLR(model, guide, lr=1.0, rule="newton")
+    data = counts.clone()
+    blr.step(X, data)
+    data[:] = data.flip(0)  # the same tensor, new contents: the losses do not compare
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FloatingPointError):  # the overflow is this data's, not a step's
+            blr.step(X, data)
+    assert blr.step_backs == 0
+    assert not any("half the step size" in str(w.message) for w in caught)
+
+
+def test_a_restored_checkpoint_is_not_stepped_back_from():
+    # The loss at a restored early state is far above the last step's: that is the
+    # checkpoint, not a divergence (stepping back from it silently undid the restore).
+    y = 50.0 + torch.randn(100, generator=torch.Generator().manual_seed(0))
+
+    def normal_mean(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 100.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    pyro.clear_param_store()
+    guide = AutoDiagonalNormal(normal_mean)
+    blr = pb.BLR(normal_mean, guide, lr=0.5, rule="von")
+    blr.step(y)
+    early = blr.state_dict()
+    for _ in range(30):
+        blr.step(y)
+    blr.load_state_dict(early, y)
+    restored = float(guide.loc.detach())
+    assert abs(restored - 50.0) > 10  # the early state, far from the posterior
+    blr.step(y)
+    assert not blr.stepped_back and blr.step_backs == 0
+
+
+def test_model_parameters_wait_out_a_step_that_is_stepped_back_from(counts):
+    # The ELBO gradient of a pyro.param at the overflowing guide is NaN: the parameter step is
+    # skipped (Adam wrote NaN into it before), the next step steps back, and the fit goes on.
+    def with_offset(x, y):
+        b = pyro.param("b", torch.tensor(0.0))
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Poisson((w * x + b).exp()), obs=y)
+
+    pyro.set_rng_seed(0)
+    guide = AutoDiagonalNormal(with_offset)
+    blr = pb.BLR(with_offset, guide, lr=1.0, rule="von", optim=pyro.optim.Adam({"lr": 0.01}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the step-back warning and Pyro's NaN-gradient one
+        blr.fit(X, counts, num_steps=40, progress=False)
+    assert blr.step_backs >= 1
+    assert torch.isfinite(pyro.param("b")).all()
+    assert abs(float(guide.loc.detach()) - 0.1) < 0.02  # w near its posterior (0.10 at b = 0)
+
+
+def test_a_parameter_whose_gradient_stays_nan_is_named():
+    def bad_param(y):
+        b = pyro.param("b", torch.tensor(0.0))
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu + 0.0 * b.sqrt(), 1.0), obs=y)
+
+    pyro.clear_param_store()
+    y = torch.zeros(3)
+    pyro.param("b", torch.tensor(0.0))  # 0 * sqrt'(0) = 0 * inf: the gradient is NaN
+    blr = pb.BLR(bad_param, AutoDiagonalNormal(bad_param), lr=0.5, rule="von")
+    with pytest.raises(FloatingPointError, match=r"parameter\(s\) \['b'\] is not finite two"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(3):
+                blr.step(y)

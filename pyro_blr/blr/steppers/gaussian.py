@@ -99,7 +99,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
         self._groups, self._groups_checked = None, False
         self._started = False  # whether a step has run or a checkpoint was restored
         self._undo: StepBack | None = None  # how to retake the last step (non-local only)
-        self._undo_data: tuple = ((), {})  # the model's arguments at that step
+        self._undo_data: tuple = ((), {}, ())  # the model's arguments at that step
+        self._steps_back = True  # set at set-up: not for a model that draws minibatches
 
     # ---------------------------------------------------------------- the guide, read and written
     def _setup(self, args: tuple, kwargs: dict) -> None:
@@ -126,6 +127,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
         with torch.random.fork_rng(devices=[]):  # set-up draws nothing a resumed run would miss
             subsampled = bool(minibatch(self.model, args, kwargs))
         self._per_step_minibatch = self._local or (subsampled and self.mode != "plate")
+        # Two steps' losses compare only on the same data: minibatches differ step to step.
+        self._steps_back = not subsampled
         self.ess = self.opts.ess
         if self.rule_name == "ivon" and self.ess is None:  # only IVON's start uses it
             like = next(iter(self.guide.parameters()))
@@ -227,9 +230,9 @@ class GaussianStepper(GaussianEstimates, Stepper):
         if self._undo is not None and diverging(self._undo.loss, loss):
             return self._step_back(step_number, f"the loss rose to {loss:.4g}")
         self._take(state, grad, hess, lr, step_number)
-        if not self._local:
+        if not self._local and self._steps_back:
             self._undo = StepBack(state, grad, hess, lr, step_number, loss)
-            self._undo_data = (args, kwargs)
+            self._undo_data = (args, kwargs, _versions(args, kwargs))
         return StepInfo(loss)
 
     def _same_data(self, args: tuple, kwargs: dict) -> bool:
@@ -237,12 +240,13 @@ class GaussianStepper(GaussianEstimates, Stepper):
         losses comparable: a step on other data may well have a larger loss)."""
         if self._undo is None:
             return False
-        last_args, last_kwargs = self._undo_data
+        last_args, last_kwargs, last_versions = self._undo_data
         return (
             len(args) == len(last_args)
             and all(a is b for a, b in zip(args, last_args, strict=True))
             and kwargs.keys() == last_kwargs.keys()
             and all(kwargs[k] is last_kwargs[k] for k in kwargs)
+            and _versions(args, kwargs) == last_versions  # not refilled in place either
         )
 
     @torch.no_grad()
@@ -308,6 +312,7 @@ class GaussianStepper(GaussianEstimates, Stepper):
         return {"precision_times_loc": eta1, "precision": state.precision.clone()}
 
     def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        self._undo = None  # a state written from outside: no step to retake
         if self._local:
             writes = []
             for site, (locs, scales, leaf) in zip(
@@ -332,6 +337,7 @@ class GaussianStepper(GaussianEstimates, Stepper):
         return {name: value.clone() for name, value in state._asdict().items()}
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        self._undo = None  # a restored state: no step to retake
         if self.layout is None:
             self._setup(args, kwargs)
         if self._local:
@@ -364,3 +370,9 @@ class GaussianStepper(GaussianEstimates, Stepper):
         if not positive:
             raise ValueError("state_dict entry 'precision' is not positive definite")
         self._write(type(current)(**fields))
+
+
+def _versions(args: tuple, kwargs: dict) -> tuple:
+    """The in-place version counter of every tensor argument (``y[:] = batch`` bumps it)."""
+    values = [*args, *kwargs.values()]
+    return tuple(v._version if torch.is_tensor(v) else None for v in values)

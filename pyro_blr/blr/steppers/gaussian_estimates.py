@@ -125,26 +125,32 @@ class GaussianEstimates:
             return self._gauss_newton(theta, loc, precision, args, kwargs)
         exact = self.rule.curvature == "hessian"
         fn = lambda t: self._neg_log_joint(t, args, kwargs)  # noqa: E731
+        if exact and self._groups is not None and not self._groups_checked:
+            self._check_groups(fn, loc, precision)
         if exact and self._groups is not None:
             d = derivatives(fn, theta, hessian=True, groups=self._groups)
-            if not self._groups_checked:
-                self._check_groups(d.hess, derivatives(fn, theta, hessian=True).hess)
-                if self._groups is None:
-                    return self._derivatives(theta, loc, precision, args, kwargs)
             return d, d.hess
         d = derivatives(fn, theta, hessian=exact)
         if exact:
             return d, d.hess
         return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
 
-    def _check_groups(self, grouped: Tensor, full: Tensor) -> None:
+    def _check_groups(self, fn, loc: Tensor, precision: Tensor) -> None:
         """Keep the grouped Hessian diagonal (one product per coordinate of a plate row) only if
-        it equals the full Hessian's at the first step's particles: a model that ties rows of a
-        subsampled plate together (a site outside the plate reading all of them) has cross
-        terms, and then every step computes the full Hessian."""
+        it equals the full Hessian's, coordinate by coordinate, at two random draws from the
+        guide (from a private generator: the run's draws are untouched). A model that ties rows
+        of a subsampled plate together (a factor or a site outside the plate reading all of
+        them) has cross terms, and then every step computes the full Hessian. A tie whose cross
+        terms vanish at both draws goes unseen."""
         self._groups_checked = True
-        diagonal = full.diagonal(dim1=-2, dim2=-1)
-        tolerance = 1e-6 * diagonal.abs().amax().clamp_min(1.0)
+        generator = torch.Generator(device=loc.device).manual_seed(0)
+        noise = torch.randn(2, loc.shape[-1], generator=generator, dtype=loc.dtype,
+                            device=loc.device)  # fmt: skip
+        points = loc + noise * precision.rsqrt()
+        grouped = derivatives(fn, points, hessian=True, groups=self._groups).hess
+        diagonal = derivatives(fn, points, hessian=True).hess.diagonal(dim1=-2, dim2=-1)
+        rtol = max(1e-6, 1e3 * torch.finfo(loc.dtype).eps)
+        tolerance = rtol * diagonal.abs() + 1e-12 * diagonal.abs().amax()
         if not ((grouped - diagonal).abs() <= tolerance).all():
             self._groups = None
             logger.info(
