@@ -48,8 +48,9 @@ MAX_STEP_BACKS = 10
 
 class StepBack(NamedTuple):
     """What retaking a step needs: the rule's state before it, the estimates it was taken
-    from, its step size and number, the loss estimated at that state, and how often the step
-    has been halved so far.
+    from, its step size and number, the loss estimated at that state, how often the step has
+    been halved so far, and the data it was taken on (the model's arguments with their tensors'
+    in-place versions: a later loss compares with this one only on the same data).
 
     Example:
         >>> import torch
@@ -67,6 +68,7 @@ class StepBack(NamedTuple):
     step_number: int
     loss: float
     halvings: int = 0
+    data: tuple = ()
 
     @property
     def lr_now(self) -> float:

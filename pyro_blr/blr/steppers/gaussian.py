@@ -99,7 +99,6 @@ class GaussianStepper(GaussianEstimates, Stepper):
         self._groups, self._groups_checked = None, False
         self._started = False  # whether a step has run or a checkpoint was restored
         self._undo: StepBack | None = None  # how to retake the last step (non-local only)
-        self._undo_data: tuple = ((), {}, ())  # the model's arguments at that step
         self._steps_back = True  # set at set-up: not for a model that draws minibatches
 
     # ---------------------------------------------------------------- the guide, read and written
@@ -231,8 +230,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
             return self._step_back(step_number, f"the loss rose to {loss:.4g}")
         self._take(state, grad, hess, lr, step_number)
         if not self._local and self._steps_back:
-            self._undo = StepBack(state, grad, hess, lr, step_number, loss)
-            self._undo_data = (args, kwargs, _versions(args, kwargs))
+            data = (args, kwargs, _versions(args, kwargs))
+            self._undo = StepBack(state, grad, hess, lr, step_number, loss, data=data)
         return StepInfo(loss)
 
     def _same_data(self, args: tuple, kwargs: dict) -> bool:
@@ -240,7 +239,7 @@ class GaussianStepper(GaussianEstimates, Stepper):
         losses comparable: a step on other data may well have a larger loss)."""
         if self._undo is None:
             return False
-        last_args, last_kwargs, last_versions = self._undo_data
+        last_args, last_kwargs, last_versions = self._undo.data
         return (
             len(args) == len(last_args)
             and all(a is b for a, b in zip(args, last_args, strict=True))
