@@ -14,6 +14,7 @@ from pyro_blr.core.checks import (
     check_latent_masks,
     check_model_and_guide,
     check_no_enumerated_sites,
+    check_prototype,
     nonfinite_term,
     rng_state,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "check_latent_masks",
     "check_model_and_guide",
     "check_no_enumerated_sites",
+    "check_prototype",
     "choose_vectorization",
     "data_plates",
     "derivatives",

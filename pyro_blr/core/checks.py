@@ -28,6 +28,7 @@ __all__ = [
     "check_latent_masks",
     "check_model_and_guide",
     "check_no_enumerated_sites",
+    "check_prototype",
     "nonfinite_term",
     "rng_state",
 ]
@@ -168,6 +169,20 @@ def check_fixed_latent_sites(
                     "place for them; make every run sample the same sites (e.g. sample the "
                     "site always and use it only in one branch)"
                 )
+
+
+def check_prototype(model: Callable, prototype_trace: Trace, args: tuple, kwargs: dict) -> None:
+    """What a guide built from one prototype run of ``model`` must refuse at set-up:
+    :func:`check_latent_masks` and :func:`check_fixed_latent_sites`.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> check_prototype(model, pyro.poutine.trace(model).get_trace(), (), {})  # passes
+    """
+    check_latent_masks(prototype_trace)
+    check_fixed_latent_sites(model, prototype_trace, args, kwargs)
 
 
 def _cuda_devices() -> list[int]:

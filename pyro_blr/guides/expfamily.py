@@ -41,7 +41,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import transform_to
 
-from pyro_blr.core import check_fixed_latent_sites, check_latent_masks, write_params
+from pyro_blr.core import check_prototype, write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
 
 __all__ = ["AutoExpFamily"]
@@ -103,8 +103,7 @@ class AutoExpFamily(AutoGuide):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
-        check_latent_masks(self.prototype_trace)
-        check_fixed_latent_sites(self.model, self.prototype_trace, args, kwargs)
+        check_prototype(self.model, self.prototype_trace, args, kwargs)
         self._families: dict[str, ExpFamily] = {}
         self.params = PyroModule()
         for name, site in self.prototype_trace.iter_stochastic_nodes():

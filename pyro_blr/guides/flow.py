@@ -46,9 +46,8 @@ from torch.distributions import Transform, biject_to
 
 from pyro_blr.core import (
     GaussianGuide,
-    check_fixed_latent_sites,
     check_gaussian_guide,
-    check_latent_masks,
+    check_prototype,
     latent_layout,
 )
 from pyro_blr.guides.flow_layers import FLOWS, Flow
@@ -151,8 +150,7 @@ class AutoFlow(AutoContinuous):
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
         latent_layout(self.prototype_trace)  # refuses discrete and subsampled local latents by name
-        check_latent_masks(self.prototype_trace)
-        check_fixed_latent_sites(self.model, self.prototype_trace, args, kwargs)
+        check_prototype(self.model, self.prototype_trace, args, kwargs)
         dim = self.latent_dim
         base = self._base[0]
         if base is not None:

@@ -43,8 +43,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to, transform_to
 
 from pyro_blr.core import (
-    check_fixed_latent_sites,
-    check_latent_masks,
+    check_prototype,
     latent_layout,
     write_params,
 )
@@ -124,8 +123,7 @@ class GaussianMixture(AutoMixture, AutoContinuous):
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
         latent_layout(self.prototype_trace)  # refuses discrete and subsampled local latents
-        check_latent_masks(self.prototype_trace)
-        check_fixed_latent_sites(self.model, self.prototype_trace, args, kwargs)
+        check_prototype(self.model, self.prototype_trace, args, kwargs)
         loc = self._init_loc()
         k, d = self.num_components, self.latent_dim
         offsets = torch.randn(k, d, dtype=loc.dtype, device=loc.device)
