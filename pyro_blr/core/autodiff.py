@@ -1,8 +1,8 @@
 r"""Values, gradients and exact Hessians of a function of a batch of particles, by torch autograd.
 
 The Hessian :math:`\nabla^2\ell(\theta_s)` comes from double backward: one Hessian-vector
-product per coordinate, batched with ``is_grads_batched`` (a loop where an operator has no
-batching rule for its backward).
+product per coordinate, batched with ``torch.func.vmap`` over the backward pass (with
+``is_grads_batched``, or a loop, where an operator has no batching rule for its backward).
 """
 
 from __future__ import annotations
@@ -31,22 +31,33 @@ class Derivatives(NamedTuple):
     hess: Tensor | None
 
 
-def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor | None:
+def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor:
     """Each particle's Hessian times each probe, ``(P, S, D)`` for probes ``(P, S, D)``
-    (particles are independent, so cross-particle terms vanish); ``None`` where the gradient
-    does not reach ``theta``. Batched with ``is_grads_batched``, or a loop where an operator has
-    no batching rule for its backward."""
+    (particles are independent, so cross-particle terms vanish; zero where the gradient does
+    not reach ``theta``).
+
+    The products are batched by ``torch.func.vmap`` over the backward pass, whose batching
+    rules turn a product with a batched vector into one matrix product (``X @ w``'s double
+    backward reads ``X`` once for all probes, where ``is_grads_batched`` reads it once per
+    probe: 17 times slower at ``N = 10^5, D = 100``); then by ``is_grads_batched``; then by a
+    loop, where an operator has no batching rule for its backward."""
+
+    def product(probe: Tensor) -> Tensor:
+        (row,) = torch.autograd.grad(grad, theta, probe, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(theta) if row is None else row
+
+    try:
+        return torch.func.vmap(product)(probes)
+    except RuntimeError:
+        pass
     try:
         (rows,) = torch.autograd.grad(
-            grad, theta, grad_outputs=probes, is_grads_batched=True, allow_unused=True
-        )
+            grad, theta, grad_outputs=probes, is_grads_batched=True, allow_unused=True,
+            retain_graph=True,
+        )  # fmt: skip
     except RuntimeError:
-        rows = [
-            torch.autograd.grad(grad, theta, probe, retain_graph=True, allow_unused=True)[0]
-            for probe in probes
-        ]
-        rows = None if rows[0] is None else torch.stack(rows)
-    return rows
+        rows = torch.stack([product(probe) for probe in probes])
+    return torch.zeros_like(probes) if rows is None else rows
 
 
 def hessian_from_grad(grad: Tensor, theta: Tensor) -> Tensor:
@@ -58,8 +69,6 @@ def hessian_from_grad(grad: Tensor, theta: Tensor) -> Tensor:
     # Row d of every particle's Hessian is its Hessian times the unit vector e_d.
     basis = torch.eye(dim, dtype=theta.dtype, device=theta.device)
     rows = _hessian_products(grad, theta, basis.unsqueeze(1).expand(dim, num_particles, dim))
-    if rows is None:
-        return zeros
     hess = rows.transpose(0, 1)
     return 0.5 * (hess + hess.mT)
 
@@ -90,8 +99,6 @@ def hessian_diagonal_from_grad(grad: Tensor, theta: Tensor, groups: Tensor) -> T
     rows = _hessian_products(
         grad, theta, probes.unsqueeze(1).expand(num_groups, num_particles, dim)
     )
-    if rows is None:
-        return theta.new_zeros(num_particles, dim)
     index = groups.expand(num_particles, dim).unsqueeze(0)  # (1, S, D)
     return rows.gather(0, index).squeeze(0)
 
