@@ -125,6 +125,12 @@ class BLR:
             where that is larger (up to 4096 coordinates), so the start does not depend on the
             guide's ``init_scale``. ``None`` keeps the guide's own precision (e.g. to continue
             an earlier fit: a new driver with the default restarts the precision).
+        hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian at gaps of 1, 2,
+            4, ... steps up to ``hessian_every`` (the curvature changes fastest at the start)
+            and reuse the last one in between, where a step costs only the gradients. The fixed point is unchanged (the mean stops where the expected
+            gradient vanishes, the precision at the expected Hessian there); a step costs
+            :math:`1/k` of a Hessian, which takes one Hessian-vector product per coordinate
+            (:math:`D` backward passes). Not for latents local to a subsampled plate.
         process_group: the ``torch.distributed`` group to run over (see
             :mod:`pyro_blr.blr.distributed`): ``"auto"`` (the default) uses the default group
             when ``torch.distributed`` is initialized with more than one rank, ``None`` runs in
@@ -188,6 +194,7 @@ class BLR:
         optim: pyro.optim.PyroOptim | None = None,
         ess: float | None = None,
         hess_init: float | None = 1.0,
+        hessian_every: int = 1,
         process_group: Any = "auto",
         rank_noise: bool = True,
     ):
@@ -229,6 +236,12 @@ class BLR:
             hess_init = _check_number("hess_init", hess_init, 0.0, math.inf, closed_high=False)
             if hess_init == 0:
                 raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")
+        if (
+            not isinstance(hessian_every, int)
+            or isinstance(hessian_every, bool)
+            or hessian_every < 1
+        ):
+            raise ValueError(f"hessian_every must be a positive integer, got {hessian_every!r}")
         options = StepOptions(
             mc_samples=mc_samples,
             antithetic=bool(antithetic),
@@ -240,6 +253,7 @@ class BLR:
             max_plate_nesting=max_plate_nesting,
             ess=ess,
             hess_init=hess_init,
+            hessian_every=hessian_every,
         )
         defaults = StepOptions()
         honoured = stepper.options[rule]

@@ -55,6 +55,7 @@ class StepOptions(NamedTuple):
     max_plate_nesting: int | None = None
     ess: float | None = None
     hess_init: float | None = 1.0
+    hessian_every: int = 1
 
 
 class StepInfo(NamedTuple):

@@ -97,12 +97,17 @@ class GaussianEstimates:
                 "site; give them a proper prior or remove them"
             )
 
-    def _estimate(self, loc, precision, args, kwargs, step_number) -> tuple[Tensor, ...]:
+    def _estimate(
+        self, loc, precision, args, kwargs, step_number, curvature=True
+    ) -> tuple[Tensor, ...]:
         """This process's estimates of the expected gradient and curvature (the Hessian's
-        diagonal for a diagonal guide) and of the expected negative log joint."""
+        diagonal for a diagonal guide; ``None`` without ``curvature``, for an exact-Hessian
+        rule between its Hessians) and of the expected negative log joint."""
         theta = self._particles(loc, precision)
-        d, hess = self._derivatives(theta, loc, precision, args, kwargs)
+        d, hess = self._derivatives(theta, loc, precision, args, kwargs, curvature)
         self._check_finite(theta, d, args, kwargs, step_number)
+        if hess is None:
+            return d.grad.mean(0), None, d.value.mean()
         grad, hess = d.grad.mean(0), hess.mean(0)
         if hess.dim() == 2 and precision.dim() == 1:
             hess = hess.diagonal()
@@ -118,13 +123,19 @@ class GaussianEstimates:
                 "global latents only"
             )
 
-    def _derivatives(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
+    def _derivatives(
+        self, theta, loc, precision, args, kwargs, curvature=True
+    ) -> tuple[Derivatives, Tensor | None]:
         """Value and gradient at each particle, and the rule's curvature estimate per particle:
-        the exact Hessian, IVON's reparameterization estimate, or Gauss--Newton's."""
+        the exact Hessian (``None`` without ``curvature``), IVON's reparameterization estimate,
+        or Gauss--Newton's."""
         if self.rule.curvature == "ggn":
             return self._gauss_newton(theta, loc, precision, args, kwargs)
+        if self.rule.curvature == "hessian" and not curvature:
+            fn = lambda t: self._neg_log_joint(t, args, kwargs)  # noqa: E731
+            return derivatives(fn, theta), None
         exact = self.rule.curvature == "hessian"
-        fn = lambda t: self._neg_log_joint(t, args, kwargs)  # noqa: E731
+        fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode(exact))  # noqa: E731
         if exact and self._groups is not None and not self._groups_checked:
             self._check_groups(fn, loc, precision)
         if exact and self._groups is not None:
@@ -134,6 +145,14 @@ class GaussianEstimates:
         if exact:
             return d, d.hess
         return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
+
+    def _hessian_mode(self, exact: bool = True) -> str:
+        """How particles are evaluated for exact Hessians: one model run each where the
+        particles would otherwise go through ``torch.func.vmap``. The double backward of a
+        vmapped forward reads the data once per particle and probe (``X @ w`` becomes a batched
+        matrix product over copies of ``X``): at ``N = 10^5, D = 100`` two particles' Hessians
+        take 1.6 s vmapped and 0.23 s one by one."""
+        return "loop" if exact and self.mode == "vmap" else self.mode
 
     def _check_groups(self, fn, loc: Tensor, precision: Tensor) -> None:
         """Keep the grouped Hessian diagonal (one product per coordinate of a plate row) only if

@@ -1,0 +1,158 @@
+"""``hessian_every``: the exact-Hessian rules reuse their last Hessian between fresh ones."""
+
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
+
+import pyro_blr as pb
+import pyro_blr.core.autodiff as autodiff
+from tests.scenarios import linear_regression, logistic_regression
+
+
+@pytest.fixture
+def hessians(monkeypatch):
+    """Counts the exact Hessians computed."""
+    calls = []
+    original = autodiff.hessian_from_grad
+
+    def counted(grad, theta):
+        calls.append(theta.shape[0])
+        return original(grad, theta)
+
+    monkeypatch.setattr(autodiff, "hessian_from_grad", counted)
+    return calls
+
+
+def _run(s, guide_class, rule, hessian_every, num_steps, seed=0, lr=0.3):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = guide_class(s.model)
+    blr = pb.BLR(s.model, guide, lr=lr, rule=rule, hessian_every=hessian_every)
+    losses = [blr.step(s.X, s.y) for _ in range(num_steps)]
+    return guide, blr, losses
+
+
+@pytest.mark.parametrize(
+    "rule, guide_class",
+    [("von", AutoMultivariateNormal), ("von", AutoDiagonalNormal), ("newton", AutoNormal)],
+)
+def test_constant_hessian_gives_the_same_run(rule, guide_class):
+    # A linear-Gaussian model's Hessian is the same everywhere, so reusing it changes nothing:
+    # the runs agree to the last bit (the particles are drawn alike either way).
+    s = linear_regression()
+    every, once = (_run(s, guide_class, rule, k, 20) for k in (1, 7))
+    assert every[2] == once[2]
+    for a, b in zip(every[0].parameters(), once[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_hessians_come_at_doubling_gaps_up_to_k(hessians):
+    s = linear_regression()
+    _run(s, AutoMultivariateNormal, "von", 4, 17)
+    assert len(hessians) == 6  # steps 1, 2, 4, 8, 12 and 16
+
+
+def test_a_guide_changed_outside_gets_a_fresh_hessian(hessians):
+    s = linear_regression()
+    guide, blr, _ = _run(s, AutoMultivariateNormal, "von", 100, 3)
+    assert len(hessians) == 2  # steps 1 and 2; the next is due at step 4
+    with torch.no_grad():
+        guide.loc.add_(0.1)
+    blr.step(s.X, s.y)
+    assert len(hessians) == 3
+
+
+def test_newton_reaches_its_exact_fixed_point():
+    # The delta method's fixed point is the MAP with the Hessian there as the precision, whatever
+    # Hessians led to it: reusing a stale one slows the approach, it does not move the target.
+    s = logistic_regression()
+    guide, _, _ = _run(s, AutoMultivariateNormal, "newton", 5, 200, lr=0.5)
+    w = guide.loc.detach().requires_grad_(True)
+    log_joint = (
+        -torch.nn.functional.binary_cross_entropy_with_logits(s.X @ w, s.y, reduction="sum")
+        - 0.5 * w.square().sum() / s.prior_scale**2
+    )
+    (grad,) = torch.autograd.grad(log_joint, w, create_graph=True)
+    hess = torch.stack([torch.autograd.grad(g, w, retain_graph=True)[0] for g in grad])
+    torch.testing.assert_close(grad.detach(), torch.zeros(3, dtype=w.dtype), atol=1e-8, rtol=0)
+    precision = torch.linalg.inv(guide.get_posterior().covariance_matrix.detach())
+    torch.testing.assert_close(precision, -hess.detach(), rtol=1e-6, atol=1e-8)
+
+
+def test_von_reaches_the_elbo_optimum():
+    # The same tolerance as tests/blr/test_logistic.py (0.015 nats: 0.1 posterior sd of jitter
+    # per coordinate on this 3-D problem), with a Hessian every tenth step.
+    s = logistic_regression()
+    best, _, _ = s.optimum(diagonal=False)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoMultivariateNormal(s.model)
+    blr = pb.BLR(s.model, guide, lr=lambda t: 0.5 / (1 + t / 20), rule="von", hessian_every=10)
+    blr.fit(s.X, s.y, num_steps=300, progress=False)
+    scale_tril = guide.scale[:, None] * guide.scale_tril
+    gap = best - float(s.elbo(guide.loc.detach(), scale_tril.detach()))
+    assert -1e-6 < gap < 0.015
+
+
+def test_checkpoint_keeps_the_reused_hessian():
+    s = linear_regression(subsample_size=10)
+
+    def make():
+        pyro.clear_param_store()
+        guide = AutoMultivariateNormal(s.model)
+        guide(s.X, s.y)
+        return pb.BLR(s.model, guide, lr=lambda t: 0.3 / (1 + t), rule="von", hessian_every=3)
+
+    pyro.set_rng_seed(0)
+    blr = make()
+    blr.fit(s.X, s.y, num_steps=4, progress=False)
+    checkpoint = blr.state_dict()
+    assert int(checkpoint["state"]["hessian_age"]) == 1  # Hessians at steps 1, 2 and 4
+    assert int(checkpoint["state"]["hessian_count"]) == 3
+    rng = torch.get_rng_state()
+    expected = blr.fit(s.X, s.y, num_steps=5, progress=False).losses
+
+    resumed = make()
+    resumed.load_state_dict(checkpoint)
+    torch.set_rng_state(rng)
+    assert resumed.fit(s.X, s.y, num_steps=5, progress=False).losses == expected
+
+
+def test_checkpoint_entries_are_checked():
+    s = linear_regression()
+    blr = _run(s, AutoMultivariateNormal, "von", 3, 2)[1]
+    state = blr.state_dict()
+    other = _run(s, AutoMultivariateNormal, "von", 1, 1)[1]
+    with pytest.raises(ValueError, match="from a run with hessian_every > 1"):
+        other.load_state_dict(state)
+    state["state"]["hessian"] = torch.ones(2, 2, dtype=s.X.dtype)
+    with pytest.raises(ValueError, match="'hessian' has shape"):
+        blr.load_state_dict(state)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_hessian_every_must_be_a_positive_integer(value):
+    s = linear_regression()
+    with pytest.raises(ValueError, match="hessian_every must be a positive integer"):
+        pb.BLR(s.model, AutoNormal(s.model), rule="von", hessian_every=value)
+
+
+@pytest.mark.parametrize("rule", ["ivon", "vogn"])
+def test_rules_without_exact_hessians_refuse_it(rule):
+    s = linear_regression()
+    with pytest.raises(ValueError, match="hessian_every=2 does not apply to rule"):
+        pb.BLR(s.model, AutoNormal(s.model), rule=rule, hessian_every=2)
+
+
+def test_local_latents_refuse_it():
+    def model(y):
+        mu = pyro.sample("mu", pyro.distributions.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y), subsample_size=2) as idx:
+            z = pyro.sample("z", pyro.distributions.Normal(mu, 1.0))
+            pyro.sample("y", pyro.distributions.Normal(z, 1.0), obs=y[idx])
+
+    y = torch.arange(6.0)
+    blr = pb.BLR(model, AutoNormal(model), rule="von", hessian_every=2)
+    with pytest.raises(ValueError, match=r"subsampled plate\(s\) \['data'\].*hessian_every=1"):
+        blr.step(y)
