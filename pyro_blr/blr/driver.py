@@ -125,12 +125,12 @@ class BLR:
             where that is larger (up to 4096 coordinates), so the start does not depend on the
             guide's ``init_scale``. ``None`` keeps the guide's own precision (e.g. to continue
             an earlier fit: a new driver with the default restarts the precision).
-        hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian at gaps of 1, 2,
-            4, ... steps up to ``hessian_every`` (the curvature changes fastest at the start)
-            and reuse the last one in between, where a step costs only the gradients. The fixed point is unchanged (the mean stops where the expected
-            gradient vanishes, the precision at the expected Hessian there); a step costs
-            :math:`1/k` of a Hessian, which takes one Hessian-vector product per coordinate
-            (:math:`D` backward passes). Not for latents local to a subsampled plate.
+        hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian (one
+            Hessian-vector product per coordinate: :math:`D` backward passes) at least every
+            ``hessian_every`` steps and reuse the last one in between, where a step costs only
+            its gradients; sooner when the last step's change of gradient shows the curvature
+            off by more than a factor of two (see :mod:`pyro_blr.blr.reused_hessian`). The
+            fixed point is unchanged. Not for latents local to a subsampled plate.
         process_group: the ``torch.distributed`` group to run over (see
             :mod:`pyro_blr.blr.distributed`): ``"auto"`` (the default) uses the default group
             when ``torch.distributed`` is initialized with more than one rank, ``None`` runs in

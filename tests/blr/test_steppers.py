@@ -99,6 +99,7 @@ NON_DEFAULT = {
     "max_plate_nesting": 2,
     "ess": 1000.0,  # ess * hess_init above the exact curvature, so the start shows
     "hess_init": 3.0,
+    "hessian_every": 2,  # the Gamma-Poisson part is not quadratic: step 2 reuses step 1's Hessian
 }
 STRUCTURAL = {"vectorize_particles", "max_plate_nesting"}  # how, not what: the fit is the same
 # A guide each stepper's rules drive.

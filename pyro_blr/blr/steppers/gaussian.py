@@ -36,6 +36,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch import Tensor
 
 from pyro_blr.blr.averaging import diverging
+from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import RULES
 from pyro_blr.blr.step_back import StepBack
 from pyro_blr.blr.steppers.base import (
@@ -102,9 +103,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
         self._started = False  # whether a step has run or a checkpoint was restored
         self._undo: StepBack | None = None  # how to retake the last step (non-local only)
         self._steps_back = True  # set at set-up: not for a model that draws minibatches
-        self._hessian: Tensor | None = None  # the last expected Hessian (hessian_every > 1)
-        self._hessian_age = 0  # steps since it was computed
-        self._hessian_count = 0  # Hessians computed since the guide was last set from outside
+        every = options.hessian_every
+        self._reused = ReusedHessian(every) if every > 1 else None  # von, newton
 
     # ---------------------------------------------------------------- the guide, read and written
     def _setup(self, args: tuple, kwargs: dict) -> None:
@@ -203,8 +203,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
         state = self._current_state()
         if state is not self._state or not self._same_data(args, kwargs):
             self._undo = None  # first step, local rows, guide changed outside, other data
-        if state is not self._state:
-            self._hessian = None  # a Gaussian written from outside: a fresh Hessian
+        if state is not self._state and self._reused is not None:
+            self._reused.reset()  # a Gaussian written from outside: a fresh Hessian
         if not self._started and self.rule_name == "ivon" and self.opts.hess_init is not None:
             start = self._together(step_number, lambda: self._ivon_start(state.loc, args, kwargs))
             if self.collective is not None:
@@ -212,7 +212,7 @@ class GaussianStepper(GaussianEstimates, Stepper):
             state = state._replace(precision=start)
         loc, precision = state.loc, state.precision
         family = gaussian_family(precision)
-        fresh = self._hessian is None or self._hessian_age >= self._hessian_gap()
+        fresh = self._reused is None or self._reused.due()
         try:
             grad, hess, value = self._together(
                 step_number,
@@ -232,12 +232,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
                 grad, hess, value = self.collective.mean([grad, hess, value])
             else:
                 grad, value = self.collective.mean([grad, value])
-        if self.opts.hessian_every > 1:
-            if fresh:
-                self._hessian, self._hessian_age = hess, 0
-                self._hessian_count += 1
-            hess = self._hessian
-            self._hessian_age += 1
+        if self._reused is not None:
+            hess = self._reused.use(loc, grad, hess if fresh else None, precision)
         if self._local:  # local coordinates: their own terms exactly (see the module docstring)
             scale = self.layout.coordinate_scale(grad)
             grad, hess = grad / scale, hess / scale
@@ -258,16 +254,6 @@ class GaussianStepper(GaussianEstimates, Stepper):
             data = (args, kwargs, _versions(args, kwargs))
             self._undo = StepBack(state, grad, hess, lr, step_number, loss, data=data)
         return StepInfo(loss)
-
-    def _hessian_gap(self) -> int:
-        """Steps between exact Hessians (``hessian_every > 1``): 1, 2, 4, ... up to
-        ``hessian_every``. Far from the posterior the curvature changes fastest, and a Hessian
-        reused from a poor start can send the mean off: with a full covariance at ``D = 1000``
-        one reused for 50 steps from the start ended 16 000 nats below the exact fit."""
-        if self._hessian is None:
-            self._hessian_count = 0
-            return 0
-        return min(2 ** (self._hessian_count - 1), self.opts.hessian_every)
 
     def _same_data(self, args: tuple, kwargs: dict) -> bool:
         """Whether the model gets the very objects of the last step (only then are two steps'
@@ -346,7 +332,9 @@ class GaussianStepper(GaussianEstimates, Stepper):
         return {"precision_times_loc": eta1, "precision": state.precision.clone()}
 
     def load_natural_state(self, state: dict[str, Tensor]) -> None:
-        self._undo, self._hessian = None, None  # a state written from outside
+        self._undo = None  # a state written from outside
+        if self._reused is not None:
+            self._reused.reset()
         if self._local:
             writes = []
             for site, (locs, scales, leaf) in zip(
@@ -369,14 +357,12 @@ class GaussianStepper(GaussianEstimates, Stepper):
             return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
         state = self._current_state()
         out = {name: value.clone() for name, value in state._asdict().items()}
-        if self._hessian is not None:  # the Hessian reused until it is due (hessian_every)
-            out["hessian"] = self._hessian.clone()
-            out["hessian_age"] = torch.tensor(self._hessian_age)
-            out["hessian_count"] = torch.tensor(self._hessian_count)
+        if self._reused is not None:
+            out.update(self._reused.state_dict())
         return out
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        self._undo, self._hessian = None, None  # a restored state: no step to retake
+        self._undo = None  # a restored state: no step to retake
         if self.layout is None:
             self._setup(args, kwargs)
         if self._local:
@@ -390,14 +376,10 @@ class GaussianStepper(GaussianEstimates, Stepper):
             return
         current = self._current_state()
         expected = set(current._fields)
-        keys = ("hessian", "hessian_age", "hessian_count")
-        hessian = {k: state[k] for k in keys if k in state}
-        state = {k: v for k, v in state.items() if k not in hessian}
-        if hessian and (len(hessian) != len(keys) or self.opts.hessian_every == 1):
-            raise ValueError(
-                f"state_dict entries {list(keys)} go together, from a run with hessian_every > 1 "
-                f"(this one has hessian_every={self.opts.hessian_every})"
-            )
+        reused, state = ReusedHessian.split(state)
+        (self._reused or ReusedHessian(1)).check_state(
+            reused, check_state, current.loc, current.precision
+        )
         if set(state) != expected:
             raise ValueError(
                 f"state_dict of rule {self.rule_name!r} needs entries {sorted(expected)}, got "
@@ -416,13 +398,9 @@ class GaussianStepper(GaussianEstimates, Stepper):
         )
         if not positive:
             raise ValueError("state_dict entry 'precision' is not positive definite")
-        if hessian:
-            check_state("hessian", hessian["hessian"], precision)
         self._write(type(current)(**fields))
-        if hessian:
-            self._hessian = hessian["hessian"].to(dtype=like.dtype, device=like.device).clone()
-            self._hessian_age = int(hessian["hessian_age"])
-            self._hessian_count = int(hessian["hessian_count"])
+        if self._reused is not None:
+            self._reused.load_state_dict(reused, like)
 
 
 def _versions(args: tuple, kwargs: dict) -> tuple:
