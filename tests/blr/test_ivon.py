@@ -12,7 +12,7 @@ from torch import nn
 
 import pyro_blr as pb
 from pyro_blr.blr.steppers import gaussian as gaussian_stepper
-from tests.scenarios import NormalNormal
+from tests.scenarios import NormalNormal, load_example
 
 
 def first_precision(guide_kwargs=None, **options):
@@ -150,3 +150,36 @@ def test_ivon_trains_a_bnn_at_scale_with_its_defaults():
         # Not a diverged fit (fit() raises on those), and as accurate as SVI + Adam's fit of the
         # same length within 10% (measured: IVON 0.26-0.30 over seeds, Adam 0.36 at 600 steps).
         assert rmse(guide, X[test], y[test]) <= 1.1 * adam
+
+
+def _eight_schools_fit(rule, num_steps, **options):
+    """AutoNormal's unconstrained means and scales (mu, log tau, the eight theta_trans) after a
+    BLR fit of non-centered eight schools."""
+    eight = load_example("eight_schools")
+    sigma, y, _ = eight.load()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(eight.model)
+    pb.BLR(eight.model, guide, rule=rule, **options).fit(
+        sigma, y, num_steps=num_steps, progress=False
+    )
+    sites = ("mu", "tau", "theta_trans")
+    loc = torch.cat([getattr(guide.locs, s).detach().reshape(-1) for s in sites])
+    scale = torch.cat([getattr(guide.scales, s).detach().reshape(-1) for s in sites])
+    return loc, scale
+
+
+@pytest.mark.slow  # three fits of 2000-3000 steps
+def test_ivon_reaches_the_mean_field_optimum_on_eight_schools():
+    # The reference is the mean-field optimum from exact Hessians ("von" on the same guide, 16
+    # particles, 3000 steps at lr 0.1); a second such fit at lr 0.05 and 32 particles agrees
+    # within 0.03 sd and 2% in every scale. With hess_init=0.01 IVON lands there in 2000 steps
+    # (measured: 0.016 sd, scale ratios 0.972-1.02). At the default hess_init=1 it starts log
+    # tau at precision 8 where the optimum's is about 0.7, and beta2 = 0.999 shrinks it by 0.1%
+    # a step: after 2000 steps the ratio of log tau's scale is still 0.23. The
+    # default stays 1 because it is what a network needs (see docs/concepts/blr.md).
+    ref_loc, ref_scale = _eight_schools_fit("von", 3000, lr=0.1, mc_samples=16)
+    loc, scale = _eight_schools_fit("ivon", 2000, hess_init=0.01)
+    assert ((loc - ref_loc).abs() / ref_scale).max() < 0.1
+    ratio = scale / ref_scale
+    assert ((ratio > 0.9) & (ratio < 1.1)).all()
