@@ -68,7 +68,9 @@ def half(rank):
 
 # ------------------------------------------------------------------ what each rank runs
 def equal_to_one_process(rank, world):
-    return {f"{r}-{g.__name__}": params(fit(r, g, 3, half(rank))[0]) for r, g in CASES}
+    out = {f"{r}-{g.__name__}": params(fit(r, g, 3, half(rank))[0]) for r, g in CASES}
+    out["reused"] = params(fit("von", AutoMultivariateNormal, 6, half(rank), hessian_every=3)[0])
+    return out
 
 
 def independent_noise(rank, world):
@@ -197,6 +199,12 @@ def test_two_ranks_with_half_the_data_equal_one_process_for_every_rule():
         for key in expected:  # bit-identical across ranks
             assert torch.equal(ranks[0][f"{rule}-{guide_class.__name__}"][key],
                                ranks[1][f"{rule}-{guide_class.__name__}"][key])  # fmt: skip
+    # A reused Hessian (hessian_every) is reused alike on every rank: the ranks decide from
+    # all-reduced numbers only.
+    expected = params(fit("von", AutoMultivariateNormal, 6, hessian_every=3)[0])
+    for key, value in expected.items():
+        torch.testing.assert_close(ranks[0]["reused"][key], value, atol=1e-12, rtol=1e-12)
+        assert torch.equal(ranks[0]["reused"][key], ranks[1]["reused"][key])
 
 
 def test_independent_noise_on_two_ranks_halves_the_variance():
