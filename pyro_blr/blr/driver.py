@@ -14,7 +14,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import pyro.optim
@@ -57,6 +57,15 @@ def _check_number(name: str, value: Any, low: float, high: float, closed_high: b
         bracket = "]" if closed_high else ")"
         raise ValueError(f"{name} must lie in [{low:g}, {high:g}{bracket}, got {value}")
     return value
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    """A positive integer, not a bool; numpy integers and integer 0-d tensors welcome."""
+    if torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class BLR:
@@ -201,8 +210,7 @@ class BLR:
         stepper = stepper_for(rule, guide)
         if not callable(lr):
             lr = self._check_lr(lr)
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+        mc_samples = _check_positive_int("mc_samples", mc_samples)
         beta1 = _check_number("beta1", beta1, 0.0, 1.0, closed_high=False)
         beta2 = _check_number("beta2", beta2, 0.0, 1.0, closed_high=False)
         if clip_radius is not None:
@@ -236,12 +244,7 @@ class BLR:
             hess_init = _check_number("hess_init", hess_init, 0.0, math.inf, closed_high=False)
             if hess_init == 0:
                 raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")
-        if (
-            not isinstance(hessian_every, int)
-            or isinstance(hessian_every, bool)
-            or hessian_every < 1
-        ):
-            raise ValueError(f"hessian_every must be a positive integer, got {hessian_every!r}")
+        hessian_every = _check_positive_int("hessian_every", hessian_every)
         options = StepOptions(
             mc_samples=mc_samples,
             antithetic=bool(antithetic),
@@ -262,7 +265,8 @@ class BLR:
                 users = sorted(
                     r for s in (stepper,) for r, opts in s.options.items() if name in opts
                 )
-                where = f"rule {users[0]!r}" if users else "other rules"
+                named = ", ".join(repr(r) for r in users)
+                where = f"rule{'s' if len(users) > 1 else ''} {named}" if users else "other rules"
                 raise ValueError(
                     f"{name}={value!r} does not apply to rule {rule!r} (it is used by {where}); "
                     "leave it at its default"

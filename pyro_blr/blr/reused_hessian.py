@@ -102,18 +102,23 @@ class ReusedHessian:
     def check_state(
         self, state: dict[str, Any], check, like_loc: Tensor, like_precision: Tensor
     ) -> None:
-        """Refuse entries that are incomplete, from a run without reuse, or that do not fit
+        """Refuse entries that are incomplete or that do not fit, before anything changes
         (``check(name, saved, like)`` checks one tensor against the one it stands for)."""
         if not state:
             return
-        if set(state) != set(_KEYS) or self.every == 1:
+        if set(state) != set(_KEYS):
             raise ValueError(
-                f"state_dict entries {list(_KEYS)} go together, from a run with hessian_every > 1 "
-                f"(this one has hessian_every={self.every})"
+                f"state_dict entries {list(_KEYS)} go together; got only {sorted(state)}"
             )
         check("hessian", state["hessian"], like_precision)
         check("previous_loc", state["previous_loc"], like_loc)
         check("previous_grad", state["previous_grad"], like_loc)
+        for name, allowed in (("hessian_age", "an integer >= 0"), ("hessian_stale", "0 or 1")):
+            value = state[name]
+            fits = torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point()
+            fits = fits and int(value) >= 0 and (name == "hessian_age" or int(value) <= 1)
+            if not fits:
+                raise ValueError(f"state_dict entry {name!r} must be {allowed}, got {value!r}")
 
     def load_state_dict(self, state: dict[str, Any], like: Tensor) -> None:
         self.reset()

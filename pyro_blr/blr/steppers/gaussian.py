@@ -299,6 +299,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
         (see :mod:`pyro_blr.blr.step_back`); the loss reported is that of the state returned
         to."""
         undo = self._undo.halved()
+        if self._reused is not None:  # its Hessian and last step may be the rejected point's
+            self._reused.reset()
         if undo.exhausted:
             self._write(undo.state)
             self._undo = None
@@ -357,7 +359,7 @@ class GaussianStepper(GaussianEstimates, Stepper):
             return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
         state = self._current_state()
         out = {name: value.clone() for name, value in state._asdict().items()}
-        if self._reused is not None:
+        if self._reused is not None and state is self._state:  # else dropped at the next step
             out.update(self._reused.state_dict())
         return out
 
@@ -377,9 +379,8 @@ class GaussianStepper(GaussianEstimates, Stepper):
         current = self._current_state()
         expected = set(current._fields)
         reused, state = ReusedHessian.split(state)
-        (self._reused or ReusedHessian(1)).check_state(
-            reused, check_state, current.loc, current.precision
-        )
+        if self._reused is not None:  # a driver with exact Hessians every step needs none
+            self._reused.check_state(reused, check_state, current.loc, current.precision)
         if set(state) != expected:
             raise ValueError(
                 f"state_dict of rule {self.rule_name!r} needs entries {sorted(expected)}, got "
