@@ -24,3 +24,14 @@ def test_gradient_and_hessian_match_autograd_per_particle():
 def test_linear_function_has_zero_hessian():
     out = derivatives(lambda t: (2 * t).sum(-1), torch.ones(2, 3), hessian=True)
     assert torch.equal(out.hess, torch.zeros(2, 3, 3))
+
+
+def test_many_coordinates_take_the_functorch_batching_and_agree():
+    # Above FEW_PROBES coordinates the products are batched by torch.func.vmap, below by
+    # is_grads_batched: both must give autograd's Hessian.
+    from pyro_blr.core.autodiff import FEW_PROBES
+
+    theta = torch.randn(2, FEW_PROBES + 4, dtype=torch.float64)
+    out = derivatives(rosenbrock, theta, hessian=True)
+    for s in range(2):
+        torch.testing.assert_close(out.hess[s], hessian(rosenbrock, theta[s]))
