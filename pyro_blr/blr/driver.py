@@ -262,9 +262,7 @@ class BLR:
         honoured = stepper.options[rule]
         for name, value in options._asdict().items():
             if name not in honoured and value != getattr(defaults, name):
-                users = sorted(
-                    r for s in (stepper,) for r, opts in s.options.items() if name in opts
-                )
+                users = sorted(r for r, opts in stepper.options.items() if name in opts)
                 named = ", ".join(repr(r) for r in users)
                 where = f"rule{'s' if len(users) > 1 else ''} {named}" if users else "other rules"
                 raise ValueError(

@@ -106,14 +106,13 @@ class GaussianEstimates:
         theta = self._particles(loc, precision)
         d, hess = self._derivatives(theta, loc, precision, args, kwargs, curvature)
         self._check_finite(theta, d, args, kwargs, step_number)
-        if hess is None:
-            return d.grad.mean(0), None, d.value.mean()
-        grad, hess = d.grad.mean(0), hess.mean(0)
-        if hess.dim() == 2 and precision.dim() == 1:
-            hess = hess.diagonal()
-        if not self._started:  # the first step of this stepper
-            self._check_informative(d, hess)
-        return grad, hess, d.value.mean()
+        if hess is not None:
+            hess = hess.mean(0)
+            if hess.dim() == 2 and precision.dim() == 1:
+                hess = hess.diagonal()
+            if not self._started:  # the first step of this stepper (always with curvature)
+                self._check_informative(d, hess)
+        return d.grad.mean(0), hess, d.value.mean()
 
     def _check_distributable(self) -> None:
         if self._local:
@@ -131,10 +130,8 @@ class GaussianEstimates:
         or Gauss--Newton's."""
         if self.rule.curvature == "ggn":
             return self._gauss_newton(theta, loc, precision, args, kwargs)
-        if self.rule.curvature == "hessian" and not curvature:
-            fn = lambda t: self._neg_log_joint(t, args, kwargs)  # noqa: E731
-            return derivatives(fn, theta), None
-        exact = self.rule.curvature == "hessian"
+        hessian_rule = self.rule.curvature == "hessian"
+        exact = hessian_rule and curvature
         fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode(exact))  # noqa: E731
         if exact and self._groups is not None and not self._groups_checked:
             self._check_groups(fn, loc, precision)
@@ -142,7 +139,7 @@ class GaussianEstimates:
             d = derivatives(fn, theta, hessian=True, groups=self._groups)
             return d, d.hess
         d = derivatives(fn, theta, hessian=exact)
-        if exact:
+        if hessian_rule:  # d.hess is None between the Hessians of hessian_every
             return d, d.hess
         return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
 
