@@ -83,7 +83,8 @@ class BLR:
     with the expectations and the positivity safeguard chosen by ``rule`` (see
     :mod:`pyro_blr.blr.rules`): ``"ivon"`` (diagonal; gradient-only curvature, momentum),
     ``"von"`` (diagonal or full; exact Hessians by autograd, Riemannian precision update),
-    ``"vogn"`` (diagonal; the Gauss--Newton sum of squared per-datum gradients as the Hessian),
+    ``"vogn"`` (diagonal or full; the Gauss--Newton sum of per-datum gradients' outer products as
+    the Hessian),
     ``"newton"`` (diagonal or full; gradient and Hessian at the mean). The prior comes from the
     model, so no weight decay is needed; ``weight_decay`` adds :math:`\tfrac\delta2\lVert\theta
     \rVert^2` to :math:`\ell` for those who want one.
@@ -103,8 +104,8 @@ class BLR:
             parameters are the single source of truth: each step starts from what they hold.
         lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step`` counts
             the steps taken so far, from 0).
-        rule: ``"ivon"``, ``"von"``, ``"vogn"`` (diagonal; Gauss--Newton curvature from
-            per-datum gradients) or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
+        rule: ``"ivon"``, ``"von"``, ``"vogn"`` (Gauss--Newton curvature from per-datum
+            gradients) or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
             :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.steppers.expfamily`);
             ``"mixture"`` for :class:`pyro_blr.AutoMixture` (see
             :mod:`pyro_blr.blr.steppers.mixture`). An option a rule does not use raises

@@ -13,10 +13,11 @@ The rules differ in how the expectations are estimated and how :math:`S` is kept
   Hessian, and the improved (Riemannian) precision update of Lin, Schmidt & Khan (2020),
   :math:`S \leftarrow S + \rho G + \tfrac{\rho^2}2 G S^{-1} G` with :math:`G = \hat H - S`, which is
   positive definite whenever :math:`S` is, for any (even indefinite) :math:`\hat H`.
-* ``"vogn"`` -- variational online Gauss--Newton (Khan et al. 2018; Osawa et al. 2019) for
-  diagonal Gaussians: ``"von"``'s update with the Hessian replaced by the Gauss--Newton
-  (empirical Fisher) sum of squared per-datum gradients, which is never negative and needs no
-  second derivatives.
+* ``"vogn"`` -- variational online Gauss--Newton (Khan et al. 2018; Osawa et al. 2019):
+  ``"von"``'s update with the Hessian replaced by the Gauss--Newton (empirical Fisher) sum of
+  the per-datum gradients' outer products :math:`\sum_i \nabla\ell_i \nabla\ell_i^\top` (its
+  diagonal, the squared gradients, for a diagonal Gaussian), which is positive semi-definite
+  and needs no second derivatives.
 * ``"newton"`` -- the delta method: gradient and Hessian at the mean; with :math:`\rho = 1` on a
   quadratic :math:`\ell` it lands on the exact Gaussian posterior in one step.
 * ``"ivon"`` -- improved variational online Newton (Shen et al. 2024) for diagonal Gaussians: the
@@ -387,7 +388,7 @@ RULES = {
         "vogn",
         "ggn",
         False,
-        False,
+        True,
         GaussianState,
         lambda state, grad, hess, lr, step: von_update(state, grad, hess, lr),
     ),

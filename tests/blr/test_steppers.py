@@ -50,7 +50,7 @@ GUIDES = {
 ACCEPTED = {
     "AutoNormal": (GaussianStepper, ("ivon", "newton", "vogn", "von")),
     "AutoDiagonalNormal": (GaussianStepper, ("ivon", "newton", "vogn", "von")),
-    "AutoMultivariateNormal": (GaussianStepper, ("newton", "von")),
+    "AutoMultivariateNormal": (GaussianStepper, ("newton", "vogn", "von")),
     "AutoExpFamily": (ExpFamilyStepper, ("expfamily",)),
     "AutoMixture-diagonal": (GaussianMixtureStepper, ("mixture",)),
     "AutoMixture-full": (GaussianMixtureStepper, ("mixture",)),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_blr.core import data_plates, latent_layout, neg_log_joint, per_datum_gradients
+from pyro_blr.core.per_datum import _reproduces, _rows_by_datum, _split_one
 
 D = torch.float64
 
@@ -91,3 +92,42 @@ def test_the_data_are_the_outermost_plate_and_unplated_data_are_refused():
         per_datum_gradients(
             unplated, latent_layout(trace), torch.zeros(1, 1), (torch.zeros(3),), {}
         )
+
+
+def by_indices(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    with pyro.plate("data", len(y)) as idx:  # subsampled by the caller, as the BLR does
+        pyro.sample("y", dist.Normal(X[idx] @ w, 1.0), obs=y[idx])
+        pyro.sample("z", dist.Normal(2 * X[idx, 0] * w[1], 1.0), obs=y[idx])  # a second site
+
+
+def fixed_minibatch(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    with pyro.plate("data", len(y), subsample_size=3) as idx:  # Pyro refuses one datum
+        pyro.sample("y", dist.Normal(X[idx] @ w, 1.0), obs=y[idx])
+
+
+def whole_data(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):  # reads X and y whole, not through the plate's indices
+        pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
+
+
+@pytest.mark.parametrize(
+    "model, by_datum", [(by_indices, True), (fixed_minibatch, False), (whole_data, False)]
+)
+def test_runs_on_one_datum_each_agree_with_the_batched_backward_pass(model, by_datum):
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(6, 2, generator=gen, dtype=D), torch.randn(6, generator=gen, dtype=D)
+    subsample = {"data": torch.tensor([0, 2, 5])} if model is not whole_data else {}
+    trace = poutine.trace(poutine.condition(model, data=subsample)).get_trace(X, y)
+    layout = latent_layout(trace)
+    theta = torch.randn(2, layout.dim, generator=gen, dtype=D)
+    out = per_datum_gradients(model, layout, theta, (X, y), {}, subsample)
+    row = theta[0].clone().requires_grad_(True)
+    per_datum, scale, _, plates, run = _split_one(model, layout, row, (X, y), {}, subsample)
+    expected = torch.stack([torch.autograd.grad(t, row, retain_graph=True)[0] for t in per_datum])
+    torch.testing.assert_close(out.datum_grads[0], expected, atol=1e-12, rtol=0)
+    rows = _rows_by_datum(model, layout, row, (X, y), {}, subsample, plates, run)
+    # models that cannot run on one datum get the batched backward pass
+    assert (rows is not None and _reproduces(rows, per_datum, scale, row)) == by_datum

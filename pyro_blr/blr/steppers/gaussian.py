@@ -70,7 +70,7 @@ _SAMPLED = frozenset(
 
 class GaussianStepper(GaussianEstimates, Stepper):
     """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
-    ``AutoDiagonalNormal`` or (``"von"``, ``"newton"``) ``AutoMultivariateNormal``."""
+    ``AutoDiagonalNormal`` or (``"von"``, ``"vogn"``, ``"newton"``) ``AutoMultivariateNormal``."""
 
     rules = ("ivon", "von", "vogn", "newton")
     distributable = True

@@ -4,8 +4,9 @@ r"""The Monte Carlo estimates a Gaussian rule steps on: the expected gradient an
 The curvature is the rule's: the exact Hessian by autograd (``"von"``, ``"newton"``; its
 diagonal by one product per coordinate of a plate row where the latents are local to a
 subsampled plate), IVON's reparameterization estimate :math:`\hat g\,(\theta - m)\,s`
-(``"ivon"``), or the Gauss--Newton sum of squared per-datum gradients (``"vogn"``). Every
-estimate is checked finite, naming the sites at fault.
+(``"ivon"``), or the Gauss--Newton sum of the per-datum gradients' outer products
+(``"vogn"``; their squares for a diagonal guide). Every estimate is checked finite, naming the
+sites at fault.
 """
 
 from __future__ import annotations
@@ -176,16 +177,32 @@ class GaussianEstimates:
             )
 
     def _gauss_newton(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
-        """The squared per-datum gradients summed over the data (the minibatch's scaled to the
-        full data), plus IVON's reparameterization estimate for the rest (priors,
-        log-Jacobians), per particle."""
-        out = per_datum_gradients(self.model, self.layout, theta, args, kwargs, self._subsample)
+        """The per-datum gradients' outer products summed over the data (the minibatch's scaled
+        to the full data), plus the curvature of the rest (priors, log-Jacobians), per
+        particle. A diagonal guide takes the squared gradients and the rest's gradient-only
+        estimate, which cost no more than a gradient at any ``D``; a full-covariance guide, which
+        holds ``D x D`` matrices anyway, takes the outer products and the rest's exact Hessian
+        (``D`` products on the priors' graph only), whose noise-free curvature keeps the
+        precision positive definite where the gradient-only estimate's rank-one noise, of the
+        order of the precision's square root, would not in float32."""
+        full = precision.dim() == 2
+        out = per_datum_gradients(
+            self.model, self.layout, theta, args, kwargs, self._subsample, rest_hessian=full
+        )
         value, grad = out.value, out.grad
         rest_grad = grad - out.datum_grads.sum(1)
         if self.opts.weight_decay:
             value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
             grad = grad + self.opts.weight_decay * theta
             rest_grad = rest_grad + self.opts.weight_decay * theta
-        ggn = (out.datum_grads.square() / out.scale[:, None]).sum(1)  # sum of c_i g_i^2
-        rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
+        # The datum gradients are those of c_i l_i for a plate scale c_i: sum_i c_i g_i g_i'.
+        weighted = out.datum_grads / out.scale[:, None]
+        if not full:
+            ggn = (out.datum_grads * weighted).sum(1)
+            rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
+            return Derivatives(value, grad, None), ggn + rest
+        ggn = out.datum_grads.mT @ weighted
+        rest = out.rest_hess
+        if self.opts.weight_decay:
+            rest = rest + self.opts.weight_decay * torch.eye(theta.shape[-1]).to(rest)
         return Derivatives(value, grad, None), ggn + rest
