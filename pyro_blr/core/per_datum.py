@@ -8,13 +8,9 @@ With the data the elements of plates, the negative log joint of a minibatch spli
 where :math:`\tilde\ell_i = c_i \ell_i` is datum :math:`i`'s term of one observed site as the
 model scales it (:math:`c_i`: the plate's :math:`N/B` times any ``poutine.scale``; the site summed
 over its data plate's other dimensions) and :math:`\ell_{\text{rest}}` holds the priors and the
-log-Jacobians. The per-datum gradients :math:`\nabla\tilde\ell_i` come from the model run on
-each datum alone, batched by ``torch.func.vmap`` over the data plate's indices, where the model
-reads its data through them (``with pyro.plate("data", N) as idx: ... X[idx]``, with no fixed
-``subsample_size``, which Pyro would not let run on one datum) and those runs reproduce the
-whole run's terms and gradient; else from one model run and one batched
-backward pass (``is_grads_batched``; a loop over the data where an operator has no batching
-rule), whose cost grows as :math:`B^2`. They give the Gauss--Newton (empirical Fisher)
+log-Jacobians. The per-datum gradients :math:`\nabla\tilde\ell_i` come from the cheapest of
+three ways that applies (:mod:`pyro_blr.core.datum_jacobian`): the model run on each datum
+alone, forward mode, or one batched backward pass. They give the Gauss--Newton (empirical Fisher)
 curvature of variational online Gauss--Newton, each term's curvature
 :math:`c_i \nabla\ell_i \nabla\ell_i^\top = \nabla\tilde\ell_i \nabla\tilde\ell_i^\top / c_i`.
 """
@@ -29,6 +25,12 @@ from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
 from pyro_blr.core.autodiff import _hessian_products
+from pyro_blr.core.datum_jacobian import (
+    reproduces,
+    rows_by_batched_backward,
+    rows_by_forward_mode,
+    rows_by_one_datum_runs,
+)
 from pyro_blr.core.layout import LatentLayout
 from pyro_blr.core.log_joint import conditioned_trace
 from pyro_blr.core.traces import sample_sites, site_log_probs
@@ -197,11 +199,8 @@ def per_datum_gradients(
             )
             total = per_datum.sum() + rest
             (grad,) = torch.autograd.grad(total, row, retain_graph=True)
-            by_datum = _rows_by_datum(model, layout, row, args, kwargs, subsample, plates, trace)
-            if by_datum is not None and _reproduces(by_datum, per_datum, scale, row):
-                datum_grads.append(by_datum[0].detach())
-            else:
-                datum_grads.append(_batched_rows(per_datum, row))
+            run = (per_datum, scale, plates, trace)
+            datum_grads.append(_datum_jacobian(model, layout, row, args, kwargs, subsample, run))
             if rest_hessian:
                 rest_hess.append(_hessian(rest, row))
         values.append(total.detach())
@@ -213,6 +212,38 @@ def per_datum_gradients(
         scale,
         torch.stack(rest_hess) if rest_hessian else None,
     )
+
+
+def _datum_jacobian(
+    model: Callable,
+    layout: LatentLayout,
+    row: Tensor,
+    args: tuple,
+    kwargs: dict,
+    subsample: dict[str, Tensor],
+    run: tuple[Tensor, Tensor, tuple[DataPlate, ...], Trace],
+) -> Tensor:
+    """The scaled per-datum gradients ``(B, D)`` at one particle, the cheapest way that
+    applies (:mod:`pyro_blr.core.datum_jacobian`), given the particle's whole run (its
+    per-datum terms and their scales, built from ``row`` with autograd, its data plates and its
+    trace)."""
+
+    def terms(theta: Tensor, minibatch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return _split_one(model, layout, theta, args, kwargs, minibatch)[:2]
+
+    per_datum, scale, plates, trace = run
+    if len(plates) == 1 and torch.is_tensor(trace.nodes.get(plates[0].name, {}).get("value")):
+        name = plates[0].name
+        indices = trace.nodes[name]["value"]
+        others = {k: v for k, v in subsample.items() if k != name}
+        by_datum = rows_by_one_datum_runs(terms, row, name, indices, others)
+        if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
+            return by_datum[0].detach()
+    if row.shape[-1] < per_datum.shape[0]:
+        jac = rows_by_forward_mode(terms, row, subsample)
+        if jac is not None:
+            return jac
+    return rows_by_batched_backward(per_datum, row)
 
 
 def _hessian(value: Tensor, row: Tensor) -> Tensor:
@@ -227,73 +258,3 @@ def _hessian(value: Tensor, row: Tensor) -> Tensor:
     basis = torch.eye(dim, dtype=row.dtype, device=row.device)
     hess = _hessian_products(grad, row, basis).detach()
     return 0.5 * (hess + hess.mT)
-
-
-def _rows_by_datum(
-    model: Callable,
-    layout: LatentLayout,
-    row: Tensor,
-    args: tuple,
-    kwargs: dict,
-    subsample: dict[str, Tensor],
-    plates: tuple[DataPlate, ...],
-    trace: Trace,
-) -> tuple[Tensor, Tensor] | None:
-    """Each datum's unscaled gradients and terms, ``(B, D)`` and ``(B,)`` in the rows' order,
-    from the model run on that datum alone: ``torch.func.vmap`` over the data plate's indices,
-    each run given a minibatch of one. Costs one model run's worth of work over the data where
-    the batched backward pass costs ``B`` of them; ``None`` where it does not apply (more than
-    one data plate, a plate whose indices the model sets itself, an operator ``vmap`` cannot
-    batch, a model that does not read its data through the plate's indices)."""
-    if len(plates) != 1 or plates[0].name not in trace.nodes:
-        return None
-    plate = plates[0]
-    indices = trace.nodes[plate.name]["value"]
-    if not torch.is_tensor(indices) or indices.dim() != 1:
-        return None
-    others = {k: v for k, v in subsample.items() if k != plate.name}
-
-    def terms(theta: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        per_datum, scale, *_ = _split_one(
-            model, layout, theta, args, kwargs, {**others, plate.name: index}
-        )
-        unscaled = per_datum / scale
-        return unscaled, unscaled
-
-    batched = torch.func.vmap(torch.func.jacrev(terms, has_aux=True), in_dims=(None, 0))
-    try:
-        jac, value = batched(row.detach(), indices[:, None])
-    except Exception:  # any failure of the runs on one datum: the general path below
-        return None
-    # (B, sites, D) datum-major -> the rows' order, each observed site's data in turn
-    return jac.transpose(0, 1).reshape(-1, row.shape[-1]), value.transpose(0, 1).reshape(-1)
-
-
-def _reproduces(
-    by_datum: tuple[Tensor, Tensor], per_datum: Tensor, scale: Tensor, row: Tensor
-) -> bool:
-    """Whether the runs on one datum each reproduce the whole run: every datum's term, and
-    the sum of their gradients (one backward pass). Scales the rows as the model scales them
-    in place."""
-    jac, value = by_datum
-    if value.shape != per_datum.shape:
-        return False
-    jac.mul_(scale[:, None])
-    (total,) = torch.autograd.grad(per_datum.sum(), row, retain_graph=True)
-    rtol = 1e3 * torch.finfo(row.dtype).eps
-    close = lambda a, b: bool(((a - b).abs() <= rtol * (1 + b.abs().amax())).all())  # noqa: E731
-    return close(value * scale, per_datum.detach()) and close(jac.sum(0), total)
-
-
-def _batched_rows(per_datum: Tensor, row: Tensor) -> Tensor:
-    """The Jacobian ``(B, D)`` of ``per_datum`` with respect to ``row``."""
-    basis = torch.eye(per_datum.shape[0], dtype=per_datum.dtype, device=per_datum.device)
-    try:
-        (jac,) = torch.autograd.grad(
-            per_datum, row, grad_outputs=basis, is_grads_batched=True, retain_graph=True
-        )
-    except RuntimeError:  # an operator without a batching rule for its backward: loop instead
-        jac = torch.stack(
-            [torch.autograd.grad(term, row, retain_graph=True)[0] for term in per_datum]
-        )
-    return jac.detach()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pyro_blr.core import data_plates, latent_layout, neg_log_joint, per_datum_gradients
-from pyro_blr.core.per_datum import _reproduces, _rows_by_datum, _split_one
+from pyro_blr.core.datum_jacobian import reproduces, rows_by_forward_mode, rows_by_one_datum_runs
+from pyro_blr.core.per_datum import _split_one
 
 D = torch.float64
 
@@ -113,21 +114,46 @@ def whole_data(X, y):
         pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
 
 
+def noisy_inputs(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):  # a random draw inside: no torch.func transform runs it
+        pyro.sample("y", dist.Normal((X + 0 * torch.randn_like(X)) @ w, 1.0), obs=y)
+
+
 @pytest.mark.parametrize(
-    "model, by_datum", [(by_indices, True), (fixed_minibatch, False), (whole_data, False)]
+    "model, one_datum, forward",
+    [
+        (by_indices, True, True),
+        (fixed_minibatch, False, True),
+        (whole_data, False, True),
+        (noisy_inputs, False, False),
+    ],
 )
-def test_runs_on_one_datum_each_agree_with_the_batched_backward_pass(model, by_datum):
+def test_every_way_to_the_per_datum_gradients_agrees_with_a_loop(model, one_datum, forward):
     gen = torch.Generator().manual_seed(0)
     X, y = torch.randn(6, 2, generator=gen, dtype=D), torch.randn(6, generator=gen, dtype=D)
-    subsample = {"data": torch.tensor([0, 2, 5])} if model is not whole_data else {}
+    subsample = {"data": torch.tensor([0, 2, 5])} if model in (by_indices, fixed_minibatch) else {}
     trace = poutine.trace(poutine.condition(model, data=subsample)).get_trace(X, y)
     layout = latent_layout(trace)
     theta = torch.randn(2, layout.dim, generator=gen, dtype=D)
     out = per_datum_gradients(model, layout, theta, (X, y), {}, subsample)
     row = theta[0].clone().requires_grad_(True)
-    per_datum, scale, _, plates, run = _split_one(model, layout, row, (X, y), {}, subsample)
+    per_datum, scale, _, _, run = _split_one(model, layout, row, (X, y), {}, subsample)
     expected = torch.stack([torch.autograd.grad(t, row, retain_graph=True)[0] for t in per_datum])
     torch.testing.assert_close(out.datum_grads[0], expected, atol=1e-12, rtol=0)
-    rows = _rows_by_datum(model, layout, row, (X, y), {}, subsample, plates, run)
-    # models that cannot run on one datum get the batched backward pass
-    assert (rows is not None and _reproduces(rows, per_datum, scale, row)) == by_datum
+
+    def terms(t, minibatch):
+        return _split_one(model, layout, t, (X, y), {}, minibatch)[:2]
+
+    # Runs on one datum: only for a model that reads its data through the plate's indices
+    # without a fixed subsample_size.
+    indices = run.nodes["data"]["value"]
+    rows = rows_by_one_datum_runs(terms, row, "data", indices, {})
+    assert (rows is not None and reproduces(rows, per_datum, scale, row)) == one_datum
+    if one_datum:
+        torch.testing.assert_close(rows[0], expected, atol=1e-12, rtol=0)
+    # Forward mode: any model without random draws.
+    rows = rows_by_forward_mode(terms, row, subsample, chunk=1)
+    assert (rows is not None) == forward
+    if forward:
+        torch.testing.assert_close(rows, expected, atol=1e-12, rtol=0)

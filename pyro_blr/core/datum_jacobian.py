@@ -1,0 +1,140 @@
+r"""Three ways to the Jacobian of a model's per-datum terms, cheapest first.
+
+For the minibatch's per-datum terms :math:`\tilde\ell_i(\theta)`, :math:`i \in B`, of a latent
+vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell_i` cost
+
+* **one run per datum** (:func:`rows_by_one_datum_runs`): the model run on datum :math:`i`
+  alone, batched by ``torch.func.vmap`` over the data plate's indices: one run's worth of work
+  over the data. It needs a model that reads its data through the plate's indices
+  (``with pyro.plate("data", N) as idx: ... X[idx]``), and it is used only where those runs
+  reproduce the whole run (:func:`reproduces`);
+* **forward mode** (:func:`rows_by_forward_mode`): :math:`D` Jacobian-vector products of the
+  whole run, batched: the cost of :math:`D` forward passes, for any model without random draws
+  (``X @ w`` inside ``pyro.plate("data", N)`` included). Used where :math:`D < B`;
+* **a batched backward pass** (:func:`rows_by_batched_backward`): :math:`B` vector-Jacobian
+  products of the whole run, :math:`B^2` in all; always applicable.
+
+On logistic regression with :math:`N = 5000, D = 20` forward mode takes 4 ms where the batched
+backward pass takes 1.3 s; on a one-layer BNN with :math:`N = 455, D = 752` the runs on one
+datum take 3 ms a particle against 0.46 s.
+
+References:
+    | Jacobians, Hessians, hvp, vhp, and more: composing function transforms (PyTorch
+      tutorial) https://pytorch.org/tutorials/intermediate/jacobians_hessians.html
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["reproduces", "rows_by_batched_backward", "rows_by_forward_mode",
+           "rows_by_one_datum_runs"]  # fmt: skip
+
+FORWARD_CHUNK = 64
+"""Jacobian-vector products batched at once in forward mode (each holds a run's activations)."""
+
+Terms = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
+"""``(theta, subsample) -> (per-datum terms (B,), their scales (B,))`` from one model run."""
+
+
+def rows_by_one_datum_runs(
+    terms: Terms, row: Tensor, plate: str, indices: Tensor, subsample: dict[str, Tensor]
+) -> tuple[Tensor, Tensor] | None:
+    """Each datum's unscaled gradients and terms, ``(B, D)`` and ``(B,)`` in the rows' order
+    (each observed site's data in turn), from the model run on that datum alone; ``None``
+    where a run fails (an operator ``vmap`` cannot batch, a model that reads its data whole and
+    so mismatches a plate of one, a ``subsample_size`` Pyro holds to).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0, 3.0])
+        >>> def terms(theta, subsample):  # l_i = x_i theta^2 / 2
+        ...     idx = subsample.get("data", torch.arange(3))
+        ...     return x[idx] * theta[0] ** 2 / 2, torch.ones(len(idx))
+        >>> jac, value = rows_by_one_datum_runs(terms, torch.ones(1), "data", torch.arange(3), {})
+        >>> jac.squeeze(-1), value
+        (tensor([1., 2., 3.]), tensor([0.5000, 1.0000, 1.5000]))
+    """
+
+    def one(theta: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        per_datum, scale = terms(theta, {**subsample, plate: index})
+        unscaled = per_datum / scale
+        return unscaled, unscaled
+
+    batched = torch.func.vmap(torch.func.jacrev(one, has_aux=True), in_dims=(None, 0))
+    try:
+        jac, value = batched(row.detach(), indices[:, None])
+    except Exception:  # any failure of the runs on one datum: another way is taken
+        return None
+    # (B, sites, D) datum-major -> the rows' order, each observed site's data in turn
+    return jac.transpose(0, 1).reshape(-1, row.shape[-1]), value.transpose(0, 1).reshape(-1)
+
+
+def reproduces(
+    by_datum: tuple[Tensor, Tensor], per_datum: Tensor, scale: Tensor, row: Tensor
+) -> bool:
+    """Whether the runs on one datum each reproduce the whole run's ``per_datum`` (built from
+    ``row`` with autograd): every datum's term, and the sum of their gradients (one backward
+    pass). Scales the rows of ``by_datum`` as the model scales them, in place."""
+    jac, value = by_datum
+    if value.shape != per_datum.shape:
+        return False
+    jac.mul_(scale[:, None])
+    (total,) = torch.autograd.grad(per_datum.sum(), row, retain_graph=True)
+    rtol = 1e3 * torch.finfo(row.dtype).eps
+    close = lambda a, b: bool(((a - b).abs() <= rtol * (1 + b.abs().amax())).all())  # noqa: E731
+    return close(value * scale, per_datum.detach()) and close(jac.sum(0), total)
+
+
+def rows_by_forward_mode(
+    terms: Terms, row: Tensor, subsample: dict[str, Tensor], chunk: int = FORWARD_CHUNK
+) -> Tensor | None:
+    """The Jacobian ``(B, D)`` of the scaled per-datum terms by forward mode, ``chunk``
+    coordinates at a time; ``None`` where the run fails under ``torch.func`` (a random draw,
+    an operator without a forward-mode rule).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0, 3.0])
+        >>> terms = lambda theta, subsample: (x * theta[0] ** 2 / 2, torch.ones(3))
+        >>> rows_by_forward_mode(terms, torch.ones(1), {}).squeeze(-1)
+        tensor([1., 2., 3.])
+    """
+    row = row.detach()
+    dim = row.shape[-1]
+
+    def along(direction: Tensor) -> Tensor:
+        return torch.func.jvp(lambda t: terms(t, subsample)[0], (row,), (direction,))[1]
+
+    basis = torch.eye(dim, dtype=row.dtype, device=row.device)
+    try:
+        columns = [torch.func.vmap(along)(basis[k : k + chunk]) for k in range(0, dim, chunk)]
+    except Exception:  # any failure under forward mode: another way is taken
+        return None
+    return torch.cat(columns).T
+
+
+def rows_by_batched_backward(per_datum: Tensor, row: Tensor) -> Tensor:
+    """The Jacobian ``(B, D)`` of ``per_datum`` (built from ``row`` with autograd) by ``B``
+    batched vector-Jacobian products (``is_grads_batched``; a loop where an operator has no
+    batching rule for its backward).
+
+    Example:
+        >>> import torch
+        >>> row = torch.ones(1, requires_grad=True)
+        >>> rows_by_batched_backward(torch.tensor([1.0, 2.0]) * row**2 / 2, row).squeeze(-1)
+        tensor([1., 2.])
+    """
+    basis = torch.eye(per_datum.shape[0], dtype=per_datum.dtype, device=per_datum.device)
+    try:
+        (jac,) = torch.autograd.grad(
+            per_datum, row, grad_outputs=basis, is_grads_batched=True, retain_graph=True
+        )
+    except RuntimeError:  # an operator without a batching rule for its backward: loop instead
+        jac = torch.stack(
+            [torch.autograd.grad(term, row, retain_graph=True)[0] for term in per_datum]
+        )
+    return jac.detach()
