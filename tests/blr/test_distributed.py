@@ -25,6 +25,7 @@ CASES = [
     ("von", AutoNormal),
     ("von", AutoMultivariateNormal),
     ("vogn", AutoNormal),
+    ("vogn", AutoMultivariateNormal),
     ("newton", AutoMultivariateNormal),
 ]
 
