@@ -69,8 +69,10 @@ def rows_by_one_datum_runs(
         jac, value = batched(row.detach(), indices[:, None])
     except Exception:  # any failure of the runs on one datum: another way is taken
         return None
-    # (B, sites, D) datum-major -> the rows' order, each observed site's data in turn
-    return jac.transpose(0, 1).reshape(-1, row.shape[-1]), value.transpose(0, 1).reshape(-1)
+    # (B, sites, D) datum-major -> the rows' order, each observed site's data in turn; detached
+    # from a model's own parameters, which the runs read too
+    jac = jac.detach().transpose(0, 1).reshape(-1, row.shape[-1])
+    return jac, value.detach().transpose(0, 1).reshape(-1)
 
 
 def reproduces(
@@ -78,15 +80,19 @@ def reproduces(
 ) -> bool:
     """Whether the runs on one datum each reproduce the whole run's ``per_datum`` (built from
     ``row`` with autograd): every datum's term, and the sum of their gradients (one backward
-    pass). Scales the rows of ``by_datum`` as the model scales them, in place."""
+    pass), each to a tolerance relative to the size of the terms summed (a sum that cancels,
+    at a mode, keeps their rounding). Scales the rows of ``by_datum`` as the model scales them,
+    in place."""
     jac, value = by_datum
     if value.shape != per_datum.shape:
         return False
     jac.mul_(scale[:, None])
     (total,) = torch.autograd.grad(per_datum.sum(), row, retain_graph=True)
     rtol = 1e3 * torch.finfo(row.dtype).eps
-    close = lambda a, b: bool(((a - b).abs() <= rtol * (1 + b.abs().amax())).all())  # noqa: E731
-    return close(value * scale, per_datum.detach()) and close(jac.sum(0), total)
+    terms = per_datum.detach()
+    values_agree = ((value * scale - terms).abs() <= rtol * (1 + terms.abs().amax())).all()
+    sums_agree = ((jac.sum(0) - total).abs() <= rtol * (1 + jac.abs().sum(0))).all()
+    return bool(values_agree and sums_agree)
 
 
 def rows_by_forward_mode(
@@ -114,7 +120,7 @@ def rows_by_forward_mode(
         columns = [torch.func.vmap(along)(basis[k : k + chunk]) for k in range(0, dim, chunk)]
     except Exception:  # any failure under forward mode: another way is taken
         return None
-    return torch.cat(columns).T
+    return torch.cat(columns).T.detach()  # detached from a model's own parameters
 
 
 def rows_by_batched_backward(per_datum: Tensor, row: Tensor) -> Tensor:

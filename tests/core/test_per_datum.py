@@ -114,6 +114,20 @@ def whole_data(X, y):
         pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
 
 
+def with_a_param(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    s = pyro.param("s", torch.tensor(1.5, dtype=D), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(y)) as idx:  # the runs read a model parameter too
+        pyro.sample("y", dist.Normal(X[idx] @ w, s), obs=y[idx])
+
+
+def whole_data_with_a_param(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    s = pyro.param("s", torch.tensor(1.5, dtype=D), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(X @ w, s), obs=y)
+
+
 def noisy_inputs(X, y):
     w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
     with pyro.plate("data", len(y)):  # a random draw inside: no torch.func transform runs it
@@ -126,12 +140,15 @@ def noisy_inputs(X, y):
         (by_indices, True, True),
         (fixed_minibatch, False, True),
         (whole_data, False, True),
+        (with_a_param, True, True),
+        (whole_data_with_a_param, False, True),
         (noisy_inputs, False, False),
     ],
 )
 def test_every_way_to_the_per_datum_gradients_agrees_with_a_loop(model, one_datum, forward):
     gen = torch.Generator().manual_seed(0)
     X, y = torch.randn(6, 2, generator=gen, dtype=D), torch.randn(6, generator=gen, dtype=D)
+    pyro.clear_param_store()
     subsample = {"data": torch.tensor([0, 2, 5])} if model in (by_indices, fixed_minibatch) else {}
     trace = poutine.trace(poutine.condition(model, data=subsample)).get_trace(X, y)
     layout = latent_layout(trace)
@@ -141,6 +158,7 @@ def test_every_way_to_the_per_datum_gradients_agrees_with_a_loop(model, one_datu
     per_datum, scale, _, _, run = _split_one(model, layout, row, (X, y), {}, subsample)
     expected = torch.stack([torch.autograd.grad(t, row, retain_graph=True)[0] for t in per_datum])
     torch.testing.assert_close(out.datum_grads[0], expected, atol=1e-12, rtol=0)
+    assert not out.datum_grads.requires_grad  # not tied to a model parameter's graph
 
     def terms(t, minibatch):
         return _split_one(model, layout, t, (X, y), {}, minibatch)[:2]
@@ -157,3 +175,17 @@ def test_every_way_to_the_per_datum_gradients_agrees_with_a_loop(model, one_datu
     assert (rows is not None) == forward
     if forward:
         torch.testing.assert_close(rows, expected, atol=1e-12, rtol=0)
+
+
+def test_the_one_datum_check_allows_the_rounding_of_gradients_that_cancel():
+    # At a full-batch mode the per-datum gradients cancel in their sum; float32 runs on one
+    # datum each round them differently from the whole run. The check's tolerance scales with
+    # the terms summed, so a relative error of 1e-7 in each passes where an error the size of
+    # a term does not.
+    theta = torch.ones(1, requires_grad=True)
+    x = torch.tensor([1e4, -1e4, 3.0])
+    per_datum, scale = x * theta, torch.ones(3)
+    rounded = x * (1 + torch.tensor([1e-7, -1e-7, 0.0]))
+    assert reproduces((rounded[:, None].clone(), x.clone()), per_datum, scale, theta)
+    wrong = x + torch.tensor([0.0, 0.0, 30.0])  # one datum's gradient ten times off
+    assert not reproduces((wrong[:, None].clone(), x.clone()), per_datum, scale, theta)
