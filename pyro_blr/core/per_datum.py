@@ -135,9 +135,10 @@ def _split_one(
     plates, unplated = data_plates(trace, (site.name for site in layout.sites))
     if unplated:
         raise ValueError(
-            f"observed site(s) {list(unplated)} lie in no pyro.plate: per-datum curvature needs "
-            "the data as the elements of a plate (declare it with pyro.plate, or use rule 'von' "
-            "or 'ivon')"
+            f"observed site(s) {list(unplated)} lie in no vectorized pyro.plate: per-datum "
+            "curvature needs the data as the elements of one (declare it with `with "
+            "pyro.plate(...)`; a sequential `for i in pyro.plate(...)` does not count), or use "
+            "rule 'von' or 'ivon'"
         )
     plate_of = {site: plate for plate in plates for site in plate.sites}
     rows, scales = [], []

@@ -89,7 +89,9 @@ def test_the_data_are_the_outermost_plate_and_unplated_data_are_refused():
     out = per_datum_gradients(nested, latent_layout(trace), torch.zeros(1, 1), (y,), {})
     torch.testing.assert_close(out.datum_grads[0, :, 0], -y.sum(0))  # per datum, both features
     trace = poutine.trace(unplated).get_trace(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"observed site\(s\) \['y'\] lie in no pyro\.plate"):
+    with pytest.raises(
+        ValueError, match=r"observed site\(s\) \['y'\] lie in no vectorized pyro\.plate"
+    ):
         per_datum_gradients(
             unplated, latent_layout(trace), torch.zeros(1, 1), (torch.zeros(3),), {}
         )
