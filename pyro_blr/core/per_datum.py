@@ -26,6 +26,7 @@ from torch import Tensor
 
 from pyro_blr.core.autodiff import _hessian_products
 from pyro_blr.core.datum_jacobian import (
+    FORWARD_MIN_DATA,
     reproduces,
     rows_by_batched_backward,
     rows_by_forward_mode,
@@ -240,7 +241,7 @@ def _datum_jacobian(
         by_datum = rows_by_one_datum_runs(terms, row, name, indices, others)
         if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
             return by_datum[0].detach()
-    if row.shape[-1] < per_datum.shape[0]:
+    if FORWARD_MIN_DATA <= per_datum.shape[0] and row.shape[-1] < per_datum.shape[0]:
         jac = rows_by_forward_mode(terms, row, subsample)
         if jac is not None:
             return jac

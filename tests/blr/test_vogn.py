@@ -72,7 +72,7 @@ def test_vogn_refuses_what_it_cannot_drive():
 
 def linear_regression(X, y, sigma=0.5):
     w = pyro.sample("w", dist.Normal(X.new_zeros(X.shape[1]), 1.0).to_event(1))
-    with pyro.plate("data", len(y), subsample_size=len(y)) as idx:  # read through the indices
+    with pyro.plate("data", len(y)) as idx:  # read through the indices: runs on one datum
         pyro.sample("y", dist.Normal(X[idx] @ w, sigma), obs=y[idx])
 
 

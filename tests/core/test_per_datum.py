@@ -7,8 +7,15 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+import pyro_blr.core.per_datum as per_datum_module
 from pyro_blr.core import data_plates, latent_layout, neg_log_joint, per_datum_gradients
-from pyro_blr.core.datum_jacobian import reproduces, rows_by_forward_mode, rows_by_one_datum_runs
+from pyro_blr.core.datum_jacobian import (
+    FORWARD_MIN_DATA,
+    reproduces,
+    rows_by_batched_backward,
+    rows_by_forward_mode,
+    rows_by_one_datum_runs,
+)
 from pyro_blr.core.per_datum import _split_one
 
 D = torch.float64
@@ -191,3 +198,22 @@ def test_the_one_datum_check_allows_the_rounding_of_gradients_that_cancel():
     assert reproduces((rounded[:, None].clone(), x.clone()), per_datum, scale, theta)
     wrong = x + torch.tensor([0.0, 0.0, 30.0])  # one datum's gradient ten times off
     assert not reproduces((wrong[:, None].clone(), x.clone()), per_datum, scale, theta)
+
+
+def test_a_model_reading_its_data_whole_gets_forward_mode_on_a_large_minibatch(monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    num_data = FORWARD_MIN_DATA + 88  # more data than coordinates: forward mode's ground
+    X = torch.randn(num_data, 2, generator=gen, dtype=D)
+    y = torch.randn(num_data, generator=gen, dtype=D)
+    layout = latent_layout(poutine.trace(whole_data).get_trace(X, y))
+    theta = torch.randn(1, layout.dim, generator=gen, dtype=D)
+    row = theta[0].clone().requires_grad_(True)
+    per_datum = _split_one(whole_data, layout, row, (X, y), {}, {})[0]
+
+    def quadratic(*args):
+        raise AssertionError("the batched backward pass was taken")
+
+    monkeypatch.setattr(per_datum_module, "rows_by_batched_backward", quadratic)
+    out = per_datum_gradients(whole_data, layout, theta, (X, y), {})
+    expected = rows_by_batched_backward(per_datum, row)
+    torch.testing.assert_close(out.datum_grads[0], expected, atol=1e-12, rtol=0)
