@@ -15,9 +15,10 @@ vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell
 * **a batched backward pass** (:func:`rows_by_batched_backward`): :math:`B` vector-Jacobian
   products of the whole run, :math:`B^2` in all; always applicable.
 
-On logistic regression with :math:`N = 5000, D = 20` forward mode takes 4 ms where the batched
-backward pass takes 1.3 s; on a one-layer BNN with :math:`N = 455, D = 752` the runs on one
-datum take 3 ms a particle against 0.46 s.
+Per particle on one CPU thread (``python -m benchmarks.per_datum_cost``): on logistic regression
+written ``X @ w`` with :math:`N = 5000, D = 20`, forward mode takes 3.9 ms where the batched
+backward pass takes 564 ms; on a one-layer BNN with :math:`N = 455, D = 752`, the runs on one
+datum take 5.2 ms against 298 ms (4.6 gradients' worth).
 
 References:
     | Jacobians, Hessians, hvp, vhp, and more: composing function transforms (PyTorch
@@ -39,8 +40,8 @@ FORWARD_CHUNK = 64
 
 FORWARD_MIN_DATA = 512
 """Forward mode only for minibatches of at least this many data: below, the batched backward
-pass costs less than forward mode's overhead under ``torch.func`` (8 ms against 14 ms a step at
-``B = 300, D = 3``; 584 ms against 18 ms at ``B = 2000, D = 20``)."""
+pass costs less than forward mode's overhead under ``torch.func`` (0.7 ms against 1.8 ms a
+particle at ``B = 300, D = 3``; ``benchmarks/per_datum_cost.py``)."""
 
 Terms = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
 """``(theta, subsample) -> (per-datum terms (B,), their scales (B,))`` from one model run."""
