@@ -16,7 +16,9 @@ per particle, less the guide):
   batched backward pass is the cheaper.
 
 Every way's rows are checked against the batched backward pass's (to float32 rounding) before
-they are timed. Median of repeated calls after one warm-up call.
+they are timed; each time includes the whole model run the way starts from and the check that
+``per_datum_gradients`` makes of it. The way ``per_datum_gradients`` takes is asked of it.
+Median of repeated calls after one warm-up call.
 
 Run: ``python -m benchmarks.per_datum_cost`` (writes benchmarks/results/per_datum_cost.md; a
 minute on one CPU thread); ``--smoke`` runs small sizes.
@@ -36,13 +38,13 @@ from benchmarks import models
 from benchmarks._report import machine, markdown_table, parser, report
 from pyro_blr.core import latent_layout
 from pyro_blr.core.datum_jacobian import (
-    FORWARD_MIN_DATA,
     reproduces,
     rows_by_batched_backward,
     rows_by_forward_mode,
     rows_by_one_datum_runs,
+    sums_to_gradient,
 )
-from pyro_blr.core.per_datum import _split_one
+from pyro_blr.core.per_datum import _datum_jacobian, _split_one
 
 
 def logistic_whole(X, y):
@@ -115,10 +117,12 @@ def measure(model, X, y, repeats: int) -> dict[str, float | None]:
         rows = rows_by_one_datum_runs(terms, row, "data", trace.nodes["data"]["value"], {})
         if rows is None or not reproduces(rows, per_datum, scale, row):
             return None
-        return rows[0]
+        return rows[0] * scale[:, None]
 
     def forward():
-        return rows_by_forward_mode(terms, row, {})
+        per_datum = whole_run()[0]
+        rows = rows_by_forward_mode(terms, row, {})
+        return rows if rows is not None and sums_to_gradient(rows, per_datum, row) else None
 
     out = {"gradient": timed(gradient, repeats)[1]}
     reference, out["batched backward"] = timed(batched, repeats)
@@ -131,17 +135,10 @@ def measure(model, X, y, repeats: int) -> dict[str, float | None]:
         error = max(error, float((rows - reference).abs().max() / reference.abs().max()))
         out[name] = timed(way, repeats)[1]
     out["error"] = error
-    out["dim"], out["data"] = layout.dim, len(y)
+    per_datum, scale, _, plates, trace = whole_run()
+    run = (per_datum, scale, plates, trace)
+    out["taken"] = _datum_jacobian(model, layout, row, (X, y), {}, {}, run)[1]
     return out
-
-
-def chosen(row: dict) -> str:
-    """The way ``per_datum_gradients`` takes for this model."""
-    if row["one datum each"] is not None:
-        return "one datum each"
-    if FORWARD_MIN_DATA <= row["data"] and row["dim"] < row["data"]:
-        return "forward mode"
-    return "batched backward"
 
 
 def main(smoke: bool = False) -> list[dict]:
@@ -155,7 +152,7 @@ def main(smoke: bool = False) -> list[dict]:
             ms = row[way]
             cell = "does not apply" if ms is None else f"{ms:.1f}"
             ratio = "-" if ms is None else f"{ms / gradient:.1f}"
-            table.append((name, way, cell, ratio, "yes" if way == chosen(row) else ""))
+            table.append((name, way, cell, ratio, "yes" if way == row["taken"] else ""))
         table.append((name, "one gradient (autograd)", f"{gradient:.2f}", "1.0", ""))
     lines = [
         "# What per-datum gradients cost",

@@ -4,14 +4,15 @@ For the minibatch's per-datum terms :math:`\tilde\ell_i(\theta)`, :math:`i \in B
 vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell_i` cost
 
 * **one run per datum** (:func:`rows_by_one_datum_runs`): the model run on datum :math:`i`
-  alone, batched by ``torch.func.vmap`` over the data plate's indices: one run's worth of work
-  over the data. It needs a model that reads its data through the plate's indices
+  alone, batched by ``torch.func.vmap`` over the data plate's indices: about one run's worth of
+  work over the data. It needs a model that reads its data through the plate's indices
   (``with pyro.plate("data", N) as idx: ... X[idx]``), and it is used only where those runs
   reproduce the whole run (:func:`reproduces`);
 * **forward mode** (:func:`rows_by_forward_mode`): :math:`D` Jacobian-vector products of the
   whole run, batched: the cost of :math:`D` forward passes, for any model without random draws
   (``X @ w`` inside ``pyro.plate("data", N)`` included). Used where :math:`D < B` and the
-  minibatch is large (:data:`FORWARD_MIN_DATA`);
+  minibatch is large (:data:`FORWARD_MIN_DATA`), and only where its rows sum to the whole
+  run's gradient (:func:`sums_to_gradient`);
 * **a batched backward pass** (:func:`rows_by_batched_backward`): :math:`B` vector-Jacobian
   products of the whole run, :math:`B^2` in all; always applicable.
 
@@ -27,13 +28,16 @@ References:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 __all__ = ["FORWARD_MIN_DATA", "reproduces", "rows_by_batched_backward", "rows_by_forward_mode",
-           "rows_by_one_datum_runs"]  # fmt: skip
+           "rows_by_one_datum_runs", "sums_to_gradient"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 FORWARD_CHUNK = 64
 """Jacobian-vector products batched at once in forward mode (each holds a run's activations)."""
@@ -74,7 +78,8 @@ def rows_by_one_datum_runs(
     batched = torch.func.vmap(torch.func.jacrev(one, has_aux=True), in_dims=(None, 0))
     try:
         jac, value = batched(row.detach(), indices[:, None])
-    except Exception:  # any failure of the runs on one datum: another way is taken
+    except Exception as error:  # any failure of the runs on one datum: another way is taken
+        logger.debug("per-datum gradients: runs on one datum failed (%s)", error)
         return None
     # (B, sites, D) datum-major -> the rows' order, each observed site's data in turn; detached
     # from a model's own parameters, which the runs read too
@@ -82,24 +87,51 @@ def rows_by_one_datum_runs(
     return jac, value.detach().transpose(0, 1).reshape(-1)
 
 
+def sums_to_gradient(jac: Tensor, per_datum: Tensor, row: Tensor) -> bool:
+    """Whether scaled rows ``jac`` ``(B, D)`` sum to the gradient of ``per_datum.sum()`` (built
+    from ``row`` with autograd; one backward pass), to a tolerance relative to the size of the
+    rows summed (a sum that cancels, at a mode, keeps their rounding). A way that reruns the
+    model (runs on one datum, forward mode) must pass it: a rerun that saw other data (numpy
+    randomness, a model that pulls its next batch) does not.
+
+    Example:
+        >>> import torch
+        >>> row = torch.ones(1, requires_grad=True)
+        >>> per_datum = torch.tensor([1.0, 2.0]) * row**2 / 2
+        >>> sums_to_gradient(torch.tensor([[1.0], [2.0]]), per_datum, row)
+        True
+        >>> sums_to_gradient(torch.tensor([[1.0], [3.0]]), per_datum, row)
+        False
+    """
+    (total,) = torch.autograd.grad(per_datum.sum(), row, retain_graph=True)
+    rtol = 1e3 * torch.finfo(row.dtype).eps
+    return bool(((jac.sum(0) - total).abs() <= rtol * (1 + jac.abs().sum(0))).all())
+
+
 def reproduces(
     by_datum: tuple[Tensor, Tensor], per_datum: Tensor, scale: Tensor, row: Tensor
 ) -> bool:
-    """Whether the runs on one datum each reproduce the whole run's ``per_datum`` (built from
-    ``row`` with autograd): every datum's term, and the sum of their gradients (one backward
-    pass), each to a tolerance relative to the size of the terms summed (a sum that cancels,
-    at a mode, keeps their rounding). Scales the rows of ``by_datum`` as the model scales them,
-    in place."""
+    """Whether the runs on one datum (unscaled rows and terms, as
+    :func:`rows_by_one_datum_runs` returns them) reproduce the whole run's ``per_datum`` (built
+    from ``row`` with autograd, scaled by ``scale``): every datum's term, and
+    :func:`sums_to_gradient`.
+
+    Example:
+        >>> import torch
+        >>> row = torch.ones(1, requires_grad=True)
+        >>> x, scale = torch.tensor([1.0, 2.0]), torch.full((2,), 3.0)
+        >>> per_datum = scale * x * row**2 / 2  # each datum's term as the plate scales it
+        >>> reproduces((x[:, None], x / 2), per_datum, scale, row)
+        True
+    """
     jac, value = by_datum
     if value.shape != per_datum.shape:
         return False
-    jac.mul_(scale[:, None])
-    (total,) = torch.autograd.grad(per_datum.sum(), row, retain_graph=True)
     rtol = 1e3 * torch.finfo(row.dtype).eps
     terms = per_datum.detach()
-    values_agree = ((value * scale - terms).abs() <= rtol * (1 + terms.abs().amax())).all()
-    sums_agree = ((jac.sum(0) - total).abs() <= rtol * (1 + jac.abs().sum(0))).all()
-    return bool(values_agree and sums_agree)
+    if not ((value * scale - terms).abs() <= rtol * (1 + terms.abs().amax())).all():
+        return False
+    return sums_to_gradient(jac * scale[:, None], per_datum, row)
 
 
 def rows_by_forward_mode(
@@ -125,7 +157,8 @@ def rows_by_forward_mode(
     basis = torch.eye(dim, dtype=row.dtype, device=row.device)
     try:
         columns = [torch.func.vmap(along)(basis[k : k + chunk]) for k in range(0, dim, chunk)]
-    except Exception:  # any failure under forward mode: another way is taken
+    except Exception as error:  # any failure under forward mode: another way is taken
+        logger.debug("per-datum gradients: forward mode failed (%s)", error)
         return None
     return torch.cat(columns).T.detach()  # detached from a model's own parameters
 

@@ -31,6 +31,7 @@ from pyro_blr.core.datum_jacobian import (
     rows_by_batched_backward,
     rows_by_forward_mode,
     rows_by_one_datum_runs,
+    sums_to_gradient,
 )
 from pyro_blr.core.layout import LatentLayout
 from pyro_blr.core.log_joint import conditioned_trace
@@ -202,7 +203,8 @@ def per_datum_gradients(
             total = per_datum.sum() + rest
             (grad,) = torch.autograd.grad(total, row, retain_graph=True)
             run = (per_datum, scale, plates, trace)
-            datum_grads.append(_datum_jacobian(model, layout, row, args, kwargs, subsample, run))
+            jac, _ = _datum_jacobian(model, layout, row, args, kwargs, subsample, run)
+            datum_grads.append(jac)
             if rest_hessian:
                 rest_hess.append(_hessian(rest, row))
         values.append(total.detach())
@@ -224,11 +226,12 @@ def _datum_jacobian(
     kwargs: dict,
     subsample: dict[str, Tensor],
     run: tuple[Tensor, Tensor, tuple[DataPlate, ...], Trace],
-) -> Tensor:
+) -> tuple[Tensor, str]:
     """The scaled per-datum gradients ``(B, D)`` at one particle, the cheapest way that
     applies (:mod:`pyro_blr.core.datum_jacobian`), given the particle's whole run (its
     per-datum terms and their scales, built from ``row`` with autograd, its data plates and its
-    trace)."""
+    trace), and the way's name: ``"one datum each"``, ``"forward mode"`` or ``"batched
+    backward"``."""
 
     def terms(theta: Tensor, minibatch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return _split_one(model, layout, theta, args, kwargs, minibatch)[:2]
@@ -240,12 +243,12 @@ def _datum_jacobian(
         others = {k: v for k, v in subsample.items() if k != name}
         by_datum = rows_by_one_datum_runs(terms, row, name, indices, others)
         if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
-            return by_datum[0].detach()
+            return by_datum[0] * scale[:, None], "one datum each"
     if FORWARD_MIN_DATA <= per_datum.shape[0] and row.shape[-1] < per_datum.shape[0]:
         jac = rows_by_forward_mode(terms, row, subsample)
-        if jac is not None:
-            return jac
-    return rows_by_batched_backward(per_datum, row)
+        if jac is not None and sums_to_gradient(jac, per_datum, row):
+            return jac, "forward mode"
+    return rows_by_batched_backward(per_datum, row), "batched backward"
 
 
 def _hessian(value: Tensor, row: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """Per-datum gradients: equal to one autograd pass per datum, scaled as the model scales the
 minibatch, over every data plate and each observed site outside a plate."""
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -16,7 +17,7 @@ from pyro_blr.core.datum_jacobian import (
     rows_by_forward_mode,
     rows_by_one_datum_runs,
 )
-from pyro_blr.core.per_datum import _split_one
+from pyro_blr.core.per_datum import _datum_jacobian, _split_one
 
 D = torch.float64
 
@@ -178,7 +179,7 @@ def test_every_way_to_the_per_datum_gradients_agrees_with_a_loop(model, one_datu
     rows = rows_by_one_datum_runs(terms, row, "data", indices, {})
     assert (rows is not None and reproduces(rows, per_datum, scale, row)) == one_datum
     if one_datum:
-        torch.testing.assert_close(rows[0], expected, atol=1e-12, rtol=0)
+        torch.testing.assert_close(rows[0] * scale[:, None], expected, atol=1e-12, rtol=0)
     # Forward mode: any model without random draws.
     rows = rows_by_forward_mode(terms, row, subsample, chunk=1)
     assert (rows is not None) == forward
@@ -195,9 +196,9 @@ def test_the_one_datum_check_allows_the_rounding_of_gradients_that_cancel():
     x = torch.tensor([1e4, -1e4, 3.0])
     per_datum, scale = x * theta, torch.ones(3)
     rounded = x * (1 + torch.tensor([1e-7, -1e-7, 0.0]))
-    assert reproduces((rounded[:, None].clone(), x.clone()), per_datum, scale, theta)
-    wrong = x + torch.tensor([0.0, 0.0, 30.0])  # one datum's gradient ten times off
-    assert not reproduces((wrong[:, None].clone(), x.clone()), per_datum, scale, theta)
+    assert reproduces((rounded[:, None], x), per_datum, scale, theta)
+    wrong = x + torch.tensor([0.0, 0.0, 30.0])  # one datum's gradient 30 off (x 11)
+    assert not reproduces((wrong[:, None], x), per_datum, scale, theta)
 
 
 def test_a_model_reading_its_data_whole_gets_forward_mode_on_a_large_minibatch(monkeypatch):
@@ -217,3 +218,47 @@ def test_a_model_reading_its_data_whole_gets_forward_mode_on_a_large_minibatch(m
     out = per_datum_gradients(whole_data, layout, theta, (X, y), {})
     expected = rows_by_batched_backward(per_datum, row)
     torch.testing.assert_close(out.datum_grads[0], expected, atol=1e-12, rtol=0)
+
+
+def test_the_rest_hessian_is_that_of_the_priors_and_log_jacobians():
+    # N(0, 1) weights, and sigma ~ LogNormal(0, 1) sampled as log sigma, whose prior density
+    # times the log-Jacobian is N(0, 1) in log sigma: the rest's Hessian is the identity.
+    gen = torch.Generator().manual_seed(2)
+    X, y = torch.randn(10, 2, generator=gen, dtype=D), torch.randn(10, 3, generator=gen, dtype=D)
+    idx = torch.tensor([1, 4, 7, 8])
+    layout = latent_layout(poutine.trace(model).get_trace(X, y, idx))
+    theta = torch.randn(2, layout.dim, generator=gen, dtype=D)
+    out = per_datum_gradients(model, layout, theta, (X, y, idx), {}, rest_hessian=True)
+    for s in range(2):
+        rest = lambda t: _split_one(model, layout, t, (X, y, idx), {}, {})[2]  # noqa: E731
+        expected = torch.autograd.functional.hessian(rest, theta[s])
+        torch.testing.assert_close(out.rest_hess[s], expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.rest_hess, torch.eye(3, dtype=D).expand(2, 3, 3))
+
+
+NUMPY_RNG = np.random.default_rng(0)
+
+
+def whole_data_numpy_noise(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+    noise = torch.as_tensor(NUMPY_RNG.normal(0.0, 0.5, X.shape))  # unseen by torch.func
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal((X + noise) @ w, 1.0), obs=y)
+
+
+def test_a_rerun_that_sees_other_data_is_refused():
+    # Forward mode reruns the model; numpy's draws differ between runs, so its rows belong
+    # to another run than the gradient's: the sum check sends the model to the batched pass.
+    gen = torch.Generator().manual_seed(3)
+    num_data = FORWARD_MIN_DATA + 88
+    X = torch.randn(num_data, 2, generator=gen, dtype=D)
+    y = torch.randn(num_data, generator=gen, dtype=D)
+    layout = latent_layout(poutine.trace(whole_data_numpy_noise).get_trace(X, y))
+    row = torch.randn(layout.dim, generator=gen, dtype=D).requires_grad_(True)
+    per_datum, scale, _, plates, trace = _split_one(
+        whole_data_numpy_noise, layout, row, (X, y), {}, {}
+    )
+    run = (per_datum, scale, plates, trace)
+    jac, way = _datum_jacobian(whole_data_numpy_noise, layout, row, (X, y), {}, {}, run)
+    assert way == "batched backward"
+    torch.testing.assert_close(jac, rows_by_batched_backward(per_datum, row), atol=0, rtol=0)

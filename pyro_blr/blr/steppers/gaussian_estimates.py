@@ -204,5 +204,6 @@ class GaussianEstimates:
         ggn = out.datum_grads.mT @ weighted
         rest = out.rest_hess
         if self.opts.weight_decay:
-            rest = rest + self.opts.weight_decay * torch.eye(theta.shape[-1]).to(rest)
+            eye = torch.eye(theta.shape[-1], dtype=rest.dtype, device=rest.device)
+            rest = rest + self.opts.weight_decay * eye
         return Derivatives(value, grad, None), ggn + rest
