@@ -354,7 +354,8 @@ class Rule:
     Attributes:
         name: the rule's name.
         curvature: ``"hessian"`` (exact, by autograd), ``"reparam"`` (IVON's estimate) or
-            ``"ggn"`` (the Gauss--Newton sum of squared per-datum gradients).
+            ``"ggn"`` (the Gauss--Newton sum of the per-datum gradients' outer products, or of
+            their squares for a diagonal Gaussian).
         at_mean: evaluate at the mean (delta method) instead of at samples from the guide.
         full_covariance: whether the rule can drive a full-covariance Gaussian.
         state_type: the rule's state; its first two fields are ``loc`` and ``precision``.
