@@ -7,6 +7,7 @@ from pyro_blr.core.autodiff import (
     derivatives,
     hessian_diagonal_from_grad,
     hessian_from_grad,
+    hessian_of_scalar,
 )
 from pyro_blr.core.checks import (
     check_finite_weights,
@@ -72,6 +73,7 @@ __all__ = [
     "guess_max_plate_nesting",
     "hessian_diagonal_from_grad",
     "hessian_from_grad",
+    "hessian_of_scalar",
     "initialize_guide",
     "latent_layout",
     "log_joint",

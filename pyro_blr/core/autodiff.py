@@ -14,7 +14,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Derivatives", "derivatives", "hessian_diagonal_from_grad", "hessian_from_grad"]
+__all__ = [
+    "Derivatives",
+    "derivatives",
+    "hessian_diagonal_from_grad",
+    "hessian_from_grad",
+    "hessian_of_scalar",
+]
 
 
 class Derivatives(NamedTuple):
@@ -83,6 +89,28 @@ def hessian_from_grad(grad: Tensor, theta: Tensor) -> Tensor:
     basis = torch.eye(dim, dtype=theta.dtype, device=theta.device)
     rows = _hessian_products(grad, theta, basis.unsqueeze(1).expand(dim, num_particles, dim))
     hess = rows.transpose(0, 1)
+    return 0.5 * (hess + hess.mT)
+
+
+def hessian_of_scalar(value: Tensor, theta: Tensor) -> Tensor:
+    """The Hessian ``(D, D)``, detached, of a scalar ``value`` built from ``theta`` ``(D,)`` with
+    autograd (zero where it does not depend on it, or only linearly).
+
+    Example:
+        >>> import torch
+        >>> theta = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> hessian_of_scalar(theta[0] ** 2 * theta[1], theta)
+        tensor([[4., 2.],
+                [2., 0.]])
+    """
+    dim = theta.shape[-1]
+    if not value.requires_grad:
+        return theta.new_zeros(dim, dim)
+    (grad,) = torch.autograd.grad(value, theta, create_graph=True, retain_graph=True)
+    if not grad.requires_grad:
+        return theta.new_zeros(dim, dim)
+    basis = torch.eye(dim, dtype=theta.dtype, device=theta.device)
+    hess = _hessian_products(grad, theta, basis).detach()
     return 0.5 * (hess + hess.mT)
 
 

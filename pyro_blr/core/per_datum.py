@@ -24,7 +24,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
-from pyro_blr.core.autodiff import _hessian_products
+from pyro_blr.core.autodiff import hessian_of_scalar
 from pyro_blr.core.datum_jacobian import (
     FORWARD_MIN_DATA,
     reproduces,
@@ -206,7 +206,7 @@ def per_datum_gradients(
             jac, _ = _datum_jacobian(model, layout, row, args, kwargs, subsample, run)
             datum_grads.append(jac)
             if rest_hessian:
-                rest_hess.append(_hessian(rest, row))
+                rest_hess.append(hessian_of_scalar(rest, row))
         values.append(total.detach())
         grads.append(grad)
     return PerDatum(
@@ -249,17 +249,3 @@ def _datum_jacobian(
         if jac is not None and sums_to_gradient(jac, per_datum, row):
             return jac, "forward mode"
     return rows_by_batched_backward(per_datum, row), "batched backward"
-
-
-def _hessian(value: Tensor, row: Tensor) -> Tensor:
-    """The Hessian ``(D, D)`` of a scalar with respect to ``row`` (zero where it does not
-    depend on it)."""
-    dim = row.shape[-1]
-    if not value.requires_grad:
-        return row.new_zeros(dim, dim)
-    (grad,) = torch.autograd.grad(value, row, create_graph=True, retain_graph=True)
-    if not grad.requires_grad:  # linear in row
-        return row.new_zeros(dim, dim)
-    basis = torch.eye(dim, dtype=row.dtype, device=row.device)
-    hess = _hessian_products(grad, row, basis).detach()
-    return 0.5 * (hess + hess.mT)
