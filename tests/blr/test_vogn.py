@@ -76,34 +76,39 @@ def linear_regression(X, y, sigma=0.5):
         pyro.sample("y", dist.Normal(X[idx] @ w, sigma), obs=y[idx])
 
 
-def gauss_newton_fixed_point(X, y, sigma=0.5):
+def gauss_newton_fixed_point(X, y, sigma=0.5, prior_precision=1.0):
     """vogn's fixed point on linear regression, in closed form for the mean and by iteration
     for the precision: E_q[grad l] is grad l(m), zero at the exact posterior mean m; then
-    S = I + sum_i x_i x_i' E_q[(x_i'w - y_i)^2] / sigma^4 with
-    E_q[(x_i'w - y_i)^2] = (x_i'm - y_i)^2 + x_i' S^-1 x_i."""
-    exact_precision = torch.eye(X.shape[1], dtype=X.dtype) + X.T @ X / sigma**2
+    S = a I + sum_i x_i x_i' E_q[(x_i'w - y_i)^2] / sigma^4 with
+    E_q[(x_i'w - y_i)^2] = (x_i'm - y_i)^2 + x_i' S^-1 x_i, for a prior precision a."""
+    prior = prior_precision * torch.eye(X.shape[1], dtype=X.dtype)
+    exact_precision = prior + X.T @ X / sigma**2
     loc = torch.linalg.solve(exact_precision, X.T @ y / sigma**2)
     precision = exact_precision
     for _ in range(200):  # damped: the map is decreasing in S
         spread = ((X @ torch.linalg.inv(precision)) * X).sum(-1)
         weights = ((X @ loc - y) ** 2 + spread) / sigma**4
-        update = torch.eye(X.shape[1], dtype=X.dtype) + (X * weights[:, None]).T @ X
+        update = prior + (X * weights[:, None]).T @ X
         precision = 0.5 * (precision + update)
     return loc, precision
 
 
-def test_full_covariance_vogn_reaches_its_fixed_point_on_linear_regression():
+@pytest.mark.parametrize("weight_decay", [0.0, 20.0])  # 20 is 9% of the precision's diagonal
+def test_full_covariance_vogn_reaches_its_fixed_point_on_linear_regression(weight_decay):
     gen = torch.Generator().manual_seed(1)
     X = torch.randn(40, 3, generator=gen, dtype=torch.float64) @ torch.tensor(
         [[1.0, 0.8, 0.0], [0.0, 0.6, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64
     )  # correlated inputs: the fixed point's precision has large off-diagonal entries
     y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     y = y + 0.5 * torch.randn(40, generator=gen, dtype=torch.float64)
-    loc, precision = gauss_newton_fixed_point(X, y)
+    # weight decay adds to the N(0, 1) prior's precision, in the gradient and the curvature
+    loc, precision = gauss_newton_fixed_point(X, y, prior_precision=1.0 + weight_decay)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoMultivariateNormal(linear_regression)
-    blr = pb.BLR(linear_regression, guide, rule="vogn", lr=0.2, mc_samples=16)
+    blr = pb.BLR(
+        linear_regression, guide, rule="vogn", lr=0.2, mc_samples=16, weight_decay=weight_decay
+    )
     blr.fit(X, y, num_steps=600, progress=False, average=True)
     fitted = guide.get_posterior()
     fitted_precision = torch.linalg.inv(fitted.covariance_matrix.detach())
@@ -119,7 +124,7 @@ def test_full_covariance_vogn_reaches_its_fixed_point_on_linear_regression():
     assert relative.abs().max() < 0.01
     # The exact posterior precision is not the fixed point: the empirical Fisher weighs each
     # datum by its squared residual, not by 1 / sigma^2.
-    exact = torch.eye(3, dtype=torch.float64) + X.T @ X / 0.25
+    exact = (1.0 + weight_decay) * torch.eye(3, dtype=torch.float64) + X.T @ X / 0.25
     assert ((precision - exact).abs() / (scale[:, None] * scale[None, :])).max() > 0.1
 
 
