@@ -80,15 +80,15 @@ def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor:
 
 
 def hessian_from_grad(grad: Tensor, theta: Tensor) -> Tensor:
-    """Per-particle Hessians ``(S, D, D)`` from gradients ``(S, D)`` built with ``create_graph``."""
-    num_particles, dim = theta.shape
-    zeros = theta.new_zeros(num_particles, dim, dim)
+    """Per-particle Hessians ``(S, D, D)`` from gradients ``(S, D)`` built with ``create_graph``
+    (or one Hessian ``(D, D)`` from a gradient ``(D,)``)."""
+    dim = theta.shape[-1]
     if not grad.requires_grad:  # the gradient does not depend on theta: a linear log joint
-        return zeros
+        return theta.new_zeros(*theta.shape, dim)
     # Row d of every particle's Hessian is its Hessian times the unit vector e_d.
     basis = torch.eye(dim, dtype=theta.dtype, device=theta.device)
-    rows = _hessian_products(grad, theta, basis.unsqueeze(1).expand(dim, num_particles, dim))
-    hess = rows.transpose(0, 1)
+    probes = basis.reshape(dim, *[1] * (theta.dim() - 1), dim).expand(dim, *theta.shape)
+    hess = _hessian_products(grad, theta, probes).movedim(0, -2)
     return 0.5 * (hess + hess.mT)
 
 
@@ -103,15 +103,10 @@ def hessian_of_scalar(value: Tensor, theta: Tensor) -> Tensor:
         tensor([[4., 2.],
                 [2., 0.]])
     """
-    dim = theta.shape[-1]
     if not value.requires_grad:
-        return theta.new_zeros(dim, dim)
+        return theta.new_zeros(theta.shape[-1], theta.shape[-1])
     (grad,) = torch.autograd.grad(value, theta, create_graph=True, retain_graph=True)
-    if not grad.requires_grad:
-        return theta.new_zeros(dim, dim)
-    basis = torch.eye(dim, dtype=theta.dtype, device=theta.device)
-    hess = _hessian_products(grad, theta, basis).detach()
-    return 0.5 * (hess + hess.mT)
+    return hessian_from_grad(grad, theta).detach()
 
 
 def hessian_diagonal_from_grad(grad: Tensor, theta: Tensor, groups: Tensor) -> Tensor:
