@@ -44,7 +44,7 @@ from pyro_blr.core.datum_jacobian import (
     rows_by_one_datum_runs,
     sums_to_gradient,
 )
-from pyro_blr.core.per_datum import _datum_jacobian, _split_one
+from pyro_blr.core.per_datum import datum_terms, per_datum_jacobian
 
 
 def logistic_whole(X, y):
@@ -100,10 +100,10 @@ def measure(model, X, y, repeats: int) -> dict[str, float | None]:
     row = (0.1 * torch.randn(layout.dim)).requires_grad_(True)
 
     def whole_run():
-        return _split_one(model, layout, row, (X, y), {}, {})
+        return datum_terms(model, layout, row, (X, y), {}, {})
 
     def terms(theta, minibatch):
-        return _split_one(model, layout, theta, (X, y), {}, minibatch)[:2]
+        return datum_terms(model, layout, theta, (X, y), {}, minibatch)[:2]
 
     def gradient():
         per_datum, _, rest, _, _ = whole_run()
@@ -135,9 +135,7 @@ def measure(model, X, y, repeats: int) -> dict[str, float | None]:
         error = max(error, float((rows - reference).abs().max() / reference.abs().max()))
         out[name] = timed(way, repeats)[1]
     out["error"] = error
-    per_datum, scale, _, plates, trace = whole_run()
-    run = (per_datum, scale, plates, trace)
-    out["taken"] = _datum_jacobian(model, layout, row, (X, y), {}, {}, run)[1]
+    out["taken"] = per_datum_jacobian(model, layout, row, (X, y), {}, {}, whole_run())[1]
     return out
 
 

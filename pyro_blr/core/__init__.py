@@ -34,7 +34,15 @@ from pyro_blr.core.log_joint import (
     log_joint,
     neg_log_joint,
 )
-from pyro_blr.core.per_datum import DataPlate, PerDatum, data_plates, per_datum_gradients
+from pyro_blr.core.per_datum import (
+    DataPlate,
+    DatumTerms,
+    PerDatum,
+    data_plates,
+    datum_terms,
+    per_datum_gradients,
+    per_datum_jacobian,
+)
 from pyro_blr.core.traces import (
     PARTICLE_PLATE,
     guess_max_plate_nesting,
@@ -54,6 +62,7 @@ __all__ = [
     "PARTICLE_PLATE",
     "VECTORIZATIONS",
     "DataPlate",
+    "DatumTerms",
     "Derivatives",
     "GaussianGuide",
     "LatentLayout",
@@ -69,6 +78,7 @@ __all__ = [
     "check_prototype",
     "choose_vectorization",
     "data_plates",
+    "datum_terms",
     "derivatives",
     "guess_max_plate_nesting",
     "hessian_diagonal_from_grad",
@@ -83,6 +93,7 @@ __all__ = [
     "nonfinite_term",
     "num_observations",
     "per_datum_gradients",
+    "per_datum_jacobian",
     "replay_particles",
     "rng_state",
     "sample_sites",

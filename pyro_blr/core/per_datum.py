@@ -37,7 +37,8 @@ from pyro_blr.core.layout import LatentLayout
 from pyro_blr.core.log_joint import conditioned_trace
 from pyro_blr.core.traces import sample_sites, site_log_probs
 
-__all__ = ["DataPlate", "PerDatum", "data_plates", "per_datum_gradients"]
+__all__ = ["DataPlate", "DatumTerms", "PerDatum", "data_plates", "datum_terms",
+           "per_datum_gradients", "per_datum_jacobian"]  # fmt: skip
 
 
 class DataPlate(NamedTuple):
@@ -121,17 +122,49 @@ def data_plates(
     return found, tuple(unplated)
 
 
-def _split_one(
+class DatumTerms(NamedTuple):
+    """One model run at one particle, its negative log joint split by datum.
+
+    Attributes:
+        per_datum: the terms :math:`\\tilde\\ell_i` ``(B,)``, each observed site's data in turn.
+        scale: each term's scale :math:`c_i` (the plate's :math:`N/B` times any
+            ``poutine.scale``), ``(B,)``.
+        rest: :math:`\\ell_{\\text{rest}}` (priors, log-Jacobians, sites outside the data
+            plates), ``()``.
+        plates: the data plates.
+        trace: the run's trace.
+    """
+
+    per_datum: Tensor
+    scale: Tensor
+    rest: Tensor
+    plates: tuple[DataPlate, ...]
+    trace: Trace
+
+
+def datum_terms(
     model: Callable,
     layout: LatentLayout,
     theta: Tensor,
     args: tuple,
     kwargs: dict,
     subsample: dict[str, Tensor],
-) -> tuple[Tensor, Tensor, Tensor, tuple[DataPlate, ...], Trace]:
-    """One particle's per-datum terms ``(B,)`` (each observed site's data in turn), their
-    scales (the plate's :math:`N/B` times any ``poutine.scale``), the rest ``()``, the data
-    plates and the run's trace, from one model run."""
+) -> DatumTerms:
+    """One particle's negative log joint ``theta`` ``(D,)`` split by datum, from one model run.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_blr.core import latent_layout
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> y = torch.tensor([1.0, 3.0])
+        >>> layout = latent_layout(pyro.poutine.trace(model).get_trace(y))
+        >>> split = datum_terms(model, layout, torch.zeros(1), (y,), {}, {})
+        >>> split.per_datum, split.scale, split.rest  # y_i^2 / 2 + log(2 pi) / 2; mu's prior
+        (tensor([1.4189, 5.4189]), tensor([1., 1.]), tensor(0.9189))
+    """
     trace, log_det = conditioned_trace(model, layout, theta, args, kwargs, subsample)
     rest = -log_det[0]
     plates, unplated = data_plates(trace, (site.name for site in layout.sites))
@@ -155,7 +188,7 @@ def _split_one(
         scales.append(scale.expand(rows[-1].shape))
     if not rows:
         raise ValueError("the model has no observed site: per-datum curvature needs data")
-    return torch.cat(rows), torch.cat(scales), rest, plates, trace
+    return DatumTerms(torch.cat(rows), torch.cat(scales), rest, plates, trace)
 
 
 def per_datum_gradients(
@@ -197,46 +230,58 @@ def per_datum_gradients(
     for row in theta:
         with torch.enable_grad():
             row = row.detach().requires_grad_(True)
-            per_datum, scale, rest, plates, trace = _split_one(
-                model, layout, row, args, kwargs, subsample
-            )
-            total = per_datum.sum() + rest
+            split = datum_terms(model, layout, row, args, kwargs, subsample)
+            total = split.per_datum.sum() + split.rest
             (grad,) = torch.autograd.grad(total, row, retain_graph=True)
-            run = (per_datum, scale, plates, trace)
-            jac, _ = _datum_jacobian(model, layout, row, args, kwargs, subsample, run)
+            jac, _ = per_datum_jacobian(model, layout, row, args, kwargs, subsample, split)
             datum_grads.append(jac)
             if rest_hessian:
-                rest_hess.append(hessian_of_scalar(rest, row))
+                rest_hess.append(hessian_of_scalar(split.rest, row))
         values.append(total.detach())
         grads.append(grad)
     return PerDatum(
         torch.stack(values),
         torch.stack(grads),
         torch.stack(datum_grads),
-        scale,
+        split.scale,
         torch.stack(rest_hess) if rest_hessian else None,
     )
 
 
-def _datum_jacobian(
+def per_datum_jacobian(
     model: Callable,
     layout: LatentLayout,
     row: Tensor,
     args: tuple,
     kwargs: dict,
     subsample: dict[str, Tensor],
-    run: tuple[Tensor, Tensor, tuple[DataPlate, ...], Trace],
+    split: DatumTerms,
 ) -> tuple[Tensor, str]:
-    """The scaled per-datum gradients ``(B, D)`` at one particle, the cheapest way that
-    applies (:mod:`pyro_blr.core.datum_jacobian`), given the particle's whole run (its
-    per-datum terms and their scales, built from ``row`` with autograd, its data plates and its
-    trace), and the way's name: ``"one datum each"``, ``"forward mode"`` or ``"batched
-    backward"``."""
+    """The scaled per-datum gradients :math:`\\nabla\\tilde\\ell_i` ``(B, D)`` at one
+    particle, given its :func:`datum_terms` ``split`` built from ``row`` with autograd, by the
+    cheapest way that applies (:mod:`pyro_blr.core.datum_jacobian`), and the way's name:
+    ``"one datum each"``, ``"forward mode"`` or ``"batched backward"``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_blr.core import latent_layout
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)) as idx:
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+        >>> y = torch.tensor([1.0, 3.0])
+        >>> layout = latent_layout(pyro.poutine.trace(model).get_trace(y))
+        >>> row = torch.zeros(1, requires_grad=True)
+        >>> split = datum_terms(model, layout, row, (y,), {}, {})
+        >>> jac, way = per_datum_jacobian(model, layout, row, (y,), {}, {}, split)
+        >>> jac.squeeze(-1), way  # mu - y_i, from the model run on each datum alone
+        (tensor([-1., -3.]), 'one datum each')
+    """
 
     def terms(theta: Tensor, minibatch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return _split_one(model, layout, theta, args, kwargs, minibatch)[:2]
+        return datum_terms(model, layout, theta, args, kwargs, minibatch)[:2]
 
-    per_datum, scale, plates, trace = run
+    per_datum, scale, _, plates, trace = split
     if len(plates) == 1 and torch.is_tensor(trace.nodes.get(plates[0].name, {}).get("value")):
         name = plates[0].name
         indices = trace.nodes[name]["value"]

@@ -17,7 +17,7 @@ from pyro_blr.core.datum_jacobian import (
     rows_by_forward_mode,
     rows_by_one_datum_runs,
 )
-from pyro_blr.core.per_datum import _datum_jacobian, _split_one
+from pyro_blr.core.per_datum import datum_terms, per_datum_jacobian
 
 D = torch.float64
 
@@ -165,13 +165,13 @@ def test_every_way_to_the_per_datum_gradients_agrees_with_a_loop(model, one_datu
     theta = torch.randn(2, layout.dim, generator=gen, dtype=D)
     out = per_datum_gradients(model, layout, theta, (X, y), {}, subsample)
     row = theta[0].clone().requires_grad_(True)
-    per_datum, scale, _, _, run = _split_one(model, layout, row, (X, y), {}, subsample)
+    per_datum, scale, _, _, run = datum_terms(model, layout, row, (X, y), {}, subsample)
     expected = torch.stack([torch.autograd.grad(t, row, retain_graph=True)[0] for t in per_datum])
     torch.testing.assert_close(out.datum_grads[0], expected, atol=1e-12, rtol=0)
     assert not out.datum_grads.requires_grad  # not tied to a model parameter's graph
 
     def terms(t, minibatch):
-        return _split_one(model, layout, t, (X, y), {}, minibatch)[:2]
+        return datum_terms(model, layout, t, (X, y), {}, minibatch)[:2]
 
     # Runs on one datum: only for a model that reads its data through the plate's indices
     # without a fixed subsample_size.
@@ -209,7 +209,7 @@ def test_a_model_reading_its_data_whole_gets_forward_mode_on_a_large_minibatch(m
     layout = latent_layout(poutine.trace(whole_data).get_trace(X, y))
     theta = torch.randn(1, layout.dim, generator=gen, dtype=D)
     row = theta[0].clone().requires_grad_(True)
-    per_datum = _split_one(whole_data, layout, row, (X, y), {}, {})[0]
+    per_datum = datum_terms(whole_data, layout, row, (X, y), {}, {})[0]
 
     def quadratic(*args):
         raise AssertionError("the batched backward pass was taken")
@@ -230,7 +230,7 @@ def test_the_rest_hessian_is_that_of_the_priors_and_log_jacobians():
     theta = torch.randn(2, layout.dim, generator=gen, dtype=D)
     out = per_datum_gradients(model, layout, theta, (X, y, idx), {}, rest_hessian=True)
     for s in range(2):
-        rest = lambda t: _split_one(model, layout, t, (X, y, idx), {}, {})[2]  # noqa: E731
+        rest = lambda t: datum_terms(model, layout, t, (X, y, idx), {}, {})[2]  # noqa: E731
         expected = torch.autograd.functional.hessian(rest, theta[s])
         torch.testing.assert_close(out.rest_hess[s], expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(out.rest_hess, torch.eye(3, dtype=D).expand(2, 3, 3))
@@ -255,10 +255,8 @@ def test_a_rerun_that_sees_other_data_is_refused():
     y = torch.randn(num_data, generator=gen, dtype=D)
     layout = latent_layout(poutine.trace(whole_data_numpy_noise).get_trace(X, y))
     row = torch.randn(layout.dim, generator=gen, dtype=D).requires_grad_(True)
-    per_datum, scale, _, plates, trace = _split_one(
-        whole_data_numpy_noise, layout, row, (X, y), {}, {}
-    )
-    run = (per_datum, scale, plates, trace)
-    jac, way = _datum_jacobian(whole_data_numpy_noise, layout, row, (X, y), {}, {}, run)
+    split = datum_terms(whole_data_numpy_noise, layout, row, (X, y), {}, {})
+    jac, way = per_datum_jacobian(whole_data_numpy_noise, layout, row, (X, y), {}, {}, split)
     assert way == "batched backward"
-    torch.testing.assert_close(jac, rows_by_batched_backward(per_datum, row), atol=0, rtol=0)
+    expected = rows_by_batched_backward(split.per_datum, row)
+    torch.testing.assert_close(jac, expected, atol=0, rtol=0)
