@@ -129,12 +129,15 @@ class BLR:
             not given.
         ess: IVON's effective sample size :math:`N`: the number of observed data, found from
             the model's plates (a subsampled plate counts its full size) when ``None``.
-        hess_init: IVON's starting curvature per datum, in the data's units: the first step
-            sets the guide's precision to ``ess * hess_init`` (``ess`` divided by the size of
-            the plates a latent site lies in), raised to the exact Hessian diagonal at the mean
-            where that is larger (up to 4096 coordinates), so the start does not depend on the
-            guide's ``init_scale``. ``None`` keeps the guide's own precision (e.g. to continue
-            an earlier fit: a new driver with the default restarts the precision).
+        hess_init: where IVON's precision starts (see :mod:`pyro_blr.blr.ivon_start`).
+            ``"auto"`` (the default): the expected Hessian diagonal at draws from the guide as
+            it is, the BLR's fixed point evaluated at the start, up to 4096 coordinates and
+            where it is positive; elsewhere ``ess`` times a per-datum curvature of 1. A number:
+            IVON's per-datum curvature :math:`h_0` in the data's units, the precision starting
+            at ``ess * hess_init`` (``ess`` divided by the size of the plates a latent site lies
+            in). Either way the start does not depend on the guide's ``init_scale``. ``None``
+            keeps the guide's own precision (e.g. to continue an earlier fit: a new driver
+            with the default restarts the precision).
         hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian (one
             Hessian-vector product per coordinate: :math:`D` backward passes) at least every
             ``hessian_every`` steps and reuse the last one in between, where a step costs only
@@ -203,7 +206,7 @@ class BLR:
         max_plate_nesting: int | None = None,
         optim: pyro.optim.PyroOptim | None = None,
         ess: float | None = None,
-        hess_init: float | None = 1.0,
+        hess_init: float | str | None = "auto",
         hessian_every: int = 1,
         process_group: Any = "auto",
         rank_noise: bool = True,
@@ -241,7 +244,10 @@ class BLR:
             ess = _check_number("ess", ess, 0.0, math.inf, closed_high=False)
             if ess == 0:
                 raise ValueError("ess must be positive, got 0")
-        if hess_init is not None:
+        if isinstance(hess_init, str):
+            if hess_init != "auto":
+                raise ValueError(f"hess_init must be 'auto', a number or None, got {hess_init!r}")
+        elif hess_init is not None:
             hess_init = _check_number("hess_init", hess_init, 0.0, math.inf, closed_high=False)
             if hess_init == 0:
                 raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")

@@ -54,7 +54,7 @@ class StepOptions(NamedTuple):
     vectorize_particles: bool | str = "auto"
     max_plate_nesting: int | None = None
     ess: float | None = None
-    hess_init: float | None = 1.0
+    hess_init: float | str | None = "auto"
     hessian_every: int = 1
 
 

@@ -35,7 +35,9 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch import Tensor
 
+from pyro_blr.blr import ivon_start
 from pyro_blr.blr.averaging import diverging
+from pyro_blr.blr.ivon_start import AUTO_HESS_INIT, expected_curvature, per_datum_start
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import RULES
 from pyro_blr.blr.step_back import StepBack
@@ -51,17 +53,13 @@ from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
     GaussianGuide,
-    derivatives,
     num_observations,
     trace_without_rng,
     write_params,
 )
 from pyro_blr.families import gaussian_family
 
-__all__ = ["EXACT_START_MAX_DIM", "GaussianStepper"]
-
-EXACT_START_MAX_DIM = 4096
-"""IVON starts from the exact Hessian diagonal at the mean up to this many latent coordinates."""
+__all__ = ["GaussianStepper"]
 
 _SAMPLED = frozenset(
     {"mc_samples", "antithetic", "weight_decay", "vectorize_particles", "max_plate_nesting"}
@@ -169,24 +167,21 @@ class GaussianStepper(GaussianEstimates, Stepper):
             self._written = self._view.read()
 
     # ---------------------------------------------------------------- one step
-    def _ivon_start(self, loc: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        """IVON's starting precision: ``ess * hess_init`` in every coordinate (``ess`` divided
-        by the size of the plates a latent site lies in: a per-datum latent sees one datum),
-        raised to the exact Hessian diagonal at the mean where that is larger and affordable
-        (``D`` at most :data:`EXACT_START_MAX_DIM`), so that the first mean steps are no longer
-        than Newton's in any coordinate whatever the data's scale."""
-        start = torch.empty_like(loc)
-        for site in self.layout.sites:
-            stack = self.guide.prototype_trace.nodes[site.name]["cond_indep_stack"]
-            copies = math.prod(f.full_size or f.size for f in stack if f.vectorized)
-            start[site.block] = max(self.ess / copies, 1.0) * self.opts.hess_init
-        if loc.shape[-1] <= EXACT_START_MAX_DIM:
-            fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
-            d = derivatives(fn, loc[None], True)
-            diagonal = d.hess[0].diagonal()
-            if torch.isfinite(diagonal).all():
-                start = start.maximum(diagonal)
-        return start
+    def _ivon_start(self, loc: Tensor, precision: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        """IVON's starting precision (see :mod:`pyro_blr.blr.ivon_start`): a given
+        ``hess_init`` times the data each coordinate sees, or under ``"auto"`` the expected
+        Hessian diagonal at draws from the guide as it is, where that is affordable, positive
+        and finite."""
+        hess_init = self.opts.hess_init
+        auto = hess_init == "auto"
+        trace = self.guide.prototype_trace
+        start = per_datum_start(self.layout, trace, self.ess, AUTO_HESS_INIT if auto else hess_init,
+                                like=loc)  # fmt: skip
+        if not auto or loc.shape[-1] > ivon_start.EXACT_START_MAX_DIM:
+            return start
+        fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
+        curvature = expected_curvature(fn, loc, precision)
+        return torch.where(curvature > 0, curvature, start)  # NaN > 0 is False
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
@@ -206,7 +201,9 @@ class GaussianStepper(GaussianEstimates, Stepper):
         if state is not self._state and self._reused is not None:
             self._reused.reset()  # a Gaussian written from outside: a fresh Hessian
         if not self._started and self.rule_name == "ivon" and self.opts.hess_init is not None:
-            start = self._together(step_number, lambda: self._ivon_start(state.loc, args, kwargs))
+            start = self._together(
+                step_number, lambda: self._ivon_start(state.loc, state.precision, args, kwargs)
+            )
             if self.collective is not None:
                 (start,) = self.collective.mean([start])
             state = state._replace(precision=start)
