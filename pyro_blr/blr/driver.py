@@ -131,11 +131,11 @@ class BLR:
             the model's plates (a subsampled plate counts its full size) when ``None``.
         hess_init: where IVON's precision starts (see :mod:`pyro_blr.blr.ivon_start`).
             ``"auto"`` (the default): the expected Hessian diagonal at draws from the guide as
-            it is, the BLR's fixed point evaluated at the start, up to 4096 coordinates and
-            where it is positive; elsewhere ``ess`` times a per-datum curvature of 1. A number:
-            IVON's per-datum curvature :math:`h_0` in the data's units, the precision starting
-            at ``ess * hess_init`` (``ess`` divided by the size of the plates a latent site lies
-            in). Either way the start does not depend on the guide's ``init_scale``. ``None``
+            it is (the BLR's fixed point evaluated at the start), capped by the larger of
+            ``ess`` and the Hessian at the mean, up to 2048 coordinates; above that, ``ess``.
+            A number: IVON's per-datum curvature :math:`h_0` in the data's units, the precision
+            starting at ``ess * hess_init`` (``ess`` divided by the size of the plates a latent
+            site lies in). Neither takes the guide's ``init_scale`` as the start. ``None``
             keeps the guide's own precision (e.g. to continue an earlier fit: a new driver
             with the default restarts the precision).
         hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian (one

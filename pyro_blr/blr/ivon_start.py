@@ -2,26 +2,30 @@ r"""Where IVON's precision starts: on the data's scale, whatever the guide's ``i
 
 IVON's curvature estimate :math:`h` moves toward its target by the fraction :math:`1-\beta_2`
 (0.1% at the default) a step, so a start that is off by a factor takes thousands of steps to
-forget. The BLR's fixed point for a Gaussian (Khan & Rue 2023, Eq. 23) is
+forget. IVON's own start (Shen et al. 2024) is :math:`N_i h_0`: a per-datum curvature
+:math:`h_0` (``hess_init``) times the effective sample size :math:`N_i` that coordinate sees
+(``ess``, divided by the size of the plates its site lies in: a latent per datum sees one
+datum). With :math:`h_0 = 1` it suits standardized data, and it is wrong by orders of magnitude
+on data in other units: eight schools' :math:`\log\tau` would start at 8 where the mean-field
+optimum's precision is 1.96.
+
+The BLR's fixed point for a Gaussian (Khan & Rue 2023, Eq. 23) is
+:math:`S = \mathbb E_q[\nabla^2 \ell(\theta)]`. With ``hess_init="auto"`` (the default) the
+start is its diagonal at the guide as initialized, :math:`q_0`, capped by the Newton-or-IVON
+start:
 
 .. math::
-    S = \mathbb E_q\big[\nabla^2 \ell(\theta)\big],
+    h_{0,i} = \min\Big(\frac1K \sum_{k=1}^{K} \big[\nabla^2 \ell(\theta_k)\big]_{ii},\;
+        \max\big(N_i,\, [\nabla^2\ell(m)]_{ii}\big)\Big), \qquad \theta_k \sim q_0,
 
-and the best start is its diagonal. With ``hess_init="auto"`` (the default) the driver takes it
-at the guide as initialized, :math:`q_0`, averaged over :data:`START_DRAWS` draws:
-
-.. math::
-    h_{0,i} = \frac1K \sum_{k=1}^{K} \big[\nabla^2 \ell(\theta_k)\big]_{ii},
-    \qquad \theta_k \sim q_0,
-
-where it is positive and finite and the model has at most :data:`EXACT_START_MAX_DIM`
-coordinates (each draw's Hessian costs :math:`D` backward passes). The expectation matters for
-networks: at a symmetric start (all weights at zero) the Hessian at the mean has no curvature in
-the hidden layers, while at draws from :math:`q_0` it has the data's. Elsewhere IVON's own
-start applies: :math:`h_{0,i} = N_i h_0`, the paper's per-datum curvature :math:`h_0`
-(``hess_init``; 1 under ``"auto"``) times the effective sample size :math:`N_i` that
-coordinate sees: ``ess`` divided by the size of the plates its site lies in (a latent per datum
-sees one datum). A number passed as ``hess_init`` always gives that start.
+where the average is positive (elsewhere the cap alone). The expectation matters for networks:
+at a symmetric start (all weights zero) the hidden layers have no likelihood curvature at the
+mean, but at draws from :math:`q_0` they have the data's. The cap keeps a broad guide on a
+nonlinear model (an exponential link at ``init_scale=1``) from starting far above the
+curvature near its mean, an overestimate that would fade only at :math:`1-\beta_2` a step. The
+Hessians cost :math:`D` Hessian-vector products at each of :math:`K + 1` points, once; above
+:data:`EXACT_START_MAX_DIM` coordinates the start is :math:`N_i`. A number passed as
+``hess_init`` always gives :math:`N_i h_0`.
 
 References:
     | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)
@@ -39,24 +43,26 @@ import torch
 from pyro.poutine import Trace
 from torch import Tensor
 
-from pyro_blr.core import LatentLayout, derivatives
+from pyro_blr.core import LatentLayout, hessian_diagonal
 
 __all__ = [
     "AUTO_HESS_INIT",
     "EXACT_START_MAX_DIM",
     "START_DRAWS",
-    "expected_curvature",
+    "auto_start",
+    "curvature_at_start",
     "per_datum_start",
 ]
 
-EXACT_START_MAX_DIM = 4096
-"""``hess_init="auto"`` takes the expected Hessian diagonal up to this many coordinates."""
+EXACT_START_MAX_DIM = 2048
+"""``hess_init="auto"`` takes Hessian diagonals up to this many coordinates (each point's cost
+grows as :math:`D` times a backward pass, itself growing with :math:`D` in a network)."""
 
 START_DRAWS = 4
 """Draws from the guide that ``hess_init="auto"`` averages the Hessian diagonal over."""
 
 AUTO_HESS_INIT = 1.0
-"""The per-datum curvature ``hess_init="auto"`` falls back on (standardized data's scale)."""
+"""The per-datum curvature :math:`h_0` in ``hess_init="auto"``'s cap (standardized data's)."""
 
 
 def per_datum_start(
@@ -88,17 +94,16 @@ def per_datum_start(
     return start
 
 
-def expected_curvature(
+def curvature_at_start(
     neg_log_joint: Callable[[Tensor], Tensor],
     loc: Tensor,
     precision: Tensor,
     draws: int = START_DRAWS,
-) -> Tensor:
-    r"""The expected Hessian diagonal :math:`\mathbb E_q[\nabla^2\ell]_{ii}` under the diagonal
-    Gaussian :math:`q = \mathcal N(m, \operatorname{diag}(s)^{-1})`, averaged over ``draws``
-    draws from a private generator (the run's random stream is untouched, and every process of
-    a distributed run draws the same points). Coordinates where some draw's Hessian is not
-    finite come back as NaN.
+) -> tuple[Tensor, Tensor]:
+    r"""The Hessian diagonal of :math:`\ell` at the mean :math:`m` and its average over
+    ``draws`` draws from :math:`q = \mathcal N(m, \operatorname{diag}(s)^{-1})`, from a private
+    generator (every process of a distributed run draws the same points). NaN where a
+    Hessian is not finite.
 
     Args:
         neg_log_joint: maps particles ``(S, D)`` to :math:`\ell` per particle ``(S,)``.
@@ -109,14 +114,30 @@ def expected_curvature(
     Example:
         >>> import torch
         >>> ell = lambda t: t.exp().sum(-1)  # Hessian diagonal exp(theta): E_q = exp(m + 1/(2s))
-        >>> h = expected_curvature(ell, torch.zeros(2, dtype=torch.float64),
-        ...                        torch.full((2,), 1e6, dtype=torch.float64))
-        >>> torch.allclose(h, torch.ones(2, dtype=torch.float64), rtol=1e-2)
-        True
+        >>> at_mean, expected = curvature_at_start(ell, torch.zeros(2, dtype=torch.float64),
+        ...                                        torch.full((2,), 1e6, dtype=torch.float64))
+        >>> at_mean.tolist(), torch.allclose(expected, at_mean, rtol=1e-2)
+        ([1.0, 1.0], True)
     """
     generator = torch.Generator(device=loc.device).manual_seed(0)
     noise = torch.randn(draws, loc.shape[-1], generator=generator, dtype=loc.dtype,
                         device=loc.device)  # fmt: skip
-    hess = derivatives(neg_log_joint, loc + noise * precision.rsqrt(), hessian=True).hess
-    diagonal = hess.diagonal(dim1=-2, dim2=-1)
-    return torch.where(torch.isfinite(diagonal).all(0), diagonal.mean(0), torch.nan)
+    points = torch.cat([loc[None], loc + noise * precision.rsqrt()])
+    diagonal = hessian_diagonal(neg_log_joint, points).hess
+    diagonal = torch.where(torch.isfinite(diagonal), diagonal, torch.nan)
+    return diagonal[0], diagonal[1:].mean(0)
+
+
+def auto_start(at_mean: Tensor, expected: Tensor, data_scale: Tensor) -> Tensor:
+    r"""``hess_init="auto"``'s start from the curvatures of :func:`curvature_at_start` and IVON's
+    :math:`N_i` (``data_scale``): :math:`\min(\bar h_i, \max(N_i, H_{ii}(m)))` where the
+    average :math:`\bar h_i` is positive, else the cap (a non-finite value counts as absent).
+
+    Example:
+        >>> import torch
+        >>> auto_start(torch.tensor([0.1, 5.0, 1.0]), torch.tensor([0.2, 50.0, -1.0]),
+        ...            data_scale=torch.tensor([8.0, 8.0, 8.0]))
+        tensor([0.2000, 8.0000, 8.0000])
+    """
+    cap = torch.where(at_mean > data_scale, at_mean, data_scale)  # NaN > x is False
+    return torch.where(expected > 0, expected.minimum(cap), cap)

@@ -1,9 +1,10 @@
 """Batched gradients and Hessians against torch.autograd.functional."""
 
+import pytest
 import torch
 from torch.autograd.functional import hessian, jacobian
 
-from pyro_blr.core import derivatives
+from pyro_blr.core import derivatives, hessian_diagonal
 
 
 def rosenbrock(theta):
@@ -35,3 +36,14 @@ def test_many_coordinates_take_the_functorch_batching_and_agree():
     out = derivatives(rosenbrock, theta, hessian=True)
     for s in range(2):
         torch.testing.assert_close(out.hess[s], hessian(rosenbrock, theta[s]))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 256])
+def test_the_chunked_hessian_diagonal_is_the_full_hessians(chunk_size):
+    theta = torch.randn(3, 13, dtype=torch.float64)  # chunks of 5 leave a remainder of 3
+    out = hessian_diagonal(rosenbrock, theta, chunk_size)
+    full = derivatives(rosenbrock, theta, hessian=True)
+    torch.testing.assert_close(out.hess, full.hess.diagonal(dim1=-2, dim2=-1))
+    torch.testing.assert_close(out.grad, full.grad)
+    linear = hessian_diagonal(lambda t: (2 * t).sum(-1), torch.ones(2, 3), chunk_size)
+    assert torch.equal(linear.hess, torch.zeros(2, 3))

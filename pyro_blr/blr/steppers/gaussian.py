@@ -37,7 +37,12 @@ from torch import Tensor
 
 from pyro_blr.blr import ivon_start
 from pyro_blr.blr.averaging import diverging
-from pyro_blr.blr.ivon_start import AUTO_HESS_INIT, expected_curvature, per_datum_start
+from pyro_blr.blr.ivon_start import (
+    AUTO_HESS_INIT,
+    auto_start,
+    curvature_at_start,
+    per_datum_start,
+)
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import RULES
 from pyro_blr.blr.step_back import StepBack
@@ -170,18 +175,25 @@ class GaussianStepper(GaussianEstimates, Stepper):
     def _ivon_start(self, loc: Tensor, precision: Tensor, args: tuple, kwargs: dict) -> Tensor:
         """IVON's starting precision (see :mod:`pyro_blr.blr.ivon_start`): a given
         ``hess_init`` times the data each coordinate sees, or under ``"auto"`` the expected
-        Hessian diagonal at draws from the guide as it is, where that is affordable, positive
-        and finite."""
+        Hessian diagonal at draws from the guide as it is, capped by that start with
+        ``hess_init=1`` or the Hessian at the mean, where affordable. The run's random stream
+        is untouched (a subsampled model draws its minibatch again here)."""
         hess_init = self.opts.hess_init
         auto = hess_init == "auto"
         trace = self.guide.prototype_trace
         start = per_datum_start(self.layout, trace, self.ess, AUTO_HESS_INIT if auto else hess_init,
                                 like=loc)  # fmt: skip
-        if not auto or loc.shape[-1] > ivon_start.EXACT_START_MAX_DIM:
-            return start
-        fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
-        curvature = expected_curvature(fn, loc, precision)
-        return torch.where(curvature > 0, curvature, start)  # NaN > 0 is False
+        if auto and loc.shape[-1] <= ivon_start.EXACT_START_MAX_DIM:
+            fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
+            devices = [loc.device] if loc.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                start = auto_start(*curvature_at_start(fn, loc, precision), data_scale=start)
+        if not (torch.isfinite(start).all() and torch.isfinite(start.rsqrt()).all()):
+            raise ValueError(
+                f"hess_init={hess_init!r}: IVON's starting precision (ess * hess_init, ess = "
+                f"{self.ess:g}) is not a positive number whose scale is finite in {loc.dtype}"
+            )
+        return start
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
