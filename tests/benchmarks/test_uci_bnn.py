@@ -7,9 +7,14 @@ from benchmarks import uci_bnn
 from tests.benchmarks.tables import number, rows
 
 
-def test_boston_smoke():
-    report = uci_bnn.main(smoke=True, datasets=("boston",))
+@pytest.mark.parametrize("hess_init", ["auto", 1.0])
+def test_boston_smoke(hess_init):
+    report = uci_bnn.main(smoke=True, datasets=("boston",), ivon_hess_init=hess_init)
     table = {row["method"]: row for row in rows(report, "method")}
+    methods = list(uci_bnn.METHODS)
+    if hess_init != "auto":  # IVON's row under its own name, in its place
+        methods[methods.index("BLR ivon")] = "BLR ivon, hess_init=1"
+    assert [row for row in table if "published" not in row] == methods
     assert table["PBP (published)"] == {
         "method": "PBP (published)",
         "test RMSE": "3.01 ± 0.18",
@@ -22,7 +27,7 @@ def test_boston_smoke():
     constant = torch.distributions.Normal(y_train.mean(), y_train.std())
     constant_rmse = float((y_test - y_train.mean()).square().mean().sqrt())
     constant_log_lik = float(constant.log_prob(y_test).mean())
-    for method in uci_bnn.METHODS:
+    for method in methods:
         row = table[method]
         # One split: no standard error. Ten steps from a network that outputs about zero (the
         # training mean) cannot be much worse than that constant, nor better than any
