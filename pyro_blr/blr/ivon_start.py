@@ -1,4 +1,4 @@
-r"""Where IVON's precision starts: on the data's scale, whatever the guide's ``init_scale``.
+r"""Where IVON's precision starts: on the model's own scale, not at the guide's ``init_scale``.
 
 IVON's curvature estimate :math:`h` moves toward its target by the fraction :math:`1-\beta_2`
 (0.1% at the default) a step, so a start that is off by a factor takes thousands of steps to
@@ -9,7 +9,7 @@ datum). With :math:`h_0 = 1` it suits standardized data, and it is wrong by orde
 on data in other units: eight schools' :math:`\log\tau` would start at 8 where the mean-field
 optimum's precision is 1.96.
 
-The BLR's fixed point for a Gaussian (Khan & Rue 2023, Eq. 23) is
+The BLR's fixed point for a Gaussian (Khan & Rue 2023) is
 :math:`S = \mathbb E_q[\nabla^2 \ell(\theta)]`. With ``hess_init="auto"`` (the default) the
 start is its diagonal at the guide as initialized, :math:`q_0`, capped by the Newton-or-IVON
 start:
@@ -26,6 +26,11 @@ curvature near its mean, an overestimate that would fade only at :math:`1-\beta_
 Hessians cost :math:`D` Hessian-vector products at each of :math:`K + 1` points, once; above
 :data:`EXACT_START_MAX_DIM` coordinates the start is :math:`N_i`. A number passed as
 ``hess_init`` always gives :math:`N_i h_0`.
+
+Where the average is behind :math:`N_i`: a network whose first layers have almost no curvature
+at its start and few data to find it (the UCI benchmark's one-layer BNN, 455 data, started at
+zero weights: precision about 1.4 where :math:`N_i = 455`, and a test log-likelihood 0.06-0.07
+nats below ``hess_init=1``'s).
 
 References:
     | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)
