@@ -48,7 +48,7 @@ import torch
 from pyro.poutine import Trace
 from torch import Tensor
 
-from pyro_blr.core import LatentLayout, hessian_diagonal
+from pyro_blr.core import LatentLayout, derivatives
 
 __all__ = [
     "AUTO_HESS_INIT",
@@ -128,7 +128,8 @@ def curvature_at_start(
     noise = torch.randn(draws, loc.shape[-1], generator=generator, dtype=loc.dtype,
                         device=loc.device)  # fmt: skip
     points = torch.cat([loc[None], loc + noise * precision.rsqrt()])
-    diagonal = hessian_diagonal(neg_log_joint, points).hess
+    groups = torch.arange(loc.shape[-1], device=loc.device)  # one product per coordinate
+    diagonal = derivatives(neg_log_joint, points, hessian=True, groups=groups).hess
     diagonal = torch.where(torch.isfinite(diagonal), diagonal, torch.nan)
     return diagonal[0], diagonal[1:].mean(0)
 

@@ -5,7 +5,6 @@ other package builds on these; they use only public Pyro APIs."""
 from pyro_blr.core.autodiff import (
     Derivatives,
     derivatives,
-    hessian_diagonal,
     hessian_diagonal_from_grad,
     hessian_from_grad,
     hessian_of_scalar,
@@ -82,7 +81,6 @@ __all__ = [
     "datum_terms",
     "derivatives",
     "guess_max_plate_nesting",
-    "hessian_diagonal",
     "hessian_diagonal_from_grad",
     "hessian_from_grad",
     "hessian_of_scalar",

@@ -17,7 +17,6 @@ from torch import Tensor
 __all__ = [
     "Derivatives",
     "derivatives",
-    "hessian_diagonal",
     "hessian_diagonal_from_grad",
     "hessian_from_grad",
     "hessian_of_scalar",
@@ -41,6 +40,9 @@ class Derivatives(NamedTuple):
 
 FEW_PROBES = 8
 """Up to this many probes, :func:`_hessian_products` batches with ``is_grads_batched``."""
+
+DIAGONAL_CHUNK = 256
+"""Hessian-vector products :func:`hessian_diagonal_from_grad` batches at once."""
 
 
 def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor:
@@ -110,15 +112,19 @@ def hessian_of_scalar(value: Tensor, theta: Tensor) -> Tensor:
     return hessian_from_grad(grad, theta).detach()
 
 
-def hessian_diagonal_from_grad(grad: Tensor, theta: Tensor, groups: Tensor) -> Tensor:
+def hessian_diagonal_from_grad(
+    grad: Tensor, theta: Tensor, groups: Tensor, chunk_size: int = DIAGONAL_CHUNK
+) -> Tensor:
     r"""Per-particle Hessian diagonals ``(S, D)`` from gradients ``(S, D)`` built with
-    ``create_graph``, with one Hessian-vector product per group of coordinates.
+    ``create_graph``, with one Hessian-vector product per group of coordinates, ``chunk_size``
+    groups at a time (memory holds that many backward passes, whatever the number of groups).
 
     ``groups`` ``(D,)`` gives each coordinate's group, ``0 .. G-1``. Coordinates of one group
     must not interact (:math:`\partial^2\ell / \partial\theta_i \partial\theta_j = 0` for
     ``i != j`` in a group), as a latent's rows in different elements of a plate do not: then
     :math:`(H 1_g)_i = H_{ii}` for every ``i`` in group ``g`` (Curtis, Powell & Reid 1974, the
-    column grouping of a sparse Jacobian).
+    column grouping of a sparse Jacobian). ``torch.arange(D)``, one group per coordinate, gives
+    the diagonal of any Hessian.
 
     Example:
         >>> import torch
@@ -129,15 +135,19 @@ def hessian_diagonal_from_grad(grad: Tensor, theta: Tensor, groups: Tensor) -> T
         tensor([[ 0., 12., 18.]])
     """
     num_particles, dim = theta.shape
+    diagonal = theta.new_zeros(num_particles, dim)
     if not grad.requires_grad:
-        return theta.new_zeros(num_particles, dim)
+        return diagonal
     num_groups = int(groups.max()) + 1
-    probes = torch.nn.functional.one_hot(groups, num_groups).T.to(theta.dtype)  # (G, D)
-    rows = _hessian_products(
-        grad, theta, probes.unsqueeze(1).expand(num_groups, num_particles, dim)
-    )
-    index = groups.expand(num_particles, dim).unsqueeze(0)  # (1, S, D)
-    return rows.gather(0, index).squeeze(0)
+    for first in range(0, num_groups, chunk_size):
+        chunk = torch.arange(first, min(first + chunk_size, num_groups), device=groups.device)
+        probes = (groups == chunk[:, None]).to(theta.dtype)  # (C, D)
+        rows = _hessian_products(
+            grad, theta, probes.unsqueeze(1).expand(len(chunk), num_particles, dim)
+        )
+        (coordinates,) = ((groups >= first) & (groups < first + len(chunk))).nonzero(as_tuple=True)
+        diagonal[:, coordinates] = rows[groups[coordinates] - first, :, coordinates].T
+    return diagonal
 
 
 def derivatives(
@@ -174,33 +184,3 @@ def derivatives(
         else:
             hess = hessian_from_grad(grad, theta)
     return Derivatives(value.detach(), grad.detach(), None if hess is None else hess.detach())
-
-
-def hessian_diagonal(
-    fn: Callable[[Tensor], Tensor], theta: Tensor, chunk_size: int = 256
-) -> Derivatives:
-    """Values, gradients and exact Hessian diagonals ``(S, D)`` of ``fn`` at particles ``theta``
-    ``(S, D)``: one Hessian-vector product per coordinate, ``chunk_size`` at a time, so that
-    memory holds at most ``chunk_size`` backward passes whatever ``D`` (the full Hessian's
-    batched products hold ``D``).
-
-    Example:
-        >>> import torch
-        >>> out = hessian_diagonal(lambda t: (t**3).sum(-1), torch.tensor([[1.0, 2.0]]), 1)
-        >>> out.hess.tolist()
-        [[6.0, 12.0]]
-    """
-    num_particles, dim = theta.shape
-    with torch.enable_grad():
-        theta = theta.detach().requires_grad_(True)
-        value = fn(theta)
-        (grad,) = torch.autograd.grad(value.sum(), theta, create_graph=True)
-        diagonal = theta.new_zeros(num_particles, dim)
-        if grad.requires_grad:  # else the log joint is linear: a zero Hessian
-            for first in range(0, dim, chunk_size):
-                index = torch.arange(first, min(first + chunk_size, dim), device=theta.device)
-                probes = theta.new_zeros(len(index), num_particles, dim)
-                probes[torch.arange(len(index)), :, index] = 1.0
-                rows = _hessian_products(grad, theta, probes)  # (C, S, D)
-                diagonal[:, index] = rows[torch.arange(len(index)), :, index].T
-    return Derivatives(value.detach(), grad.detach(), diagonal.detach())

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.autograd.functional import hessian, jacobian
 
-from pyro_blr.core import derivatives, hessian_diagonal
+from pyro_blr.core import derivatives, hessian_diagonal_from_grad
 
 
 def rosenbrock(theta):
@@ -40,10 +40,26 @@ def test_many_coordinates_take_the_functorch_batching_and_agree():
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 256])
 def test_the_chunked_hessian_diagonal_is_the_full_hessians(chunk_size):
-    theta = torch.randn(3, 13, dtype=torch.float64)  # chunks of 5 leave a remainder of 3
-    out = hessian_diagonal(rosenbrock, theta, chunk_size)
-    full = derivatives(rosenbrock, theta, hessian=True)
-    torch.testing.assert_close(out.hess, full.hess.diagonal(dim1=-2, dim2=-1))
-    torch.testing.assert_close(out.grad, full.grad)
-    linear = hessian_diagonal(lambda t: (2 * t).sum(-1), torch.ones(2, 3), chunk_size)
-    assert torch.equal(linear.hess, torch.zeros(2, 3))
+    theta = torch.randn(3, 13, dtype=torch.float64, requires_grad=True)  # chunks of 5 leave 3
+    (grad,) = torch.autograd.grad(rosenbrock(theta).sum(), theta, create_graph=True)
+    groups = torch.arange(13)  # one group per coordinate: the diagonal of any Hessian
+    diagonal = hessian_diagonal_from_grad(grad, theta, groups, chunk_size)
+    full = derivatives(rosenbrock, theta, hessian=True).hess.diagonal(dim1=-2, dim2=-1)
+    torch.testing.assert_close(diagonal, full)
+    theta = torch.ones(2, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad((2 * theta).sum(), theta, create_graph=True)
+    linear = hessian_diagonal_from_grad(grad, theta, torch.arange(3), chunk_size)
+    assert torch.equal(linear, torch.zeros(2, 3))
+
+
+def test_chunks_of_groups_give_the_grouped_diagonal():
+    # Coordinates 1 and 2 do not interact (one group); chunks of one group at a time must give
+    # the same diagonal as all groups at once.
+    theta = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    value = theta[0, 0] * (theta[0, 1] ** 3 + theta[0, 2] ** 3)
+    (grad,) = torch.autograd.grad(value, theta, create_graph=True)
+    groups = torch.tensor([0, 1, 1])
+    expected = torch.tensor([[0.0, 12.0, 18.0]], dtype=torch.float64)
+    for chunk_size in (1, 2):
+        torch.testing.assert_close(hessian_diagonal_from_grad(grad, theta, groups, chunk_size),
+                                   expected)  # fmt: skip
