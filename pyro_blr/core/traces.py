@@ -10,6 +10,7 @@ Only public Pyro APIs are used.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import pyro.poutine as poutine
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "guess_max_plate_nesting",
     "max_plate_nesting",
     "num_observations",
+    "rng_kept",
     "sample_sites",
     "site_log_probs",
     "sum_per_particle",
@@ -192,10 +194,25 @@ def validate_site_shapes(trace: Trace) -> None:
             check_site_shape(site, max_plate_nesting=float("inf"))
 
 
+def rng_kept(like: Tensor) -> AbstractContextManager:
+    """A context that leaves torch's CPU generator, and the CUDA generator of ``like``'s device
+    when it lives on one, where they were: work done inside (a set-up's probe draws, a model run
+    that draws a minibatch) does not change the draws of the run around it.
+
+    Example:
+        >>> import torch
+        >>> state = torch.get_rng_state()
+        >>> with rng_kept(torch.zeros(())):
+        ...     _ = torch.randn(3)
+        >>> torch.equal(torch.get_rng_state(), state)
+        True
+    """
+    return torch.random.fork_rng(devices=[like.device] if like.is_cuda else [])
+
+
 def trace_without_rng(model: Callable, args: tuple, kwargs: dict, like: Tensor) -> Trace:
     """A full trace of ``model`` (observed sites included) that leaves the RNG where it was, so
     that an entry point's set-up does not change the draws of the run it sets up (checkpoints
-    resume bit for bit). ``like`` names the device whose generator is forked."""
-    devices = [like.device] if like.is_cuda else []
-    with torch.random.fork_rng(devices=devices), poutine.block():
+    resume bit for bit). ``like`` names the device whose generator is kept."""
+    with rng_kept(like), poutine.block():
         return poutine.trace(model).get_trace(*args, **kwargs)

@@ -24,6 +24,7 @@ from pyro_blr.core import (
     choose_vectorization,
     initialize_guide,
     latent_layout,
+    rng_kept,
     trace_without_rng,
     validate_site_shapes,
 )
@@ -228,8 +229,7 @@ def prepare_layout(
         layout = layout.with_plate_nesting(options.max_plate_nesting)
     mode = options.vectorize_particles
     if mode == "auto":
-        devices = [like.device] if like.is_cuda else []
-        with torch.random.fork_rng(devices=devices):
+        with rng_kept(like):
             probe = torch.randn(3, layout.dim, dtype=like.dtype, device=like.device)
             subsample = subsample_indices(model_trace)
             mode = choose_vectorization(model, layout, probe, args, kwargs, subsample=subsample)

@@ -37,12 +37,6 @@ from torch import Tensor
 
 from pyro_blr.blr import ivon_start
 from pyro_blr.blr.averaging import diverging
-from pyro_blr.blr.ivon_start import (
-    AUTO_HESS_INIT,
-    auto_start,
-    curvature_at_start,
-    per_datum_start,
-)
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import RULES
 from pyro_blr.blr.step_back import StepBack
@@ -59,6 +53,7 @@ from pyro_blr.core import (
     GAUSSIAN_GUIDES,
     GaussianGuide,
     num_observations,
+    rng_kept,
     trace_without_rng,
     write_params,
 )
@@ -181,13 +176,13 @@ class GaussianStepper(GaussianEstimates, Stepper):
         hess_init = self.opts.hess_init
         auto = hess_init == "auto"
         trace = self.guide.prototype_trace
-        start = per_datum_start(self.layout, trace, self.ess, AUTO_HESS_INIT if auto else hess_init,
-                                like=loc)  # fmt: skip
+        per_datum = ivon_start.AUTO_HESS_INIT if auto else hess_init
+        start = ivon_start.per_datum_start(self.layout, trace, self.ess, per_datum, like=loc)
         if auto and loc.shape[-1] <= ivon_start.EXACT_START_MAX_DIM:
             fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
-            devices = [loc.device] if loc.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                start = auto_start(*curvature_at_start(fn, loc, precision), data_scale=start)
+            with rng_kept(loc):
+                curvature = ivon_start.curvature_at_start(fn, loc, precision)
+            start = ivon_start.auto_start(*curvature, data_scale=start)
         if not (torch.isfinite(start).all() and torch.isfinite(start.rsqrt()).all()):
             raise ValueError(
                 f"hess_init={hess_init!r}: IVON's starting precision (ess * hess_init, ess = "
