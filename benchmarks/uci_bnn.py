@@ -194,15 +194,10 @@ def figure(log_lik: dict[str, dict[str, tuple[float, float]]], folder: Path = AS
 
 def main(smoke=False, num_splits=None, datasets=("boston", "concrete"), ivon_hess_init="auto"):
     num_splits = num_splits or (1 if smoke else 20)
-    methods = dict(METHODS)
-    if ivon_hess_init != "auto":  # the row under its own name, in its place
-        ivon = functools.partial(ivon_fit, hess_init=ivon_hess_init)
-        methods = {
-            (f"BLR ivon, hess_init={ivon_hess_init:g}" if k == "BLR ivon" else k): (
-                ivon if k == "BLR ivon" else fit
-            )
-            for k, fit in METHODS.items()
-        }
+    # IVON's row, under its own name for another start, in its place
+    ivon = "BLR ivon" if ivon_hess_init == "auto" else f"BLR ivon, hess_init={ivon_hess_init:g}"
+    methods = {(ivon if k == "BLR ivon" else k): fit for k, fit in METHODS.items()}
+    methods[ivon] = functools.partial(ivon_fit, hess_init=ivon_hess_init)
     num_steps = 10 if smoke else 2000
     lines = [
         "# BNN regression on UCI data",
