@@ -44,6 +44,7 @@ from pyro_blr.core import (
     latent_layout,
     neg_log_joint,
     nonfinite_term,
+    rng_kept,
     validate_site_shapes,
 )
 
@@ -307,7 +308,7 @@ def _setup(
 
 def _vectorization(model: Callable, layout: LatentLayout, loc: Tensor, args, kwargs) -> str:
     """Plate, vmap or loop: the fastest that matches one model run per chain (X @ w models)."""
-    with torch.random.fork_rng(devices=[]):
+    with rng_kept(loc):
         probe = loc + torch.randn(3, layout.dim, dtype=loc.dtype, device=loc.device)
         return choose_vectorization(model, layout, probe, args, kwargs)
 

@@ -44,18 +44,17 @@ from pyro_blr.blr.steppers.base import (
     KEPT,
     StepInfo,
     Stepper,
-    check_state,
     minibatch,
     prepare_layout,
 )
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
+from pyro_blr.blr.steppers.gaussian_state import GaussianState
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
     GaussianGuide,
     num_observations,
     rng_kept,
     trace_without_rng,
-    write_params,
 )
 from pyro_blr.families import gaussian_family
 
@@ -66,7 +65,7 @@ _SAMPLED = frozenset(
 )
 
 
-class GaussianStepper(GaussianEstimates, Stepper):
+class GaussianStepper(GaussianEstimates, GaussianState, Stepper):
     """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
     ``AutoDiagonalNormal`` or (``"von"``, ``"vogn"``, ``"newton"``) ``AutoMultivariateNormal``."""
 
@@ -132,14 +131,13 @@ class GaussianStepper(GaussianEstimates, Stepper):
             )
         # Every particle must see the same minibatch: one drawn per step unless the plate path
         # (one model run for all particles) draws it anyway, and always for local latents.
-        with torch.random.fork_rng(devices=[]):  # set-up draws nothing a resumed run would miss
+        with rng_kept(like):  # set-up draws nothing a resumed run would miss
             subsampled = bool(minibatch(self.model, args, kwargs))
         self._per_step_minibatch = self._local or (subsampled and self.mode != "plate")
         # Two steps' losses compare only on the same data: minibatches differ step to step.
         self._steps_back = not subsampled
         self.ess = self.opts.ess
         if self.rule_name == "ivon" and self.ess is None:  # only IVON's start uses it
-            like = next(iter(self.guide.parameters()))
             self.ess = num_observations(trace_without_rng(self.model, args, kwargs, like))
         if self.rule.curvature == "ggn":
             if self._local:
@@ -317,95 +315,6 @@ class GaussianStepper(GaussianEstimates, Stepper):
         self._take(undo.state, undo.grad, undo.hess, undo.lr_now, step_number)
         self._undo = undo
         return StepInfo(undo.loss, stepped_back=reason)
-
-    # ---------------------------------------------------------------- natural parameters
-    def _per_datum_params(self) -> list:
-        return [self._view._site_params(site.name) for site in self.layout.sites]
-
-    def natural_state(self) -> dict[str, Tensor]:
-        if self._local:  # every datum's row, not only a minibatch's
-            state = {}
-            for site, (locs, scales, leaf) in zip(
-                self.layout.sites, self._per_datum_params(), strict=True
-            ):
-                precision = getattr(scales, leaf).detach().pow(-2)
-                state[f"{site.name}.precision_times_loc"] = precision * getattr(locs, leaf).detach()
-                state[f"{site.name}.precision"] = precision
-            return state
-        state = self._current_state()
-        family = gaussian_family(state.precision)
-        eta1, _ = family.natural_params(state.loc, state.precision)
-        return {"precision_times_loc": eta1, "precision": state.precision.clone()}
-
-    def load_natural_state(self, state: dict[str, Tensor]) -> None:
-        self._undo = None  # a state written from outside
-        if self._reused is not None:
-            self._reused.reset()
-        if self._local:
-            writes = []
-            for site, (locs, scales, leaf) in zip(
-                self.layout.sites, self._per_datum_params(), strict=True
-            ):
-                precision = state[f"{site.name}.precision"]
-                writes.append((locs, leaf, state[f"{site.name}.precision_times_loc"] / precision))
-                writes.append((scales, leaf, precision.rsqrt()))
-            write_params(writes)
-            return
-        precision = state["precision"]
-        loc = gaussian_family(precision).solve(precision, state["precision_times_loc"])
-        self._write(self._current_state()._replace(loc=loc, precision=precision))
-
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        if not self._started:
-            return {}
-        if self._local:  # the guide's own parameters are all of the state (von and newton)
-            return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
-        state = self._current_state()
-        out = {name: value.clone() for name, value in state._asdict().items()}
-        if self._reused is not None and state is self._state:  # else dropped at the next step
-            out.update(self._reused.state_dict())
-        return out
-
-    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        self._undo = None  # a restored state: no step to retake
-        if self.layout is None:
-            self._setup(args, kwargs)
-        if self._local:
-            current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
-            if set(state) != set(current):
-                raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
-            for key, value in current.items():
-                check_state(key, state[key], value)
-            write_params([(self.guide, key[6:], state[key]) for key in current])
-            self._started = True
-            return
-        current = self._current_state()
-        expected = set(current._fields)
-        reused, state = ReusedHessian.split(state)
-        if self._reused is not None:  # a driver with exact Hessians every step needs none
-            self._reused.check_state(reused, check_state, current.loc, current.precision)
-        if set(state) != expected:
-            raise ValueError(
-                f"state_dict of rule {self.rule_name!r} needs entries {sorted(expected)}, got "
-                f"{sorted(state)}"
-            )
-        like = current.loc
-        fields = {}
-        for name in current._fields:
-            check_state(name, state[name], getattr(current, name))
-            fields[name] = state[name].to(dtype=like.dtype, device=like.device).clone()
-        precision = fields["precision"]
-        positive = (
-            bool((precision > 0).all())
-            if precision.dim() == 1
-            else bool(torch.linalg.cholesky_ex(precision).info == 0)
-        )
-        if not positive:
-            raise ValueError("state_dict entry 'precision' is not positive definite")
-        self._write(type(current)(**fields))
-        if self._reused is not None:
-            self._reused.load_state_dict(reused, like)
 
 
 def _versions(args: tuple, kwargs: dict) -> tuple:

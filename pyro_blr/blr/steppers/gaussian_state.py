@@ -1,0 +1,128 @@
+r"""What a Gaussian rule's state is outside a step: its natural parameters and its checkpoint.
+
+:meth:`GaussianState.natural_state` gives the guide's Gaussian in natural parameters,
+:math:`(\eta_1, \eta_2) \leftrightarrow (S m, S)` (the precision :math:`S` standing for
+:math:`-2\eta_2`), the coordinates the rules step in, and loads them back. A checkpoint
+(:meth:`GaussianState.state_dict`) is the rule's whole NamedTuple state (mean, precision and
+IVON's momentum), or for latents local to a subsampled plate the guide's own per-datum
+parameters; loading one checks every entry's shape and that the precision is positive
+definite before writing anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_blr.blr.reused_hessian import ReusedHessian
+from pyro_blr.blr.steppers.base import check_state
+from pyro_blr.core import write_params
+from pyro_blr.families import gaussian_family
+
+__all__ = ["GaussianState"]
+
+
+class GaussianState:
+    """The natural-parameter and checkpoint half of
+    :class:`~pyro_blr.blr.steppers.gaussian.GaussianStepper` (a mixin: it reads the stepper's
+    ``guide``, ``layout``, ``rule_name``, ``_view``, ``_local``, ``_reused`` and ``_started``,
+    and calls its ``_current_state``, ``_write`` and ``_setup``)."""
+
+    guide: Any
+    layout: Any
+    rule_name: str
+    _view: Any
+    _local: bool
+    _reused: ReusedHessian | None
+    _started: bool
+    _undo: Any
+
+    def _per_datum_params(self) -> list:
+        return [self._view._site_params(site.name) for site in self.layout.sites]
+
+    def natural_state(self) -> dict[str, Tensor]:
+        if self._local:  # every datum's row, not only a minibatch's
+            state = {}
+            for site, (locs, scales, leaf) in zip(
+                self.layout.sites, self._per_datum_params(), strict=True
+            ):
+                precision = getattr(scales, leaf).detach().pow(-2)
+                state[f"{site.name}.precision_times_loc"] = precision * getattr(locs, leaf).detach()
+                state[f"{site.name}.precision"] = precision
+            return state
+        state = self._current_state()
+        family = gaussian_family(state.precision)
+        eta1, _ = family.natural_params(state.loc, state.precision)
+        return {"precision_times_loc": eta1, "precision": state.precision.clone()}
+
+    def load_natural_state(self, state: dict[str, Tensor]) -> None:
+        self._undo = None  # a state written from outside
+        if self._reused is not None:
+            self._reused.reset()
+        if self._local:
+            writes = []
+            for site, (locs, scales, leaf) in zip(
+                self.layout.sites, self._per_datum_params(), strict=True
+            ):
+                precision = state[f"{site.name}.precision"]
+                writes.append((locs, leaf, state[f"{site.name}.precision_times_loc"] / precision))
+                writes.append((scales, leaf, precision.rsqrt()))
+            write_params(writes)
+            return
+        precision = state["precision"]
+        loc = gaussian_family(precision).solve(precision, state["precision_times_loc"])
+        self._write(self._current_state()._replace(loc=loc, precision=precision))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        if not self._started:
+            return {}
+        if self._local:  # the guide's own parameters are all of the state (von and newton)
+            return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+        state = self._current_state()
+        out = {name: value.clone() for name, value in state._asdict().items()}
+        if self._reused is not None and state is self._state:  # else dropped at the next step
+            out.update(self._reused.state_dict())
+        return out
+
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        self._undo = None  # a restored state: no step to retake
+        if self.layout is None:
+            self._setup(args, kwargs)
+        if self._local:
+            current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
+            if set(state) != set(current):
+                raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
+            for key, value in current.items():
+                check_state(key, state[key], value)
+            write_params([(self.guide, key[6:], state[key]) for key in current])
+            self._started = True
+            return
+        current = self._current_state()
+        expected = set(current._fields)
+        reused, state = ReusedHessian.split(state)
+        if self._reused is not None:  # a driver with exact Hessians every step needs none
+            self._reused.check_state(reused, check_state, current.loc, current.precision)
+        if set(state) != expected:
+            raise ValueError(
+                f"state_dict of rule {self.rule_name!r} needs entries {sorted(expected)}, got "
+                f"{sorted(state)}"
+            )
+        like = current.loc
+        fields = {}
+        for name in current._fields:
+            check_state(name, state[name], getattr(current, name))
+            fields[name] = state[name].to(dtype=like.dtype, device=like.device).clone()
+        precision = fields["precision"]
+        positive = (
+            bool((precision > 0).all())
+            if precision.dim() == 1
+            else bool(torch.linalg.cholesky_ex(precision).info == 0)
+        )
+        if not positive:
+            raise ValueError("state_dict entry 'precision' is not positive definite")
+        self._write(type(current)(**fields))
+        if self._reused is not None:
+            self._reused.load_state_dict(reused, like)
