@@ -1,5 +1,7 @@
 """Every documented error, with its message, and the guide left untouched on failure."""
 
+import re
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -106,3 +108,43 @@ def test_non_finite_gradient_names_the_site():
     ):
         blr.step()
     torch.testing.assert_close(guide.locs.b.detach(), torch.tensor(0.0))
+
+
+def _collinear_regression(X, y):
+    w = pyro.sample("w", dist.Normal(X.new_zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(X @ w, 1e-3), obs=y)
+
+
+@pytest.mark.parametrize("rule", ["newton", "von"])
+def test_a_full_precision_beyond_float32_says_fit_in_float64(rule):
+    # Two inputs equal to 1e-4: the posterior precision has eigenvalues about 1 (the prior,
+    # along x1 - x2) and 2 * 50 / 1e-6 = 1e8: condition number 1e8, beyond float32's 1 / eps =
+    # 8e6, so its Cholesky factorization fails in float32 and succeeds in float64.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 1, generator=generator, dtype=torch.float64)
+    X = torch.cat([x, x + 1e-4 * torch.randn(50, 1, generator=generator, dtype=x.dtype)], -1)
+    y = X.sum(-1)
+    pyro.clear_param_store()
+    guide = AutoMultivariateNormal(_collinear_regression)
+    blr = pb.BLR(_collinear_regression, guide, lr=1.0, rule=rule)
+    guide(X.float(), y.float())  # its parameters, to compare after the failed step
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    assert before
+    with pytest.raises(
+        FloatingPointError, match=r"fit in float64 \(pass the data as float64"
+    ) as error:
+        blr.step(X.float(), y.float())
+    # the float32 Hessian's own round-off makes the float64 update's condition number larger
+    condition = float(re.search(r"condition number (\S+),", str(error.value)).group(1))
+    assert condition > 1 / torch.finfo(torch.float32).eps
+    for name, value in pyro.get_param_store().items():  # nothing half-written
+        assert torch.equal(value.detach(), before[name]), name
+    pyro.clear_param_store()
+    guide = AutoMultivariateNormal(_collinear_regression)
+    blr = pb.BLR(_collinear_regression, guide, lr=1.0, rule=rule)
+    blr.step(X, y)  # the same step in float64
+    eigenvalues = torch.linalg.eigvalsh(guide.get_posterior().precision_matrix.detach())
+    assert eigenvalues.min() > 0
+    if rule == "newton":  # at lr 1 it lands on the posterior precision: condition number 9e7
+        assert 5e7 < float(eigenvalues.max() / eigenvalues.min()) < 5e8

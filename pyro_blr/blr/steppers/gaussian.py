@@ -290,7 +290,16 @@ class GaussianStepper(GaussianEstimates, GaussianState, Stepper):
                 return
             problem = "is not finite"
         except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
-            problem = f"has a precision that cannot be factorized ({error})"
+            condition = _condition_in_float64(self.rule.update, state, grad, hess, lr, step_number)
+            if condition is None:
+                problem = f"has a precision that cannot be factorized ({error})"
+            else:  # well posed, but beyond the guide's dtype
+                raise FloatingPointError(
+                    f"BLR step {step_number}: the update's full precision has condition number "
+                    f"{condition:.2g}, more than {state.precision.dtype} can factorize (the same "
+                    f"update in float64 can): fit in float64 (pass the data as float64, e.g. "
+                    f"X.double()); {KEPT}"
+                ) from error
         raise FloatingPointError(
             f"BLR step {step_number}: the update {problem} (lr={lr:g}): the fit diverged; "
             f"lower lr; {KEPT}"
@@ -321,3 +330,19 @@ def _versions(args: tuple, kwargs: dict) -> tuple:
     """The in-place version counter of every tensor argument (``y[:] = batch`` bumps it)."""
     values = [*args, *kwargs.values()]
     return tuple(v._version if torch.is_tensor(v) else None for v in values)
+
+
+def _condition_in_float64(update, state, grad: Tensor, hess: Tensor, lr: float, step: int):
+    """The condition number of the precision that ``update`` gives in float64, where the state
+    is full-covariance in a lower precision and the float64 update factorizes; else ``None``."""
+    if state.precision.dim() != 2 or state.precision.dtype == torch.float64:
+        return None
+    wide = type(state)(*(t.double() for t in state))
+    try:
+        precision = update(wide, grad.double(), hess.double(), lr, step).precision
+        eigenvalues = torch.linalg.eigvalsh(precision)
+    except torch.linalg.LinAlgError:
+        return None
+    if not bool(eigenvalues.min() > 0):
+        return None
+    return float(eigenvalues.max() / eigenvalues.min())
