@@ -395,7 +395,9 @@ class BLR:
 
         Raises:
             FloatingPointError: the log joint, a gradient or a Hessian is not finite, or the
-                update is; the message names the step and the sites, and the guide is unchanged.
+                update is, or its full precision cannot be factorized (naming float64 where
+                the guide's dtype is what fails); the message names the step and the sites,
+                and the guide is unchanged.
         """
         if self._pending is not None:
             pending, self._pending = self._pending, None

@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -47,8 +48,8 @@ from pyro_blr.blr.steppers.base import (
     minibatch,
     prepare_layout,
 )
+from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
-from pyro_blr.blr.steppers.gaussian_state import GaussianState
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
     GaussianGuide,
@@ -65,7 +66,7 @@ _SAMPLED = frozenset(
 )
 
 
-class GaussianStepper(GaussianEstimates, GaussianState, Stepper):
+class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
     """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
     ``AutoDiagonalNormal`` or (``"von"``, ``"vogn"``, ``"newton"``) ``AutoMultivariateNormal``."""
 
@@ -290,16 +291,17 @@ class GaussianStepper(GaussianEstimates, GaussianState, Stepper):
                 return
             problem = "is not finite"
         except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
-            condition = _condition_in_float64(self.rule.update, state, grad, hess, lr, step_number)
-            if condition is None:
-                problem = f"has a precision that cannot be factorized ({error})"
-            else:  # well posed, but beyond the guide's dtype
+            update = self.rule.update
+            condition = _condition_in_float64(update, state, grad, hess, lr, step_number, extra)
+            if condition is not None:  # well posed, but beyond the guide's dtype
                 raise FloatingPointError(
                     f"BLR step {step_number}: the update's full precision has condition number "
-                    f"{condition:.2g}, more than {state.precision.dtype} can factorize (the same "
-                    f"update in float64 can): fit in float64 (pass the data as float64, e.g. "
-                    f"X.double()); {KEPT}"
+                    f"{condition:.2g}, more than {state.precision.dtype} factorizes reliably "
+                    f"(in float64 the same update factorizes): refit in float64, a new guide "
+                    f"and BLR on float64 data (X.double(), y.double()); if the condition number "
+                    f"keeps growing from step to step the fit is diverging: lower lr; {KEPT}"
                 ) from error
+            problem = f"has a precision that cannot be factorized ({error})"
         raise FloatingPointError(
             f"BLR step {step_number}: the update {problem} (lr={lr:g}): the fit diverged; "
             f"lower lr; {KEPT}"
@@ -332,17 +334,24 @@ def _versions(args: tuple, kwargs: dict) -> tuple:
     return tuple(v._version if torch.is_tensor(v) else None for v in values)
 
 
-def _condition_in_float64(update, state, grad: Tensor, hess: Tensor, lr: float, step: int):
-    """The condition number of the precision that ``update`` gives in float64, where the state
-    is full-covariance in a lower precision and the float64 update factorizes; else ``None``."""
-    if state.precision.dim() != 2 or state.precision.dtype == torch.float64:
+def _condition_in_float64(
+    update: Callable, state, grad: Tensor, hess: Tensor, lr: float, step: int, options: dict
+) -> float | None:
+    """The condition number of the precision that ``update`` gives in float64, where ``state``
+    is full-covariance in a narrower dtype, the float64 precision factorizes and its condition
+    number is beyond what the narrower dtype factorizes reliably (a tenth of ``1 / eps``: about
+    8e5 in float32); else ``None``, and the failure is the fit's, not the dtype's."""
+    precision = state.precision
+    if precision.dim() != 2 or precision.dtype == torch.float64:
         return None
     wide = type(state)(*(t.double() for t in state))
     try:
-        precision = update(wide, grad.double(), hess.double(), lr, step).precision
-        eigenvalues = torch.linalg.eigvalsh(precision)
-    except torch.linalg.LinAlgError:
+        updated = update(wide, grad.double(), hess.double(), lr, step, **options).precision
+        if torch.linalg.cholesky_ex(updated).info != 0:
+            return None
+        eigenvalues = torch.linalg.eigvalsh(updated)
+    except RuntimeError:  # LinAlgError included
         return None
-    if not bool(eigenvalues.min() > 0):
-        return None
-    return float(eigenvalues.max() / eigenvalues.min())
+    condition = float(eigenvalues.max() / eigenvalues.min())
+    reliable = 0.1 / torch.finfo(precision.dtype).eps
+    return condition if reliable < condition < math.inf else None

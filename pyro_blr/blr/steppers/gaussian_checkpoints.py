@@ -1,9 +1,9 @@
 r"""What a Gaussian rule's state is outside a step: its natural parameters and its checkpoint.
 
-:meth:`GaussianState.natural_state` gives the guide's Gaussian in natural parameters,
+:meth:`GaussianCheckpoints.natural_state` gives the guide's Gaussian in natural parameters,
 :math:`(\eta_1, \eta_2) \leftrightarrow (S m, S)` (the precision :math:`S` standing for
 :math:`-2\eta_2`), the coordinates the rules step in, and loads them back. A checkpoint
-(:meth:`GaussianState.state_dict`) is the rule's whole NamedTuple state (mean, precision and
+(:meth:`GaussianCheckpoints.state_dict`) is the rule's whole NamedTuple state (mean, precision and
 IVON's momentum), or for latents local to a subsampled plate the guide's own per-datum
 parameters; loading one checks every entry's shape and that the precision is positive
 definite before writing anything.
@@ -21,14 +21,15 @@ from pyro_blr.blr.steppers.base import check_state
 from pyro_blr.core import write_params
 from pyro_blr.families import gaussian_family
 
-__all__ = ["GaussianState"]
+__all__ = ["GaussianCheckpoints"]
 
 
-class GaussianState:
+class GaussianCheckpoints:
     """The natural-parameter and checkpoint half of
     :class:`~pyro_blr.blr.steppers.gaussian.GaussianStepper` (a mixin: it reads the stepper's
-    ``guide``, ``layout``, ``rule_name``, ``_view``, ``_local``, ``_reused`` and ``_started``,
-    and calls its ``_current_state``, ``_write`` and ``_setup``)."""
+    ``guide``, ``layout``, ``rule_name``, ``_view``, ``_local``, ``_reused``, ``_state`` and
+    ``_started``, resets its ``_undo``, and calls its ``_current_state``, ``_write`` and
+    ``_setup``)."""
 
     guide: Any
     layout: Any
@@ -36,6 +37,7 @@ class GaussianState:
     _view: Any
     _local: bool
     _reused: ReusedHessian | None
+    _state: Any
     _started: bool
     _undo: Any
 
