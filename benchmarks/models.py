@@ -28,8 +28,15 @@ def bnn(
     subsample_size=None,
     activation=torch.tanh,
     noise_prior: tuple[float, float] = (1.0, 0.1),
+    noise_head: bool = False,
 ):
-    """One hidden layer, N(0, 1) weights and a Gamma(concentration, rate) noise precision."""
+    """One hidden layer, N(0, 1) weights and a Gamma(concentration, rate) noise precision.
+
+    With ``noise_head`` the noise is input-dependent (heteroscedastic): a second output
+    ``g(x) = 2 tanh(h(x) . v / 2)`` of the hidden layer, with N(0, 1) weights ``v``, scales the
+    noise sd to ``precision^(-1/2) exp(g(x))``; bounded to a factor ``e^2`` either way so that
+    no draw of ``v`` sends a datum's noise to 0 or infinity.
+    """
     dim = X.shape[-1]
     zeros = X.new_zeros
     w1 = pyro.sample("w1", dist.Normal(zeros(dim, hidden), 1.0).to_event(2))
@@ -40,11 +47,14 @@ def bnn(
     precision = pyro.sample(
         "precision", dist.Gamma(X.new_tensor(concentration), X.new_tensor(rate))
     )
+    v = pyro.sample("w_noise", dist.Normal(zeros(hidden), 1.0).to_event(1)) if noise_head else None
     with pyro.plate("data", X.shape[0], subsample_size=subsample_size) as idx:
         # (N, D, 1) * (..., 1, D, H): a global weight's size-1 plate slot meets the data.
         h = activation((X[idx].unsqueeze(-1) * w1).sum(-2) + b1)
         mean = pyro.deterministic("mean", (h * w2).sum(-1) + b2)
         scale = precision.rsqrt()
+        if noise_head:
+            scale = scale * torch.exp(2 * torch.tanh((h * v).sum(-1) / 2))
         pyro.sample("y", dist.Normal(mean, scale), obs=None if y is None else y[idx])
 
 

@@ -56,3 +56,21 @@ def test_figure_is_written(tmp_path):
     log_lik = {"boston": {"BLR ivon": (-2.6, 0.04)}, "concrete": {"BLR ivon": (-3.1, 0.02)}}
     path = uci_bnn.figure(log_lik, folder=tmp_path)
     assert path == tmp_path / "uci_bnn.png" and path.stat().st_size > 1000
+
+
+def test_fits_in_two_processes_give_the_same_table(monkeypatch):
+    # two methods keep it short; the forked workers read them from the module
+    methods = {k: uci_bnn.METHODS[k] for k in ("AutoNormal + Adam (Pyro)", "BLR ivon")}
+    monkeypatch.setattr(uci_bnn, "METHODS", methods)
+
+    def numbers(report):
+        return {
+            r["method"]: (r["test RMSE"], r["test log-likelihood"]) for r in rows(report, "method")
+        }
+
+    one = uci_bnn.main(smoke=True, num_splits=2, datasets=("boston",))
+    two = uci_bnn.main(smoke=True, num_splits=2, datasets=("boston",), jobs=2)
+    assert "Fits in 2 process(es) at once" in two
+    assert numbers(one) == numbers(two) and len(numbers(one)) == 2 + len(
+        uci_bnn.PUBLISHED["boston"]
+    )
