@@ -21,7 +21,8 @@ statistics, metrics on the original scale. Methods, each with 2000 full-batch st
   ensembles use. vogn runs there at lr 0.1: with an unbounded ``exp`` noise factor lr 0.2
   diverged at step 20 on Boston split 0, and the bounded factor was run at 0.1 only; nothing
   else was tuned for this model. This vogn fit runs in float64: in float32 its full precision
-  became too ill-conditioned to factorize on Boston split 11 (step 41).
+  became too ill-conditioned to factorize on two of the fifteen Boston splits run that way
+  (splits 11 and 14, steps 41 and 34).
 
 The IVON settings were picked from a few trial runs on Boston splits 0-4 (2 or 8 particles,
 2000 or 4000 steps, initial scales 0.01 to 0.15), when IVON's start was ``ess * 1``
@@ -161,7 +162,7 @@ METHODS = {
     ),
     "AutoNormal + Adam (Pyro), input-dependent noise": Method(noise_model, adam_fit),
     # float64: in float32 the full precision's condition number outgrew single precision
-    # (Boston split 11, step 41: "cannot be factorized")
+    # (Boston splits 11 and 14: "cannot be factorized")
     "BLR vogn, full covariance, input-dependent noise": Method(
         noise_model, functools.partial(vogn_fit, lr0=0.1), torch.float64
     ),
