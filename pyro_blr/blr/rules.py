@@ -50,7 +50,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from pyro_blr.families import ExpFamily, gaussian_family
+from pyro_blr.families import ExpFamily, gaussian_family, is_positive_definite
 
 __all__ = [
     "RULES",
@@ -90,12 +90,6 @@ class MixtureState(NamedTuple):
     logits: Tensor
     locs: Tensor
     precisions: Tensor
-
-
-def _is_positive_definite(precision: Tensor) -> bool:
-    if precision.dim() == 1:
-        return bool((precision > 0).all())
-    return bool(torch.linalg.cholesky_ex(precision).info == 0)
 
 
 def riemannian_precision_update(precision: Tensor, hess: Tensor, lr: float) -> Tensor:
@@ -173,7 +167,7 @@ def newton_update(state: GaussianState, grad: Tensor, hess: Tensor, lr: float) -
         (tensor([3.]), tensor([2.]))
     """
     precision = (1 - lr) * state.precision + lr * hess
-    if not _is_positive_definite(precision):
+    if not is_positive_definite(precision):
         precision = riemannian_precision_update(state.precision, hess, lr)
     loc = state.loc - lr * gaussian_family(precision).solve(precision, grad)
     return GaussianState(loc, precision)

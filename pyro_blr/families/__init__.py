@@ -13,7 +13,13 @@ from pyro_blr.families.beta import Beta
 from pyro_blr.families.categorical import Categorical
 from pyro_blr.families.dirichlet import Dirichlet
 from pyro_blr.families.gamma import Gamma
-from pyro_blr.families.gaussian import DIAGONAL, FULL, GaussianFamily, gaussian_family
+from pyro_blr.families.gaussian import (
+    DIAGONAL,
+    FULL,
+    GaussianFamily,
+    gaussian_family,
+    is_positive_definite,
+)
 from pyro_blr.families.normal import LogNormal, Normal
 from pyro_blr.families.von_mises import VonMisesFamily
 
@@ -32,6 +38,7 @@ __all__ = [
     "VonMisesFamily",
     "family_for_site",
     "gaussian_family",
+    "is_positive_definite",
 ]
 
 FAMILIES: dict[str, ExpFamily] = {

@@ -34,6 +34,7 @@ __all__ = [
     "FULL",
     "GaussianFamily",
     "gaussian_family",
+    "is_positive_definite",
     "precision_from_scale_tril",
     "scale_tril_from_precision",
 ]
@@ -193,6 +194,23 @@ def gaussian_family(precision: Tensor) -> GaussianFamily:
         False
     """
     return DIAGONAL if precision.dim() == 1 else FULL
+
+
+def is_positive_definite(precision: Tensor) -> bool:
+    r"""Whether a precision is positive definite as its dtype can factorize it: every entry
+    positive for a diagonal (a vector), a Cholesky factorization :math:`S = LL^\top` that
+    completes for a matrix (checked by ``cholesky_ex``, never by an exception of the solver).
+
+    Example:
+        >>> import torch
+        >>> is_positive_definite(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3, -1
+        False
+        >>> is_positive_definite(torch.tensor([1.0, 0.5]))
+        True
+    """
+    if precision.dim() == 1:
+        return bool((precision > 0).all())
+    return bool(torch.linalg.cholesky_ex(precision).info == 0)
 
 
 def scale_tril_from_precision(precision: Tensor) -> Tensor:

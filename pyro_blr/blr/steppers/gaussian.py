@@ -57,7 +57,7 @@ from pyro_blr.core import (
     rng_kept,
     trace_without_rng,
 )
-from pyro_blr.families import gaussian_family
+from pyro_blr.families import gaussian_family, is_positive_definite
 
 __all__ = ["GaussianStepper"]
 
@@ -347,7 +347,7 @@ def _condition_in_float64(
     wide = type(state)(*(t.double() for t in state))
     try:
         updated = update(wide, grad.double(), hess.double(), lr, step, **options).precision
-        if torch.linalg.cholesky_ex(updated).info != 0:
+        if not is_positive_definite(updated):
             return None
         eigenvalues = torch.linalg.eigvalsh(updated)
     except RuntimeError:  # LinAlgError included

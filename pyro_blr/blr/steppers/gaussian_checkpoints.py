@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.steppers.base import check_state
 from pyro_blr.core import write_params
-from pyro_blr.families import gaussian_family
+from pyro_blr.families import gaussian_family, is_positive_definite
 
 __all__ = ["GaussianCheckpoints"]
 
@@ -117,13 +116,7 @@ class GaussianCheckpoints:
         for name in current._fields:
             check_state(name, state[name], getattr(current, name))
             fields[name] = state[name].to(dtype=like.dtype, device=like.device).clone()
-        precision = fields["precision"]
-        positive = (
-            bool((precision > 0).all())
-            if precision.dim() == 1
-            else bool(torch.linalg.cholesky_ex(precision).info == 0)
-        )
-        if not positive:
+        if not is_positive_definite(fields["precision"]):
             raise ValueError("state_dict entry 'precision' is not positive definite")
         self._write(type(current)(**fields))
         if self._reused is not None:
