@@ -34,6 +34,7 @@ from pyro_blr.core.log_joint import (
     log_joint,
     neg_log_joint,
 )
+from pyro_blr.core.model_kwargs import model_keywords, model_parameter_names
 from pyro_blr.core.per_datum import (
     DataPlate,
     DatumTerms,
@@ -90,6 +91,8 @@ __all__ = [
     "log_joint",
     "log_weights",
     "max_plate_nesting",
+    "model_keywords",
+    "model_parameter_names",
     "neg_log_joint",
     "nonfinite_term",
     "num_observations",
