@@ -24,12 +24,13 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pyro.util
 from torch import Tensor
 
-__all__ = ["IterateAverage", "converged", "diverging"]
+__all__ = ["IterateAverage", "converged", "diverged", "diverging", "paired_estimates"]
 
 
 class IterateAverage:
@@ -124,6 +125,70 @@ def converged(losses: Sequence[float], window: int, tol: float) -> bool:
     previous = math.fsum(losses[-2 * window : -window]) / window
     last = math.fsum(losses[-window:]) / window
     return previous - last < tol
+
+
+def diverged(losses: Sequence[float], window: int) -> tuple[bool, float, float]:
+    """Whether a run ended far above its best loss, with the two numbers compared.
+
+    The run's best loss is compared with the mean of the losses that came *after* it (at most
+    the last ``window``): a run whose loss climbed after its best and stayed up diverged; a run
+    whose last loss is its best (a loss still falling, however steeply) did not, however few
+    steps it took. A non-finite loss after the best, or no finite loss at all, is a divergence.
+
+    Returns:
+        ``(diverged, mean of the losses after the best, best)``.
+
+    Example:
+        >>> diverged([5000.0, 900.0, 300.0, 120.0], window=20)[0]  # falling: never diverged
+        False
+        >>> diverged([300.0, 120.0, 9000.0, 8000.0], window=20)
+        (True, 8500.0, 120.0)
+    """
+    finite = [(loss, i) for i, loss in enumerate(losses) if math.isfinite(loss)]
+    if not finite:
+        return bool(losses), math.nan, math.nan
+    best, where = min(finite)
+    after = list(losses[where + 1 :])[-window:]
+    if not after:
+        return False, best, best
+    final = math.fsum(after) / len(after)
+    return diverging(best, final), final, best
+
+
+def paired_estimates(
+    candidates: Sequence[dict[str, Tensor]],
+    write: Callable[[dict[str, Tensor]], None],
+    estimate: Callable[[], Tensor],
+) -> list[Tensor]:
+    r"""Evaluate a Monte Carlo ``estimate`` at each candidate on the *same* random numbers.
+
+    Each candidate (e.g. a guide's natural parameters) is written with ``write``, then the
+    random generators are reset to where they were before the first one, so that every
+    candidate sees the same draws (common random numbers): for a reparameterized guide
+    :math:`\theta = T_\lambda(\epsilon)` the difference of two estimates has the variance of
+    :math:`\log w_{\lambda_1}(\epsilon) - \log w_{\lambda_2}(\epsilon)`, small when the two
+    are close, rather than the sum of their variances. The generators end where they started;
+    the last candidate stays written.
+
+    Args:
+        candidates: the states to compare.
+        write: puts one state into the guide.
+        estimate: the per-draw values to compare (e.g. log importance weights), at the guide as
+            written.
+
+    Returns:
+        ``estimate()`` at each candidate, in order.
+    """
+    state = pyro.util.get_rng_state()
+    out = []
+    try:
+        for candidate in candidates:
+            write(candidate)
+            pyro.util.set_rng_state(state)
+            out.append(estimate())
+    finally:
+        pyro.util.set_rng_state(state)
+    return out
 
 
 def diverging(best: float, loss: float) -> bool:

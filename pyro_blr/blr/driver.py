@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -23,12 +22,24 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_blr.blr.averaging import IterateAverage, converged, diverging
+from pyro_blr.blr.averaging import (
+    IterateAverage,
+    converged,
+    diverged,
+    diverging,
+    paired_estimates,
+)
 from pyro_blr.blr.distributed import Collective
 from pyro_blr.blr.steppers import StepOptions, stepper_for
-from pyro_blr.core import trace_without_rng
+from pyro_blr.core import log_weights, model_keywords, trace_without_rng
 
-__all__ = ["BLR", "FitResult"]
+__all__ = ["BLR", "COMPARE_PARTICLES", "FitResult"]
+
+COMPARE_PARTICLES = 32
+"""Draws on which :meth:`BLR.fit` compares the averaged guide with the last iterate (the same
+draws for both, so that their difference has little Monte Carlo error)."""
+
+_FIT_OPTIONS = ("num_steps", "progress", "average", "tol", "window", "model_kwargs")
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +169,9 @@ class BLR:
             parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that are not
             ``PyroSample``), stepped on the ELBO gradient after each BLR step: variational EM,
             type-II maximum likelihood, as ``SVI`` learns them. When the model has parameters
-            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used.
+            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used. Anything but
+            a ``pyro.optim.PyroOptim`` (a ``torch.optim`` class or instance) raises
+            ``TypeError``: the guide is stepped by the rule, never by ``optim``.
 
     Attributes:
         num_steps: the steps taken so far (restored by :meth:`load_state_dict`).
@@ -169,9 +182,11 @@ class BLR:
             above its value before that step or was not finite (see
             :mod:`pyro_blr.blr.step_back`); warned about once per fit.
         stepped_back: whether the last step was such a step back.
+        averaged: whether the last :meth:`fit` ended at the average of its late iterates
+            (``False``: at its last iterate, which had the higher ELBO or no average was kept).
 
     Raises:
-        TypeError: ``rule`` cannot drive this guide.
+        TypeError: ``rule`` cannot drive this guide, or ``optim`` is not a Pyro optimizer.
         ValueError: a hyperparameter is out of range, or an option ``rule`` does not use.
 
     Example:
@@ -280,8 +295,9 @@ class BLR:
         self.guide = guide
         self.lr = lr
         self.rule_name = rule
-        self.optim = optim
+        self.optim = self._check_optim(optim)
         self.num_steps = 0
+        self.averaged = False
         self.halvings = 0
         self.step_backs = 0
         self.stepped_back = False
@@ -310,6 +326,23 @@ class BLR:
                 "process_group=None for one process"
             )
         return Collective(process_group, rank_noise=bool(rank_noise))
+
+    @staticmethod
+    def _check_optim(optim: Any) -> pyro.optim.PyroOptim | None:
+        """``None`` or a Pyro optimizer: the one for the model's own parameters."""
+        if optim is None or isinstance(optim, pyro.optim.PyroOptim):
+            return optim
+        what = (
+            f"the class {optim.__module__}.{optim.__name__}"
+            if isinstance(optim, type)
+            else f"a {type(optim).__module__}.{type(optim).__name__}"
+        )
+        raise TypeError(
+            f"optim must be a Pyro optimizer such as pyro.optim.Adam({{'lr': 0.01}}), got {what}: "
+            "optim steps only the model's own parameters (pyro.param sites, nn.Parameter of a "
+            "PyroModule that are not PyroSample), as SVI does; the guide is stepped by the "
+            "rule (set its step size with lr=), not by an optimizer"
+        )
 
     @staticmethod
     def _check_lr(lr: Any) -> float:
@@ -446,35 +479,51 @@ class BLR:
         average: bool | None = None,
         tol: float | None = None,
         window: int = 20,
+        model_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> FitResult:
         """Take up to ``num_steps`` steps and leave the guide at a good point.
 
-        With ``average=True`` the guide ends at the Polyak average of the natural parameters of
-        the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which removes the
-        jitter a constant step leaves in the last iterate. The default (``None``) averages when
-        ``lr`` is a constant and not when it is a schedule: a decaying schedule already damps
-        the jitter, and an average would lag behind iterates that are still moving. With
-        ``tol`` the fit stops early once the mean loss of the last ``window`` steps is not
-        ``tol`` nats below that of the ``window`` before
+        With ``average=True`` the fit also keeps the Polyak average of the natural parameters
+        of the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which removes the
+        jitter a constant step leaves in the last iterate, and ends at whichever of the average
+        and the last iterate has the higher ELBO, both estimated on the same
+        :data:`COMPARE_PARTICLES` draws (:func:`pyro_blr.blr.averaging.paired_estimates`): an
+        average over iterates still far from the optimum (a short fit) never replaces a better
+        last iterate. :attr:`averaged` says which was kept. The default (``None``) averages
+        when ``lr`` is a constant and not when it is a schedule: a decaying schedule already
+        damps the jitter. With ``tol`` the fit stops early once the mean loss of the last
+        ``window`` steps is not ``tol`` nats below that of the ``window`` before
         (:func:`pyro_blr.blr.averaging.converged`); the average is then over the last
         ``window`` steps.
+
+        The model's keyword arguments are passed as keywords, or in ``model_kwargs`` when the
+        model has an argument named like an option of ``fit`` (``num_steps``, ``progress``,
+        ``average``, ``tol``, ``window``, ``model_kwargs``): such a call without
+        ``model_kwargs`` raises ``TypeError`` rather than take the model's argument for the
+        option (see :func:`pyro_blr.core.model_keywords`).
 
         Args:
             *args: the model's positional arguments.
             num_steps: the most steps to take (a non-negative integer).
             progress: show a tqdm progress bar with the current loss.
-            average: end at the average of the late iterates instead of the last one (default:
-                when ``lr`` is a constant).
+            average: end at the better of the average of the late iterates and the last one
+                (default: when ``lr`` is a constant).
             tol: stop when the moving-average loss improves by less than this (nats).
             window: the moving-average window of the stopping rule, in steps.
-            **kwargs: the model's keyword arguments.
+            model_kwargs: the model's keyword arguments, e.g. ``model_kwargs={"window": 7}``
+                for a model with an argument ``window``; ``None`` takes them from ``**kwargs``.
+            **kwargs: the model's keyword arguments (when none is named like an option).
 
         Raises:
+            TypeError: the model has an argument named like an option of ``fit`` and
+                ``model_kwargs`` was not given, or keywords were given both ways.
             FloatingPointError: a step failed (see :meth:`step`), or the fit diverged: the mean
-                loss of the last ``window`` steps is far above the best of the run (see
-                :func:`pyro_blr.blr.averaging.diverging`), so the guide holds no answer to trust.
+                loss of the steps after the best one (at most the last ``window``) is far above
+                that best (see :func:`pyro_blr.blr.averaging.diverged`), so the guide holds no
+                answer to trust.
         """
+        kwargs = model_keywords(self.model, "BLR.fit", _FIT_OPTIONS, kwargs, model_kwargs)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
         if tol is not None:
@@ -485,8 +534,9 @@ class BLR:
             average = not callable(self.lr)
         self._best, self._warned = math.inf, False  # divergence is judged within this fit
         self._warned_step_back = False
+        self.averaged = False
         losses = []
-        averaged = IterateAverage(self)
+        running = IterateAverage(self)
         start_averaging = num_steps // 2
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
@@ -497,24 +547,50 @@ class BLR:
             if average and (t >= start_averaging or tol is not None):
                 if tol is not None and (t + 1) % window == 0 and t + 1 < num_steps:
                     if converged(losses, window, tol):
-                        averaged.update()
+                        running.update()
                         break
-                    averaged.reset()  # with a stopping rule: average the last window only
-                averaged.update()
+                    running.reset()  # with a stopping rule: average the last window only
+                running.update()
             elif tol is not None and (t + 1) % window == 0 and converged(losses, window, tol):
                 break
-        last = losses[-window:]
-        final = statistics.fmean(last) if last else math.nan
-        if last and diverging(self._best, final):
+        bad, final, best = diverged(losses, window)
+        if bad:
             raise FloatingPointError(
-                f"BLR.fit: the loss ended at {final:.4g} (mean of the last {len(last)} "
-                f"steps), far above the best of the run, {self._best:.4g}: the fit diverged and "
-                "the guide holds a diverged iterate; lower lr or raise mc_samples"
+                f"BLR.fit: the loss ended at {final:.4g} (mean of the steps after the best one, "
+                f"at most {window}), far above the best of the run, {best:.4g}: the fit "
+                "diverged and the guide holds a diverged iterate; lower lr or raise mc_samples"
                 + ("" if self.rule_name != "ivon" else " (for 'ivon': or lower clip_radius)")
             )
-        if average and averaged.count:
-            averaged.write()
+        if average and running.count > 1:
+            self._end_at_the_better(running.average(), args, kwargs)
         return FitResult(losses, time.perf_counter() - start)
+
+    def _end_at_the_better(self, average: dict, args: tuple, kwargs: dict) -> None:
+        """Leave the guide at the average or at the last iterate, whichever has the higher ELBO
+        on the same draws; in a distributed run the ranks decide on their mean difference."""
+        last = self._stepper.natural_state()
+        nesting = self._stepper.layout.max_plate_nesting
+
+        def elbo_draws():
+            with torch.no_grad():
+                return log_weights(
+                    self.model, self.guide, args, kwargs, COMPARE_PARTICLES, nesting, False
+                ).joint
+
+        at_last, at_average = paired_estimates(
+            [last, average], self._stepper.load_natural_state, elbo_draws
+        )
+        gain = (at_average - at_last).mean()  # the average's ELBO minus the last iterate's
+        if self._stepper.collective is not None:  # every rank decides alike
+            (gain,) = self._stepper.collective.mean([gain.reshape(1)])
+        self.averaged = bool(gain >= 0)  # NaN (an overflowing average) keeps the last iterate
+        if not self.averaged:
+            logger.info(
+                "BLR.fit: the last iterate's ELBO is %.3g nats above the average's on the same "
+                "draws; the guide ends at the last iterate",
+                -float(gain),
+            )
+            self._stepper.load_natural_state(last)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

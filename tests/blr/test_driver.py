@@ -153,3 +153,104 @@ def test_pyro_module_with_auto_normal_writes_dotted_site_names():
     median = guide.median(s.X, s.y)
     found = torch.cat([median["linear.weight"].reshape(-1), median["linear.bias"].reshape(-1)])
     torch.testing.assert_close(found.double(), mean, rtol=0, atol=1e-4)  # float32 round-off
+
+
+def _poisson_regression():
+    def model(X, y):
+        w = pyro.sample("w", dist.Normal(X.new_zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Poisson((X @ w).exp()), obs=y)
+
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(100, 3, generator=gen, dtype=torch.float64)
+    w = torch.tensor([0.5, -0.3, 0.8], dtype=torch.float64)
+    return model, X, torch.poisson((X @ w).exp(), generator=gen)
+
+
+def test_a_short_fit_never_ends_at_an_average_worse_than_its_last_iterate():
+    # Seven Newton steps at lr 0.1 are still far from the optimum: the average of steps 4-7 lags
+    # ~15 nats behind step 7 (ELBO -198.8 against -184.1, 2000 draws, stderr 0.2 each). The
+    # fit must end at the better one, here the last iterate, exactly as average=False leaves it.
+    model, X, y = _poisson_regression()
+    ends, kept_average = {}, []
+    for average in (None, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoMultivariateNormal(model)
+        blr = pb.BLR(model, guide, rule="newton")
+        blr.fit(X, y, num_steps=7, progress=False, average=average)
+        kept_average.append(blr.averaged)
+        ends[average] = (guide.loc.detach().clone(), guide.scale_tril.detach().clone())
+        pyro.set_rng_seed(1)  # the same draws for both ELBOs
+        ends[average] += (pb.log_evidence(model, guide, X, y, num_particles=2000).value,)
+    assert kept_average == [False, False]
+    assert ends[None][2] >= ends[False][2] - 0.5  # same draws: the difference is round-off
+    torch.testing.assert_close(ends[None][0], ends[False][0])
+    torch.testing.assert_close(ends[None][1], ends[False][1])
+
+
+def test_a_long_constant_step_fit_keeps_the_average_when_it_is_better():
+    # At the end of 200 von steps at lr 0.5 with 2 particles the last iterate jitters around the
+    # optimum; the average of 100 iterates has far less noise, so its ELBO is the higher on the
+    # same 32 draws (the average was kept on each of seeds 0-4).
+    model, X, y = _poisson_regression()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoMultivariateNormal(model)
+    blr = pb.BLR(model, guide, lr=0.5, rule="von")
+    blr.fit(X, y, num_steps=200, progress=False)
+    assert blr.averaged
+
+
+def test_a_fit_shorter_than_its_window_with_a_falling_loss_is_not_called_diverged():
+    # Newton at lr 1 on a conjugate model is exact in one step: the loss falls from ~1e5 to ~1e2
+    # and stays. Three steps are fewer than the window of 20; nothing diverged.
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    y = X @ torch.tensor([10.0, -10.0, 5.0], dtype=torch.float64) + 0.1 * torch.randn(
+        200, generator=gen, dtype=torch.float64
+    )
+    s = linear_regression(dtype=torch.float64)
+    s.X, s.y, s.noise, s.prior_scale = X, y, 0.1, 10.0
+    blr = pb.BLR(s.model, AutoMultivariateNormal(s.model), lr=1.0, rule="newton")
+    losses = blr.fit(s.X, s.y, num_steps=3, progress=False).losses
+    assert losses[0] > 1e4 > 1e3 > losses[-1]
+
+
+@pytest.mark.parametrize(
+    "optim",
+    [torch.optim.Adam, lambda: torch.optim.Adam([torch.zeros(1, requires_grad=True)])],
+    ids=["class", "instance"],
+)
+def test_a_torch_optimizer_is_refused_with_what_optim_is_for(optim):
+    s = linear_regression()
+    optim = optim if isinstance(optim, type) else optim()
+    with pytest.raises(TypeError, match=r"pyro\.optim\.Adam.*model's own parameters.*rule"):
+        pb.BLR(s.model, AutoNormal(s.model), rule="von", optim=optim)
+
+
+def _model_with_a_window(calls):
+    def model(y, window=3):
+        calls.append(window)
+        mu = pyro.sample("mu", dist.Normal(y.new_zeros(()), 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    return model
+
+
+def test_fit_refuses_a_model_keyword_named_like_its_option():
+    calls = []
+    model = _model_with_a_window(calls)
+    blr = pb.BLR(model, AutoNormal(model), rule="von")
+    with pytest.raises(TypeError, match=r"argument named 'window'.*model_kwargs="):
+        blr.fit(torch.ones(3), num_steps=2, window=7, progress=False)
+    assert not calls  # refused before the model ran
+
+
+def test_fit_passes_model_kwargs_to_the_model():
+    calls = []
+    model = _model_with_a_window(calls)
+    blr = pb.BLR(model, AutoNormal(model), rule="von")
+    blr.fit(torch.ones(3), num_steps=2, progress=False, window=1, model_kwargs={"window": 7})
+    assert calls and set(calls) == {7}
