@@ -5,8 +5,10 @@ r"""What a Gaussian rule's state is outside a step: its natural parameters and i
 :math:`-2\eta_2`), the coordinates the rules step in, and loads them back. A checkpoint
 (:meth:`GaussianCheckpoints.state_dict`) is the rule's whole NamedTuple state (mean, precision and
 IVON's momentum), or for latents local to a subsampled plate the guide's own per-datum
-parameters; loading one checks every entry's shape and that the precision is positive
-definite before writing anything.
+parameters (its unconstrained tensors, so that a round trip is bit for bit), plus the model's
+signature (:mod:`pyro_blr.blr.steppers.signature`: site names and shapes, rule, dtype). Loading
+one checks the signature, every entry's shape and that the precision is positive definite
+before writing anything.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.steppers.base import check_state
+from pyro_blr.blr.steppers.signature import check_signature, checkpoint_signature, split_signature
 from pyro_blr.core import write_params
 from pyro_blr.families import gaussian_family, is_positive_definite
 
@@ -77,30 +80,33 @@ class GaussianCheckpoints:
         self._write(self._current_state()._replace(loc=loc, precision=precision))
 
     # ---------------------------------------------------------------- checkpoints
+    def _signature(self) -> dict[str, Tensor]:
+        like = next(iter(self.guide.parameters()))
+        return checkpoint_signature(self.layout, self.rule_name, like)
+
     def state_dict(self) -> dict[str, Any]:
         if not self._started:
             return {}
         if self._local:  # the guide's own parameters are all of the state (von and newton)
-            return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+            out = {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+            return {**out, **self._signature()}
         state = self._current_state()
         out = {name: value.clone() for name, value in state._asdict().items()}
         if self._reused is not None and state is self._state:  # else dropped at the next step
             out.update(self._reused.state_dict())
-        return out
+        return {**out, **self._signature()}
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        self._undo = None  # a restored state: no step to retake
         if self.layout is None:
             self._setup(args, kwargs)
+        check_signature(state, self._signature())  # before anything else is read
+        _, state = split_signature(state)
         if self._local:
-            current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
-            if set(state) != set(current):
-                raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
-            for key, value in current.items():
-                check_state(key, state[key], value)
-            write_params([(self.guide, key[6:], state[key]) for key in current])
+            self._load_guide_params(state)
+            self._undo = None  # a restored state: no step to retake
             self._started = True
             return
+        self._undo = None  # a restored state: no step to retake
         current = self._current_state()
         expected = set(current._fields)
         reused, state = ReusedHessian.split(state)
@@ -121,3 +127,19 @@ class GaussianCheckpoints:
         self._write(type(current)(**fields))
         if self._reused is not None:
             self._reused.load_state_dict(reused, like)
+
+    def _load_guide_params(self, state: dict[str, Any]) -> None:
+        """Write the guide's own (unconstrained) parameters from ``param.<name>`` entries, as
+        they are: bit for bit, all or none."""
+        current = dict(self.guide.named_parameters())
+        expected = {f"param.{n}" for n in current}
+        if set(state) != expected:
+            raise ValueError(f"state_dict needs entries {sorted(expected)}, got {sorted(state)}")
+        writes = []
+        for name, param in current.items():
+            check_state(f"param.{name}", state[f"param.{name}"], param)
+            path, _, leaf = name.rpartition(".")
+            module = self.guide.get_submodule(path)  # leaf: the raw tensor, not a constrained view
+            value = state[f"param.{name}"].to(dtype=param.dtype, device=param.device)
+            writes.append((module, leaf, value))
+        write_params(writes)
