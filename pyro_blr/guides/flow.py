@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import ComposeTransformModule, constraints
+from pyro.distributions import constraints
 from pyro.distributions.transforms import ComposeTransform, LowerCholeskyAffine, Permute
 from pyro.infer.autoguide import AutoContinuous, AutoGuide, init_to_median
 from pyro.nn import PyroParam
@@ -50,8 +50,8 @@ from pyro_blr.core import (
     check_prototype,
     latent_layout,
 )
+from pyro_blr.guides.flow_factory import as_layer
 from pyro_blr.guides.flow_layers import FLOWS, Flow
-from pyro_blr.guides.lazy_layer import LazyLayer, is_lazy_transform
 
 __all__ = ["DEFAULT_FLOW", "DEFAULT_WARM_FLOW", "FLOWS", "AutoFlow"]
 
@@ -92,8 +92,13 @@ class AutoFlow(AutoContinuous):
         ValueError: an unknown flow; ``base=`` with a flow that has no identity
             (``"neural_autoregressive"``, ``"block_autoregressive"``); or (at the first call) a
             latent site local to a subsampled plate, whose size changes with the minibatch.
+            At the first call too, a factory's layer that is not a bijection of
+            :math:`\mathbb R^D` onto itself (a positive or bounded codomain such as
+            ``ExpTransform``'s, a layer built for another dimension, a log-determinant that
+            disagrees with autograd's): see :mod:`~pyro_blr.guides.flow_factory`.
         TypeError: a ``flow`` neither a name nor callable, or a ``base`` that is not a Gaussian
-            autoguide.
+            autoguide; at the first call, a factory returning neither a transform nor a module
+            that builds one (e.g. an ``nn.Linear``).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -149,6 +154,13 @@ class AutoFlow(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
+        try:
+            self._setup_flow(args, kwargs)
+        except Exception:
+            self.prototype_trace = None  # nothing half set up: the next call refuses again
+            raise
+
+    def _setup_flow(self, args: tuple, kwargs: dict) -> None:
         latent_layout(self.prototype_trace)  # refuses discrete and subsampled local latents by name
         check_prototype(self.model, self.prototype_trace, args, kwargs)
         dim = self.latent_dim
@@ -163,19 +175,20 @@ class AutoFlow(AutoContinuous):
         else:
             loc = self._init_loc()
             scale_tril = self._init_scale * torch.eye(dim, dtype=loc.dtype, device=loc.device)
-        self.loc = nn.Parameter(loc.detach().clone())
-        self.scale_tril = PyroParam(scale_tril.detach().clone(), constraints.lower_cholesky)
         if isinstance(self.flow, str):
             kind = FLOWS[self.flow]
         else:  # a user's factory: alternated (harmless on an elementwise layer)
             kind = Flow(lambda dim, hidden: self.flow(dim), None, True)
-        layers = [kind.build(dim, self.hidden_dims) for _ in range(self.num_flows)]
-        layers = [_as_module(t) for t in layers]
-        flows = nn.ModuleList(layers).to(dtype=loc.dtype, device=loc.device)
+        # each layer checked a bijection of R^dim (a factory's codomain, dimension, Jacobian)
+        flows = nn.ModuleList(
+            as_layer(kind.build(dim, self.hidden_dims), dim, loc) for _ in range(self.num_flows)
+        )
         if base is not None and kind.identity is not None:  # in the layers' final dtype
             with torch.no_grad():
                 for layer in flows:
                     kind.identity(layer)
+        self.loc = nn.Parameter(loc.detach().clone())
+        self.scale_tril = PyroParam(scale_tril.detach().clone(), constraints.lower_cholesky)
         self.flows = flows
         # Layer k conditions in the model's order when K - 1 - k is even, in reverse otherwise:
         # the last layer (next to the affine map) follows the model's order.
@@ -226,20 +239,3 @@ class AutoFlow(AutoContinuous):
             value = biject_to(site["fn"].support)(unconstrained)
             out[site["name"]] = torch.quantile(value, q, dim=0)
         return out
-
-
-def _as_module(layer: object) -> nn.Module:
-    """A factory's layer as a module AutoFlow registers: a ``TransformModule`` as it is, a lazy
-    transform (zuko's) in a :class:`~pyro_blr.guides.lazy_layer.LazyLayer`, a parameter-free
-    ``Transform`` in a ``ComposeTransformModule``."""
-    if is_lazy_transform(layer):
-        return LazyLayer(layer)
-    if isinstance(layer, nn.Module):
-        return layer
-    if not isinstance(layer, Transform):
-        raise TypeError(
-            f"the flow factory returned {type(layer).__name__}: it must return a Transform, a "
-            "TransformModule or a module that builds a Transform when called (zuko's "
-            "LazyTransform)"
-        )
-    return ComposeTransformModule([layer])

@@ -71,7 +71,8 @@ class LazyLayer(TransformModule):
         self.lazy = lazy
         self._ladj: tuple[Tensor, Tensor, Tensor] | None = None  # the last (x, y, log|det J|)
 
-    def _build(self) -> torch.distributions.Transform:
+    def build(self) -> torch.distributions.Transform:
+        """The transform the wrapped module builds from its current parameters."""
         transform = self.lazy()
         if not isinstance(transform, torch.distributions.Transform):
             raise TypeError(
@@ -82,7 +83,7 @@ class LazyLayer(TransformModule):
         return transform
 
     def _call(self, x: Tensor) -> Tensor:
-        transform = self._build()
+        transform = self.build()
         if hasattr(transform, "call_and_ladj"):
             y, ladj = transform.call_and_ladj(x)
         else:
@@ -92,9 +93,9 @@ class LazyLayer(TransformModule):
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
-        return self._build().inv(y)
+        return self.build().inv(y)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         if self._ladj is not None and x is self._ladj[0] and y is self._ladj[1]:
             return self._ladj[2]
-        return self._build().log_abs_det_jacobian(x, y)
+        return self.build().log_abs_det_jacobian(x, y)

@@ -6,10 +6,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.distributions.transforms import affine_coupling
+from pyro.distributions.transforms import Planar, affine_coupling
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from torch import nn
 from torch.autograd.functional import jacobian
+from torch.distributions import AffineTransform, ExpTransform
 from torch.distributions.transforms import ComposeTransform
 
 import pyro_blr as pb
@@ -257,3 +259,52 @@ def test_iaf_layers_all_follow_the_models_order():
     for layer in layers:
         j = jacobian(lambda e, layer=layer: layer(e), x)
         assert torch.equal(j, j.tril()) and j.tril(-1).abs().sum() > 0
+
+
+def exp_layer(dim):
+    return ExpTransform()
+
+
+def linear_layer(dim):
+    return nn.Linear(dim, dim)
+
+
+def planar_one_too_many(dim):
+    return Planar(dim + 1)
+
+
+def coupling_one_too_many(dim):
+    return affine_coupling(dim + 1)
+
+
+def broadcast_affine(dim):
+    # One scale broadcast over every coordinate, its log-determinant counted once, not dim times.
+    return AffineTransform(torch.zeros(1), torch.full((1,), 2.0), event_dim=1)
+
+
+def test_a_layer_onto_the_positive_orthant_is_refused_at_set_up():
+    # z = m + L exp(eps) lives on a cone of the unconstrained space with log-normal tails (its
+    # draws reached 4.8e15 in a fit): the guide refuses it when it is set up.
+    guide = pb.AutoFlow(constrained_model, flow=exp_layer, num_flows=1)
+    with pytest.raises(ValueError, match=r"flow=.*ExpTransform maps onto GreaterThan.*not R\^3"):
+        guide()
+    with pytest.raises(ValueError, match=r"flow=.*ExpTransform maps onto"):  # not half set up
+        guide()
+    assert guide.prototype_trace is None and not hasattr(guide, "flows")
+
+
+@pytest.mark.parametrize(
+    ("factory", "error", "match"),
+    [
+        (linear_layer, TypeError, r"flow=.*returned Linear, an nn.Module .* builds none"),
+        (planar_one_too_many, ValueError, r"flow=.*Planar fails on a batch of points of R\^3"),
+        (coupling_one_too_many, ValueError, r"flow=.*AffineCoupling fails on .* R\^3"),
+        (broadcast_affine, ValueError, r"flow=.*AffineTransform reports log\|det J\| = 0.693"),
+    ],
+    ids=["nn.Linear", "Planar(dim + 1)", "affine_coupling(dim + 1)", "broadcast AffineTransform"],
+)
+def test_a_factory_that_is_not_a_flow_on_r_d_is_named(factory, error, match):
+    guide = pb.AutoFlow(constrained_model, flow=factory, num_flows=2)
+    with pytest.raises(error, match=match) as info:
+        guide()
+    assert "a factory dim -> layer must return a bijection of R^dim onto R^dim" in str(info.value)

@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions.transforms import LeakyReLUTransform
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.distributions import AffineTransform, ComposeTransform, SigmoidTransform
@@ -12,9 +13,9 @@ import pyro_blr as pb
 from pyro_blr.guides.lazy_layer import LazyLayer
 
 
-class LazyScaleSigmoid(nn.Module):
-    """A lazy transform without ``call_and_ladj``: y = logit-free sigmoid(a x + b) - 1/2 per
-    coordinate, an elementwise bijection onto (-1/2, 1/2) built from the current a, b."""
+class LazyAffineLeaky(nn.Module):
+    """A lazy transform without ``call_and_ladj``: y = leaky_relu(a x + b) per coordinate, an
+    elementwise bijection of R^D onto R^D built from the current a, b (slope 0.01 below 0)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -23,10 +24,21 @@ class LazyScaleSigmoid(nn.Module):
 
     def forward(self, context=None):
         return ComposeTransform(
-            [
-                AffineTransform(self.b, self.log_a.exp(), event_dim=1),
-                SigmoidTransform().with_cache(),
-            ]
+            [AffineTransform(self.b, self.log_a.exp(), event_dim=1), LeakyReLUTransform()]
+        )
+
+
+class LazyScaleSigmoid(nn.Module):
+    """A lazy transform onto a bounded set: y = sigmoid(a x + b) per coordinate, in (0, 1)^D."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.log_a = nn.Parameter(torch.full((dim,), 0.3))
+        self.b = nn.Parameter(torch.linspace(-0.5, 0.5, dim))
+
+    def forward(self, context=None):
+        return ComposeTransform(
+            [AffineTransform(self.b, self.log_a.exp(), event_dim=1), SigmoidTransform()]
         )
 
 
@@ -38,7 +50,7 @@ def test_the_density_of_a_draw_is_the_change_of_variables():
     # q(z) for z = m + L f(eps): log N(eps) - log|det J_f(eps)| - log|det L|, with J_f the
     # Jacobian computed by autograd in float64.
     pyro.set_rng_seed(0)
-    guide = pb.AutoFlow(model, flow=lambda d: LazyScaleSigmoid(d), num_flows=1)
+    guide = pb.AutoFlow(model, flow=lambda d: LazyAffineLeaky(d), num_flows=1)
     guide()
     layer = guide.flows[0]
     assert isinstance(layer, LazyLayer)
@@ -54,7 +66,7 @@ def test_the_density_of_a_draw_is_the_change_of_variables():
 
 def test_svi_gradients_reach_the_wrapped_modules_parameters():
     pyro.set_rng_seed(0)
-    guide = pb.AutoFlow(model, flow=lambda d: LazyScaleSigmoid(d), num_flows=2)
+    guide = pb.AutoFlow(model, flow=lambda d: LazyAffineLeaky(d), num_flows=2)
     loss = Trace_ELBO().differentiable_loss(model, guide)
     loss.backward()
     for lazy in (layer.lazy for layer in guide.flows):
@@ -68,6 +80,14 @@ def test_a_module_that_builds_no_transform_is_named():
 
     guide = pb.AutoFlow(model, flow=lambda d: NotLazy(), num_flows=1)
     with pytest.raises(TypeError, match=r"NotLazy\(\) returned float, not a .*Transform"):
+        guide()
+
+
+def test_a_lazy_transform_onto_a_bounded_set_is_refused():
+    # Its guide would be confined to a box of the unconstrained space: refused at set-up, by the
+    # codomain of the transform the module builds (LazyLayer itself declares the reals).
+    guide = pb.AutoFlow(model, flow=lambda d: LazyScaleSigmoid(d), num_flows=1)
+    with pytest.raises(ValueError, match=r"flow=.*LazyScaleSigmoid maps onto .*Interval"):
         guide()
 
 
