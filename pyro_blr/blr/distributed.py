@@ -21,6 +21,16 @@ Before the reduction the ranks agree on whether every one of them succeeded; a r
 estimate raised (a non-finite log joint, an error in the model) makes every rank raise, before
 anything is written, so no rank hangs and every guide is left unchanged.
 
+At set-up the ranks agree on the run (:meth:`Collective.join_run`, one all-gather of a small
+signature, see :mod:`pyro_blr.blr.rank_signature`): the same latent dimension, dtype, sites and
+plate sizes on every rank, else every rank raises :class:`RanksDisagree` naming the rank that
+differs and how. Ranks may pass minibatches of different sizes: each rank's estimate is then
+weighted by its share of the data, so that unequal shards give the answer of one process on all
+of the data. A rank that stops early (or runs fewer steps) leaves the others in a collective
+that fails when its peer leaves or when the process group's timeout
+(``init_process_group(timeout=...)``) runs out; that failure is raised as
+:class:`RanksOutOfStep`, naming the fix.
+
 References:
     | Practical Deep Learning with Bayesian Principles (Osawa et al., NeurIPS 2019)
     | https://arxiv.org/abs/1906.02506
@@ -28,18 +38,36 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Collective", "RankFailed", "rank_stream", "shard_indices"]
+from pyro_blr.blr.rank_signature import FIX, data_shares, disagreements
+
+__all__ = [
+    "Collective",
+    "RankFailed",
+    "RanksDisagree",
+    "RanksOutOfStep",
+    "rank_stream",
+    "shard_indices",
+]
 
 
 class RankFailed(RuntimeError):
     """Another rank's step raised; this rank's guide was left unchanged."""
+
+
+class RanksDisagree(ValueError):
+    """The ranks run different models, dtypes or plate sizes (raised on every rank)."""
+
+
+class RanksOutOfStep(RuntimeError):
+    """A collective failed: another rank stopped early, ran fewer steps, or timed out."""
 
 
 class Collective:
@@ -64,23 +92,69 @@ class Collective:
         self.source = dist.get_global_rank(process_group, 0) if process_group else 0
         self.rank_noise = rank_noise
         self.generator: torch.Generator | None = None
+        self.share: float | None = None  # this rank's weight in mean(); None: 1 / world_size
+        self.step = 0  # the step of the last agreement, for error messages
+
+    def _run(self, collective: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``collective(*args, **kwargs)``, its failure (a peer gone, a timeout) raised as
+        :class:`RanksOutOfStep` naming the fix."""
+        try:
+            return collective(*args, **kwargs, group=self.group)
+        except RuntimeError as error:  # gloo and NCCL raise DistBackendError, a RuntimeError
+            raise RanksOutOfStep(
+                f"BLR step {self.step}: rank {self.rank} of {self.world_size} could not reach "
+                f"the other ranks ({type(error).__name__}: {str(error).splitlines()[0]}): "
+                "another rank stopped early, ran fewer steps or failed outside BLR.step. Every "
+                "rank must call BLR.step (and fit) the same number of times; the wait for a "
+                "rank that is gone ends at the process group's timeout, "
+                "torch.distributed.init_process_group(timeout=...)"
+            ) from error
 
     def setup(self, params: Iterable[Tensor], like: Tensor) -> None:
         """Broadcast parameters from rank 0 and seed this rank's particle stream."""
         with torch.no_grad():
             for param in params:
-                dist.broadcast(param.data, src=self.source, group=self.group)
+                self._run(dist.broadcast, param.data, src=self.source)
         if self.rank_noise:
             seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
-            dist.broadcast(seed, src=self.source, group=self.group)  # rank 0's draw everywhere
+            self._run(dist.broadcast, seed, src=self.source)  # rank 0's draw everywhere
             self.generator = torch.Generator(device=like.device)
             self.generator.manual_seed(int(seed) + self.rank)
 
+    def agree_on(
+        self, what: str, values: Mapping[str, Any], may_differ: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Every rank's ``values`` (small: numbers, strings, tuples), in one all-gather; raise
+        :class:`RanksDisagree` on every rank, naming each entry that differs and each rank's
+        value, if the ranks differ outside ``may_differ`` (and the entries ending in
+        :data:`pyro_blr.blr.rank_signature.MINIBATCH`)."""
+        gathered: list[Any] = [None] * self.world_size
+        self._run(dist.all_gather_object, gathered, dict(values))
+        differ = disagreements(gathered, may_differ)
+        if differ:
+            raise RanksDisagree(
+                f"the {self.world_size} ranks disagree on {what}: " + "; ".join(differ) + f". {FIX}"
+            )
+        return gathered
+
+    def join_run(self, signature: Mapping[str, Any]) -> None:
+        """At the run's set-up: check that every rank runs the same model (see
+        :func:`pyro_blr.blr.rank_signature.run_signature`) and weight this rank's estimates by
+        its share of the data in :meth:`mean` (see
+        :func:`pyro_blr.blr.rank_signature.data_shares`)."""
+        gathered = self.agree_on("the model's latent sites, dtype and plate sizes", signature)
+        try:
+            shares = data_shares(gathered)
+        except ValueError as error:
+            raise RanksDisagree(str(error)) from None
+        self.share = None if shares is None else float(shares[self.rank])
+
     def agree(self, error: BaseException | None, step: int) -> None:
         """Raise on every rank if any rank's step raised (this rank's own error, re-raised)."""
+        self.step = step
         failed = torch.zeros(self.world_size, dtype=torch.int64)
         failed[self.rank] = error is not None
-        dist.all_reduce(failed, op=dist.ReduceOp.SUM, group=self.group)
+        self._run(dist.all_reduce, failed, op=dist.ReduceOp.SUM)
         if error is not None:
             raise error
         if failed.any():
@@ -91,11 +165,16 @@ class Collective:
             )
 
     def mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """The average over ranks of every tensor, in one all-reduce of one flat buffer."""
+        """The average over ranks of every tensor, in one all-reduce of one flat buffer: each
+        rank weighted by its share of the data where the ranks' minibatches differ in size
+        (see :meth:`join_run`), else the plain average."""
         like = tensors[0]
         flat = torch.cat([t.reshape(-1).to(like.dtype) for t in tensors])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        flat = flat / self.world_size
+        if self.share is not None:
+            flat = flat * self.share
+        self._run(dist.all_reduce, flat, op=dist.ReduceOp.SUM)
+        if self.share is None:
+            flat = flat / self.world_size
         out, start = [], 0
         for t in tensors:
             out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.dtype))
