@@ -11,6 +11,7 @@ correct only under an enumerating objective (``TraceEnum_ELBO``), which sums the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import pyro.poutine as poutine
@@ -31,6 +32,7 @@ __all__ = [
     "check_prototype",
     "nonfinite_term",
     "rng_state",
+    "warn_latents_below_data_precision",
 ]
 
 
@@ -304,3 +306,48 @@ def check_finite_weights(
         "the log importance weights are not finite although every site's log density is: "
         "their sum overflows"
     )
+
+
+def warn_latents_below_data_precision(model_trace: Trace) -> None:
+    """Warn when an observed site holds float64 data but the latent sites are float32.
+
+    A prior built from float32 constants (``Gamma(torch.tensor(0.1), ...)``, as Pyro's
+    ``examples/sparse_gamma_def.py`` writes it) gives float32 latents whatever the data's dtype;
+    the guide's parameters follow the latents, so the fit runs in float32, as Pyro's SVI runs it.
+    Passing float64 data (``x.double()``) then does not make a float64 fit, which the warning
+    says, naming a latent site and the fix.
+
+    Example:
+        >>> import warnings, pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0), 1.0))
+        ...     pyro.sample("x", dist.Poisson(rate), obs=x)
+        >>> trace = pyro.poutine.trace(model).get_trace(torch.tensor(3.0, dtype=torch.float64))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_latents_below_data_precision(trace)
+        >>> str(caught[0].message).split(":")[0]
+        "observed site 'x' holds float64 data but latent site 'rate' is float32"
+    """
+    latents, observed = [], []
+    for name, site in sample_sites(model_trace, deterministic=False):
+        value = site["value"]
+        if torch.is_tensor(value) and value.is_floating_point():
+            (observed if site["is_observed"] else latents).append((name, value.dtype))
+    if not latents:
+        return
+    latent, dtype = latents[0]
+    finfo = torch.finfo(dtype)
+    for name, data_dtype in observed:
+        if torch.finfo(data_dtype).eps < finfo.eps:
+            warnings.warn(
+                f"observed site '{name}' holds {str(data_dtype).removeprefix('torch.')} data but "
+                f"latent site '{latent}' is {str(dtype).removeprefix('torch.')}: its prior is "
+                "built from constants of that dtype, so the guide and the fit follow it (as "
+                "Pyro's SVI does) and do not reach the data's precision. For a fit in the data's "
+                "dtype, build the priors from it (e.g. torch.tensor(0.1, dtype=x.dtype), or "
+                "x.new_tensor(0.1)) and make a new guide",
+                UserWarning,
+                stacklevel=2,
+            )
+            return

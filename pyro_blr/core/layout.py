@@ -9,7 +9,7 @@ autoguides use, in the same order, so a flat index means the same coordinate to 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from pyro.poutine.trace_struct import Trace
@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
+from pyro_blr.core.data_signature import DataSignature
 from pyro_blr.core.traces import max_plate_nesting
 
 __all__ = ["LatentLayout", "LatentSite", "latent_layout"]
@@ -64,11 +65,16 @@ class LatentLayout:
         sites: the latent sites in the guide's order.
         dim: the total number of coordinates :math:`D`.
         max_plate_nesting: the number of batch dimensions the model's plates use.
+        data: the arrays among the model's arguments when the layout was built for a fit (see
+            :class:`pyro_blr.core.data_signature.DataSignature`): the log joint then refuses
+            later data of another dtype or device, and names an argument whose shape changed
+            when the model fails on it. ``None``: nothing is checked.
     """
 
     sites: tuple[LatentSite, ...]
     dim: int
     max_plate_nesting: int
+    data: DataSignature | None = None
 
     def unpack(self, theta: Tensor) -> dict[str, Tensor]:
         """Split particles ``theta`` of shape ``(S, D)`` into unconstrained site values.
@@ -136,7 +142,11 @@ class LatentLayout:
 
     def with_plate_nesting(self, nesting: int) -> LatentLayout:
         """The same layout for a model said to use ``nesting`` plate dimensions."""
-        return LatentLayout(self.sites, self.dim, nesting)
+        return replace(self, max_plate_nesting=nesting)
+
+    def with_data(self, data: DataSignature | None) -> LatentLayout:
+        """The same layout, checking later data against ``data`` (see :attr:`data`)."""
+        return replace(self, data=data)
 
 
 def latent_layout(

@@ -32,7 +32,9 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
+from pyro_blr.core.data_signature import data_checked
 from pyro_blr.core.layout import LatentLayout, LatentSite
+from pyro_blr.core.model_errors import describe_error
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
 __all__ = [
@@ -93,8 +95,25 @@ def neg_log_joint(
     """
     kwargs = kwargs or {}
     subsample = subsample or {}
-    num_particles = theta.shape[0]
     mode = _mode(vectorize)
+    with data_checked(layout.data, model, args, kwargs):
+        value = _neg_log_joint(model, layout, theta, args, kwargs, mode, terms_out, subsample)
+    # Float32 latents with float64 data (a float32 prior constant) make float64 terms: the value
+    # follows the latent vector in every mode, as the gradient does.
+    return value.to(theta.dtype)
+
+
+def _neg_log_joint(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    mode: str,
+    terms_out: list | None,
+    subsample: dict[str, Tensor],
+) -> Tensor:
+    num_particles = theta.shape[0]
     if mode == "vmap" and terms_out is None:
         return _neg_log_joint_vmap(model, layout, theta, args, kwargs, subsample)
     if mode != "plate":
@@ -144,6 +163,18 @@ def conditioned_trace(
         >>> site["value"], log_det  # exp(0) = 1, log|d exp/dt| = 0
         (tensor(1.), tensor([0.]))
     """
+    with data_checked(layout.data, model, args, kwargs):
+        return _conditioned_trace(model, layout, theta, args, kwargs, subsample)
+
+
+def _conditioned_trace(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    subsample: dict[str, Tensor],
+) -> tuple[Trace, Tensor]:
     values = {}
     log_det = theta.new_zeros(1)
     for site in layout.sites:
@@ -165,7 +196,7 @@ def _neg_log_joint_one(
     terms_out: list | None,
     subsample: dict[str, Tensor],
 ) -> Tensor:
-    trace, log_det = conditioned_trace(model, layout, theta, args, kwargs, subsample)
+    trace, log_det = _conditioned_trace(model, layout, theta, args, kwargs, subsample)
     terms = site_log_probs(trace)
     log_joint = sum(log_prob.sum() for _, log_prob in terms)
     if terms_out is not None:
@@ -291,6 +322,14 @@ def _neg_log_joint_vmap(
     return torch.func.vmap(one, randomness="different")(theta)
 
 
+def _described(error: Exception) -> Exception:
+    """``error`` again with :func:`describe_error`'s message, where its type allows one."""
+    try:
+        return type(error)(f"the model raised {describe_error(error)} at set-up")
+    except Exception:
+        return error
+
+
 def choose_vectorization(
     model: Callable,
     layout: LatentLayout,
@@ -304,8 +343,9 @@ def choose_vectorization(
 
     ``"plate"`` is taken when the plate-vectorized values equal the per-particle loop's on the
     ``probe`` particles (to ``rtol``, float32 round-off), else ``"vmap"`` when it runs and
-    matches, else ``"loop"``; the reason for a fallback is logged once at INFO. Errors of the
-    model itself (raised by the loop) propagate.
+    matches, else ``"loop"``; the reason for a fallback is logged once at INFO, the line that
+    raised where the model's error has no message (a bare ``assert``). Errors of the model
+    itself (raised by the loop) propagate; one without a message gets one naming that line.
 
     Args:
         model: the Pyro model.
@@ -332,13 +372,18 @@ def choose_vectorization(
     """
     kwargs = kwargs or {}
     with torch.no_grad():
-        exact = neg_log_joint(model, layout, probe, args, kwargs, "loop", None, subsample)
+        try:
+            exact = neg_log_joint(model, layout, probe, args, kwargs, "loop", None, subsample)
+        except Exception as error:
+            if str(error).strip():
+                raise
+            raise _described(error) from error  # a bare assert: say which line raised
         reasons = []
         for mode in ("plate", "vmap"):
             try:
                 value = neg_log_joint(model, layout, probe, args, kwargs, mode, None, subsample)
             except Exception as error:
-                reasons.append(f"{mode}: {type(error).__name__}: {str(error).splitlines()[0]}")
+                reasons.append(f"{mode}: {describe_error(error)}")
                 continue
             finite = torch.isfinite(exact)
             same = torch.equal(finite, torch.isfinite(value)) and torch.allclose(

@@ -75,20 +75,34 @@ class _StackedFn:
     """The distributions of one site in per-particle runs, seen as one batched distribution
     with the particles first (left of ``pad`` singleton plate dimensions)."""
 
-    def __init__(self, fns: list, shapes: list, pad: int, shared: bool = False):
-        self.fns, self.shapes, self.pad, self.shared = fns, shapes, pad, shared
+    def __init__(self, fns: list, shapes: list, pad: int, nesting: int, shared: bool = False):
+        self.fns, self.shapes, self.nesting, self.shared = fns, shapes, nesting, shared
         self.event_dim = fns[0].event_dim
         self.has_rsample = fns[0].has_rsample
         self.batch_shape = torch.Size((len(fns), *(1,) * pad, *fns[0].batch_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """Each run's log density on the model's ``nesting`` plate dimensions, stacked: shape
+        ``(K, *plate_dims)``. A run's batch dimensions left of its plates (a model written for a
+        particle plate, e.g. ``w.reshape(-1, A, B)`` in Pyro's sparse gamma DEF, keeps a
+        leading singleton when run alone) are summed, as one run's log joint sums them."""
         rows = [  # observed data are shared by every particle, latent values are not
-            fn.log_prob(value if self.shared else value[k].reshape(shape))
+            _on_plate_dims(
+                torch.as_tensor(fn.log_prob(value if self.shared else value[k].reshape(shape))),
+                self.nesting,
+            )
             for k, (fn, shape) in enumerate(zip(self.fns, self.shapes, strict=True))
         ]
-        first = torch.as_tensor(rows[0])
-        stacked = torch.stack([torch.as_tensor(r).expand(first.shape) for r in rows])
-        return stacked.reshape((len(rows), *(1,) * self.pad, *first.shape))
+        shape = torch.broadcast_shapes(*(r.shape for r in rows))
+        return torch.stack([r.expand(shape) for r in rows])
+
+
+def _on_plate_dims(log_prob: Tensor, nesting: int) -> Tensor:
+    """``log_prob`` with exactly ``nesting`` dimensions: extra leading ones summed, missing
+    ones added as singletons."""
+    if log_prob.dim() > nesting:
+        log_prob = log_prob.sum(tuple(range(log_prob.dim() - nesting)))
+    return log_prob.reshape((*(1,) * (nesting - log_prob.dim()), *log_prob.shape))
 
 
 def _padded(value: Tensor, event_dim: int, nesting: int) -> tuple[Tensor, int]:
@@ -112,10 +126,10 @@ def _stack(traces: list[Trace], nesting: int, latents: set[str]) -> Trace:
             shapes = [v.shape for v in values]
             pad = _padded(values[0], event_dim, nesting)[1]
             if node["is_observed"] and not node["infer"].get("_deterministic"):
-                node["fn"] = _StackedFn(fns, shapes, pad, shared=True)
+                node["fn"] = _StackedFn(fns, shapes, pad, nesting, shared=True)
             else:
                 node["value"] = torch.stack([_padded(v, event_dim, nesting)[0] for v in values])
-                node["fn"] = _StackedFn(fns, shapes, pad)
+                node["fn"] = _StackedFn(fns, shapes, pad, nesting)
         stacked.add_node(name, **{k: v for k, v in node.items() if k != "name"})
     return stacked
 

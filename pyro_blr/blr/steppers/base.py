@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -28,6 +29,10 @@ from pyro_blr.core import (
     trace_without_rng,
     validate_site_shapes,
 )
+from pyro_blr.core.checks import warn_latents_below_data_precision
+from pyro_blr.core.data_signature import DataSnapshot, data_arrays, data_signature
+from pyro_blr.core.gradient_probe import check_differentiable
+from pyro_blr.core.model_errors import describe_error
 
 __all__ = [
     "KEPT",
@@ -196,8 +201,47 @@ def prepare_layout(
 
     ``vectorize_particles="auto"`` takes the fastest of plate, ``torch.func.vmap`` and loop that
     matches one model run per particle on three probe particles (see
-    :func:`pyro_blr.core.choose_vectorization`); ``True``/``False`` force plate/loop.
+    :func:`pyro_blr.core.choose_vectorization`); ``True``/``False`` force plate/loop. The model's
+    log joint is then differentiated once at a probe particle
+    (:func:`pyro_blr.core.gradient_probe.check_differentiable`), so that a model the rule cannot
+    differentiate is refused naming the site.
+
+    What goes wrong in set-up is reported as the model's reason: a model that changes its input
+    in place is refused naming the argument (its values restored), and so is a NumPy array the
+    model fails on. The layout records the data (:meth:`~pyro_blr.core.LatentLayout.with_data`),
+    so that a later step with data of another dtype, device or feature count is refused naming
+    the argument.
     """
+    snapshot = DataSnapshot(model, args, kwargs)
+    try:
+        layout, mode = _prepare_layout(model, guide, args, kwargs, options, allow_local)
+    except Exception as error:
+        snapshot.check(cause=error)
+        _check_numpy_arguments(model, args, kwargs, error)
+        raise
+    snapshot.check()
+    return layout.with_data(data_signature(model, args, kwargs)), mode
+
+
+def _check_numpy_arguments(model: Callable, args: tuple, kwargs: dict, error: Exception) -> None:
+    """Name a NumPy array among the arguments of a model that failed to set up."""
+    for name, value in data_arrays(model, args, kwargs):
+        if isinstance(value, np.ndarray):
+            raise TypeError(
+                f"{name} is a NumPy array, and the model fails on its arguments "
+                f"({describe_error(error)}): Pyro models take torch tensors; pass "
+                "torch.as_tensor(...) of it (of the dtype the fit should have)"
+            ) from error
+
+
+def _prepare_layout(
+    model: Callable,
+    guide: Any,
+    args: tuple,
+    kwargs: dict,
+    options: StepOptions,
+    allow_local: bool,
+) -> tuple[LatentLayout, str]:
     like = initialize_guide(guide, args, kwargs)
     if like.dtype not in (torch.float32, torch.float64):
         raise TypeError(
@@ -227,12 +271,14 @@ def prepare_layout(
                 "to have it found"
             )
         layout = layout.with_plate_nesting(options.max_plate_nesting)
+    warn_latents_below_data_precision(model_trace)
     mode = options.vectorize_particles
-    if mode == "auto":
-        with rng_kept(like):
-            probe = torch.randn(3, layout.dim, dtype=like.dtype, device=like.device)
-            subsample = subsample_indices(model_trace)
+    subsample = subsample_indices(model_trace)
+    with rng_kept(like):
+        probe = torch.randn(3, layout.dim, dtype=like.dtype, device=like.device)
+        if mode == "auto":
             mode = choose_vectorization(model, layout, probe, args, kwargs, subsample=subsample)
+        check_differentiable(model, layout, probe[0], args, kwargs, subsample)
     return layout, mode
 
 
