@@ -21,6 +21,8 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_site_shape
 from torch import Tensor
 
+from pyro_blr.core.plates import full_size, is_subsampled
+
 __all__ = [
     "PARTICLE_PLATE",
     "guess_max_plate_nesting",
@@ -81,8 +83,8 @@ def unsubsampled_scale(site: dict):
     """
     factor = 1.0
     for frame in site["cond_indep_stack"]:
-        if frame.full_size is not None and frame.full_size != frame.size:
-            factor *= frame.full_size / frame.size
+        if is_subsampled(frame):
+            factor *= full_size(frame) / frame.size
     return site["scale"] / factor
 
 
@@ -138,17 +140,12 @@ def num_observations(trace: Trace) -> int:
         >>> num_observations(poutine.trace(model).get_trace(torch.zeros(1000)))
         1000
     """
-    full_sizes = {  # a plate's subsample site holds its full size
-        name: site["fn"].size
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and site_is_subsample(site)
-    }
     largest = 1
     for _, site in sample_sites(trace, deterministic=False):
         if site["is_observed"]:
             size = 1
             for frame in site["cond_indep_stack"]:
-                size *= full_sizes.get(frame.name, frame.size)
+                size *= full_size(frame)  # a sequential plate's sites each count its full size
             largest = max(largest, size)
     return largest
 
