@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyro_blr.core import model_keywords
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, from_dict, psis_smooth, to_numpy
 from pyro_blr.diagnostics.draws import draw
+from pyro_blr.diagnostics.inputs import check_finite_inputs_at_draw
 from pyro_blr.diagnostics.psis import check_num_samples
 
 __all__ = ["to_inference_data"]
@@ -32,6 +34,7 @@ def to_inference_data(
     num_chains: int = 1,
     psis: bool = False,
     max_plate_nesting: int | None = None,
+    model_kwargs: dict | None = None,
     **kwargs: Any,
 ) -> Any:
     r"""Draw from ``guide`` and return an ArviZ ``InferenceData`` of the model's posterior.
@@ -58,6 +61,10 @@ def to_inference_data(
         num_chains: how many equal groups to split them into (must divide ``num_samples``).
         psis: resample the draws by PSIS weights.
         max_plate_nesting: the model's plate nesting (found from a trace when not given).
+        model_kwargs: the model's keyword arguments, given as a dict; required when the model
+            has an argument named like an option of this function (``num_samples``,
+            ``num_chains``, ``psis``, ``max_plate_nesting``), which would otherwise be taken for
+            the option.
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -65,8 +72,11 @@ def to_inference_data(
         copied to the CPU (``.detach().cpu()``), whatever the device of the model's tensors.
 
     Raises:
+        TypeError: a model argument named like an option without ``model_kwargs=``.
         ValueError: a bad ``num_samples`` or ``num_chains``, a latent site local to a subsampled
-            plate, or a discrete latent site the guide does not sample (it would be drawn from
+            plate, a sequential plate (``for i in pyro.plate(...)``) that is subsampled, data or
+            inputs of an observed site holding NaN or inf (naming the site), or a discrete latent
+            site the guide does not sample (it would be drawn from
             its prior and scored as data).
 
     References:
@@ -87,11 +97,14 @@ def to_inference_data(
         >>> idata.posterior["mu"].shape, idata.log_likelihood["y"].dims
         ((1, 200), ('chain', 'draw', 'data'))
     """
+    options = ("num_samples", "num_chains", "psis", "max_plate_nesting")
+    kwargs = model_keywords(model, "to_inference_data", options, kwargs, model_kwargs)
     num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES if psis else 1)
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
         raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
     if num_samples % num_chains:
         raise ValueError(f"num_chains={num_chains} must divide num_samples={num_samples}")
+    check_finite_inputs_at_draw(model, guide, args, kwargs, "to_inference_data")
     with torch.no_grad():
         draws = draw(model, guide, args, kwargs, num_samples, max_plate_nesting)
     index = None

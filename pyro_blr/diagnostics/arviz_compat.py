@@ -11,7 +11,11 @@ to ``arviz_stats``) differ in three places this package touches:
   (so the ratios are passed negated). Both fit a generalized Pareto distribution to the largest
   :math:`M = \lceil\min(S/5,\ 3\sqrt{S})\rceil` ratios (0.x) or
   :math:`\lfloor\cdot\rfloor`-rounded (1.x); :data:`MIN_PSIS_SAMPLES` draws give both at least
-  the five tail draws a fit needs.
+  the six tail draws a fit needs (ArviZ 1.x's fit returns :math:`\hat k` = NaN on five: its
+  first-quartile draw is then the smallest).
+* **ELPD results.** :func:`elpd_data` builds ``arviz.ELPDData``: a pandas ``Series`` with
+  ``elpd_loo``, ``loo_i``, ... (0.x) or the ``ELPDDataLOO`` dataclass of ``arviz_stats`` with
+  ``elpd``, ``elpd_i``, ... (1.x); either goes into ``az.compare``.
 * **Building the data.** :func:`from_dict` calls ``az.from_dict`` with one keyword per group
   (0.x) or one dict of groups and root attributes under ``"/"`` (1.x).
 
@@ -26,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from typing import Any
@@ -33,11 +38,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MIN_PSIS_SAMPLES", "from_dict", "import_arviz", "psis_smooth", "to_numpy"]
+__all__ = [
+    "MIN_PSIS_SAMPLES",
+    "elpd_data",
+    "from_dict",
+    "import_arviz",
+    "psis_smooth",
+    "to_numpy",
+]
 
-MIN_PSIS_SAMPLES = 25
-"""The fewest draws PSIS accepts here: both ArviZ generations then fit at least five tail draws
-(ArviZ 1.x refuses fewer; ArviZ 0.x returns :math:`\\hat k = \\infty`)."""
+MIN_PSIS_SAMPLES = 30
+"""The fewest draws PSIS accepts here: both ArviZ generations then fit at least six tail draws
+(ArviZ 1.x refuses fewer than five and returns :math:`\\hat k` = NaN on five, since the first
+quartile of five tail draws is their minimum; ArviZ 0.x returns :math:`\\hat k = \\infty`)."""
 
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
@@ -163,6 +176,11 @@ def psis_smooth(log_ratios: Any) -> tuple[np.ndarray, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # log(0) for zero weights
         smoothed, khat = _psislw()(ratios)
+    if np.isnan(khat):
+        raise ValueError(
+            f"PSIS could not fit a Pareto tail to {len(ratios)} log ratios (ArviZ returned "
+            "k-hat = NaN: the smallest tail ratios tie); draw more samples (num_samples=...)"
+        )
     smoothed = np.asarray(smoothed, dtype=np.float64)
     smoothed = smoothed - np.logaddexp.reduce(smoothed)
     return smoothed, float(khat)
@@ -190,3 +208,60 @@ def from_dict(groups: dict, coords: dict, dims: dict, attrs: dict) -> Any:
         return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
     # ArviZ 1.x: a dict of groups; attributes per group, "/" for the root.
     return az.from_dict(groups, coords=coords, dims=dims, attrs={"/": attrs})
+
+
+def elpd_data(
+    elpd: float, se: float, p: float, num_samples: int, pointwise: np.ndarray, dim: str
+) -> Any:
+    """ArviZ's ``ELPDData`` of a leave-one-out estimate without Pareto :math:`\\hat k`, for either
+    generation, as ``az.loo(..., pointwise=True)`` fills it (``scale="log"``, no warning).
+
+    Args:
+        elpd: :math:`\\sum_i \\log p(y_i \\mid y_{\\setminus i})`.
+        se: its standard error.
+        p: the effective number of parameters.
+        num_samples: the draws it took (0 for a closed form).
+        pointwise: the :math:`N` terms.
+        dim: the name of their dimension (the data plate).
+
+    Example:
+        >>> import numpy as np
+        >>> result = elpd_data(-3.0, 0.5, 1.2, 0, np.array([-1.0, -2.0]), "data")
+        >>> type(result).__name__
+        'ELPDData'
+    """
+    import xarray as xr
+
+    az = import_arviz()
+    pointwise = np.asarray(pointwise, dtype=np.float64)
+    num_data = len(pointwise)
+    values = xr.DataArray(pointwise, dims=[dim], coords={dim: np.arange(num_data)}, name="loo_i")
+    container = getattr(az, "ELPDData", None)
+    if container is not None and not dataclasses.is_dataclass(container):  # ArviZ 0.x
+        fields = {
+            "elpd_loo": float(elpd),
+            "se": float(se),
+            "p_loo": float(p),
+            "n_samples": int(num_samples),
+            "n_data_points": num_data,
+            "warning": False,
+            "loo_i": values,
+            "scale": "log",
+        }
+        return container(data=list(fields.values()), index=list(fields))
+    try:  # ArviZ 1.x: the LOO kind, so that az.compare labels it as az.loo's
+        from arviz_stats.utils import ELPDDataLOO as container
+    except ImportError:  # pragma: no cover - an arviz_stats without the LOO subclass
+        if container is None:
+            raise ImportError("ELPD results need arviz.ELPDData: pip install arviz") from None
+    return container(
+        elpd=float(elpd),
+        se=float(se),
+        p=float(p),
+        n_samples=int(num_samples),
+        n_data_points=num_data,
+        scale="log",
+        warning=False,
+        good_k=0.7,
+        elpd_i=values.rename("elpd_i"),
+    )

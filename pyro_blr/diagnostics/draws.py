@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
@@ -24,13 +26,16 @@ from torch import Tensor
 
 from pyro_blr.core import (
     PARTICLE_PLATE,
+    check_full_data,
     check_model_and_guide,
     guess_max_plate_nesting,
+    is_subsampled,
     replay_particles,
     sample_sites,
     sum_per_particle,
     unsubsampled_scale,
 )
+from pyro_blr.distributions import VonMises
 
 __all__ = ["Draws", "draw"]
 
@@ -87,6 +92,9 @@ def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> T
     with poutine.block():
         proto_guide = poutine.trace(guide).get_trace(*args, **kwargs)
         proto = poutine.trace(poutine.replay(model, trace=proto_guide)).get_trace(*args, **kwargs)
+    # A vectorized minibatch is covered minibatch by minibatch below; a sequential plate's sites
+    # are named by the indices drawn (y_3, y_7, ...), so the others cannot be addressed.
+    check_full_data(proto, "to_inference_data", sequential_only=True)
     check_model_and_guide(model, guide, args, kwargs)
     subsampled = _subsampled_plates(proto)
     for name, site in sample_sites(proto):
@@ -105,7 +113,7 @@ def _subsampled_plates(proto: Trace) -> dict:
         f.name: f
         for _, site in sample_sites(proto)
         for f in site["cond_indep_stack"]
-        if f.vectorized and f.full_size is not None and f.full_size != f.size
+        if f.vectorized and is_subsampled(f)
     }
 
 
@@ -247,6 +255,23 @@ class _Resample(UnconditionMessenger):
     def _pyro_sample(self, msg: dict) -> None:
         if msg["name"] in self.names:
             super()._pyro_sample(msg)
+            msg["fn"] = _safe_sampler(msg["fn"])
+
+
+def _safe_sampler(fn):
+    """``fn`` with torch's von Mises sampler, which never returns at a huge concentration (its
+    rejection loop stops terminating near 1e17), replaced by this package's (Gaussian limit above
+    2^26): the same distribution, through Pyro's wrappers (independent, expanded, masked; a
+    mask does not change what is drawn)."""
+    if isinstance(fn, torch.distributions.VonMises) and not isinstance(fn, VonMises):
+        return VonMises(fn.loc, fn.concentration)
+    if isinstance(fn, torch.distributions.Independent):
+        return dist.Independent(_safe_sampler(fn.base_dist), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, MaskedDistribution):
+        return _safe_sampler(fn.base_dist)
+    if isinstance(fn, ExpandedDistribution):
+        return _safe_sampler(fn.base_dist).expand(fn.batch_shape)
+    return fn
 
 
 def _per_draw(value: Tensor, num: int, shape: torch.Size) -> Tensor:

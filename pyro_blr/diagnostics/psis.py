@@ -26,8 +26,10 @@ import torch
 from pyro_blr.core import (
     check_finite_weights,
     check_model_and_guide,
+    check_model_full_data,
     guess_max_plate_nesting,
     log_weights,
+    model_keywords,
     rng_state,
 )
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz, psis_smooth
@@ -68,6 +70,7 @@ def psis_diagnostic(
     *args: Any,
     num_samples: int = 1000,
     max_plate_nesting: int | None = None,
+    model_kwargs: dict | None = None,
     **kwargs: Any,
 ) -> PSISDiagnostic:
     r"""Pareto :math:`\hat k` and effective sample size of ``guide`` as a proposal for ``model``.
@@ -82,6 +85,9 @@ def psis_diagnostic(
             largest :math:`\min(S/5, 3\sqrt S)` ratios; a few hundred give a stable
             :math:`\hat k`).
         max_plate_nesting: the model's plate nesting (found from a trace when not given).
+        model_kwargs: the model's keyword arguments, given as a dict; required when the model
+            has an argument named like an option of this function (``num_samples``,
+            ``max_plate_nesting``), which would otherwise be taken for the option.
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -90,7 +96,9 @@ def psis_diagnostic(
         :func:`~pyro_blr.diagnostics.arviz_compat.psis_smooth`).
 
     Raises:
-        ValueError: ``num_samples`` below the minimum, a subsampled plate, a discrete latent
+        TypeError: a model argument named like an option without ``model_kwargs=``.
+        ValueError: ``num_samples`` below the minimum, a subsampled plate (vectorized or
+            sequential, ``for i in pyro.plate(..., subsample_size=B)``), a discrete latent
             site the guide does not sample, or a log density that is NaN or :math:`+\infty`
             (naming the site).
 
@@ -108,7 +116,10 @@ def psis_diagnostic(
         >>> pb.psis_diagnostic(model, too_narrow, num_samples=2000).khat > 0.7
         True
     """
+    options = ("num_samples", "max_plate_nesting")
+    kwargs = model_keywords(model, "psis_diagnostic", options, kwargs, model_kwargs)
     num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES)
+    check_model_full_data(model, guide, args, kwargs, "psis_diagnostic")
     check_model_and_guide(model, guide, args, kwargs)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
@@ -116,11 +127,6 @@ def psis_diagnostic(
     weights = log_weights(
         model, guide, args, kwargs, num_samples, max_plate_nesting, require_rsample=False
     )
-    if weights.subsampled:
-        raise ValueError(
-            f"psis_diagnostic needs the full data, but plate {list(weights.subsampled)} is "
-            "subsampled: call the model without subsample_size"
-        )
     joint = weights.joint
     if torch.isnan(joint).any() or torch.isposinf(joint).any():  # -inf is a zero weight: fine
         check_finite_weights(model, guide, args, kwargs, num_samples, max_plate_nesting, state)

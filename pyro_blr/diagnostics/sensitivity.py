@@ -37,14 +37,23 @@ from torch import Tensor
 from pyro_blr.core import (
     GaussianGuide,
     LatentLayout,
+    check_full_data,
     check_gaussian_guide,
+    derivatives,
+    full_size,
     initialize_guide,
+    is_subsampled,
     latent_layout,
+    model_keywords,
+    neg_log_joint,
     sample_sites,
     site_log_probs,
     trace_without_rng,
+    validate_site_shapes,
 )
-from pyro_blr.diagnostics.arviz_compat import import_arviz, to_numpy
+from pyro_blr.diagnostics.arviz_compat import elpd_data, to_numpy
+from pyro_blr.diagnostics.fixed_point import check_fixed_point
+from pyro_blr.diagnostics.inputs import check_finite_inputs
 from pyro_blr.diagnostics.psis import check_num_samples
 
 __all__ = ["PREDICTIVES", "LOOSensitivity", "loo_sensitivity"]
@@ -102,60 +111,35 @@ class LOOSensitivity(NamedTuple):
     def to_elpd_data(self) -> Any:
         """This estimate as ArviZ's ``ELPDData``, beside PSIS-LOO in ``az.compare``.
 
-        The fields are those ``az.loo(..., pointwise=True)`` fills (``elpd_loo``, ``se``,
-        ``p_loo``, ``n_samples``, ``n_data_points``, ``warning``, ``loo_i`` with the plate as
-        its dimension, ``scale="log"``), without Pareto :math:`\\hat k`: no importance
-        sampling is done. Needs ArviZ 0.x (``arviz.ELPDData``).
-
-        Raises:
-            ImportError: the installed ArviZ has no ``ELPDData`` (ArviZ 1.x).
+        The fields are those ``az.loo(..., pointwise=True)`` fills (ArviZ 0.x: ``elpd_loo``,
+        ``se``, ``p_loo``, ``n_samples``, ``n_data_points``, ``warning``, ``loo_i`` with the
+        plate as its dimension, ``scale="log"``; ArviZ 1.x: the same as ``elpd``, ``se``,
+        ``p``, ..., ``elpd_i`` of an ``ELPDDataLOO``), without Pareto :math:`\\hat k`: no
+        importance sampling is done. See
+        :func:`~pyro_blr.diagnostics.arviz_compat.elpd_data`.
 
         Example:
             >>> import pyro, pyro.distributions as dist, torch
             >>> from pyro.infer.autoguide import AutoNormal
+            >>> import pyro_blr as pb
             >>> def model(y):
             ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
             ...     with pyro.plate("data", len(y)):
             ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
             >>> y = torch.tensor([0.5, 1.5, 1.0])
-            >>> elpd = loo_sensitivity(model, AutoNormal(model), y).to_elpd_data()
-            >>> elpd["n_data_points"], elpd["loo_i"].dims, elpd["scale"]
-            (3, ('data',), 'log')
+            >>> guide = AutoNormal(model)
+            >>> _ = pb.BLR(model, guide, lr=1.0, rule="newton").step(y)  # the exact posterior
+            >>> elpd = loo_sensitivity(model, guide, y).to_elpd_data()
+            >>> type(elpd).__name__.startswith("ELPDData")
+            True
         """
-        az = import_arviz()
-        elpd_data = getattr(az, "ELPDData", None)
-        if elpd_data is None:  # pragma: no cover - ArviZ 1.x
-            raise ImportError(
-                "to_elpd_data needs ArviZ 0.x (arviz.ELPDData): pip install 'arviz<1'"
-            )
-        import xarray as xr
-
-        loo_i = to_numpy(self.loo_lpd).astype("float64")
-        num_data = len(loo_i)
-        pointwise = xr.DataArray(
-            loo_i, dims=[self.plate], coords={self.plate: range(num_data)}, name="loo_i"
-        )
         return elpd_data(
-            data=[
-                float(self.elpd_loo),
-                float(self.se),
-                float(self.p_loo),
-                self.num_samples,
-                num_data,
-                False,
-                pointwise,
-                "log",
-            ],
-            index=[
-                "elpd_loo",
-                "se",
-                "p_loo",
-                "n_samples",
-                "n_data_points",
-                "warning",
-                "loo_i",
-                "scale",
-            ],
+            float(self.elpd_loo),
+            float(self.se),
+            float(self.p_loo),
+            self.num_samples,
+            to_numpy(self.loo_lpd),
+            self.plate,
         )
 
 
@@ -166,6 +150,7 @@ def loo_sensitivity(
     plate: str | None = None,
     predictive: str = "auto",
     num_samples: int = 256,
+    model_kwargs: dict | None = None,
     **kwargs: Any,
 ) -> LOOSensitivity:
     r"""Leave-one-out sensitivity of a Gaussian posterior by the memory-perturbation equation.
@@ -183,8 +168,20 @@ def loo_sensitivity(
         S_{\setminus i} = S - H_i, \qquad
         m_{\setminus i} = m - S_{\setminus i}^{-1} \nabla\ell_i(m).
 
-    For a diagonal guide (``AutoNormal``, ``AutoDiagonalNormal``) the downdate keeps the guide's
-    family: :math:`S_{\setminus i} = S - \operatorname{diag} H_i`. The LOO predictive density
+    For a diagonal guide (``AutoNormal``, ``AutoDiagonalNormal``) the guide's precision is only
+    the diagonal of the curvature, so the Newton step takes the full Hessian
+    :math:`P = \nabla^2\ell(m)` of the negative log joint instead,
+    :math:`m_{\setminus i} = m - (P - H_i)^{-1}\nabla\ell_i(m)`, and the leave-one-out guide
+    keeps the family: :math:`S_{\setminus i} = S - \operatorname{diag} H_i`. On a conjugate
+    Gaussian model this is exactly the diagonal guide refitted without datum :math:`i` (the
+    mean-field optimum has the exact mean and precision :math:`\operatorname{diag} P`); its
+    predictive densities are those of that refit, narrower than the exact posterior's.
+
+    The guide must be fitted: its distance from the delta method's fixed point
+    (:func:`~pyro_blr.diagnostics.fixed_point.fixed_point_gap`: the Newton step from :math:`m`
+    in posterior standard deviations, and the factor between :math:`S` and the curvature) is
+    measured first; a guide far from it is refused, one near it is warned about with the error
+    it implies. The LOO predictive density
     :math:`\log p(y_i \mid q_{\setminus i}) = \log \mathbb E_{q_{\setminus i}}\, e^{\ell_i}`
     is computed
 
@@ -213,18 +210,28 @@ def loo_sensitivity(
             in more than one plate.
         predictive: ``"auto"``, ``"quadratic"`` or ``"sample"`` (see above).
         num_samples: Monte Carlo draws per datum for ``"sample"``.
+        model_kwargs: the model's keyword arguments, given as a dict; required when the model
+            has an argument named like an option of this function (``plate``, ``predictive``,
+            ``num_samples``), which would otherwise be taken for the option.
         **kwargs: the model's keyword arguments.
 
     Returns:
         A :class:`LOOSensitivity`; ``.to_elpd_data()`` gives ArviZ's ``ELPDData``.
 
     Raises:
-        TypeError: the guide is not one of Pyro's Gaussian autoguides.
-        ValueError: no observed site in a plate, observed sites in several plates and no
+        TypeError: the guide is not one of Pyro's Gaussian autoguides, or a model argument
+            named like an option without ``model_kwargs=``.
+        ValueError: a guide far from a fixed point (never fitted), a subsampled plate
+            (vectorized or sequential), an observed site whose shape does not match its plates,
+            data or inputs holding NaN or inf (naming the site), no observed site in a plate,
+            observed sites in several plates and no
             ``plate=``, a subsampled data plate, a latent site local to the data plate (naming
             it: leaving a datum out would also remove its latent), or a datum whose curvature
             exceeds the posterior's (:math:`S - H_i` not positive definite: the guide is not at
             a fixed point of the learning rule for this model).
+
+    Warns:
+        UserWarning: a guide near but not at a fixed point, with the error it implies.
 
     Note:
         Cost: one model run gives all :math:`N` per-datum terms; the gradients take :math:`D`
@@ -264,16 +271,24 @@ def loo_sensitivity(
         >>> torch.allclose(guide.loc + loo.mean_shift[0], refit), loo.method
         (True, 'quadratic')
     """
+    entry = "loo_sensitivity"
+    options = ("plate", "predictive", "num_samples")
+    kwargs = model_keywords(model, entry, options, kwargs, model_kwargs)
     if predictive not in PREDICTIVES:
         raise ValueError(f"predictive must be one of {PREDICTIVES}, got {predictive!r}")
     num_samples = check_num_samples(num_samples)
-    check_gaussian_guide(guide, "loo_sensitivity")
+    check_gaussian_guide(guide, entry)
     like = initialize_guide(guide, args, kwargs)
     full_trace = trace_without_rng(model, args, kwargs, like)
+    # a sequential plate is named here; a vectorized one by _data_plate, with the data plate
+    check_full_data(full_trace, entry, " (leave-one-out needs every datum)", sequential_only=True)
     layout = latent_layout(guide.prototype_trace, full_trace)
-    plate, num_data, dim, data_sites = _data_plate(full_trace, layout, plate)
     loc, precision = GaussianGuide(guide, layout).read()
     loc, precision = loc.detach(), precision.detach()
+    with pyro.validation_enabled(False), torch.no_grad():  # NaN or inf data: site and datum named
+        check_finite_inputs(_condition(model, layout, loc, args, kwargs), entry)
+    validate_site_shapes(full_trace)  # y of shape (N, 1) in a plate of N: named by Pyro
+    plate, num_data, dim, data_sites = _data_plate(full_trace, layout, plate)
     diagonal = precision.dim() == 1
     precision_matrix = torch.diag_embed(precision) if diagonal else precision
 
@@ -283,18 +298,33 @@ def loo_sensitivity(
     grad, hess = _derivatives(log_lik, loc)
     grad, hess = grad.to(loc.dtype), hess.to(loc.dtype)  # the data's dtype, whatever the model's
     curvature = -hess  # H_i
+    joint = derivatives(
+        lambda theta: neg_log_joint(model, layout, theta, args, kwargs, vectorize="loop"),
+        loc[None],
+        hessian=True,
+    )
+    joint_grad, joint_hess = joint.grad[0].to(loc.dtype), joint.hess[0].to(loc.dtype)
+    check_fixed_point(joint_grad, joint_hess, precision, entry)
+    # The Newton step to the leave-one-out mean needs the full curvature of the remaining data:
+    # a full guide's precision is that curvature at its fixed point, a diagonal guide's is only
+    # its diagonal, so for it the Hessian of the log joint is used. The leave-one-out guide then
+    # keeps the guide's family: S - H_i, or diag(S) - diag(H_i) (the mean-field fixed point).
+    newton_precision = joint_hess if diagonal else precision_matrix
     removed = torch.diag_embed(curvature.diagonal(dim1=-2, dim2=-1)) if diagonal else curvature
     loo_precision = precision_matrix - removed
     loo_chol, info = torch.linalg.cholesky_ex(loo_precision)
-    if (info != 0).any():
-        bad = torch.nonzero(info).flatten()[:5].tolist()
+    newton_chol, newton_info = (
+        torch.linalg.cholesky_ex(newton_precision - curvature) if diagonal else (loo_chol, info)
+    )
+    if (info != 0).any() or (newton_info != 0).any():
+        bad = torch.nonzero((info != 0) | (newton_info != 0)).flatten()[:5].tolist()
         raise ValueError(
             f"leaving out datum {bad} of plate '{plate}' leaves a precision S - H_i that is not "
             "positive definite: the datum's curvature exceeds the posterior's, so the guide is "
             "not at a fixed point of the learning rule for this model (fit it longer, e.g. with "
             "pb.BLR(rule='newton'))"
         )
-    shift = -torch.cholesky_solve(grad[..., None], loo_chol)[..., 0]
+    shift = -torch.cholesky_solve(grad[..., None], newton_chol)[..., 0]
     influence = (shift * (precision_matrix @ shift[..., None])[..., 0]).sum(-1).clamp(min=0).sqrt()
     chol = torch.linalg.cholesky(precision_matrix)
     variance = torch.cholesky_solve(curvature, chol).diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -368,10 +398,9 @@ def _data_plate(
             f"no observed site lies in plate '{plate}' (plates of observed sites: {list(plates)})"
         )
     frame = frames[plate]
-    full_size = frame.full_size if frame.full_size is not None else frame.size
-    if full_size != frame.size:
+    if is_subsampled(frame):
         raise ValueError(
-            f"plate '{plate}' is subsampled ({frame.size} of {full_size}): leave-one-out "
+            f"plate '{plate}' is subsampled ({frame.size} of {full_size(frame)}): leave-one-out "
             "sensitivity needs the full data; call the model without subsample_size"
         )
     for latent in layout.sites:

@@ -37,8 +37,10 @@ from torch import Tensor
 from pyro_blr.core import (
     check_finite_weights,
     check_model_and_guide,
+    check_model_full_data,
     guess_max_plate_nesting,
     log_weights,
+    model_keywords,
     rng_state,
 )
 from pyro_blr.objectives.renyi import as_alpha, renyi_bound
@@ -80,6 +82,7 @@ def log_evidence(
     alpha: float = 0.5,
     chunk_size: int = 256,
     max_plate_nesting: int | None = None,
+    model_kwargs: dict | None = None,
     **kwargs: Any,
 ) -> LogEvidence:
     r"""Estimate :math:`\log p(\mathcal D)` by importance sampling from ``guide``.
@@ -94,14 +97,20 @@ def log_evidence(
             tensor is accepted).
         chunk_size: particles drawn per vectorized model run.
         max_plate_nesting: the model's plate nesting (found from a trace when not given).
+        model_kwargs: the model's keyword arguments, given as a dict; required when the model
+            has an argument named like an option of this function (``method``,
+            ``num_particles``, ``alpha``, ``chunk_size``, ``max_plate_nesting``), which would
+            otherwise be taken for the option.
         **kwargs: the model's keyword arguments.
 
     Returns:
         ``LogEvidence(value, stderr)``.
 
     Raises:
+        TypeError: a model argument named like an option without ``model_kwargs=``.
         ValueError: an unknown method, bad ``num_particles``/``chunk_size``/``alpha``, a model
-            that subsamples (the evidence is of the full data), a discrete latent site the
+            that subsamples, with a vectorized or a sequential plate (the evidence is of the
+            full data), a discrete latent site the
             guide leaves out (enumerated: it would be drawn from its prior and scored as data),
             or a log weight that is not finite (the error names the site whose log density is
             not: a :math:`-\infty` likelihood term means data impossible under some draw).
@@ -117,6 +126,8 @@ def log_evidence(
         >>> abs(estimate.value) < 1e-6 and estimate.stderr < 1e-6
         True
     """
+    options = ("method", "num_particles", "alpha", "chunk_size", "max_plate_nesting")
+    kwargs = model_keywords(model, "log_evidence", options, kwargs, model_kwargs)
     _check_arguments(method, num_particles, chunk_size)
     if method == "renyi":
         alpha = as_alpha(alpha)
@@ -126,6 +137,7 @@ def log_evidence(
                 "method='elbo'; the limits alpha=+-inf, the smallest and largest log weight, "
                 "have no delta-method standard error: use pb.RenyiELBO for them)"
             )
+    check_model_full_data(model, guide, args, kwargs, "log_evidence")
     check_model_and_guide(model, guide, args, kwargs)
     nesting = (
         guess_max_plate_nesting(model, guide, args, kwargs)
@@ -137,11 +149,6 @@ def log_evidence(
         size = min(chunk_size, num_particles - start)
         state = rng_state()
         weights = log_weights(model, guide, args, kwargs, size, nesting, require_rsample=False)
-        if weights.subsampled:
-            raise ValueError(
-                f"log_evidence needs the full data, but plate {list(weights.subsampled)} is "
-                "subsampled: call the model without subsample_size"
-            )
         if not torch.isfinite(weights.joint).all():
             check_finite_weights(model, guide, args, kwargs, size, nesting, state)
         chunks.append(weights.joint if weights.local is None else weights.local)

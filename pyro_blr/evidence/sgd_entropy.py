@@ -33,15 +33,16 @@ from typing import Any, NamedTuple
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_blr.core import (
     LatentLayout,
+    check_full_data,
     check_latent_masks,
     choose_vectorization,
     hessian_from_grad,
     latent_layout,
+    model_keywords,
     neg_log_joint,
     nonfinite_term,
     rng_kept,
@@ -282,14 +283,11 @@ def _setup(
     """The model's latent layout, the dtype and device of its values, m_0 and P."""
     with poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and site_is_subsample(site):
-            if site["value"].numel() != site["fn"].size:
-                raise ValueError(
-                    f"sgd_evidence needs the full data, but plate '{name}' is subsampled: the "
-                    "best bound, a maximum over steps, would pick up the minibatch noise of each "
-                    "step's estimate and lie above log p(D); pass the full data"
-                )
+    why = (
+        " (the best bound, a maximum over steps, would pick up the minibatch noise of each "
+        "step's estimate and lie above log p(D))"
+    )
+    check_full_data(trace, "sgd_evidence", why)
     check_latent_masks(trace)
     validate_site_shapes(trace)  # a value broadcasting against a plate is named, not summed
     layout = latent_layout(trace, trace)
@@ -394,6 +392,7 @@ def sgd_evidence(
     init_scale: float = 1.0,
     preconditioner: Tensor | None = None,
     num_probes: int = 1,
+    model_kwargs: dict | None = None,
     **kwargs: Any,
 ) -> SGDEvidence:
     r"""Run gradient-descent chains and track the entropy-via-optimization bound on
@@ -415,6 +414,9 @@ def sgd_evidence(
         preconditioner: :math:`P`, a positive vector (diagonal) or a positive-definite matrix,
             e.g. a fitted Gaussian guide's variances or covariance; the identity if not given.
         num_probes: Hutchinson probes per chain and step.
+        model_kwargs: the model's keyword arguments, given as a dict; required when the model
+            has an argument named like an option of this function (``num_chains``,
+            ``num_steps``, ``step_size``, ...), which would otherwise be taken for the option.
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -437,6 +439,9 @@ def sgd_evidence(
         >>> -0.1 < result.best < 0.1, 7 <= result.best_step <= 15
         (True, True)
     """
+    options = ("num_chains", "num_steps", "step_size", "hessian", "langevin", "temperature",
+               "init_loc", "init_scale", "preconditioner", "num_probes")  # fmt: skip
+    kwargs = model_keywords(model, "sgd_evidence", options, kwargs, model_kwargs)
     _check_arguments(hessian, num_chains, num_steps, step_size, temperature, init_scale,
                      num_probes)  # fmt: skip
     layout, options, loc, precond = _setup(model, args, kwargs, init_loc, preconditioner)
