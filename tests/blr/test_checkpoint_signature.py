@@ -174,3 +174,45 @@ def test_local_latents_resume_bit_for_bit_through_torch_save(rule):
     other = pb.BLR(random_effects, AutoNormal(random_effects), rule=rule, lr=0.5)
     with pytest.raises(ValueError, match=r"site 'b' has shape \(16,\) there, \(8,\) here"):
         other.load_state_dict(checkpoint, y[:8], subsample_size=4)
+
+
+# ------------------------------------------------------------------ the other steppers
+# These need the signature in ExpFamilyStepper's and the mixture steppers' checkpoints
+# (pyro_blr/blr/steppers/expfamily.py and mixture.py, the E2 report's lines): drop the marker
+# when those lines are in.
+NEEDS_LEAD = pytest.mark.xfail(
+    strict=True, reason="needs signed()/unsigned() in expfamily.py and mixture.py (E2 report)"
+)
+
+
+def mixture(component):
+    return lambda model: pb.AutoMixture(model, num_components=2, component=component)
+
+
+@NEEDS_LEAD
+@pytest.mark.parametrize(
+    "guide_class, rule",
+    [(mixture("diagonal"), "mixture"), (mixture("full"), "mixture")],
+    ids=["diagonal-mixture", "full-mixture"],
+)
+def test_a_mixture_checkpoint_of_another_model_is_refused(guide_class, rule):
+    _, blr = fitted(one_site, guide_class, rule)
+    guide, target = fitted(two_sites, guide_class, rule)
+    before = params(guide)
+    with pytest.raises(ValueError, match="state_dict is of another model: sites"):
+        target.load_state_dict(round_trip(blr.state_dict()), *data())
+    for name, value in params(guide).items():
+        assert torch.equal(value, before[name]), name
+
+
+@NEEDS_LEAD
+@pytest.mark.parametrize(
+    "guide_class, rule",
+    [(pb.AutoExpFamily, "expfamily"), (mixture("expfamily"), "mixture")],
+    ids=["expfamily", "expfamily-mixture"],
+)
+def test_an_expfamily_checkpoint_of_another_dtype_is_refused(guide_class, rule):
+    _, blr = fitted(one_site, guide_class, rule, dtype=torch.float32)
+    _, target = fitted(one_site, guide_class, rule)
+    with pytest.raises(ValueError, match=r"dtype torch.float32, this guide is torch.float64"):
+        target.load_state_dict(blr.state_dict(), *data())

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.steppers.base import check_state
-from pyro_blr.blr.steppers.signature import check_signature, checkpoint_signature, split_signature
+from pyro_blr.blr.steppers.signature import signed, unsigned
 from pyro_blr.core import write_params
 from pyro_blr.families import gaussian_family, is_positive_definite
 
@@ -80,27 +80,23 @@ class GaussianCheckpoints:
         self._write(self._current_state()._replace(loc=loc, precision=precision))
 
     # ---------------------------------------------------------------- checkpoints
-    def _signature(self) -> dict[str, Tensor]:
-        like = next(iter(self.guide.parameters()))
-        return checkpoint_signature(self.layout, self.rule_name, like)
-
     def state_dict(self) -> dict[str, Any]:
         if not self._started:
             return {}
         if self._local:  # the guide's own parameters are all of the state (von and newton)
             out = {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
-            return {**out, **self._signature()}
+            return signed(out, self.layout, self.rule_name, next(iter(self.guide.parameters())))
         state = self._current_state()
         out = {name: value.clone() for name, value in state._asdict().items()}
         if self._reused is not None and state is self._state:  # else dropped at the next step
             out.update(self._reused.state_dict())
-        return {**out, **self._signature()}
+        return signed(out, self.layout, self.rule_name, state.loc)
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
         if self.layout is None:
             self._setup(args, kwargs)
-        check_signature(state, self._signature())  # before anything else is read
-        _, state = split_signature(state)
+        like = next(iter(self.guide.parameters()))
+        state = unsigned(state, self.layout, self.rule_name, like)  # before anything is read
         if self._local:
             self._load_guide_params(state)
             self._undo = None  # a restored state: no step to retake

@@ -29,8 +29,10 @@ __all__ = [
     "PREFIX",
     "check_signature",
     "checkpoint_signature",
+    "signed",
     "site_shapes",
     "split_signature",
+    "unsigned",
 ]
 
 PREFIX = "signature."
@@ -144,3 +146,17 @@ def check_signature(saved: dict[str, Any], current: dict[str, Tensor]) -> None:
         "state_dict is of another model: " + "; ".join(problems) + ". Load a checkpoint into "
         "a guide of the model that saved it; nothing was changed"
     )
+
+
+def signed(state: dict[str, Any], layout: LatentLayout, rule: str, like: Tensor) -> dict[str, Any]:
+    """A stepper's checkpoint: ``state`` and the run's signature (what ``state_dict`` returns)."""
+    return {**state, **checkpoint_signature(layout, rule, like)}
+
+
+def unsigned(
+    state: dict[str, Any], layout: LatentLayout, rule: str, like: Tensor
+) -> dict[str, Any]:
+    """The entries of a checkpoint without its signature, once :func:`check_signature` has found
+    it the run's own (what ``load_state_dict`` checks first)."""
+    check_signature(state, checkpoint_signature(layout, rule, like))
+    return split_signature(state)[1]
