@@ -172,6 +172,15 @@ class ExpFamily:
         """The Pyro distribution with these natural parameters (reparameterized sampling)."""
         return self.distribution_class(**self.params(eta))
 
+    def check_resolved(self, eta: Tensor) -> None:
+        """Raise ``FloatingPointError`` where ``eta``'s dtype cannot resolve a natural-gradient
+        step of this family (its Fisher information too ill-conditioned for the dtype); the
+        families here other than the von Mises never raise.
+
+        Raises:
+            FloatingPointError: saying what is out of reach and which dtype would resolve it.
+        """
+
     def expected_log_base_measure(self, eta: Tensor) -> Tensor:
         r""":math:`\mathbb E_q[\log h(x)]` (zero unless the family has a base measure)."""
         return torch.zeros_like(eta[..., 0])
