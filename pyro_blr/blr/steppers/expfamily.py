@@ -1,7 +1,9 @@
 r"""The ``"expfamily"`` rule on :class:`pyro_blr.AutoExpFamily` guides.
 
 For each site's family, with natural parameters :math:`\lambda`, expectation parameters
-:math:`\mu` and :math:`\ell(x) = -\log p(\mathcal D, x) - \log h(x)`, the step is
+:math:`\mu`, base measure :math:`h` (:math:`q = h\,e^{\langle\lambda, T\rangle - A}`) and
+:math:`\ell(x) = -\log p(\mathcal D, x) + \log h(x)` (the ELBO's stationarity
+:math:`\lambda = \nabla_\mu\mathbb E_q[\log p - \log h]`), the step is
 :func:`pyro_blr.blr.rules.expfamily_update`,
 
 .. math::
@@ -26,6 +28,11 @@ from torch import Tensor
 from pyro_blr.blr.distributed import rank_stream
 from pyro_blr.blr.rules import expfamily_update
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
+from pyro_blr.blr.steppers.expfamily_estimates import (
+    controlled_gradient,
+    per_draw_leaves,
+    statistics_jacobian,
+)
 from pyro_blr.core import log_joint, neg_log_joint
 from pyro_blr.guides import AutoExpFamily, AutoMixture
 
@@ -56,7 +63,7 @@ class SiteDraws:
         return torch.cat(blocks, -1)
 
     def neg_log_target(self, args: tuple, kwargs: dict) -> Tensor:
-        r""":math:`-\log p(\mathcal D, x_s) - \log h(x_s) + \tfrac\delta2\lVert\theta_s\rVert^2`,
+        r""":math:`-\log p(\mathcal D, x_s) + \log h(x_s) + \tfrac\delta2\lVert\theta_s\rVert^2`,
         shape ``(S,)``."""
         stepper = self.stepper
         layout = stepper.layout
@@ -73,7 +80,7 @@ class SiteDraws:
         for name, family in stepper.families.items():
             base = family.log_base_measure(self.draws[name])
             if base.dim():  # only the LogNormal has one
-                value = value - base.reshape(self.num, -1).sum(-1)
+                value = value + base.reshape(self.num, -1).sum(-1)
         if stepper.opts.weight_decay:
             value = value + 0.5 * stepper.opts.weight_decay * self.unconstrained().square().sum(-1)
         return value
@@ -93,7 +100,12 @@ def update_sites(
     families: dict, etas: dict, grads: dict, lr: float, step_number: int
 ) -> tuple[dict[str, Tensor], int]:
     """:func:`pyro_blr.blr.rules.expfamily_update` on every site; returns the new natural
-    parameters and the total number of step halvings. Nothing is written."""
+    parameters and the total number of step halvings. Nothing is written.
+
+    Raises:
+        FloatingPointError: naming the site, where a gradient is not finite, the update fails,
+            or the current or new natural parameters are beyond what their dtype resolves
+            (:meth:`pyro_blr.families.ExpFamily.check_resolved`)."""
     updates, total = {}, 0
     for name, family in families.items():
         if not torch.isfinite(grads[name]).all():
@@ -101,7 +113,9 @@ def update_sites(
                 f"BLR step {step_number}: the gradient is not finite at site '{name}'; {KEPT}"
             )
         try:
+            family.check_resolved(etas[name])
             updates[name], halvings = expfamily_update(family, etas[name], grads[name], lr)
+            family.check_resolved(updates[name])
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"BLR step {step_number}: site '{name}': {error}; {KEPT}"
@@ -122,6 +136,39 @@ class SiteFamiliesStepper(Stepper):
         self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
         self.families = self.guide.site_families()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The guide's own (unconstrained) parameters, ``param.<name>``: bit-exact, where
+        natural parameters written back through the families' maps differ by round-off."""
+        if self.layout is None:
+            return {}
+        return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        """Write a :meth:`state_dict` into the guide; a state whose natural parameters are not
+        finite or outside a family's domain is refused (``ValueError`` naming the site) and the
+        guide left as it was."""
+        if self.layout is None:
+            self._setup(args, kwargs)
+        current = dict(self.guide.named_parameters())
+        keys = {f"param.{n}" for n in current}
+        if set(state) != keys:
+            raise ValueError(f"state_dict needs entries {sorted(keys)}, got {sorted(state)}")
+        for name, value in current.items():
+            check_state(f"param.{name}", state[f"param.{name}"], value.detach())
+        old = {name: value.detach().clone() for name, value in current.items()}
+        with torch.no_grad():
+            for name, value in current.items():
+                value.copy_(state[f"param.{name}"])
+        for site, eta in self.guide.natural_params().items():
+            if not (torch.isfinite(eta).all() and self.families[site].in_domain(eta).all()):
+                with torch.no_grad():
+                    for name, value in current.items():
+                        value.copy_(old[name])
+                raise ValueError(
+                    f"state_dict holds natural parameters of site '{site}' that are not finite "
+                    f"or outside the {self.families[site].name} family's domain"
+                )
+
 
 class ExpFamilyStepper(SiteFamiliesStepper):
     """Runs the ``"expfamily"`` rule on every site of an ``AutoExpFamily`` guide."""
@@ -141,58 +188,57 @@ class ExpFamilyStepper(SiteFamiliesStepper):
         self._join(step_number)
         families = self.families
         etas = self.guide.natural_params()
-        expected_loss, grads = self._together(
+        loss, grads = self._together(
             step_number, lambda: self._estimate(etas, args, kwargs, step_number)
         )
         if self.collective is not None:  # one all-reduce: every rank then takes the same step
             names = list(grads)
-            expected_loss, *values = self.collective.mean([expected_loss, *grads.values()])
+            loss, *values = self.collective.mean([loss, *grads.values()])
             grads = dict(zip(names, values, strict=True))
-        entropy = sum(families[n].entropy(etas[n]).sum() for n in families)
         updates, halvings = update_sites(families, etas, grads, lr, step_number)
         self.guide.set_natural_params(updates)
-        return StepInfo(float(expected_loss - entropy), halvings)
+        return StepInfo(float(loss), halvings)
 
     def _estimate(self, etas, args, kwargs, step_number) -> tuple[Tensor, dict[str, Tensor]]:
-        """This process's expected negative log joint and its gradient in each site's natural
-        parameters."""
+        r"""This process's estimate of the negative ELBO, the mean of
+        :math:`\log q(x_s) - \log p(\mathcal D, x_s)` over the draws (zero variance at the
+        exact posterior), and the gradient of :math:`\mathbb E_q[\ell]` in each site's
+        natural parameters (:func:`~pyro_blr.blr.steppers.expfamily_estimates.
+        controlled_gradient`: exact on a conjugate site)."""
         num, families = self.opts.mc_samples, self.families
         with torch.enable_grad():
-            leaves = {n: eta.clone().requires_grad_(True) for n, eta in etas.items()}
+            leaves = {n: per_draw_leaves(eta, num) for n, eta in etas.items()}
             with rank_stream(self.collective, next(iter(etas.values())).device):
-                draws = {n: f.distribution(leaves[n]).rsample((num,)) for n, f in families.items()}
+                draws = {n: f.distribution(leaves[n]).rsample() for n, f in families.items()}
             sample = SiteDraws(self, draws)
-            expected_loss = sample.neg_log_target(args, kwargs).mean()
+            values = sample.neg_log_target(args, kwargs)
+            expected_loss = values.mean()
             if not torch.isfinite(expected_loss):
                 bad = sample.non_finite_sites(args, kwargs)
                 raise FloatingPointError(
                     f"BLR step {step_number}: the log joint is not finite at site(s) {bad}; {KEPT}"
                 )
-            grads = dict(
-                zip(leaves, torch.autograd.grad(expected_loss, list(leaves.values())), strict=True)
-            )
-        return expected_loss.detach(), grads
+            per_draw = torch.autograd.grad(values.sum(), list(leaves.values()), retain_graph=True)
+            grads = {
+                n: controlled_gradient(
+                    families[n].fisher(etas[n]),
+                    d,
+                    statistics_jacobian(families[n], draws[n], leaves[n]),
+                )
+                for n, d in zip(leaves, per_draw, strict=True)
+            }
+            log_q_over_h = 0.0  # log q - log h = <lambda, T> - A, per draw
+            for n, family in families.items():
+                value = draws[n].detach()
+                terms = family.distribution(etas[n]).log_prob(value) - family.log_base_measure(
+                    value
+                )
+                log_q_over_h = log_q_over_h + terms.reshape(num, -1).sum(-1)
+            loss = (values.detach() + log_q_over_h).mean()  # l = -log p + log h
+        return loss, grads
 
     def natural_state(self) -> dict[str, Tensor]:
         return self.guide.natural_params()
 
     def load_natural_state(self, state: dict[str, Tensor]) -> None:
         self.guide.set_natural_params(state)
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.layout is None:
-            return {}
-        return {f"eta.{n}": eta.clone() for n, eta in self.guide.natural_params().items()}
-
-    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        if self.layout is None:
-            self._setup(args, kwargs)
-        current = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
-        if set(state) != set(current):
-            raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
-        for key, value in current.items():
-            check_state(key, state[key], value)
-        like = next(iter(current.values()))
-        self.guide.set_natural_params(
-            {k[4:]: state[k].to(dtype=like.dtype, device=like.device) for k in current}
-        )

@@ -21,6 +21,11 @@ from torch import Tensor
 from pyro_blr.blr.rules import MixtureState, mixture_logits_update, mixture_update
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
 from pyro_blr.blr.steppers.expfamily import SiteDraws, SiteFamiliesStepper, update_sites
+from pyro_blr.blr.steppers.expfamily_estimates import (
+    controlled_gradient,
+    per_draw_leaves,
+    statistics_jacobian,
+)
 from pyro_blr.core import derivatives, neg_log_joint, write_params
 from pyro_blr.families import gaussian_family
 from pyro_blr.guides import AutoMixture
@@ -153,11 +158,28 @@ class GaussianMixtureStepper(Stepper):
 
 
 class ExpFamilyMixtureStepper(SiteFamiliesStepper):
-    """Runs the mixture rule on ``AutoMixture(component="expfamily")``: every component draws
-    its own reparameterized values; with :math:`h = \\log q(x) - \\log p(\\mathcal D, x) +
-    \\log h_{\\text{base}}(x)` (the mixture density held fixed), each site's natural parameters
-    in component :math:`k` move by the exponential-family step on :math:`\\mathbb E_{q_k}[h]`,
-    and the weights by the differences of :math:`\\mathbb E_{q_k}[h]`."""
+    r"""Runs the mixture rule on ``AutoMixture(component="expfamily")``.
+
+    With :math:`h = \log q - \log p(\mathcal D, \cdot)` (:math:`q` the mixture), the rule of
+    Lin, Khan & Schmidt (2019, Eqs. 9--11) moves component :math:`k`'s natural parameters by
+    :math:`\lambda_k \leftarrow \lambda_k - \rho\,\nabla_{\mu_k}\mathbb E_{q_k}[h]` (the mixture
+    density inside :math:`h` held fixed) and the weights by
+    :func:`pyro_blr.blr.rules.mixture_logits_update` on :math:`\mathbb E_{q_k}[h]`. Since
+    :math:`\nabla_{\mu}\mathbb E_{q_k}[\log \bar q_k] = \lambda_k + \nabla_\mu\mathbb
+    E_{q_k}[\log h_{\text{base}}]` for the component's own density :math:`\bar q_k` (held fixed),
+    this is the exponential-family step :func:`pyro_blr.blr.rules.expfamily_update`,
+    :math:`\lambda_k \leftarrow (1-\rho)\lambda_k - \rho\nabla_{\mu_k}\mathbb E_{q_k}[\ell_k]`,
+    on
+
+    .. math::
+        \ell_k(x) = -\log p(\mathcal D, x) + \log h_{\text{base}}(x)
+            + \log q(x) - \log \bar q_k(x),
+
+    whose last two terms vanish for :math:`K = 1` (the ``"expfamily"`` rule exactly) and are
+    :math:`\approx \log\pi_k` near component :math:`k`'s draws when the components are apart.
+    Its gradient is :func:`~pyro_blr.blr.steppers.expfamily_estimates.controlled_gradient`
+    (exact where :math:`\ell_k` is linear in the sufficient statistics). Every component draws
+    its own reparameterized values."""
 
     rules = ("mixture",)
     options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS}
@@ -174,26 +196,38 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
         logits = self.guide.logits.detach().clone()
         log_weights = torch.log_softmax(logits, -1)
         with torch.enable_grad():
-            leaves = {n: eta.clone().requires_grad_(True) for n, eta in etas.items()}
-            draws, log_q = {}, 0.0
+            leaves = {n: per_draw_leaves(eta, num) for n, eta in etas.items()}  # (S, K, ...)
+            raw, draws, log_q, log_base = {}, {}, 0.0, 0.0
             for name, family in families.items():
-                value = family.distribution(leaves[name]).rsample((num,))  # (S, K, *shape)
-                value = value.transpose(0, 1).reshape((k * num, *value.shape[2:]))
+                raw[name] = family.distribution(leaves[name]).rsample()  # (S, K, *shape)
+                value = raw[name].transpose(0, 1).reshape((k * num, *raw[name].shape[2:]))
                 fixed = family.distribution(etas[name])  # every component, parameters fixed
                 per_component = fixed.log_prob(value.unsqueeze(1))  # (K*S, K, *site batch)
                 log_q = log_q + per_component.reshape(k * num, k, -1).sum(-1)
+                base = family.log_base_measure(value)
+                if base.dim():  # only the LogNormal has one
+                    log_base = log_base + base.reshape(k * num, -1).sum(-1)
                 draws[name] = value
-            log_mixture = torch.logsumexp(log_weights + log_q, -1)
-            sample = SiteDraws(self, draws)
-            h = log_mixture + sample.neg_log_target(args, kwargs)
-            expected = h.reshape(k, num).mean(1)
-            if not torch.isfinite(expected).all():
+            log_mixture = torch.logsumexp(log_weights + log_q, -1)  # (K*S,)
+            own = log_q.reshape(k, num, k).diagonal(dim1=0, dim2=2).T.reshape(-1)  # log q_k
+            loss = SiteDraws(self, draws).neg_log_target(args, kwargs)  # -log p + log h_base
+            h = (loss - log_base + log_mixture).detach()  # log q - log p
+            objective = loss + log_mixture - own
+            if not (torch.isfinite(h).all() and torch.isfinite(objective).all()):
                 raise _not_finite(step_number)
-            grads = torch.autograd.grad(expected.sum(), list(leaves.values()))
-        updates, halvings = update_sites(
-            families, etas, dict(zip(leaves, grads, strict=True)), lr, step_number
-        )
-        expected = expected.detach()
+            per_draw = torch.autograd.grad(
+                objective.sum(), list(leaves.values()), retain_graph=True
+            )
+            grads = {
+                n: controlled_gradient(
+                    families[n].fisher(etas[n]),
+                    d,
+                    statistics_jacobian(families[n], raw[n], leaves[n]),
+                )
+                for n, d in zip(leaves, per_draw, strict=True)
+            }
+        updates, halvings = update_sites(families, etas, grads, lr, step_number)
+        expected = h.reshape(k, num).mean(1)  # E_{q_k}[h]
         self.guide.set_natural_params(updates)
         self.guide.set_logits(mixture_logits_update(logits, expected, lr))
         return StepInfo(float((log_weights.exp() * expected).sum()), halvings)
@@ -206,24 +240,3 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
     def load_natural_state(self, state: dict[str, Tensor]) -> None:
         self.guide.set_natural_params({k[4:]: v for k, v in state.items() if k != "logits"})
         self.guide.set_logits(state["logits"])
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.layout is None:
-            return {}
-        state = {f"eta.{n}": eta.clone() for n, eta in self.guide.natural_params().items()}
-        state["logits"] = self.guide.logits.detach().clone()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        if self.layout is None:
-            self._setup(args, kwargs)
-        current = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
-        current["logits"] = self.guide.logits.detach()
-        if set(state) != set(current):
-            raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
-        for key, value in current.items():
-            check_state(key, state[key], value)
-        like = current["logits"]
-        moved = {key: state[key].to(dtype=like.dtype, device=like.device) for key in current}
-        self.guide.set_natural_params({k[4:]: v for k, v in moved.items() if k != "logits"})
-        self.guide.set_logits(moved["logits"])
