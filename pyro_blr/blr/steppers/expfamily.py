@@ -33,6 +33,7 @@ from pyro_blr.blr.steppers.expfamily_estimates import (
     per_draw_leaves,
     statistics_jacobian,
 )
+from pyro_blr.blr.steppers.signature import signed, unsigned
 from pyro_blr.core import log_joint, neg_log_joint
 from pyro_blr.guides import AutoExpFamily, AutoMixture
 
@@ -137,18 +138,22 @@ class SiteFamiliesStepper(Stepper):
         self.families = self.guide.site_families()
 
     def state_dict(self) -> dict[str, Any]:
-        """The guide's own (unconstrained) parameters, ``param.<name>``: bit-exact, where
-        natural parameters written back through the families' maps differ by round-off."""
+        """The guide's own (unconstrained) parameters, ``param.<name>`` (bit-exact, where
+        natural parameters written back through the families' maps differ by round-off), and
+        the model's signature (:mod:`pyro_blr.blr.steppers.signature`)."""
         if self.layout is None:
             return {}
-        return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+        state = {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+        return signed(state, self.layout, self.rule_name, next(iter(self.guide.parameters())))
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        """Write a :meth:`state_dict` into the guide; a state whose natural parameters are not
-        finite or outside a family's domain is refused (``ValueError`` naming the site) and the
-        guide left as it was."""
+        """Write a :meth:`state_dict` into the guide; a checkpoint of another model, rule or
+        dtype, or whose natural parameters are not finite or outside a family's domain, is
+        refused (``ValueError`` naming what differs) and the guide left as it was."""
         if self.layout is None:
             self._setup(args, kwargs)
+        like = next(iter(self.guide.parameters()))
+        state = unsigned(state, self.layout, self.rule_name, like)  # before anything is read
         current = dict(self.guide.named_parameters())
         keys = {f"param.{n}" for n in current}
         if set(state) != keys:

@@ -26,6 +26,7 @@ from pyro_blr.blr.steppers.expfamily_estimates import (
     per_draw_leaves,
     statistics_jacobian,
 )
+from pyro_blr.blr.steppers.signature import signed, unsigned
 from pyro_blr.core import derivatives, neg_log_joint, write_params
 from pyro_blr.families import gaussian_family
 from pyro_blr.guides import AutoMixture
@@ -129,11 +130,14 @@ class GaussianMixtureStepper(Stepper):
         # through the scales' constraint would differ by round-off.
         if self.layout is None:
             return {}
-        return {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+        state = {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
+        return signed(state, self.layout, self.rule_name, next(iter(self.guide.parameters())))
 
     def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
         if self.layout is None:
             self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+        like = next(iter(self.guide.parameters()))
+        state = unsigned(state, self.layout, self.rule_name, like)  # before anything is read
         current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
         if set(state) != set(current):
             raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
