@@ -141,7 +141,12 @@ class Collective:
         """At the run's set-up: check that every rank runs the same model (see
         :func:`pyro_blr.blr.rank_signature.run_signature`) and weight this rank's estimates by
         its share of the data in :meth:`mean` (see
-        :func:`pyro_blr.blr.rank_signature.data_shares`)."""
+        :func:`pyro_blr.blr.rank_signature.data_shares`).
+
+        Note:
+            The shares are those of the set-up's minibatches: each rank must keep its minibatch
+            size from step to step (:func:`shard_indices` does).
+        """
         gathered = self.agree_on("the model's latent sites, dtype and plate sizes", signature)
         try:
             shares = data_shares(gathered)

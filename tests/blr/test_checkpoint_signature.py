@@ -177,19 +177,10 @@ def test_local_latents_resume_bit_for_bit_through_torch_save(rule):
 
 
 # ------------------------------------------------------------------ the other steppers
-# These need the signature in ExpFamilyStepper's and the mixture steppers' checkpoints
-# (pyro_blr/blr/steppers/expfamily.py and mixture.py, the E2 report's lines): drop the marker
-# when those lines are in.
-NEEDS_LEAD = pytest.mark.xfail(
-    strict=True, reason="needs signed()/unsigned() in expfamily.py and mixture.py (E2 report)"
-)
-
-
 def mixture(component):
     return lambda model: pb.AutoMixture(model, num_components=2, component=component)
 
 
-@NEEDS_LEAD
 @pytest.mark.parametrize(
     "guide_class, rule",
     [(mixture("diagonal"), "mixture"), (mixture("full"), "mixture")],
@@ -205,7 +196,6 @@ def test_a_mixture_checkpoint_of_another_model_is_refused(guide_class, rule):
         assert torch.equal(value, before[name]), name
 
 
-@NEEDS_LEAD
 @pytest.mark.parametrize(
     "guide_class, rule",
     [(pb.AutoExpFamily, "expfamily"), (mixture("expfamily"), "mixture")],
