@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,8 @@ included), so that the check stays cheap for a model given a long list of tensor
 
 def data_arrays(model: Callable, args: tuple, kwargs: dict) -> Iterator[tuple[str, Any]]:
     """``(name, array)`` for each tensor or NumPy array among the model's arguments (inside
-    lists, tuples and dicts too), named as the model's signature names them.
+    lists, tuples and dicts too, and those a ``functools.partial`` binds), named as the model's
+    signature names them.
 
     Example:
         >>> import torch
@@ -70,6 +72,8 @@ def _item(name: str, key: Any) -> str:
 
 
 def _argument_names(model: Callable, args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
+    while isinstance(model, partial):  # data bound in by functools.partial are data too
+        model, args, kwargs = model.func, model.args + tuple(args), {**model.keywords, **kwargs}
     try:
         target = model if inspect.isfunction(model) else getattr(model, "forward", model)
         bound = inspect.signature(target).bind_partial(*args, **kwargs)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
 from pyro_blr.core.layout import LatentLayout
 from pyro_blr.core.log_joint import neg_log_joint
 from pyro_blr.core.model_errors import describe_error
+from pyro_blr.core.traces import site_log_probs
 
 __all__ = ["check_differentiable"]
 
@@ -65,7 +67,7 @@ def check_differentiable(
     """
     kwargs = kwargs or {}
     try:
-        _gradient(model, layout, theta, args, kwargs, subsample, slice(None))
+        _gradient(model, layout, theta, args, kwargs, subsample)
         return
     except Exception as error:
         with torch.no_grad():  # a failure without gradients too is the model's own
@@ -74,16 +76,17 @@ def check_differentiable(
     name = "every site at once"
     for site in layout.sites:
         try:
-            _gradient(model, layout, theta, args, kwargs, subsample, site.block)
+            _gradient(model, layout, theta, args, kwargs, subsample, site.name)
         except Exception as error:
             name, reason = f"latent site '{site.name}'", error
             break
     raise ValueError(
         f"the model cannot be differentiated in {name}: with gradients it raises "
-        f"{describe_error(reason)}. The Bayesian learning rule steps on the gradient of the log "
-        "joint in every latent site, so the model must compute on it with torch operations (no "
-        ".numpy(), np.* functions, .item() or float() of it, and no .detach()); a simulator "
-        "torch cannot differentiate needs a gradient-free method, such as pyro.infer.Importance"
+        f"{describe_error(reason).rstrip('.')}. The Bayesian learning rule steps on the gradient "
+        "of the log joint in every latent site, so the model must compute on it with torch "
+        "operations (no .numpy(), np.* functions, .item() or float() of it, and no .detach()); a "
+        "simulator torch cannot differentiate needs a gradient-free method, such as "
+        "pyro.infer.Importance"
     ) from reason
 
 
@@ -94,13 +97,20 @@ def _gradient(
     args: tuple,
     kwargs: dict,
     subsample: dict[str, Tensor] | None,
-    block: slice,
-) -> Tensor:
-    """The gradient of the negative log joint at ``theta`` in the coordinates ``block``."""
+    only: str | None = None,
+) -> None:
+    """Differentiate the log joint at ``theta`` in every site, or in site ``only`` alone (the
+    other sites' values then do not require gradients, so a model that takes them out of
+    torch's graph does not fail here)."""
     with torch.enable_grad():
-        free = theta[block].detach().requires_grad_(True)
-        start, stop, _ = block.indices(theta.shape[-1])
-        particle = torch.cat([theta[:start].detach(), free, theta[stop:].detach()])
-        value = neg_log_joint(model, layout, particle[None], args, kwargs, "loop", None, subsample)
-        (grad,) = torch.autograd.grad(value.sum(), free)
-    return grad
+        values, free = {}, []
+        for site in layout.sites:
+            unconstrained = theta[site.block].detach().reshape(site.shape)
+            if only is None or site.name == only:
+                unconstrained.requires_grad_(True)
+                free.append(unconstrained)
+            values[site.name] = site.transform(unconstrained)
+        conditioned = poutine.condition(model, data={**values, **(subsample or {})})
+        trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+        total = sum(log_prob.sum() for _, log_prob in site_log_probs(trace))
+        torch.autograd.grad(total, free, allow_unused=True)

@@ -31,6 +31,7 @@ def data():
 
 
 def layout_of(model, *args):
+    pyro.clear_param_store()  # a guide of another test's model would lend its parameters
     guide = AutoDiagonalNormal(model)
     guide(*args)
     return latent_layout(guide.prototype_trace, poutine.trace(model).get_trace(*args))
@@ -233,3 +234,64 @@ def test_an_unknown_mode_is_refused():
     layout = layout_of(matmul, s.X, s.y)
     with pytest.raises(ValueError, match="vectorize must be one of"):
         neg_log_joint(matmul, layout, torch.zeros(2, 3, dtype=D), (s.X, s.y), vectorize="jit")
+
+
+def scalar_only(X, y):
+    """A model that refuses the plate's particle dimension with an empty AssertionError, as a
+    bare ``assert w.shape == ()`` raises it (pytest would give an assert in this file a
+    message, so it is raised by hand)."""
+    w = pyro.sample("w", dist.Normal(torch.zeros((), dtype=X.dtype), 1.0))
+    if w.shape != ():
+        raise AssertionError
+    with pyro.plate("data", X.shape[0]):
+        pyro.sample("y", dist.Normal(w * X[:, 0], 0.5), obs=y)
+
+
+def test_an_assertion_without_a_message_falls_back_and_logs_its_line(caplog):
+    # The plate's empty AssertionError had no first line to log (IndexError); the probe falls
+    # back to vmap and logs the line that raised.
+    s = linear_regression()
+    layout = layout_of(scalar_only, s.X, s.y)
+    with caplog.at_level(logging.INFO, logger="pyro_blr.core.log_joint"):
+        mode = choose_vectorization(
+            scalar_only, layout, torch.randn(3, layout.dim, dtype=D), (s.X, s.y)
+        )
+    assert mode == "vmap"
+    assert "plate: AssertionError at test_log_joint.py" in caplog.text
+    assert "raise AssertionError" in caplog.text
+
+
+def test_a_model_error_without_a_message_gets_its_line():
+    s = linear_regression()
+    layout = layout_of(matmul, s.X, s.y)
+    armed = []
+
+    def refusing(X, y):
+        matmul(X, y)
+        if armed:
+            raise AssertionError
+
+    armed.append(True)
+    with pytest.raises(AssertionError, match=r"the model raised AssertionError at .*raise Assert"):
+        choose_vectorization(refusing, layout, torch.randn(3, layout.dim, dtype=D), (s.X, s.y))
+
+
+def float32_prior(y):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0), 1.0))  # float32 whatever y is
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def test_float32_latents_with_float64_data_give_one_dtype_in_every_mode():
+    # The plate summed float64 terms into float64, the loop into float32, and comparing them
+    # raised "Double did not match Float". Every mode gives the latent vector's dtype (as the
+    # gradient has), with the same numbers: float32 round-off, 1e-5.
+    y = torch.tensor([0.5, 1.5, 2.5], dtype=D)
+    layout = layout_of(float32_prior, y)
+    theta = torch.randn(3, layout.dim)
+    assert choose_vectorization(float32_prior, layout, theta, (y,)) == "plate"
+    exact = neg_log_joint(float32_prior, layout, theta, (y,), vectorize="loop")
+    for mode in VECTORIZATIONS:
+        value = neg_log_joint(float32_prior, layout, theta, (y,), vectorize=mode)
+        assert value.dtype == torch.float32, mode
+        torch.testing.assert_close(value, exact, rtol=1e-5, atol=1e-5)

@@ -119,3 +119,35 @@ def test_a_guide_site_without_rsample_is_refused_unless_allowed():
         log_weights(s.model, guide, (s.y,), {}, 4, 1)
     weights = log_weights(s.model, guide, (s.y,), {}, 4, 1, require_rsample=False)
     assert weights.joint.shape == (4,) and torch.isfinite(weights.joint).all()
+
+
+def test_a_model_written_for_a_particle_plate_is_weighed_like_its_runs():
+    # w.reshape(-1, 2, 3) as Pyro's sparse gamma DEF writes it: run alone, the model's log
+    # densities keep a leading singleton left of its plates, which the per-particle reference
+    # runs stacked as a batch dimension ("a log density has batch shape (3, 1) left of the
+    # model's 1 plate dimensions"). Each run's is its own joint: checked by hand, 1e-12.
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(4, 2, generator=gen, dtype=D)
+    y = torch.randn(4, 3, generator=gen, dtype=D)
+    drawn = []
+
+    def model(y):
+        with pyro.plate("w_plate", 6):
+            w = pyro.sample("w", dist.Normal(torch.zeros((), dtype=D), 1.0))
+        with pyro.plate("data", 4):
+            mean = torch.matmul(X, w.reshape(-1, 2, 3))
+            pyro.sample("y", dist.Normal(mean, 1.0).to_event(1), obs=y)
+
+    def guide(y):
+        with pyro.plate("w_plate", 6):
+            drawn.append(pyro.sample("w", dist.Normal(torch.full((), 0.2, dtype=D), 0.5)))
+
+    weights = log_weights(model, guide, (y,), {}, 5, 1)
+    w = drawn[0].reshape(5, 6)
+    zero = torch.zeros((), dtype=D)
+    prior = dist.Normal(zero, 1.0).log_prob(w).sum(-1)
+    mean = X @ w.reshape(5, 2, 3)
+    likelihood = dist.Normal(mean, 1.0).log_prob(y).sum((-2, -1))
+    guide_density = dist.Normal(zero + 0.2, 0.5).log_prob(w).sum(-1)
+    expected = prior + likelihood - guide_density
+    torch.testing.assert_close(weights.joint, expected, rtol=1e-12, atol=1e-12)
