@@ -10,8 +10,20 @@ For each site's family, with natural parameters :math:`\lambda`, expectation par
     \lambda \leftarrow (1-\rho)\lambda - \rho\,\nabla_\mu \mathbb E_q[\ell],
 
 with :math:`\nabla_\lambda\mathbb E_q[\ell]` estimated from reparameterized draws (implicit
-reparameterization for Gamma, Beta, Dirichlet and von Mises). On a conjugate site
-:math:`\rho = 1` lands on the exact posterior.
+reparameterization for Gamma, Beta, Dirichlet and von Mises) by
+:func:`~pyro_blr.blr.steppers.expfamily_estimates.controlled_gradient`.
+
+What holds exactly: where :math:`\ell` is linear in a site's sufficient statistics (a
+conjugate site: Normal-Normal, Gamma-Poisson, Beta-Bernoulli, Dirichlet-categorical, von
+Mises-von Mises, LogNormal over a Normal likelihood of :math:`\log x`), the estimate of
+:math:`\nabla_\mu\mathbb E_q[\ell]` is exact, up to round-off, for every ``mc_samples >= 2``,
+so :math:`\rho = 1` lands on the exact posterior in one step and the exact posterior is a fixed
+point at every :math:`\rho`. Elsewhere the estimate is unbiased for ``mc_samples >= 3``; with 2
+draws it is a secant (finite-difference) natural gradient, biased by :math:`O(1/S)`. A site's
+natural parameters beyond what its dtype resolves
+(:meth:`pyro_blr.families.ExpFamily.check_resolved`: a von Mises concentration above about
+:math:`2.6\times10^5` in float32, :math:`1.4\times10^{14}` in float64) are refused with an
+error naming the site, before the guide is written.
 
 References:
     | The Bayesian Learning Rule (Khan & Rue, JMLR 2023), Section 3
