@@ -29,14 +29,13 @@ __all__ = ["GaussianCheckpoints"]
 class GaussianCheckpoints:
     """The natural-parameter and checkpoint half of
     :class:`~pyro_blr.blr.steppers.gaussian.GaussianStepper` (a mixin: it reads the stepper's
-    ``guide``, ``layout``, ``rule_name``, ``_view``, ``_local``, ``_reused``, ``_state`` and
+    ``guide``, ``layout``, ``rule_name``, ``_local``, ``_reused``, ``_state`` and
     ``_started``, resets its ``_undo``, and calls its ``_current_state``, ``_write`` and
     ``_setup``)."""
 
     guide: Any
     layout: Any
     rule_name: str
-    _view: Any
     _local: bool
     _reused: ReusedHessian | None
     _state: Any
@@ -44,7 +43,15 @@ class GaussianCheckpoints:
     _undo: Any
 
     def _per_datum_params(self) -> list:
-        return [self._view._site_params(site.name) for site in self.layout.sites]
+        """Each site's ``(locs module, scales module, leaf name)`` in ``AutoNormal``, whose
+        ``locs`` and ``scales`` nest a dotted site name ``a.b`` as ``locs.a`` holding ``b``."""
+        out = []
+        for site in self.layout.sites:
+            path, _, leaf = site.name.rpartition(".")
+            out.append(
+                (self.guide.locs.get_submodule(path), self.guide.scales.get_submodule(path), leaf)
+            )
+        return out
 
     def natural_state(self) -> dict[str, Tensor]:
         if self._local:  # every datum's row, not only a minibatch's
