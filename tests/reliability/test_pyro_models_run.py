@@ -193,6 +193,22 @@ def test_float64_data_after_a_float32_set_up_is_refused_naming_the_argument(driv
 
 
 @pytest.mark.parametrize("driver", DRIVERS.values(), ids=DRIVERS.keys())
+def test_float64_data_for_a_guide_set_up_in_float32_is_refused_naming_the_argument(driver):
+    # The guide was set up by SVI on float32 data; a new driver stepped with float64 data met
+    # torch's "addmv input tensors must have the same dtype" at its set-up.
+    X, y = regression_data()
+    pyro.clear_param_store()
+    guide = AutoNormal(regression)
+    pyro.infer.SVI(regression, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO()).step(
+        X, y
+    )
+    before = params_of(guide)
+    with pytest.raises(ValueError, match="argument 'X' is float64, but the guide's parameters"):
+        driver(regression, guide).step(X.double(), y.double())
+    assert all(torch.equal(p, before[n]) for n, p in params_of(guide).items())
+
+
+@pytest.mark.parametrize("driver", DRIVERS.values(), ids=DRIVERS.keys())
 def test_data_with_another_feature_count_is_refused_naming_the_argument(driver):
     X, y = regression_data()
     pyro.clear_param_store()

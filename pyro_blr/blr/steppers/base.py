@@ -218,6 +218,7 @@ def prepare_layout(
     except Exception as error:
         snapshot.check(cause=error)
         _check_numpy_arguments(model, args, kwargs, error)
+        _check_guide_dtype(guide, model, args, kwargs, error)
         raise
     snapshot.check()
     return layout.with_data(data_signature(model, args, kwargs)), mode
@@ -232,6 +233,28 @@ def _check_numpy_arguments(model: Callable, args: tuple, kwargs: dict, error: Ex
                 f"({describe_error(error)}): Pyro models take torch tensors; pass "
                 "torch.as_tensor(...) of it (of the dtype the fit should have)"
             ) from error
+
+
+def _check_guide_dtype(
+    guide: Any, model: Callable, args: tuple, kwargs: dict, error: Exception
+) -> None:
+    """Name a floating-point argument whose dtype or device is not that of a guide set up
+    before (by an earlier call or SVI), when the model failed on the mix."""
+    like = next(iter(guide.parameters()), None) if guide.prototype_trace is not None else None
+    if like is None:
+        return
+    for name, value in data_arrays(model, args, kwargs):
+        if not torch.is_tensor(value) or not value.is_floating_point():
+            continue
+        for old, new in ((like.dtype, value.dtype), (like.device, value.device)):
+            if old != new:
+                old, new = str(old).removeprefix("torch."), str(new).removeprefix("torch.")
+                raise ValueError(
+                    f"{name} is {new}, but the guide's parameters are {old} (the guide was set "
+                    f"up on {old} data), and the model fails on the mix ({describe_error(error)}): "
+                    f"pass the data as {old}, or fit on {new} with a new guide "
+                    "(pyro.clear_param_store() first)"
+                ) from error
 
 
 def _prepare_layout(
@@ -278,7 +301,14 @@ def _prepare_layout(
         probe = torch.randn(3, layout.dim, dtype=like.dtype, device=like.device)
         if mode == "auto":
             mode = choose_vectorization(model, layout, probe, args, kwargs, subsample=subsample)
-        check_differentiable(model, layout, probe[0], args, kwargs, subsample)
+        # at the guide's start, where the model has run: a failure there is about gradients
+        start = torch.cat(
+            [
+                site.transform.inv(guide.prototype_trace.nodes[site.name]["value"]).reshape(-1)
+                for site in layout.sites
+            ]
+        )
+        check_differentiable(model, layout, start.detach(), args, kwargs, subsample)
     return layout, mode
 
 
