@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pyro.poutine as poutine
+import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
@@ -172,12 +173,16 @@ def check_model_full_data(
     model: Callable, guide: Callable | None, args: tuple, kwargs: dict, entry: str, why: str = ""
 ) -> None:
     """:func:`check_full_data` on one run of ``model`` (replayed on one run of ``guide`` when
-    given), with Pyro's handlers blocked from any enclosing context.
+    given), with Pyro's handlers blocked from any enclosing context and the RNG left where it
+    was (the entry point's own draws do not change).
 
     Raises:
         ValueError: a subsampled plate, vectorized or sequential, naming it and the fix.
     """
-    with poutine.block():
+    from pyro_blr.core.traces import rng_kept  # traces builds on this module: imported late
+
+    like = next((a for a in args if isinstance(a, torch.Tensor)), torch.zeros(()))
+    with rng_kept(like), poutine.block():
         if guide is None:
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         else:

@@ -37,7 +37,6 @@ from torch import Tensor
 
 from pyro_blr.core import (
     LatentLayout,
-    check_full_data,
     check_latent_masks,
     choose_vectorization,
     hessian_from_grad,
@@ -46,6 +45,7 @@ from pyro_blr.core import (
     neg_log_joint,
     nonfinite_term,
     rng_kept,
+    subsampled_plates,
     validate_site_shapes,
 )
 
@@ -283,11 +283,14 @@ def _setup(
     """The model's latent layout, the dtype and device of its values, m_0 and P."""
     with poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    why = (
-        " (the best bound, a maximum over steps, would pick up the minibatch noise of each "
-        "step's estimate and lie above log p(D))"
-    )
-    check_full_data(trace, "sgd_evidence", why)
+    for plate in subsampled_plates(trace).values():  # vectorized or sequential
+        form = "a sequential plate, for i in pyro.plate(...), " if plate.sequential else ""
+        raise ValueError(
+            f"sgd_evidence needs the full data, but plate '{plate.name}' is subsampled ({form}"
+            f"holding {plate.size} of its {plate.full_size} elements): the best bound, a maximum "
+            "over steps, would pick up the minibatch noise of each step's estimate and lie above "
+            "log p(D); call the model without subsample_size"
+        )
     check_latent_masks(trace)
     validate_site_shapes(trace)  # a value broadcasting against a plate is named, not summed
     layout = latent_layout(trace, trace)

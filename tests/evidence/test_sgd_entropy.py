@@ -124,7 +124,7 @@ def test_an_impossible_likelihood_is_blamed_on_its_site():
 def test_a_subsampled_plate_is_refused_by_name():
     # The best bound is a maximum over steps: minibatch noise in each step's estimate would
     # push it above log p(D) without a word.
-    with pytest.raises(ValueError, match=r"plate \['data'\] is subsampled"):
+    with pytest.raises(ValueError, match="plate 'data' is subsampled"):
         pb.sgd_evidence(impossible_counts, torch.ones(6), 3, num_chains=2, num_steps=2)
 
 
