@@ -16,7 +16,9 @@ floating-point rounding, not Monte Carlo error: the tolerances come from roundin
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -51,9 +53,27 @@ PROFILES = [
 """Every property test runs under each profile (registered in ``conftest.py``)."""
 
 
-def profile_settings(profile: str) -> settings:
-    """The Hypothesis settings of ``profile``, to decorate a property with."""
-    return settings(settings.get_profile(profile))
+EXAMPLES_RUN: Counter = Counter()
+"""Examples each profile ran in this session (explicit, generated and shrinking), printed at the
+end of the run by ``conftest.py``."""
+
+
+def profile_settings(profile: str, **overrides):
+    """Decorate a ``@given`` property with the settings of ``profile`` (and ``overrides``), and
+    count the examples it runs in :data:`EXAMPLES_RUN`."""
+
+    def decorate(test):
+        inner = test.hypothesis.inner_test
+
+        @functools.wraps(inner)
+        def counted(*args, **kwargs):
+            EXAMPLES_RUN[profile] += 1
+            return inner(*args, **kwargs)
+
+        test.hypothesis.inner_test = counted
+        return settings(settings.get_profile(profile), **overrides)(test)
+
+    return decorate
 
 
 # ------------------------------------------------------------------ models

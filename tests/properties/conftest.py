@@ -6,9 +6,10 @@ examples each, so that the whole package stays under about 90 s single-process),
 same ones on every run, so CI is reproducible) and no deadline applies (the first step of a driver
 probes how to vectorize the model, which takes longer than the steps after it).
 
-How many examples each profile generates is printed by
-``pytest tests/properties -n 0 -q --hypothesis-show-statistics`` (add ``-m slow`` for the slow
-profile).
+How many examples each profile ran (explicit, generated and shrinking; xfailed properties stop
+at their first failure) is printed at the end of ``pytest tests/properties -n 0`` (add
+``-m slow`` for the slow profile). The properties are ``@given`` functions inside the tests, so
+``--hypothesis-show-statistics`` does not see them.
 An xfail-marked property (a known bug, see its reason) stops at its first failing example.
 """
 
@@ -38,3 +39,11 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.properties.cases import EXAMPLES_RUN
+
+    if EXAMPLES_RUN:
+        counts = ", ".join(f"{name}: {count}" for name, count in sorted(EXAMPLES_RUN.items()))
+        terminalreporter.write_line(f"tests/properties: Hypothesis examples run: {counts}")

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.distributed
 import torch.multiprocessing as mp
-from hypothesis import given, settings
+from hypothesis import given
 
 from tests.properties.cases import (
     PROFILES,
@@ -33,6 +33,7 @@ from tests.properties.cases import (
     assert_scaled,
     guide_draws,
     problems,
+    profile_settings,
 )
 
 CASES = [
@@ -126,7 +127,7 @@ UNEQUAL = (
      pytest.param(1, id="unequal-shards", marks=pytest.mark.xfail(strict=True, reason=UNEQUAL))],
 )  # fmt: skip
 def test_two_ranks_equal_one_process(parity, profile):
-    @settings(settings.get_profile(profile), max_examples=EXAMPLES[profile])
+    @profile_settings(profile, max_examples=EXAMPLES[profile])
     @given(problems(max_data=9).filter(lambda p: p.num_data % 2 == parity and p.num_data > 1))
     def equal(problem):
         one = run_cases(problem, None)
