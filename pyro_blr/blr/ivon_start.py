@@ -57,6 +57,7 @@ __all__ = [
     "auto_start",
     "curvature_at_start",
     "per_datum_start",
+    "starting_precision",
 ]
 
 EXACT_START_MAX_DIM = 2048
@@ -134,16 +135,74 @@ def curvature_at_start(
     return diagonal[0], diagonal[1:].mean(0)
 
 
-def auto_start(at_mean: Tensor, expected: Tensor, data_scale: Tensor) -> Tensor:
-    r"""``hess_init="auto"``'s start from the curvatures of :func:`curvature_at_start` and IVON's
-    :math:`N_i` (``data_scale``): :math:`\min(\bar h_i, \max(N_i, H_{ii}(m)))` where the
-    average :math:`\bar h_i` is positive, else the cap (a non-finite value counts as absent).
+def auto_start(
+    at_mean: Tensor, expected: Tensor, data_scale: Tensor, floor: Tensor | None = None
+) -> Tensor:
+    r"""``hess_init="auto"``'s start from the curvatures of :func:`curvature_at_start`, the
+    data's scale :math:`N_i / s_i^2` (``data_scale``) and the prior's precision
+    :math:`1 / s_i^2` (``floor``, zero where unknown):
+    :math:`\min(\max(\bar h_i, 1/s_i^2), \max(N_i/s_i^2, H_{ii}(m)))` where the average
+    :math:`\bar h_i` is positive, else the cap (a non-finite value counts as absent).
 
     Example:
         >>> import torch
-        >>> auto_start(torch.tensor([0.1, 5.0, 1.0]), torch.tensor([0.2, 50.0, -1.0]),
-        ...            data_scale=torch.tensor([8.0, 8.0, 8.0]))
-        tensor([0.2000, 8.0000, 8.0000])
+        >>> auto_start(torch.tensor([0.1, 5.0, 1.0, 0.1]), torch.tensor([0.2, 50.0, -1.0, 1e-5]),
+        ...            data_scale=torch.tensor([8.0, 8.0, 8.0, 8.0]),
+        ...            floor=torch.tensor([0.0, 0.0, 0.0, 0.5]))
+        tensor([0.2000, 8.0000, 8.0000, 0.5000])
     """
     cap = torch.where(at_mean > data_scale, at_mean, data_scale)  # NaN > x is False
+    if floor is not None:
+        expected = torch.where(expected > 0, expected.maximum(floor), expected)
     return torch.where(expected > 0, expected.minimum(cap), cap)
+
+
+def starting_precision(
+    neg_log_joint: Callable[[Tensor], Tensor],
+    layout: LatentLayout,
+    prototype_trace: Trace,
+    ess: float,
+    hess_init: float | str,
+    loc: Tensor,
+    precision: Tensor,
+    scale: Tensor | None = None,
+) -> Tensor:
+    r"""The diagonal precision a Gaussian rule starts from (see the module docstring).
+
+    A number ``hess_init`` gives :math:`N_i h_0`. ``"auto"`` gives :func:`auto_start` with the
+    prior's scale :math:`s_i` (``scale``, NaN where unknown: unit scale and no floor there).
+
+    Args:
+        neg_log_joint: maps particles ``(S, D)`` to :math:`\ell` per particle ``(S,)``.
+        layout: the model's flat latent layout.
+        prototype_trace: the guide's prototype trace (the plates each site lies in).
+        ess: the effective sample size :math:`N`.
+        hess_init: ``"auto"`` or IVON's per-datum curvature :math:`h_0`.
+        loc: the guide's mean.
+        precision: the guide's diagonal precision (the draws' spread).
+        scale: the prior's scale per coordinate (:func:`pyro_blr.blr.prior_scale.prior_scale`).
+
+    Raises:
+        ValueError: the start, or its scale :math:`h^{-1/2}`, is not finite in ``loc``'s dtype.
+    """
+    auto = hess_init == "auto"
+    per_datum = AUTO_HESS_INIT if auto else hess_init
+    start = per_datum_start(layout, prototype_trace, ess, per_datum, like=loc)
+    if auto:
+        if scale is None:
+            scale = torch.full_like(loc, torch.nan)
+        known = torch.isfinite(scale)
+        prior_precision = torch.where(known, scale, 1.0).pow(-2)
+        start = start * prior_precision  # N_i in units of the prior's precision
+        if loc.shape[-1] <= EXACT_START_MAX_DIM:
+            curvature = curvature_at_start(neg_log_joint, loc, precision)
+            floor = torch.where(known, prior_precision, 0.0)
+            start = auto_start(*curvature, data_scale=start, floor=floor)
+    if not (torch.isfinite(start).all() and torch.isfinite(start.rsqrt()).all()):
+        raise ValueError(
+            f"hess_init={hess_init!r}: the starting precision (ess * hess_init, ess = {ess:g}, "
+            f"in units of the prior's precision under 'auto') is not a positive number whose "
+            f"scale is finite in {loc.dtype}; pass float64 data, or hess_init=None to start "
+            "from the guide's own scale"
+        )
+    return start

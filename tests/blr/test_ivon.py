@@ -13,7 +13,15 @@ from torch import nn
 
 import pyro_blr as pb
 from pyro_blr.blr import ivon_start
+from pyro_blr.blr.prior_scale import prior_scale
+from pyro_blr.core import latent_layout
 from tests.scenarios import NormalNormal, load_example
+
+
+def prior_precision(model, guide, *args):
+    """1 / s_i^2 for the prior's robust scale s_i per coordinate: the unit of the auto start."""
+    layout = latent_layout(guide.prototype_trace)
+    return prior_scale(model, layout, args, {}, like=args[0]).pow(-2)
 
 
 def first_precision(guide_kwargs=None, **options):
@@ -67,12 +75,14 @@ def concave_in_mu(y):
         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
 
-def test_where_the_curvature_is_not_positive_the_auto_start_is_one_per_datum():
+def test_where_the_curvature_is_not_positive_the_auto_start_is_one_prior_precision_per_datum():
+    # ess / s^2 for the prior's scale s (about 1 here, estimated from prior draws)
     y = torch.zeros(10, dtype=torch.float64)
     pyro.clear_param_store()
     guide = AutoNormal(concave_in_mu)
     pb.BLR(concave_in_mu, guide, lr=1e-3, rule="ivon").step(y)
-    assert float(guide.scales.mu.detach().pow(-2)) == pytest.approx(10.0, rel=0.01)
+    expected = 10 * float(prior_precision(concave_in_mu, guide, y))
+    assert float(guide.scales.mu.detach().pow(-2)) == pytest.approx(expected, rel=0.01)
 
 
 def poisson_rate(y):
@@ -86,12 +96,16 @@ def poisson_rate(y):
 def test_a_broad_guide_does_not_start_above_the_curvature_near_its_mean(init_scale):
     # At draws from N(0, 1) the curvature 1 + 500 exp(theta) averages far above its value at
     # the mean, 501 (e^{1/2} times in expectation, more with exp's long tail), and beta2 = 0.999
-    # would take thousands of steps to forget it: the start is capped at max(ess, H(m)) = 501.
+    # would take thousands of steps to forget it: the start is capped at max(ess / s^2, H(m)),
+    # with H(m) = 501 and the prior's scale s about 1.
     y = torch.ones(500, dtype=torch.float64)
     pyro.clear_param_store()
     guide = AutoNormal(poisson_rate, init_scale=init_scale)
     pb.BLR(poisson_rate, guide, lr=1e-3, rule="ivon", beta2=1 - 1e-6).step(y)
-    assert float(guide.scales.theta.detach().pow(-2)) == pytest.approx(501.0, rel=1e-3)
+    cap = max(500 * float(prior_precision(poisson_rate, guide, y)), 501.0)
+    # a narrow guide's draws see about H(m) itself (501 e^{1/(2 * 100^2)}); a broad one's the cap
+    expected = 501.0 if init_scale < 0.1 else cap
+    assert float(guide.scales.theta.detach().pow(-2)) == pytest.approx(expected, rel=1e-3)
 
 
 def subsampled_mean(y):
@@ -119,7 +133,7 @@ def test_a_start_whose_scale_is_not_finite_is_refused_by_name():
     pyro.clear_param_store()
     guide = AutoNormal(per_datum_latents)
     blr = pb.BLR(per_datum_latents, guide, rule="ivon", hess_init=1e-50)
-    with pytest.raises(ValueError, match=r"hess_init=1e-50: IVON's starting precision"):
+    with pytest.raises(ValueError, match=r"hess_init=1e-50: the starting precision"):
         blr.step(y)
 
 
@@ -133,7 +147,7 @@ def per_datum_latents(y):
 @pytest.mark.parametrize("hess_init", [3.0, "auto"])
 def test_a_latent_inside_the_data_plate_starts_at_one_datums_curvature(monkeypatch, hess_init):
     # mu starts at 100 * hess_init but each z_i, which sees one datum, at 1 * hess_init; so does
-    # "auto" (as 1) above the size where it takes the Hessian.
+    # "auto" above the size where it takes the Hessian, in units of the prior's precision.
     monkeypatch.setattr(ivon_start, "EXACT_START_MAX_DIM", 0)
     y = torch.linspace(-1, 1, 100, dtype=torch.float64)
     pyro.clear_param_store()
@@ -143,14 +157,13 @@ def test_a_latent_inside_the_data_plate_starts_at_one_datums_curvature(monkeypat
         per_datum_latents, guide, lr=1e-3, rule="ivon", hess_init=hess_init, beta2=1 - 1e-6
     )
     blr.step(y)
-    per_datum = 1.0 if hess_init == "auto" else hess_init
-    assert float(guide.scales.mu.detach().pow(-2)) == pytest.approx(100 * per_datum, rel=0.01)
-    torch.testing.assert_close(
-        guide.scales.z.detach().pow(-2),
-        torch.full((100,), per_datum, dtype=torch.float64),
-        rtol=0.01,
-        atol=0,
-    )
+    if hess_init == "auto":
+        per_datum = prior_precision(per_datum_latents, guide, y)
+    else:
+        per_datum = torch.full((101,), hess_init, dtype=torch.float64)
+    mu_start = float(guide.scales.mu.detach().pow(-2))
+    assert mu_start == pytest.approx(100 * float(per_datum[0]), rel=0.01)
+    torch.testing.assert_close(guide.scales.z.detach().pow(-2), per_datum[1:], rtol=0.01, atol=0)
 
 
 def test_each_fit_judges_divergence_against_its_own_best():
@@ -179,10 +192,11 @@ def test_bad_data_scale_options_are_named(options, message):
         pb.BLR(s.model, AutoNormal(s.model), rule="ivon", **options)
 
 
-def test_data_scale_options_are_ivons_own():
+def test_data_scale_options_are_ivons_and_vons_own():
     s = NormalNormal(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"hess_init=2\.0 does not apply to rule 'von'"):
-        pb.BLR(s.model, AutoNormal(s.model), rule="von", hess_init=2.0)
+    for rule in ("newton", "vogn"):
+        with pytest.raises(ValueError, match=rf"hess_init=2\.0 does not apply to rule '{rule}'"):
+            pb.BLR(s.model, AutoNormal(s.model), rule=rule, hess_init=2.0)
 
 
 class BNN(PyroModule):

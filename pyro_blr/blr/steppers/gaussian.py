@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -38,17 +37,18 @@ from torch import Tensor
 
 from pyro_blr.blr import ivon_start
 from pyro_blr.blr.averaging import diverging
+from pyro_blr.blr.prior_scale import prior_scale
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import RULES
 from pyro_blr.blr.step_back import StepBack
 from pyro_blr.blr.steppers.base import (
-    KEPT,
     StepInfo,
     Stepper,
     minibatch,
     prepare_layout,
 )
 from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
+from pyro_blr.blr.steppers.gaussian_diagnosis import update_error
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
@@ -57,13 +57,14 @@ from pyro_blr.core import (
     rng_kept,
     trace_without_rng,
 )
-from pyro_blr.families import gaussian_family, is_positive_definite
+from pyro_blr.families import gaussian_family
 
 __all__ = ["GaussianStepper"]
 
 _SAMPLED = frozenset(
     {"mc_samples", "antithetic", "weight_decay", "vectorize_particles", "max_plate_nesting"}
 )
+_STARTED = frozenset({"ess", "hess_init"})  # the rules whose precision starts on the model's scale
 
 
 class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
@@ -73,8 +74,8 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
     rules = ("ivon", "von", "vogn", "newton")
     distributable = True
     options: ClassVar[dict[str, frozenset[str]]] = {
-        "ivon": _SAMPLED | {"beta1", "beta2", "clip_radius", "ess", "hess_init"},
-        "von": _SAMPLED | {"hessian_every"},
+        "ivon": _SAMPLED | _STARTED | {"beta1", "beta2", "clip_radius"},
+        "von": _SAMPLED | _STARTED | {"hessian_every"},
         "vogn": _SAMPLED - {"vectorize_particles"},
         "newton": frozenset(
             {"weight_decay", "vectorize_particles", "max_plate_nesting", "hessian_every"}
@@ -103,6 +104,9 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         self._steps_back = True  # set at set-up: not for a model that draws minibatches
         every = options.hessian_every
         self._reused = ReusedHessian(every) if every > 1 else None  # von, newton
+        # ivon and von start on the model's scale unless hess_init=None keeps the guide's
+        self._starts = "hess_init" in self.options[rule] and options.hess_init is not None
+        self._scale: Tensor | None = None  # the prior's scale per coordinate, once computed
 
     # ---------------------------------------------------------------- the guide, read and written
     def _setup(self, args: tuple, kwargs: dict) -> None:
@@ -138,7 +142,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         # Two steps' losses compare only on the same data: minibatches differ step to step.
         self._steps_back = not subsampled
         self.ess = self.opts.ess
-        if self.rule_name == "ivon" and self.ess is None:  # only IVON's start uses it
+        if self._starts and self.ess is None:  # only the start uses it
             self.ess = num_observations(trace_without_rng(self.model, args, kwargs, like))
         if self.rule.curvature == "ggn":
             if self._local:
@@ -166,28 +170,39 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             self._written = self._view.read()
 
     # ---------------------------------------------------------------- one step
-    def _ivon_start(self, loc: Tensor, precision: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        """IVON's starting precision (see :mod:`pyro_blr.blr.ivon_start`): a given
-        ``hess_init`` times the data each coordinate sees, or under ``"auto"`` the expected
-        Hessian diagonal at draws from the guide as it is, capped by that start with
-        ``hess_init=1`` or the Hessian at the mean, where affordable. The run's random stream
-        is untouched (a subsampled model draws its minibatch again here)."""
-        hess_init = self.opts.hess_init
-        auto = hess_init == "auto"
-        trace = self.guide.prototype_trace
-        per_datum = ivon_start.AUTO_HESS_INIT if auto else hess_init
-        start = ivon_start.per_datum_start(self.layout, trace, self.ess, per_datum, like=loc)
-        if auto and loc.shape[-1] <= ivon_start.EXACT_START_MAX_DIM:
+    def _units(self, args: tuple, kwargs: dict, like: Tensor, step_number: int) -> Tensor:
+        """The prior's scale per coordinate (see :mod:`pyro_blr.blr.prior_scale`), NaN where
+        unknown, computed once per stepper (the same on every rank: averaged)."""
+        if self._scale is None:
+            fn = lambda: prior_scale(self.model, self.layout, args, kwargs, like)  # noqa: E731
+            scale = self._together(step_number, fn)
+            if scale is None:  # a prior without a sampler: unit scale, as before
+                scale = like.new_full((self.layout.dim,), math.nan)
+            if self.collective is not None:
+                (scale,) = self.collective.mean([scale])
+            self._scale = scale
+        return self._scale
+
+    def _start(self, state, args: tuple, kwargs: dict, step_number: int) -> Tensor:
+        """The starting precision (see :mod:`pyro_blr.blr.ivon_start`), a matrix for a
+        full-covariance guide; the run's random stream is untouched."""
+        loc, precision = state.loc, state.precision
+        auto = self.opts.hess_init == "auto"
+        scale = self._units(args, kwargs, loc, step_number) if auto else None
+
+        def start() -> Tensor:
             fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
-            with rng_kept(loc):
-                curvature = ivon_start.curvature_at_start(fn, loc, precision)
-            start = ivon_start.auto_start(*curvature, data_scale=start)
-        if not (torch.isfinite(start).all() and torch.isfinite(start.rsqrt()).all()):
-            raise ValueError(
-                f"hess_init={hess_init!r}: IVON's starting precision (ess * hess_init, ess = "
-                f"{self.ess:g}) is not a positive number whose scale is finite in {loc.dtype}"
-            )
-        return start
+            diagonal = precision if precision.dim() == 1 else precision.diagonal()
+            trace = self.guide.prototype_trace
+            with rng_kept(loc):  # a subsampled model draws its minibatch again here
+                return ivon_start.starting_precision(
+                    fn, self.layout, trace, self.ess, self.opts.hess_init, loc, diagonal, scale
+                )
+
+        out = self._together(step_number, start)
+        if self.collective is not None:
+            (out,) = self.collective.mean([out])
+        return out if precision.dim() == 1 else torch.diag_embed(out)
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
@@ -206,13 +221,10 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             self._undo = None  # first step, local rows, guide changed outside, other data
         if state is not self._state and self._reused is not None:
             self._reused.reset()  # a Gaussian written from outside: a fresh Hessian
-        if not self._started and self.rule_name == "ivon" and self.opts.hess_init is not None:
-            start = self._together(
-                step_number, lambda: self._ivon_start(state.loc, state.precision, args, kwargs)
-            )
-            if self.collective is not None:
-                (start,) = self.collective.mean([start])
-            state = state._replace(precision=start)
+        if self.rule_name == "ivon" and self.opts.clip_radius is not None:
+            self._units(args, kwargs, state.loc, step_number)  # the clip's units
+        if not self._started and not self._local and self._starts:
+            state = state._replace(precision=self._start(state, args, kwargs, step_number))
         loc, precision = state.loc, state.precision
         family = gaussian_family(precision)
         fresh = self._reused is None or self._reused.due()
@@ -283,29 +295,35 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         precision cannot be factorized."""
         extra = {}
         if self.rule_name == "ivon":
-            extra = {k: getattr(self.opts, k) for k in ("beta1", "beta2", "clip_radius")}
+            extra = {k: getattr(self.opts, k) for k in ("beta1", "beta2")}
+            extra["clip_radius"] = self._clip_radius()
+        new_state, failure = None, None
         try:
             new_state = self.rule.update(state, grad, hess, lr, step_number, **extra)
             if all(torch.isfinite(t).all() for t in new_state):
                 self._write(new_state)  # computes every parameter before writing any
                 return
-            problem = "is not finite"
         except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
-            update = self.rule.update
-            condition = _condition_in_float64(update, state, grad, hess, lr, step_number, extra)
-            if condition is not None:  # well posed, but beyond the guide's dtype
-                raise FloatingPointError(
-                    f"BLR step {step_number}: the update's full precision has condition number "
-                    f"{condition:.2g}, more than {state.precision.dtype} factorizes reliably "
-                    f"(in float64 the same update factorizes): refit in float64, a new guide "
-                    f"and BLR on float64 data (X.double(), y.double()); if the condition number "
-                    f"keeps growing from step to step the fit is diverging: lower lr; {KEPT}"
-                ) from error
-            problem = f"has a precision that cannot be factorized ({error})"
-        raise FloatingPointError(
-            f"BLR step {step_number}: the update {problem} (lr={lr:g}): the fit diverged; "
-            f"lower lr; {KEPT}"
-        )
+            failure = error
+        raise update_error(
+            self.rule.update,
+            state,
+            (grad, hess),
+            lr,
+            step_number,
+            extra,
+            self.layout.site_at,
+            new_state=new_state,
+            error=failure,
+        ) from failure
+
+    def _clip_radius(self) -> Tensor | None:
+        """IVON's clip radius per coordinate: ``clip_radius`` in units of the prior's scale
+        (unit scale where it is unknown), so that the clip does not depend on the data's
+        units."""
+        if self.opts.clip_radius is None:
+            return None
+        return self.opts.clip_radius * self._scale.nan_to_num(nan=1.0)  # set by step()
 
     def _step_back(self, step_number: int, reason: str) -> StepInfo:
         """Return to the state before the last step and retake it with half the step size
@@ -332,26 +350,3 @@ def _versions(args: tuple, kwargs: dict) -> tuple:
     """The in-place version counter of every tensor argument (``y[:] = batch`` bumps it)."""
     values = [*args, *kwargs.values()]
     return tuple(v._version if torch.is_tensor(v) else None for v in values)
-
-
-def _condition_in_float64(
-    update: Callable, state, grad: Tensor, hess: Tensor, lr: float, step: int, options: dict
-) -> float | None:
-    """The condition number of the precision that ``update`` gives in float64, where ``state``
-    is full-covariance in a narrower dtype, the float64 precision factorizes and its condition
-    number is beyond what the narrower dtype factorizes reliably (a tenth of ``1 / eps``: about
-    8e5 in float32); else ``None``, and the failure is the fit's, not the dtype's."""
-    precision = state.precision
-    if precision.dim() != 2 or precision.dtype == torch.float64:
-        return None
-    wide = type(state)(*(t.double() for t in state))
-    try:
-        updated = update(wide, grad.double(), hess.double(), lr, step, **options).precision
-        if not is_positive_definite(updated):
-            return None
-        eigenvalues = torch.linalg.eigvalsh(updated)
-    except RuntimeError:  # LinAlgError included
-        return None
-    condition = float(eigenvalues.max() / eigenvalues.min())
-    reliable = 0.1 / torch.finfo(precision.dtype).eps
-    return condition if reliable < condition < math.inf else None
