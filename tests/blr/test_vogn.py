@@ -9,6 +9,7 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from tests import scenarios
 from tests.scenarios import logistic_regression
 
 
@@ -151,3 +152,30 @@ def test_vogn_fits_a_model_with_its_own_parameters(guide_class):
     )
     # The residual sd is 0.5 (sampling error 0.025 at N = 200); from 2.0 Adam gets there.
     assert abs(float(pyro.param("sigma").detach()) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("guide_class", [AutoNormal, AutoMultivariateNormal])
+def test_a_float32_overflow_names_the_site_and_float64_not_a_lower_lr(guide_class):
+    # Data in units of 1e-8 from Pyro's init_scale=0.1: the Gauss-Newton curvature at the first
+    # draws is about 1e33 and the update's precision 1e64, beyond float32 (3.4e38) at any lr.
+    # In float64 the same fit runs (checked below): the fix is the dtype, not the step size.
+    def scaled(dtype):
+        s = scenarios.linear_regression(num_data=50, dim=2, dtype=dtype)
+        return scenarios.LinearRegression(s.X, s.y * 1e-8, prior_scale=1e-8, noise=0.5e-8)
+
+    s = scaled(torch.float32)
+    pyro.clear_param_store()
+    guide = guide_class(s.model)
+    blr = pb.BLR(s.model, guide, lr=0.5, rule="vogn")
+    with pytest.raises(FloatingPointError) as raised:
+        blr.step(s.X, s.y)
+    message = str(raised.value)
+    assert "site(s) ['w']" in message and "refit in float64" in message
+    assert "lower lr" not in message
+
+    s = scaled(torch.float64)
+    pyro.clear_param_store()
+    guide = guide_class(s.model)
+    blr = pb.BLR(s.model, guide, lr=0.5, rule="vogn")
+    for _ in range(5):
+        assert torch.isfinite(torch.tensor(blr.step(s.X, s.y)))
