@@ -238,15 +238,19 @@ class Fit:
 
 def fit(case: Case, model: Callable, args: tuple, steps: int, lr: float, unit: float = 1.0,
         seed: int = 0, then: Callable | None = None, init_loc_fn: Callable | None = None,
-        **options) -> Fit:  # fmt: skip
-    """``steps`` BLR steps of ``case`` from a fresh param store and the RNG seeded ``seed``;
+        via_fit: bool = False, **options) -> Fit:  # fmt: skip
+    """``steps`` BLR steps of ``case`` from a fresh param store and the RNG seeded ``seed``, by
+    ``BLR.step`` or (``via_fit``) by ``BLR.fit``, which ends at the average of the late iterates;
     ``then(model, guide, args)``, if given, is called on the fitted guide (its result in
     ``Fit.out``)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = case.make_guide(model, unit, init_loc_fn)
     driver = case.driver(model, guide, lr, **options)
-    losses = [driver.step(*args) for _ in range(steps)]
+    if via_fit:
+        losses = driver.fit(*args, num_steps=steps, progress=False).losses
+    else:
+        losses = [driver.step(*args) for _ in range(steps)]
     draws = guide_draws(guide, args)
     out = None if then is None else then(model, guide, args)
     return Fit(guide, driver, losses, draws, out)

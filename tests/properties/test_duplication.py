@@ -64,12 +64,12 @@ the scaled model, whose prior is wider, elsewhere)."""
 @pytest.mark.parametrize("case", case_params(CASES))
 def test_duplicated_data_equal_a_scale_of_two(case, profile):
     @profile_settings(profile)
-    @given(problems(), st.integers(1, 3), st.sampled_from([0.5, 1.0]))
-    def equal(problem, steps, lr):
+    @given(problems(), st.integers(1, 3), st.sampled_from([0.5, 1.0]), st.booleans())
+    def equal(problem, steps, lr, via_fit):
         twice = duplicated(problem)
         model, constant = scaled(problem)
-        one = fit(case, twice.model, twice.args, steps, lr, init_loc_fn=START)
-        other = fit(case, model, problem.args, steps, lr, init_loc_fn=START)
+        one = fit(case, twice.model, twice.args, steps, lr, init_loc_fn=START, via_fit=via_fit)
+        other = fit(case, model, problem.args, steps, lr, init_loc_fn=START, via_fit=via_fit)
         assert_scaled(other.draws, one.draws, 1.0, "draws of the fitted guide")
         for step, (found, ref) in enumerate(zip(other.losses, one.losses, strict=True)):
             assert_shifted(found, ref, -constant, f"loss of step {step + 1}")

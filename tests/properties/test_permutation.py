@@ -41,11 +41,12 @@ def permuted(problem: Problem, seed: int) -> tuple[Problem, torch.Tensor]:
 @pytest.mark.parametrize("case", case_params(CASES))
 def test_blr_ignores_the_order_of_the_data(case, profile):
     @profile_settings(profile)
-    @given(problems(), st.integers(0, 2**16), st.integers(1, 3), st.sampled_from([0.5, 1.0]))
-    def ignores_order(problem, seed, steps, lr):
+    @given(problems(), st.integers(0, 2**16), st.integers(1, 3), st.sampled_from([0.5, 1.0]),
+           st.booleans())  # fmt: skip
+    def ignores_order(problem, seed, steps, lr, via_fit):
         shuffled, _ = permuted(problem, seed)
-        one = fit(case, problem.model, problem.args, steps, lr)
-        other = fit(case, shuffled.model, shuffled.args, steps, lr)
+        one = fit(case, problem.model, problem.args, steps, lr, via_fit=via_fit)
+        other = fit(case, shuffled.model, shuffled.args, steps, lr, via_fit=via_fit)
         # The same draws on both sides; the sums over data differ in their order only.
         assert_scaled(other.draws, one.draws, 1.0, "draws of the fitted guide")
         for step, (found, ref) in enumerate(zip(other.losses, one.losses, strict=True)):

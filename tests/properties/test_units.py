@@ -55,10 +55,12 @@ units = st.builds(lambda e: 10.0**e, st.floats(-8, 8))
 which = st.sampled_from(["response", "features"])
 
 
-def both(case: Case, problem: Problem, c: float, kind: str, steps: int, lr: float, then=None):
+def both(case: Case, problem: Problem, c: float, kind: str, steps: int, lr: float, then=None,
+         via_fit: bool = False):  # fmt: skip
     rescaled, s, log_c = rescale(problem, c, kind)
-    one = fit(case, problem.model, problem.args, steps, lr, then=then)
-    other = fit(case, rescaled.model, rescaled.args, steps, lr, unit=s, then=then)
+    one = fit(case, problem.model, problem.args, steps, lr, then=then, via_fit=via_fit)
+    other = fit(case, rescaled.model, rescaled.args, steps, lr, unit=s, then=then,
+                via_fit=via_fit)  # fmt: skip
     return rescaled, s, log_c, one, other
 
 
@@ -95,14 +97,14 @@ UNITS_XFAILS = {
 @pytest.mark.parametrize("case", case_params(UNITS_CASES, UNITS_XFAILS))
 def test_blr_rescales_with_the_units(case, profile):
     @profile_settings(profile)
-    @given(problems(), units, which, st.integers(1, 3), st.sampled_from([0.5, 1.0]))
+    @given(problems(), units, which, st.integers(1, 3), st.sampled_from([0.5, 1.0]), st.booleans())
     # The smallest examples Hypothesis found for the known bugs, and the extreme units: always run.
-    @example(make_problem("normal", 1, 1, 1.0, 1.0, 0), 100.0, "response", 1, 0.5)
-    @example(make_problem("bernoulli", 1, 1, 8.2, 1.0, 0), 10**1.5, "features", 1, 1.0)
-    @example(make_problem("normal", 3, 2, 1.0, 0.5, 1), 1e-8, "response", 2, 1.0)
-    @example(make_problem("normal", 3, 2, 1.0, 0.5, 1), 1e8, "features", 2, 1.0)
-    def rescales(problem, c, kind, steps, lr):
-        _, s, log_c, one, other = both(case, problem, c, kind, steps, lr)
+    @example(make_problem("normal", 1, 1, 1.0, 1.0, 0), 100.0, "response", 1, 0.5, False)
+    @example(make_problem("bernoulli", 1, 1, 8.2, 1.0, 0), 10**1.5, "features", 1, 1.0, False)
+    @example(make_problem("normal", 3, 2, 1.0, 0.5, 1), 1e-8, "response", 2, 1.0, True)
+    @example(make_problem("normal", 3, 2, 1.0, 0.5, 1), 1e8, "features", 2, 1.0, False)
+    def rescales(problem, c, kind, steps, lr, via_fit):
+        _, s, log_c, one, other = both(case, problem, c, kind, steps, lr, via_fit=via_fit)
         assert_scaled(other.draws, one.draws, s, "draws of the fitted guide")
         # -ELBO = -E log p - H[q]: each datum's density gains -log c, each weight's prior
         # density -log s and the entropy +log s a coordinate.
