@@ -45,6 +45,25 @@ class XFail:
     should: Raises | None = None  # the refusal the cell should give, when it gives none
 
 
+@dataclass(frozen=True)
+class LOOAnswer:
+    """What leaving each datum of ``plate`` out does, exactly (refits in closed form).
+
+    Attributes:
+        plate: the data plate.
+        mean_shift: the leave-one-out posterior mean minus the posterior mean, ``(N, D)``, over
+            the latent coordinates in trace order (unconstrained); ``None`` where the posterior
+            is not Gaussian in them (only ``loo_lpd`` is then checked).
+        loo_lpd: :math:`\\log p(y_i \\mid y_{\\setminus i})` (the datum's likelihood term, as
+            the model scales it, integrated against the leave-one-out posterior), ``(N,)``; NaN
+            where the model masks the datum out (it has no term).
+    """
+
+    plate: str
+    mean_shift: Tensor | None
+    loo_lpd: Tensor
+
+
 @dataclass
 class Idiom:
     """One model idiom, its data and its answer.
@@ -63,6 +82,7 @@ class Idiom:
         heavy_tails: in unconstrained coordinates the posterior's tail decays like a
             Jacobian (exponentially), more slowly than any Gaussian q: the importance ratios
             p/q are unbounded and Pareto k-hat must say so (> 0.7).
+        loo: the exact leave-one-out answer (:class:`LOOAnswer`), where a closed form exists.
     """
 
     name: str
@@ -78,6 +98,7 @@ class Idiom:
     heavy_tails: bool = False
     elbo: str = "Trace_ELBO"
     answer: Callable | None = None
+    loo: Callable[[], LOOAnswer] | None = None
 
     @property
     def for_guide(self) -> Callable:
@@ -119,6 +140,19 @@ def grid_posterior(grid: Tensor, log_density: Tensor, *functions: Tensor):
     return out, log_evidence + float(log_density.max())
 
 
+def grid_loo(grid: Tensor, log_prior: Tensor, log_lik: Tensor) -> Tensor:
+    """Exact log p(y_i | y_-i) = log Z - log Z_{-i} for a one-dimensional latent, with
+    Z_S = ∫ p(z) prod_{j in S} p(y_j | z) dz by the trapezoid rule on ``grid`` (``log_lik``:
+    ``(len(grid), N)``); other latents with their own data cancel from the ratio."""
+
+    def log_z(log_density: Tensor) -> Tensor:
+        top = log_density.max(0).values
+        return torch.trapezoid((log_density - top).exp(), grid, dim=0).log() + top
+
+    full = log_prior + log_lik.sum(-1)
+    return log_z(full) - log_z(full[:, None] - log_lik)
+
+
 def regression_data(num_data: int = 20, dim: int = 3, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(num_data, dim, generator=gen, dtype=F64)
@@ -136,9 +170,45 @@ def regression_answer(A: Tensor, y: Tensor, sizes: dict[str, int], noise_var=NOI
     return split(mean, cov, sizes), cov, evidence
 
 
+def linear_gaussian_loo(
+    A: Tensor,
+    y: Tensor,
+    noise_var: float = NOISE**2,
+    keep: Tensor | None = None,
+    scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Exact leave-one-out refits of y = A z + e, z ~ N(0, I), e ~ N(0, v), with the likelihood
+    raised to the power ``scale`` (poutine.scale) and only the data in ``keep`` observed.
+
+    Datum i's refit drops row i: mean m_{-i}, covariance S_{-i}. Its predictive term is
+    log ∫ N(y_i; a_i z, v)^s N(z; m_{-i}, S_{-i}) dz, and N(y; m, v)^s = N(y; m, v/s)
+    (2 pi v)^{(1-s)/2} s^{-1/2}, so it is log N(y_i; a_i m_{-i}, a_i S_{-i} a_i + v/s) +
+    (1-s)/2 log(2 pi v) - log(s)/2. A masked datum has no term: shift 0, lpd NaN.
+    """
+    keep = torch.ones(len(y), dtype=torch.bool) if keep is None else keep
+    prior = torch.eye(A.shape[1], dtype=A.dtype)
+    mean = linear_gaussian(A[keep], y[keep], prior, noise_var / scale)[0]
+    shifts, lpd = torch.zeros_like(A), torch.full_like(y, math.nan)
+    for i in torch.nonzero(keep).flatten().tolist():
+        rest = keep.clone()
+        rest[i] = False
+        m, S, _ = linear_gaussian(A[rest], y[rest], prior, noise_var / scale)
+        shifts[i] = m - mean
+        var = A[i] @ S @ A[i] + noise_var / scale
+        lpd[i] = dist.Normal(A[i] @ m, var.sqrt()).log_prob(y[i])
+        lpd[i] += (1 - scale) / 2 * math.log(2 * math.pi * noise_var) - math.log(scale) / 2
+    return shifts, lpd
+
+
+def regression_loo(A: Tensor, y: Tensor, **options) -> Callable[[], LOOAnswer]:
+    return lambda: LOOAnswer("data", *linear_gaussian_loo(A, y, **options))
+
+
 # ----------------------------------------------------------------------------- expectations
 BLR_ENTRIES = ["blr_ivon", "blr_von", "blr_newton", "blr_expfamily", "blr_mixture"]
-DIAGNOSTIC_ENTRIES = ["log_evidence", "sgd_evidence", "to_inference_data", "psis_diagnostic"]
+DIAGNOSTIC_ENTRIES = [
+    "log_evidence", "sgd_evidence", "to_inference_data", "psis_diagnostic", "loo_sensitivity",
+]  # fmt: skip
 ALL_ENTRIES = [
     *BLR_ENTRIES, "svi_expfamily", "svi_mixture", "svi_flow", "svi_renyi", *DIAGNOSTIC_ENTRIES,
 ]  # fmt: skip
@@ -175,7 +245,9 @@ def matmul() -> Idiom:
             pyro.sample("y", dist.Normal(X @ w, NOISE), obs=y)
 
     ref, cov, ev = regression_answer(X, y, {"w": 3})
-    return Idiom("matmul", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    return Idiom(
+        "matmul", model, (X, y), ref, ev, gaussian=True, ref_cov=cov, loo=regression_loo(X, y)
+    )
 
 
 def bnn_linear() -> Idiom:
@@ -197,7 +269,9 @@ def bnn_linear() -> Idiom:
     model = Regressor().double()
     A = torch.cat([X, torch.ones(len(X), 1, dtype=F64)], 1)
     ref, cov, ev = regression_answer(A, y, {"linear.weight": 3, "linear.bias": 1})
-    return Idiom("bnn_linear", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    return Idiom(
+        "bnn_linear", model, (X, y), ref, ev, gaussian=True, ref_cov=cov, loo=regression_loo(A, y)
+    )
 
 
 def bnn_sequential() -> Idiom:
@@ -220,7 +294,10 @@ def bnn_sequential() -> Idiom:
 
     model = Net().double()
     ref, cov, ev = regression_answer(X, y, {"body.0.weight": 3})
-    return Idiom("bnn_sequential", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    return Idiom(
+        "bnn_sequential", model, (X, y), ref, ev, gaussian=True, ref_cov=cov,
+        loo=regression_loo(X, y),
+    )  # fmt: skip
 
 
 def pyro_param() -> Idiom:
@@ -239,8 +316,14 @@ def pyro_param() -> Idiom:
         sigma = float(pyro.param("sigma").detach()) if "sigma" in pyro.get_param_store() else 1.0
         return regression_answer(X, y, {"w": 3}, noise_var=sigma**2)
 
+    def loo():
+        sigma = float(pyro.param("sigma").detach()) if "sigma" in pyro.get_param_store() else 1.0
+        return regression_loo(X, y, noise_var=sigma**2)()
+
     ref, cov, ev = answer()
-    return Idiom("pyro_param", model, (X, y), ref, ev, gaussian=True, ref_cov=cov, answer=answer)
+    return Idiom(
+        "pyro_param", model, (X, y), ref, ev, gaussian=True, ref_cov=cov, answer=answer, loo=loo
+    )
 
 
 def evidence_optimal_sigma(idiom: Idiom) -> float:
@@ -261,7 +344,16 @@ def deterministic() -> Idiom:
             pyro.sample("y", dist.Normal(mean, NOISE), obs=y)
 
     ref, cov, ev = regression_answer(X, y, {"w": 3})
-    return Idiom("deterministic", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    return Idiom(
+        "deterministic",
+        model,
+        (X, y),
+        ref,
+        ev,
+        gaussian=True,
+        ref_cov=cov,
+        loo=regression_loo(X, y),
+    )
 
 
 def factor() -> Idiom:
@@ -274,7 +366,9 @@ def factor() -> Idiom:
         pyro.factor("lik", dist.Normal(mean, NOISE).log_prob(y).sum(-1))
 
     ref, cov, ev = regression_answer(X, y, {"w": 3})
-    return Idiom("factor", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    # leave-one-out needs the data as the elements of a plate: a factor holds them all in one term
+    expect = refuse(["loo_sensitivity"], "'lik'")
+    return Idiom("factor", model, (X, y), ref, ev, gaussian=True, ref_cov=cov, expect=expect)
 
 
 def obs_mask() -> Idiom:
@@ -307,7 +401,10 @@ def poutine_mask() -> Idiom:
             pyro.sample("y", dist.Normal(linear(X, w), NOISE), obs=y)
 
     ref, cov, ev = regression_answer(X[mask], y[mask], {"w": 3})
-    return Idiom("poutine_mask", model, (X, y, mask), ref, ev, gaussian=True, ref_cov=cov)
+    return Idiom(
+        "poutine_mask", model, (X, y, mask), ref, ev, gaussian=True, ref_cov=cov,
+        loo=regression_loo(X, y, keep=mask),
+    )  # fmt: skip
 
 
 def poutine_scale() -> Idiom:
@@ -323,7 +420,10 @@ def poutine_scale() -> Idiom:
 
     ref, cov, ev = regression_answer(X, y, {"w": 3}, noise_var=NOISE**2 / 2)
     ev = ev - len(y) / 2 * math.log(4 * math.pi * NOISE**2)
-    return Idiom("poutine_scale", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    return Idiom(
+        "poutine_scale", model, (X, y), ref, ev, gaussian=True, ref_cov=cov,
+        loo=regression_loo(X, y, scale=2.0),
+    )  # fmt: skip
 
 
 def nested_plates() -> Idiom:
@@ -347,7 +447,9 @@ def nested_plates() -> Idiom:
         A[g * n : (g + 1) * n, 1 + g] = 1.0
     mean, cov, ev = linear_gaussian(A, y.reshape(-1), prior, NOISE**2)
     ref = split(mean, cov, {"mu0": 1, "mu": G})
-    return Idiom("nested_plates", model, (y,), ref, ev, gaussian=True, ref_cov=cov)
+    # the observed site lies in two plates: which one holds the data is the user's to say
+    expect = refuse(["loo_sensitivity"], "plate=")
+    return Idiom("nested_plates", model, (y,), ref, ev, gaussian=True, ref_cov=cov, expect=expect)
 
 
 def sequential_plate() -> Idiom:
@@ -359,7 +461,11 @@ def sequential_plate() -> Idiom:
             pyro.sample(f"y_{i}", dist.Normal(linear(X[i], w), NOISE), obs=y[i])
 
     ref, cov, ev = regression_answer(X, y, {"w": 3})
-    return Idiom("sequential_plate", model, (X, y), ref, ev, gaussian=True, ref_cov=cov)
+    # one site per datum, in no vectorized plate: leave-one-out names them and asks for one
+    expect = refuse(["loo_sensitivity"], r"'y_0'.*vectorized plate")
+    return Idiom(
+        "sequential_plate", model, (X, y), ref, ev, gaussian=True, ref_cov=cov, expect=expect
+    )
 
 
 def subsample_global() -> Idiom:
@@ -373,7 +479,8 @@ def subsample_global() -> Idiom:
 
     ref, cov, ev = regression_answer(X, y, {"w": 3})
     expect = refuse(["log_evidence", "psis_diagnostic"], "data")
-    expect["sgd_evidence"] = Raises(ValueError, "plate 'data' is subsampled")
+    expect["sgd_evidence"] = Raises(ValueError, r"plate \[?'data'\]? is subsampled")
+    expect["loo_sensitivity"] = Raises(ValueError, r"plate \[?'data'\]? is subsampled")
     # the Rényi bound has no unbiased minibatch estimate with a global latent: it names the plate
     expect["svi_renyi"] = Raises(ValueError, r"plate \['data'\] is subsampled")
     return Idiom(
@@ -406,6 +513,7 @@ def subsample_local() -> Idiom:
     expect["svi_renyi"] = Raises(ValueError, r"plate \['data'\] is subsampled")  # mu is global
     expect |= refuse(["blr_ivon"], "data")  # names the plate: IVON's momentum is per datum
     expect |= refuse(["log_evidence", "psis_diagnostic", "sgd_evidence"], "data")  # the plate
+    expect["loo_sensitivity"] = Raises(ValueError, "'data'")  # the plate, or 'z' in it
     return Idiom(
         "subsample_local", model, (y,), ref, ev, subsampled=True, ref_cov=cov, expect=expect
     )
@@ -429,7 +537,9 @@ def simplex() -> Idiom:
         return float(torch.lgamma(a).sum() - torch.lgamma(a.sum()))
 
     ev = log_beta(conc) - log_beta(ones)
-    return Idiom("simplex", model, (data,), ref, ev)
+    # leaving datum i (category k) out: p(y_i | y_-i) = (conc_k - 1) / (sum(conc) - 1)
+    loo_lpd = ((conc[data] - 1) / (conc.sum() - 1)).log()
+    return Idiom("simplex", model, (data,), ref, ev, loo=lambda: LOOAnswer("data", None, loo_lpd))
 
 
 def lkj() -> Idiom:
@@ -453,6 +563,9 @@ def lkj() -> Idiom:
     quad = (s11 + s22 - 2 * r * s12) / det
     log_lik = -n * math.log(2 * math.pi) - 0.5 * n * torch.log(det) - 0.5 * quad
     (r_ref, l11_ref), ev = grid_posterior(r, log_prior + log_lik, r, det.sqrt())
+    quad_i = (y[:, 0] ** 2 + y[:, 1] ** 2 - 2 * r[:, None] * y[:, 0] * y[:, 1]) / det[:, None]
+    per_datum = -math.log(2 * math.pi) - 0.5 * torch.log(det)[:, None] - 0.5 * quad_i
+    loo_lpd = grid_loo(r, log_prior, per_datum)
     zero = torch.zeros(1, dtype=F64)
     one = torch.ones(1, dtype=F64)
     ref = {
@@ -462,7 +575,10 @@ def lkj() -> Idiom:
         )
     }
     expect = refuse(["blr_expfamily", "svi_expfamily"], "'L'")  # no CorrCholesky family
-    return Idiom("lkj", model, (y,), ref, ev, expect=expect, heavy_tails=True)
+    return Idiom(
+        "lkj", model, (y,), ref, ev, expect=expect, heavy_tails=True,
+        loo=lambda: LOOAnswer("data", None, loo_lpd),
+    )  # fmt: skip
 
 
 def positive() -> Idiom:
@@ -491,7 +607,8 @@ def positive() -> Idiom:
     log_density = log_density + dist.Normal(0.0, s[:, None]).log_prob(x).sum(-1)
     (sigma_ref,), ev_sigma = grid_posterior(s, log_density, s)
     ref = {"lam": (post.mean.reshape(1), post.stddev.reshape(1)), "sigma": sigma_ref}
-    return Idiom("positive", model, (counts, x), ref, ev_lam + ev_sigma)
+    expect = refuse(["loo_sensitivity"], "plate=")  # two data plates: the user says which
+    return Idiom("positive", model, (counts, x), ref, ev_lam + ev_sigma, expect=expect)
 
 
 def interval() -> Idiom:
@@ -517,9 +634,20 @@ def interval() -> Idiom:
     u = torch.linspace(0, 2, 20001, dtype=F64)
     log_density = -math.log(2) + dist.Normal(u[:, None], 1.0).log_prob(x).sum(-1)
     (u_ref,), ev_u = grid_posterior(u, log_density, u)
+    log_lik = dist.Normal(u[:, None], 1.0).log_prob(x)
+    loo_lpd = grid_loo(u, torch.full_like(u, -math.log(2)), log_lik)
     ref = {"p": (post.mean.reshape(1), post.stddev.reshape(1)), "u": u_ref}
-    expect = refuse(["blr_expfamily", "svi_expfamily"], "'u'")  # Beta is for (0, 1) only
-    return Idiom("interval", model, (k, x), ref, ev_p + ev_u, expect=expect, heavy_tails=True)
+    expect: dict[str, object] = refuse(["blr_expfamily", "svi_expfamily"], "'u'")  # (0, 1) only
+    expect["loo_sensitivity"] = XFail(
+        "pb.loo_sensitivity from the full-Gaussian fit is 0.09-0.21 nat per datum off the exact "
+        "leave-one-out densities (seeds 0-2) on this posterior, skewed in the unconstrained "
+        "coordinates (6 data; PSIS k-hat of the fit > 0.7), and says nothing",
+        raises=AssertionError,
+    )
+    return Idiom(
+        "interval", model, (k, x), ref, ev_p + ev_u, expect=expect, heavy_tails=True,
+        loo=lambda: LOOAnswer("x", None, loo_lpd),
+    )  # fmt: skip
 
 
 def enumerated() -> Idiom:
@@ -568,7 +696,113 @@ def control_flow() -> Idiom:
         with pyro.plate("data", y.shape[0]):
             pyro.sample("y", dist.Normal(loc, 1.0), obs=y)
 
-    return Idiom("control_flow", model, (y,), {}, expect=refuse(ALL_ENTRIES, "'extra'"))
+    expect = refuse(ALL_ENTRIES, "'extra'")
+    expect["loo_sensitivity"] = XFail(
+        "pb.loo_sensitivity checks the guide's fixed point before the model's structure: given "
+        "an unfitted guide it says 'fit it to convergence' instead of naming 'extra', which no "
+        "fit can mend",
+        should=Raises(ValueError, "'extra'"),
+    )
+    return Idiom("control_flow", model, (y,), {}, expect=expect)
+
+
+# ----------------------------------------------------------------------------- tutorial idioms
+# Idioms from Pyro's tutorials that broke an entry point (issue "No confident wrong answers, round
+# two"). Cells that fail today for a bug being fixed are XFail, with the finding as the reason.
+def sequential_subsample() -> Idiom:
+    """The coin of Pyro's SVI tutorial part II (tutorial/source/svi_part_ii.ipynb), float64: a
+    fairness f ~ Beta(10, 10) and ten flips read one site per flip in a sequential plate of
+    minibatches of 5, ``for i in pyro.plate("data_loop", len(data), subsample_size=5)``. Pyro
+    scales each flip's term by 10/5. Posterior Beta(10 + heads, 10 + tails)."""
+    data = torch.tensor([1.0] * 6 + [0.0] * 4, dtype=F64)
+    alpha0 = torch.tensor(10.0, dtype=F64)
+    beta0 = torch.tensor(10.0, dtype=F64)
+
+    def model(data):
+        f = pyro.sample("latent_fairness", dist.Beta(alpha0, beta0))
+        for i in pyro.plate("data_loop", len(data), subsample_size=5):
+            pyro.sample(f"obs_{i}", dist.Bernoulli(f), obs=data[i])
+
+    heads = float(data.sum())
+    tails = len(data) - heads
+    post = dist.Beta(alpha0 + heads, beta0 + tails)
+    ref = {"latent_fairness": (post.mean.reshape(1), post.stddev.reshape(1))}
+
+    def log_beta(a, b):
+        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+    ev = log_beta(10 + heads, 10 + tails) - log_beta(10, 10)
+    # the diagnostics need the full data: each refuses naming the plate and the fix (B's fix of
+    # "No confident wrong answers, round two": log_evidence gave -13.03 against -15.81, PSIS
+    # k-hat 0.2-0.4, to_inference_data a KeyError)
+    expect = refuse(
+        ["log_evidence", "psis_diagnostic", "to_inference_data", "loo_sensitivity",
+         "sgd_evidence"],
+        r"'data_loop'.* is subsampled.*without subsample_size",
+    )  # fmt: skip
+    expect["svi_renyi"] = XFail(
+        "pb.RenyiELBO refuses a minibatched global latent in a vectorized subsampled plate but "
+        "not in a sequential one: it returns a biased bound",
+        should=Raises(ValueError, "'data_loop'"),
+    )
+    return Idiom("sequential_subsample", model, (data,), ref, ev, subsampled=True, expect=expect)
+
+
+def bare_assert() -> Idiom:
+    """A shape check written as a bare ``assert`` (no message) inside the model, as Pyro's
+    logistic-growth tutorial (tutorial/source/logistic-growth.ipynb) writes ``assert
+    w.shape == ()``: the latents are scalars; the regression on two columns is closed-form."""
+    X, y = regression_data()
+    A = X[:, :2]
+
+    def model(X, y):
+        a = pyro.sample("a", dist.Normal(ZERO, 1.0))
+        b = pyro.sample("b", dist.Normal(ZERO, 1.0))
+        assert a.shape == ()
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Normal(a * X[:, 0] + b * X[:, 1], NOISE), obs=y)
+
+    ref, cov, ev = regression_answer(A, y, {"a": 1, "b": 1})
+    expect: dict[str, object] = {
+        "svi_renyi": XFail(
+            "pb.RenyiELBO vectorizes its particles in a plate by default, where the model's bare "
+            "assert on a latent's shape fails: a raw torch shape error naming no site (SVI's "
+            "Trace_ELBO, unvectorized by default, runs the model)",
+            raises=(RuntimeError, AssertionError),
+        )
+    }
+    return Idiom(
+        "bare_assert", model, (X, y), ref, ev, gaussian=True, ref_cov=cov,
+        loo=regression_loo(A, y), expect=expect,
+    )  # fmt: skip
+
+
+def mixed_dtype() -> Idiom:
+    """A float32 prior constant (``torch.zeros(3)``, the default dtype) with float64 data, which
+    Pyro's SVI runs (the likelihood promotes to float64). The answer is the float64 one; the
+    cells ask for it to Monte Carlo accuracy only (the latent's own dtype is the prior's float32,
+    whose round-off is far below that), and the exact cells (Newton's one step, leave-one-out)
+    to float32 round-off, see ``test_matrix.py``."""
+    X, y = regression_data()
+
+    def model(X, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Normal(linear(X, w), NOISE), obs=y)
+
+    ref, cov, ev = regression_answer(X, y, {"w": 3})
+    expect: dict[str, object] = {
+        "blr_ivon": XFail(
+            "pb.BLR(rule='ivon') on the float32 latent narrows w[0]'s sd to 0.67-0.85 of the "
+            "mean-field optimum (seeds 0-3; 0.90-0.96 on the same model in float64, 'matmul'): "
+            "a bias far beyond float32 round-off",
+            raises=AssertionError,
+        )
+    }
+    return Idiom(
+        "mixed_dtype", model, (X, y), ref, ev, ref_cov=cov, loo=regression_loo(X, y),
+        expect=expect,
+    )  # fmt: skip
 
 
 IDIOMS: dict[str, Callable[[], Idiom]] = {
@@ -577,5 +811,6 @@ IDIOMS: dict[str, Callable[[], Idiom]] = {
         matmul, bnn_linear, bnn_sequential, pyro_param, deterministic, factor, obs_mask,
         poutine_mask, poutine_scale, nested_plates, sequential_plate, subsample_global,
         subsample_local, simplex, lkj, positive, interval, enumerated, control_flow,
+        sequential_subsample, bare_assert, mixed_dtype,
     ]
 }  # fmt: skip
