@@ -10,22 +10,30 @@ on data in other units: eight schools' :math:`\log\tau` would start at 8 where t
 optimum's precision is 1.96.
 
 The BLR's fixed point for a Gaussian (Khan & Rue 2023) is
-:math:`S = \mathbb E_q[\nabla^2 \ell(\theta)]`. With ``hess_init="auto"`` (the default) the
-start is its diagonal at the guide as initialized, :math:`q_0`, capped by the Newton-or-IVON
-start:
+:math:`S = \mathbb E_q[\nabla^2 \ell(\theta)]`. With ``hess_init="auto"`` (the default, for
+``"ivon"`` and ``"von"``) the start is its diagonal at the guide as initialized, :math:`q_0`,
+bounded below by the prior's precision and above by the Newton-or-IVON start, both in the units
+of the prior's robust scale :math:`s_i` (:mod:`pyro_blr.blr.prior_scale`):
 
 .. math::
-    h_{0,i} = \min\Big(\frac1K \sum_{k=1}^{K} \big[\nabla^2 \ell(\theta_k)\big]_{ii},\;
-        \max\big(N_i,\, [\nabla^2\ell(m)]_{ii}\big)\Big), \qquad \theta_k \sim q_0,
+    h_{0,i} = \min\Big(\max\Big(\frac1K \sum_{k=1}^{K} \big[\nabla^2 \ell(\theta_k)\big]_{ii},
+        \frac1{s_i^2}\Big),\; \max\big(\tfrac{N_i}{s_i^2},\, [\nabla^2\ell(m)]_{ii}\big)\Big),
+        \qquad \theta_k \sim q_0,
 
 where the average is positive (elsewhere the cap alone). The expectation matters for networks:
 at a symmetric start (all weights zero) the hidden layers have no likelihood curvature at the
 mean, but at draws from :math:`q_0` they have the data's. The cap keeps a broad guide on a
 nonlinear model (an exponential link at ``init_scale=1``) from starting far above the
 curvature near its mean, an overestimate that would fade only at :math:`1-\beta_2` a step. The
-Hessians cost :math:`D` Hessian-vector products at each of :math:`K + 1` points, once; above
-:data:`EXACT_START_MAX_DIM` coordinates the start is :math:`N_i`. A number passed as
-``hess_init`` always gives :math:`N_i h_0`.
+floor keeps a start far in a heavy-tailed prior's tail, where the log joint is nearly linear,
+from starting broader than the prior itself: eight schools' :math:`\log\tau_j` at
+:math:`\tau_j = 1` under a half-Cauchy(25) prior has curvature 0.006 (draws at
+:math:`\tau = e^{\pm 12}`, a first loss of :math:`10^{13}`), its prior a precision near 0.5.
+Measured in :math:`s_i`, the start does not depend on the data's units (with
+:math:`s_i = 1`, a standard Normal prior, it is the earlier :math:`\max(N_i, H_{ii}(m))` cap).
+The Hessians cost :math:`D` Hessian-vector products at each of :math:`K + 1` points, once; above
+:data:`EXACT_START_MAX_DIM` coordinates the start is :math:`N_i / s_i^2`. A number passed as
+``hess_init`` always gives :math:`N_i h_0`, in the data's units.
 
 Where the average is behind :math:`N_i`: a network whose first layers have almost no curvature
 at its start and few data to find it (the UCI benchmark's one-layer BNN, 455 data, started at

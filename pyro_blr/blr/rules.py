@@ -181,7 +181,7 @@ def ivon_update(
     step: int,
     beta1: float = 0.9,
     beta2: float = 0.999,
-    clip_radius: float | None = None,
+    clip_radius: float | Tensor | None = None,
 ) -> IVONState:
     r"""One improved variational online Newton (IVON) step on a diagonal Gaussian.
 
@@ -209,7 +209,10 @@ def ivon_update(
         step: the 1-based step number :math:`t` for the bias correction.
         beta1: momentum of the gradient.
         beta2: momentum of the Hessian estimate.
-        clip_radius: if given, clip each coordinate of the mean's update to this radius.
+        clip_radius: if given, clip each coordinate of the mean's update (before ``lr``) to
+            this radius: a number, or one per coordinate (the driver passes ``clip_radius``
+            times the prior's scale of each coordinate, so that the clip does not depend on the
+            data's units; see :mod:`pyro_blr.blr.prior_scale`).
 
     References:
         | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)

@@ -120,3 +120,14 @@ def test_ivon_lands_on_the_mean_field_natural_parameters(name, guide_class):
     torch.testing.assert_close(s, s_exact, rtol=0.03, atol=0)
     sd = torch.linalg.inv(precision).diagonal().sqrt()
     torch.testing.assert_close(eta / s, eta_exact / s_exact, rtol=0, atol=1e-5 * sd.min())
+
+
+@pytest.mark.parametrize("rule", ["von", "newton"])
+@pytest.mark.parametrize("guide_class", [*DIAGONAL, AutoMultivariateNormal])
+def test_a_reused_hessian_leaves_the_fixed_point_where_it_was(rule, guide_class):
+    # hessian_every=3 computes the (constant) Hessian every third step: the same fixed point,
+    # reached by the same contraction as above.
+    fitted, exact, precision = fit(
+        "linear_regression", guide_class, rule, lr=0.5, steps=150, hessian_every=3
+    )
+    assert_natural_close(fitted, exact, precision, rtol=1e-8)
