@@ -103,7 +103,7 @@ def prior_scale(
             for _ in range(draws):
                 trace = poutine.trace(model).get_trace(*args, **kwargs)
                 rows.append(_unconstrained(layout, trace))
-        except (NotImplementedError, KeyError, RuntimeError, ValueError):
+        except Exception:  # the fit's own model runs raise what is the model's to raise
             return None  # e.g. an ImproperUniform prior, which has no sampler
     if any(row is None for row in rows):
         return None

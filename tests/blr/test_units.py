@@ -8,6 +8,7 @@ scales agree to floating-point rounding, and both are the exact (mean-field) pos
 """
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
@@ -82,3 +83,20 @@ def test_a_point_mass_has_no_scale():
     draws = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
     scale = robust_scale(draws)
     assert torch.isnan(scale[0]) and scale[1] == pytest.approx(1.0 / 1.3489795003921634)
+
+
+def test_a_prior_without_a_sampler_has_no_scale():
+    def proper(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_zeros(()), 1.0))
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    def improper(y):
+        mu = pyro.sample("mu", dist.ImproperUniform(dist.constraints.real, (), ()))
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    y = torch.tensor(0.5, dtype=torch.float64)
+    guide = AutoNormal(proper)
+    guide(y)
+    layout = latent_layout(guide.prototype_trace)  # the same layout: one real site "mu"
+    assert prior_scale(proper, layout, (y,), {}, like=y) is not None
+    assert prior_scale(improper, layout, (y,), {}, like=y) is None  # the stepper: unit scale
