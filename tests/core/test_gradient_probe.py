@@ -53,3 +53,32 @@ def test_an_error_of_the_model_itself_propagates_unchanged():
     armed.append(True)
     with pytest.raises(RuntimeError, match="the model's own failure"):
         check_differentiable(failing, layout, torch.zeros(1), (y,))
+
+
+def value_through_item(y):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(w.item() * 2.0, 0.5), obs=y)
+
+
+def branch_through_item(y):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    sign = 1.0 if w.item() > 0 else -1.0
+    pyro.sample("y", dist.Normal(sign * w * 2.0, 0.5), obs=y)
+
+
+def test_a_value_taken_out_of_the_graph_is_named_with_its_line():
+    # w.item() feeds the likelihood: the gradient would see the prior only, and the fit would
+    # return the prior as the posterior without an error. Caught by finite differences.
+    y = torch.tensor(1.5)
+    layout = layout_of(value_through_item, y)
+    with pytest.raises(ValueError, match="takes latent site 'w' out of torch's graph") as info:
+        check_differentiable(value_through_item, layout, torch.zeros(1), (y,))
+    assert "dist.Normal(w.item() * 2.0, 0.5)" in str(info.value)
+
+
+def test_control_flow_through_item_is_not_refused_even_at_its_kink():
+    # if w.item() > 0 at w = 0 (the guide's usual start): the branch taken matches one side.
+    y = torch.tensor(1.5)
+    for start in (0.0, 0.7, -0.7):
+        layout = layout_of(branch_through_item, y)
+        check_differentiable(branch_through_item, layout, torch.tensor([start]), (y,))
