@@ -25,12 +25,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro.util
+import torch
 from torch import Tensor
 
-__all__ = ["IterateAverage", "converged", "diverged", "diverging", "paired_estimates"]
+__all__ = [
+    "Choice",
+    "IterateAverage",
+    "compare",
+    "converged",
+    "diverged",
+    "diverging",
+    "paired_estimates",
+]
 
 
 class IterateAverage:
@@ -189,6 +198,55 @@ def paired_estimates(
     finally:
         pyro.util.set_rng_state(state)
     return out
+
+
+class Choice(NamedTuple):
+    """How several candidates compared (see :func:`compare`).
+
+    Attributes:
+        best: the index of the candidate with the highest mean estimate.
+        gains: each candidate's mean estimate minus the first candidate's (0 for the first).
+        stderrs: the Monte Carlo standard error of each gain (paired draws).
+    """
+
+    best: int
+    gains: list[float]
+    stderrs: list[float]
+
+
+def compare(
+    candidates: Sequence[dict[str, Tensor]],
+    write: Callable[[dict[str, Tensor]], None],
+    estimate: Callable[[], Tensor],
+    reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
+) -> Choice:
+    r"""Compare candidates by their mean ``estimate`` on the same draws; write none of them.
+
+    The candidates are compared by :func:`paired_estimates`: the gain of candidate :math:`c`
+    over the first is the mean over draws of :math:`e_c(\epsilon_k) - e_0(\epsilon_k)` with
+    its standard error. A candidate whose estimate is not finite never wins; on ties the
+    earlier candidate wins. The first candidate is written last, so that the guide ends where
+    it was when the first candidate is the guide's state.
+
+    Args:
+        candidates: the states to choose from (the first is the reference).
+        write: puts one state into the guide.
+        estimate: per-draw values (e.g. log importance weights) at the guide as written.
+        reduce: averages the gains and standard errors over the ranks of a distributed run,
+            so that every rank chooses alike.
+    """
+    values = paired_estimates(candidates[::-1], write, estimate)[::-1]  # ends at the first
+    diffs = torch.stack([v - values[0] for v in values])
+    gains = diffs.mean(1)
+    stderrs = diffs.std(1) / math.sqrt(diffs.shape[1]) if diffs.shape[1] > 1 else 0 * gains
+    if reduce is not None:
+        gains, stderrs = reduce([gains, stderrs])
+    gains = torch.where(torch.isnan(gains), -math.inf, gains)
+    best = 0
+    for i in range(1, len(candidates)):
+        if gains[i] > gains[best]:
+            best = i
+    return Choice(best, gains.tolist(), stderrs.tolist())
 
 
 def diverging(best: float, loss: float) -> bool:

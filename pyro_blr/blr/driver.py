@@ -24,14 +24,20 @@ from tqdm.auto import tqdm
 
 from pyro_blr.blr.averaging import (
     IterateAverage,
+    compare,
     converged,
     diverged,
     diverging,
-    paired_estimates,
 )
 from pyro_blr.blr.distributed import Collective
 from pyro_blr.blr.steppers import StepOptions, stepper_for
-from pyro_blr.core import log_weights, model_keywords, trace_without_rng
+from pyro_blr.core import (
+    KHAT_THRESHOLD,
+    log_weights,
+    model_keywords,
+    pareto_check,
+    trace_without_rng,
+)
 
 __all__ = ["BLR", "COMPARE_PARTICLES", "FitResult"]
 
@@ -39,7 +45,16 @@ COMPARE_PARTICLES = 32
 """Draws on which :meth:`BLR.fit` compares the averaged guide with the last iterate (the same
 draws for both, so that their difference has little Monte Carlo error)."""
 
-_FIT_OPTIONS = ("num_steps", "progress", "average", "tol", "window", "model_kwargs")
+DRIFT_NATS = 0.5
+"""How far (nats) the guide of an earlier stretch of a fit must beat the end of the fit, beyond
+four standard errors, for :meth:`BLR.fit` to warn that the iterates drifted."""
+
+_FIT_OPTIONS = ("num_steps", "progress", "average", "tol", "window", "check", "model_kwargs")
+
+CHECK_PARTICLES = 256
+"""Draws of :meth:`BLR.fit`'s closing Pareto check (see :func:`pyro_blr.core.pareto_check`); the
+check runs when the fit itself drew at least as many particles, so that it costs at most about
+one more pass of the fit's own model evaluations (and never a Hessian)."""
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +199,8 @@ class BLR:
         stepped_back: whether the last step was such a step back.
         averaged: whether the last :meth:`fit` ended at the average of its late iterates
             (``False``: at its last iterate, which had the higher ELBO or no average was kept).
+        pareto: the closing Pareto check of the last :meth:`fit`
+            (:class:`pyro_blr.core.ParetoCheck`), ``None`` where it was skipped.
 
     Raises:
         TypeError: ``rule`` cannot drive this guide, or ``optim`` is not a Pyro optimizer.
@@ -298,6 +315,7 @@ class BLR:
         self.optim = self._check_optim(optim)
         self.num_steps = 0
         self.averaged = False
+        self.pareto = None
         self.halvings = 0
         self.step_backs = 0
         self.stepped_back = False
@@ -479,10 +497,11 @@ class BLR:
         average: bool | None = None,
         tol: float | None = None,
         window: int = 20,
+        check: bool = True,
         model_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> FitResult:
-        """Take up to ``num_steps`` steps and leave the guide at a good point.
+        r"""Take up to ``num_steps`` steps and leave the guide at a good point.
 
         With ``average=True`` the fit also keeps the Polyak average of the natural parameters
         of the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which removes the
@@ -511,6 +530,12 @@ class BLR:
                 (default: when ``lr`` is a constant).
             tol: stop when the moving-average loss improves by less than this (nats).
             window: the moving-average window of the stopping rule, in steps.
+            check: end with a Pareto :math:`\hat k` check of the fitted guide as a proposal for
+                the posterior, on :data:`CHECK_PARTICLES` draws (skipped for a fit that drew
+                fewer particles than that, a subsampled model and a distributed run); a
+                :math:`\hat k` above 0.7 warns, since the guide then misses posterior mass
+                (a funnel, hierarchical scales, a skewed or heavy tail). :attr:`pareto` holds
+                the result. ``False`` skips it.
             model_kwargs: the model's keyword arguments, e.g. ``model_kwargs={"window": 7}``
                 for a model with an argument ``window``; ``None`` takes them from ``**kwargs``.
             **kwargs: the model's keyword arguments (when none is named like an option).
@@ -535,8 +560,12 @@ class BLR:
         self._best, self._warned = math.inf, False  # divergence is judged within this fit
         self._warned_step_back = False
         self.averaged = False
+        self.pareto = None
         losses = []
-        running = IterateAverage(self)
+        running = IterateAverage(self)  # the late iterates
+        stretch = IterateAverage(self)  # the iterates of the current window
+        track = num_steps >= 3 * window  # room for an earlier stretch to compare with the end
+        early = None  # the window of the lowest mean loss: (mean, first, last step, average)
         start_averaging = num_steps // 2
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
@@ -544,6 +573,13 @@ class BLR:
             losses.append(self.step(*args, **kwargs))
             if progress:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+            if track:
+                stretch.update()
+                if (t + 1) % window == 0:
+                    mean = math.fsum(losses[-window:]) / window
+                    if early is None or mean < early[0]:
+                        early = (mean, t + 2 - window, t + 1, stretch.average())
+                    stretch.reset()
             if average and (t >= start_averaging or tol is not None):
                 if tol is not None and (t + 1) % window == 0 and t + 1 < num_steps:
                     if converged(losses, window, tol):
@@ -561,14 +597,46 @@ class BLR:
                 "diverged and the guide holds a diverged iterate; lower lr or raise mc_samples"
                 + ("" if self.rule_name != "ivon" else " (for 'ivon': or lower clip_radius)")
             )
+        candidates = {}
         if average and running.count > 1:
-            self._end_at_the_better(running.average(), args, kwargs)
+            candidates["average"] = (f"the average of the last {running.count} iterates", None)
+        if early is not None and early[2] <= len(losses) - window:
+            what = f"the average of steps {early[1]}-{early[2]} (the fit's lowest loss)"
+            candidates["early"] = (what, early[3])
+        if candidates:
+            if "average" in candidates:
+                candidates["average"] = (candidates["average"][0], running.average())
+            last = ("the last iterate", self._stepper.natural_state())
+            self._end_at_the_best({"last": last, **candidates}, args, kwargs)
+        drawn = len(losses) * self._stepper.opts.mc_samples
+        if check and drawn >= CHECK_PARTICLES and self._stepper.collective is None:
+            self._check_pareto(args, kwargs)
         return FitResult(losses, time.perf_counter() - start)
 
-    def _end_at_the_better(self, average: dict, args: tuple, kwargs: dict) -> None:
-        """Leave the guide at the average or at the last iterate, whichever has the higher ELBO
-        on the same draws; in a distributed run the ranks decide on their mean difference."""
-        last = self._stepper.natural_state()
+    def _check_pareto(self, args: tuple, kwargs: dict) -> None:
+        """Warn when the fitted guide's importance ratios have a heavy tail (k-hat > 0.7)."""
+        nesting = self._stepper.layout.max_plate_nesting
+        self.pareto = pareto_check(self.model, self.guide, args, kwargs, CHECK_PARTICLES, nesting)
+        if not self.pareto.usable:
+            warnings.warn(
+                f"BLR.fit: Pareto k-hat of log p - log q is {self.pareto.khat:.2f} (above "
+                f"{KHAT_THRESHOLD} on {CHECK_PARTICLES} draws of the fitted guide): the guide "
+                "cannot represent this posterior (a funnel, hierarchical scales, a skewed or "
+                "heavy tail) and its means and spreads may be off. Use a richer guide "
+                "(pb.AutoMixture, pb.AutoFlow), raise mc_samples, or reweight the guide's "
+                "draws by PSIS (pb.psis_diagnostic, pb.to_inference_data); "
+                "fit(check=False) skips this check",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _end_at_the_best(
+        self, candidates: dict[str, tuple[str, dict]], args: tuple, kwargs: dict
+    ) -> None:
+        """Leave the guide at the better of the last iterate and the late average, by their ELBO
+        on the same draws (a tie keeps the last iterate); at the average of an earlier stretch
+        of the fit only where that beats both by more than :data:`DRIFT_NATS` and four standard
+        errors, with a warning: the iterates drifted away from it."""
         nesting = self._stepper.layout.max_plate_nesting
 
         def elbo_draws():
@@ -577,20 +645,46 @@ class BLR:
                     self.model, self.guide, args, kwargs, COMPARE_PARTICLES, nesting, False
                 ).joint
 
-        at_last, at_average = paired_estimates(
-            [last, average], self._stepper.load_natural_state, elbo_draws
+        collective = self._stepper.collective
+        names = list(candidates)
+        choice = compare(
+            [candidates[n][1] for n in names],
+            self._stepper.load_natural_state,
+            elbo_draws,
+            None if collective is None else collective.mean,
         )
-        gain = (at_average - at_last).mean()  # the average's ELBO minus the last iterate's
-        if self._stepper.collective is not None:  # every rank decides alike
-            (gain,) = self._stepper.collective.mean([gain.reshape(1)])
-        self.averaged = bool(gain >= 0)  # NaN (an overflowing average) keeps the last iterate
-        if not self.averaged:
-            logger.info(
-                "BLR.fit: the last iterate's ELBO is %.3g nats above the average's on the same "
-                "draws; the guide ends at the last iterate",
-                -float(gain),
+        gains = dict(zip(names, choice.gains, strict=True))
+        end = max((n for n in names if n != "early"), key=gains.__getitem__)
+        kept = end
+        if "early" in gains:
+            # An earlier stretch wins only by a clear margin: a close call between iterates
+            # that all sit at the optimum must not trade the end of a converging fit for noise.
+            lead = gains["early"] - gains[end]
+            stderr = choice.stderrs[names.index("early")]
+            if lead > max(DRIFT_NATS, 4 * stderr):
+                kept = "early"
+        self.averaged = kept == "average"
+        if kept != "last":
+            self._stepper.load_natural_state(candidates[kept][1])
+        logger.info(
+            "BLR.fit: ELBO gains over the last iterate on the same %d draws: %s; kept %s",
+            COMPARE_PARTICLES,
+            gains,
+            candidates[kept][0],
+        )
+        if kept == "early":
+            lr = self.lr(self.num_steps) if callable(self.lr) else self.lr
+            warnings.warn(
+                f"BLR.fit: {candidates['early'][0]} has an ELBO {lead:.3g} nats above "
+                f"{candidates[end][0]} (on the same {COMPARE_PARTICLES} draws, standard error "
+                f"{stderr:.2g}): the iterates drifted away from what the fit had reached, so "
+                "the guide ends there, short of the optimum. A step size that stays large "
+                f"(lr {lr:g} at the end) with {self._stepper.opts.mc_samples} draws a step "
+                "biases the iterates; use a decaying lr, e.g. "
+                f"lr=lambda t: {lr:g} / (1 + t / 20), and/or raise mc_samples",
+                RuntimeWarning,
+                stacklevel=3,
             )
-            self._stepper.load_natural_state(last)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

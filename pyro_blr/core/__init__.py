@@ -35,6 +35,7 @@ from pyro_blr.core.log_joint import (
     neg_log_joint,
 )
 from pyro_blr.core.model_kwargs import model_keywords, model_parameter_names
+from pyro_blr.core.pareto import KHAT_THRESHOLD, ParetoCheck, pareto_check, pareto_khat
 from pyro_blr.core.per_datum import (
     DataPlate,
     DatumTerms,
@@ -69,6 +70,7 @@ from pyro_blr.core.weights import LogWeights, log_weights, replay_particles, vec
 
 __all__ = [
     "GAUSSIAN_GUIDES",
+    "KHAT_THRESHOLD",
     "PARTICLE_PLATE",
     "VECTORIZATIONS",
     "DataPlate",
@@ -78,6 +80,7 @@ __all__ = [
     "LatentLayout",
     "LatentSite",
     "LogWeights",
+    "ParetoCheck",
     "PerDatum",
     "SubsampledPlate",
     "check_finite_weights",
@@ -109,6 +112,8 @@ __all__ = [
     "neg_log_joint",
     "nonfinite_term",
     "num_observations",
+    "pareto_check",
+    "pareto_khat",
     "per_datum_gradients",
     "per_datum_jacobian",
     "replay_particles",
