@@ -183,11 +183,14 @@ def loo_sensitivity(
     mean-field optimum has the exact mean and precision :math:`\operatorname{diag} P`); its
     predictive densities are those of that refit, narrower than the exact posterior's.
 
-    The guide must be fitted: its distance from the delta method's fixed point
-    (:func:`~pyro_blr.diagnostics.fixed_point.fixed_point_gap`: the Newton step from :math:`m`
-    in posterior standard deviations, and the factor between :math:`S` and the curvature) is
-    measured first; a guide far from it is refused, one near it is warned about with the error
-    it implies. The LOO predictive density
+    The guide must be fitted: its distance from a fixed point of the learning rule
+    (:func:`~pyro_blr.diagnostics.fixed_point.fixed_point_gap`: the step from :math:`m` in
+    posterior standard deviations, and the factor between :math:`S` and the curvature) is
+    measured first, to the delta method's fixed point (derivatives at :math:`m`, where
+    ``rule="newton"`` stops) and, when that one is not met, to the variational one (expected
+    derivatives under :math:`q`, where ``"von"``, ``"ivon"`` and SVI stop); a guide far from
+    both is refused (e.g. one never fitted), one near but not at the closer is warned about with
+    the error it implies. The LOO predictive density
     :math:`\log p(y_i \mid q_{\setminus i}) = \log \mathbb E_{q_{\setminus i}}\, e^{\ell_i}`
     is computed
 
