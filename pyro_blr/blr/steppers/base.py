@@ -8,8 +8,10 @@ from :mod:`pyro_blr.blr.rules` and writes the result back, all or nothing. The d
 
 from __future__ import annotations
 
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -213,12 +215,14 @@ def prepare_layout(
     the argument.
     """
     snapshot = DataSnapshot(model, args, kwargs)
+    set_up_before = guide.prototype_trace is not None  # by SVI or a call, maybe in other data
     try:
         layout, mode = _prepare_layout(model, guide, args, kwargs, options, allow_local)
     except Exception as error:
         snapshot.check(cause=error)
         _check_numpy_arguments(model, args, kwargs, error)
-        _check_guide_dtype(guide, model, args, kwargs, error)
+        if set_up_before and not _raised_here(error):
+            _check_guide_dtype(guide, model, args, kwargs, error)
         raise
     snapshot.check()
     return layout.with_data(data_signature(model, args, kwargs)), mode
@@ -233,6 +237,15 @@ def _check_numpy_arguments(model: Callable, args: tuple, kwargs: dict, error: Ex
                 f"({describe_error(error)}): Pyro models take torch tensors; pass "
                 "torch.as_tensor(...) of it (of the dtype the fit should have)"
             ) from error
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether this package raised ``error`` (a refusal that already names its reason)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(_PACKAGE)
+
+
+_PACKAGE = str(Path(__file__).parents[2])
 
 
 def _check_guide_dtype(
