@@ -23,7 +23,7 @@ from torch import Tensor
 from pyro_blr.blr.steppers.base import KEPT
 from pyro_blr.families import is_positive_definite
 
-__all__ = ["update_error"]
+__all__ = ["condition_in_float64", "update_error"]
 
 FLOAT64_FIX = (
     "refit in float64: a new guide and BLR on float64 data (X.double(), y.double()), or start "
@@ -85,7 +85,7 @@ def update_error(
             f"BLR step {step}: the update {problem} in {dtype}: {why}; in float64 the same "
             f"update is finite: {FLOAT64_FIX}; {KEPT}"
         )
-    condition = _condition_in_float64(update, state, grad, hess, lr, step, options)
+    condition = condition_in_float64(update, state, grad, hess, lr, step, options)
     if condition is not None:  # well posed, but beyond the guide's dtype
         return FloatingPointError(
             f"BLR step {step}: the update's full precision has condition number "
@@ -130,7 +130,7 @@ def _in_float64(
     return new if positive else None
 
 
-def _condition_in_float64(
+def condition_in_float64(
     update: Callable, state, grad: Tensor, hess: Tensor, lr: float, step: int, options: dict
 ) -> float | None:
     """The condition number of the precision that ``update`` gives in float64, where ``state``
