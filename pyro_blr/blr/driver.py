@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from numbers import Integral, Real
 from typing import Any, NamedTuple
 
@@ -49,7 +49,16 @@ DRIFT_NATS = 0.5
 """How far (nats) the guide of an earlier stretch of a fit must beat the end of the fit, beyond
 four standard errors, for :meth:`BLR.fit` to warn that the iterates drifted."""
 
-_FIT_OPTIONS = ("num_steps", "progress", "average", "tol", "window", "check", "model_kwargs")
+_FIT_OPTIONS = (
+    "num_steps",
+    "progress",
+    "average",
+    "tol",
+    "window",
+    "check",
+    "batches",
+    "model_kwargs",
+)
 
 CHECK_PARTICLES = 256
 """Draws of :meth:`BLR.fit`'s closing Pareto check (see :func:`pyro_blr.core.pareto_check`); the
@@ -92,6 +101,45 @@ def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+class _Feed:
+    """The model's positional arguments for each step of a fit: ``args`` every step, or the
+    next batch of an iterable, started over when it runs out."""
+
+    def __init__(self, batches: Iterable | None, args: tuple):
+        if batches is not None and args:
+            raise TypeError(
+                "BLR.fit: pass the data either as the model's positional arguments or as "
+                "batches=, not both"
+            )
+        if batches is not None and not isinstance(batches, Iterable):
+            raise TypeError(f"BLR.fit: batches must be an iterable, got {type(batches).__name__}")
+        self.batches, self.args, self._it = batches, args, None
+
+    def one_pass(self) -> list[tuple] | None:
+        """The model's arguments for the comparisons at the end of a fit: the fit's ``args``,
+        or every batch of one pass over a sized iterable (a minibatch's ELBO alone favours the
+        iterate that just adapted to it); ``None`` for an unsized stream of batches."""
+        if self.batches is None:
+            return [self.args]
+        if not isinstance(self.batches, Sized):
+            return None
+        return [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in self.batches]
+
+    def next(self) -> tuple:
+        if self.batches is None:
+            return self.args
+        for _ in range(2):  # one restart at most: an empty iterable is an error
+            if self._it is None:
+                self._it = iter(self.batches)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        raise ValueError("BLR.fit: batches yielded no batch")
 
 
 class BLR:
@@ -436,13 +484,22 @@ class BLR:
 
     # ------------------------------------------------------------------ one step
     def step(self, *args: Any, **kwargs: Any) -> float:
-        """Take one BLR step with the model's arguments; returns the negative ELBO estimate.
+        r"""Take one BLR step with the model's arguments; returns the negative ELBO estimate.
 
         The loss is that of the guide before the step (as ``SVI.step`` reports it):
-        :math:`\frac1S\\sum_s \\ell(\theta_s) - \\mathbb H[q]`, or for ``"newton"`` the
-        delta-method value :math:`\\ell(m) + \tfrac12\\operatorname{tr}(\nabla^2\\ell(m)
-        S^{-1}) - \\mathbb H[q]` (exact for quadratic :math:`\\ell`). A loss that climbs far
+        :math:`\frac1S\sum_s \ell(\theta_s) - \mathbb H[q]`, or for ``"newton"`` the
+        delta-method value :math:`\ell(m) + \tfrac12\operatorname{tr}(\nabla^2\ell(m)
+        S^{-1}) - \mathbb H[q]` (exact for quadratic :math:`\ell`). A loss that climbs far
         above the best of the run (see :func:`pyro_blr.blr.averaging.diverging`) warns once.
+
+        **A loop of your own ends at the last iterate.** With a constant ``lr`` that iterate
+        jitters around the optimum by Monte Carlo and minibatch noise of order
+        :math:`\sqrt{\rho}` (in a ``DataLoader`` loop it follows the last few batches: at
+        lr 0.5 on Pyro's ``svi_torch.py`` example, 10 posterior sd off). Either pass the loader
+        to :meth:`fit` (``blr.fit(num_steps=epochs * len(loader), batches=loader)``), which
+        averages the late iterates and checks the average against the last one, or give a
+        decaying schedule, e.g. ``lr=lambda t: 0.5 / (1 + t / 100)``, or average the late
+        iterates yourself with :class:`pyro_blr.blr.IterateAverage`.
 
         Raises:
             FloatingPointError: the log joint, a gradient or a Hessian is not finite, or the
@@ -498,6 +555,7 @@ class BLR:
         tol: float | None = None,
         window: int = 20,
         check: bool = True,
+        batches: Iterable | None = None,
         model_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> FitResult:
@@ -536,6 +594,13 @@ class BLR:
                 :math:`\hat k` above 0.7 warns, since the guide then misses posterior mass
                 (a funnel, hierarchical scales, a skewed or heavy tail). :attr:`pareto` holds
                 the result. ``False`` skips it.
+            batches: an iterable of minibatches, e.g. a ``torch.utils.data.DataLoader``: step
+                :math:`t` runs the model on the next batch (a tuple or list is the model's
+                positional arguments, anything else its one argument; ``*args`` must be
+                empty), starting the iterable over when it runs out. The model scales its
+                minibatch as Pyro does (``pyro.plate(name, N, subsample_size=B)`` or
+                ``subsample=``). The fit then protects the end of a minibatch loop as it does a
+                full-data one (the late average, the comparison on the last batch).
             model_kwargs: the model's keyword arguments, e.g. ``model_kwargs={"window": 7}``
                 for a model with an argument ``window``; ``None`` takes them from ``**kwargs``.
             **kwargs: the model's keyword arguments (when none is named like an option).
@@ -569,7 +634,9 @@ class BLR:
         start_averaging = num_steps // 2
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
+        feed = _Feed(batches, args)
         for t in bar:
+            args = feed.next()
             losses.append(self.step(*args, **kwargs))
             if progress:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
@@ -607,7 +674,7 @@ class BLR:
             if "average" in candidates:
                 candidates["average"] = (candidates["average"][0], running.average())
             last = ("the last iterate", self._stepper.natural_state())
-            self._end_at_the_best({"last": last, **candidates}, args, kwargs)
+            self._end_at_the_best({"last": last, **candidates}, feed.one_pass(), kwargs)
         drawn = len(losses) * self._stepper.opts.mc_samples
         if check and drawn >= CHECK_PARTICLES and self._stepper.collective is None:
             self._check_pareto(args, kwargs)
@@ -631,19 +698,31 @@ class BLR:
             )
 
     def _end_at_the_best(
-        self, candidates: dict[str, tuple[str, dict]], args: tuple, kwargs: dict
+        self, candidates: dict[str, tuple[str, dict]], data: list[tuple] | None, kwargs: dict
     ) -> None:
         """Leave the guide at the better of the last iterate and the late average, by their ELBO
         on the same draws (a tie keeps the last iterate); at the average of an earlier stretch
         of the fit only where that beats both by more than :data:`DRIFT_NATS` and four standard
-        errors, with a warning: the iterates drifted away from it."""
+        errors, with a warning: the iterates drifted away from it. ``data``: the model's
+        arguments to average the ELBO over (every batch of one pass), or ``None`` when they
+        cannot be had (an unsized stream of batches): then the average is kept, unchecked."""
+        if data is None:
+            if "average" in candidates:
+                self._stepper.load_natural_state(candidates["average"][1])
+                self.averaged = True
+            return
         nesting = self._stepper.layout.max_plate_nesting
 
         def elbo_draws():
             with torch.no_grad():
-                return log_weights(
-                    self.model, self.guide, args, kwargs, COMPARE_PARTICLES, nesting, False
-                ).joint
+                return torch.stack(
+                    [
+                        log_weights(
+                            self.model, self.guide, args, kwargs, COMPARE_PARTICLES, nesting, False
+                        ).joint
+                        for args in data
+                    ]
+                ).mean(0)
 
         collective = self._stepper.collective
         names = list(candidates)

@@ -254,3 +254,21 @@ def test_fit_passes_model_kwargs_to_the_model():
     blr = pb.BLR(model, AutoNormal(model), rule="von")
     blr.fit(torch.ones(3), num_steps=2, progress=False, window=1, model_kwargs={"window": 7})
     assert calls and set(calls) == {7}
+
+
+def test_fit_batches_cycles_through_an_iterable_and_refuses_data_given_twice():
+    s = linear_regression()
+    batches = [(s.X[:10], s.y[:10]), (s.X[10:], s.y[10:])]
+    seen = []
+
+    def model(X, y):
+        seen.append(len(y))
+        s.model(X, y)
+
+    blr = pb.BLR(model, AutoNormal(model), lr=0.5, rule="von", vectorize_particles=False)
+    with pytest.raises(TypeError, match="either as the model's positional arguments or as"):
+        blr.fit(s.X, s.y, num_steps=2, batches=batches, progress=False)
+    blr.fit(num_steps=3, batches=batches, progress=False, check=False)
+    assert set(seen) == {10, len(s.y) - 10}  # both batches, the first one again at step 3
+    with pytest.raises(ValueError, match="batches yielded no batch"):
+        blr.fit(num_steps=1, batches=[], progress=False)
