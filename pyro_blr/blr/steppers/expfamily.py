@@ -121,12 +121,10 @@ def update_sites(
             (:meth:`pyro_blr.families.ExpFamily.check_resolved`)."""
     updates, total = {}, 0
     for name, family in families.items():
-        if not torch.isfinite(grads[name]).all():
-            raise FloatingPointError(
-                f"BLR step {step_number}: the gradient is not finite at site '{name}'; {KEPT}"
-            )
         try:
             family.check_resolved(etas[name])
+            if not torch.isfinite(grads[name]).all():
+                raise FloatingPointError("the gradient is not finite")
             updates[name], halvings = expfamily_update(family, etas[name], grads[name], lr)
             family.check_resolved(updates[name])
         except FloatingPointError as error:
