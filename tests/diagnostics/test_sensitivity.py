@@ -114,10 +114,15 @@ def test_elpd_loo_agrees_with_psis_loo_and_compares_beside_it(logistic):
 def test_elpd_data_has_the_fields_of_az_loo(logistic):
     _, _, loo = logistic
     elpd = loo.to_elpd_data()
-    assert elpd["elpd_loo"] == pytest.approx(float(loo.elpd_loo))
-    assert elpd["n_data_points"] == 100 and elpd["scale"] == "log" and not elpd["warning"]
-    assert elpd["loo_i"].dims == ("data",)
-    assert elpd["loo_i"].values.tolist() == pytest.approx(loo.loo_lpd.tolist())
+    if hasattr(elpd, "index"):  # ArviZ 0.x: a pandas Series
+        total, pointwise, fields = elpd["elpd_loo"], elpd["loo_i"], elpd
+    else:  # ArviZ 1.x: arviz_stats' ELPDDataLOO dataclass
+        total, pointwise, fields = elpd.elpd, elpd.elpd_i, vars(elpd)
+        assert elpd.kind == "loo"
+    assert total == pytest.approx(float(loo.elpd_loo))
+    assert fields["n_data_points"] == 100 and fields["scale"] == "log" and not fields["warning"]
+    assert pointwise.dims == ("data",)
+    assert pointwise.values.tolist() == pytest.approx(loo.loo_lpd.tolist())
 
 
 def test_shapes_signs_and_the_identities_between_fields(logistic):
