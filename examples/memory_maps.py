@@ -66,7 +66,7 @@ def blr_fit(guide, X, y, num_steps: int, lr: float = 0.1):
 def main(smoke: bool = False, plot: bool | None = None) -> dict:
     pyro.set_rng_seed(0)
     X, y = load_data()
-    num_steps, refit_steps, num_refits = (10, 10, 1) if smoke else (300, 200, 6)
+    num_steps, refit_steps, num_refits = (40, 10, 1) if smoke else (300, 200, 6)
     draws = 4 if smoke else 128
     guide = AutoMultivariateNormal(model)
     started = time.perf_counter()

@@ -157,10 +157,11 @@ def test_memory_maps_smoke(capsys):
     loo, sampled = result["loo"], result["sampled"]
     assert loo.mean_shift.shape == (569, 31) and loo.method == "quadratic"
     assert set(result["refits"]) == {int(loo.influence.argmax())}
-    # Every leave-one-out log density lies below 0 (a Bernoulli probability), and the
-    # closed-form estimate, the 4-draw one and PSIS-LOO agree within one standard error even
-    # after a 20-step fit (measured -83.7, -79.7 and -84.1, se 5.5).
-    assert (loo.loo_lpd < 0).all() and (sampled.loo_lpd < 0).all()
+    # Every leave-one-out log density is at most 0 (the log of a Bernoulli probability; exactly
+    # 0 where float32 rounds a confident prediction's probability to 1), and the closed-form
+    # estimate, the 4-draw one and PSIS-LOO agree within one standard error after the smoke
+    # run's 40 + 40 steps (a shorter fit is refused by loo_sensitivity as not at a fixed point).
+    assert (loo.loo_lpd <= 0).all() and (sampled.loo_lpd <= 0).all()
     psis = result["psis"]["elpd_loo"]
     assert abs(float(loo.elpd_loo) - psis) < float(loo.se)
     assert abs(float(sampled.elpd_loo) - float(loo.elpd_loo)) < float(loo.se)
