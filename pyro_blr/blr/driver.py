@@ -232,7 +232,13 @@ class BLR:
             parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that are not
             ``PyroSample``), stepped on the ELBO gradient after each BLR step: variational EM,
             type-II maximum likelihood, as ``SVI`` learns them. When the model has parameters
-            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used. Anything but
+            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used.
+        model_steps: the optimizer steps on the model's parameters after each BLR step, each
+            on a fresh one-draw ELBO gradient (variational EM: the BLR's E-step is exact or
+            nearly so within a few steps, while Adam at lr 0.01 moves a log-scale parameter by
+            at most 0.01 a step; one M-step per BLR step left the noise of a conjugate
+            regression at 0.050 against its type-II maximum likelihood 0.0094 after 300 steps,
+            five reach it). Only models with parameters pay for them. Anything but
             a ``pyro.optim.PyroOptim`` (a ``torch.optim`` class or instance) raises
             ``TypeError``: the guide is stepped by the rule, never by ``optim``.
 
@@ -290,6 +296,7 @@ class BLR:
         hessian_every: int = 1,
         process_group: Any = "auto",
         rank_noise: bool = True,
+        model_steps: int = 5,
     ):
         stepper = stepper_for(rule, guide)
         if not callable(lr):
@@ -332,6 +339,7 @@ class BLR:
             if hess_init == 0:
                 raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")
         hessian_every = _check_positive_int("hessian_every", hessian_every)
+        self.model_steps = _check_positive_int("model_steps", model_steps)
         options = StepOptions(
             mc_samples=mc_samples,
             antithetic=bool(antithetic),
@@ -419,13 +427,14 @@ class BLR:
         return float(lr)
 
     # ------------------------------------------------------------------ model parameters
-    def _step_model_params(self, args: tuple, kwargs: dict) -> None:
-        """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI)."""
+    def _step_model_params(self, args: tuple, kwargs: dict) -> bool:
+        """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI);
+        ``False`` when the step was skipped (a gradient that is not finite)."""
         names, params, grads = self._stepper._together(
             self.num_steps, lambda: self._model_param_grads(args, kwargs)
         )
         if not params:
-            return
+            return False
         if self._stepper.collective is not None:  # the same optimizer step on every rank
             grads = self._stepper.collective.mean(grads)
         bad = [n for n, g in zip(names, grads, strict=True) if not torch.isfinite(g).all()]
@@ -440,7 +449,7 @@ class BLR:
                     "were (lower the optimizer's learning rate, or check their initial values)"
                 )
             self._skipped_params = True
-            return
+            return False
         self._skipped_params = False
         if self.optim is None:
             logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
@@ -450,6 +459,7 @@ class BLR:
         self.optim([p for p in params if p.grad is not None])
         for param in params:
             param.grad = None
+        return True
 
     def _model_param_grads(self, args: tuple, kwargs: dict) -> tuple[list, list]:
         guide_params = {id(p) for p in self.guide.parameters()}
@@ -519,7 +529,9 @@ class BLR:
             self.step_backs += 1
             self._warn_step_back(info.stepped_back, lr)
         if self._has_model_params(args, kwargs):
-            self._step_model_params(args, kwargs)
+            for _ in range(self.model_steps):  # the rest wait for the next BLR step if skipped
+                if not self._step_model_params(args, kwargs):
+                    break
         self._watch(info.loss, lr)
         return info.loss
 
