@@ -11,7 +11,9 @@ gives the answer within the tolerances of ``test_matrix.py`` or raises the error
 * ``svi``, ``svi_renyi``: SVI with ``Trace_ELBO`` (one particle) or ``pb.RenyiELBO(alpha=0.5)``
   (8 particles), 1500 ClippedAdam steps from lr 0.05 decayed by 0.996 a step (as the matrix);
 * ``log_evidence``, ``psis_diagnostic``, ``to_inference_data``: on the ``svi`` fit (cached per
-  row), with the matrix's tolerances for a guide that is not the exact posterior;
+  row; the ``blr`` fit for the mixtures SVI cannot fit, ``component="full"`` and
+  ``"expfamily"``, which refuse SVI naming the rule that fits them), with the matrix's
+  tolerances for a guide that is not the exact posterior;
 * ``loo_sensitivity``: needs a Gaussian guide, and must refuse these by name.
 
 Mixtures of mean-field components (``"diagonal"``, and ``"expfamily"``, whose components on real
@@ -46,6 +48,7 @@ FLOW_OPTIONS = {
 }
 GUIDE_OPTIONS = {**MIXTURES, **FLOW_OPTIONS}
 MEAN_FIELD = {"mixture_diagonal", "mixture_expfamily"}  # components are mean-field
+NO_SVI = {"mixture_full", "mixture_expfamily"}  # no reparameterized sampler: the BLR fits them
 FITTED = ["svi", "svi_renyi", "log_evidence", "psis_diagnostic", "to_inference_data"]
 ENTRIES = ["blr", *FITTED, "loo_sensitivity"]
 
@@ -55,8 +58,46 @@ EXPFAMILY_HALF = (
 )
 
 
+KNOWN_FAILURES = {
+    ("flow_spline", "svi"): (
+        "AutoFlow(flow='spline') under SVI: sd of w[1] 2.55 times the exact posterior's on a "
+        "Gaussian posterior the flow's affine map can hold exactly (not yet diagnosed)"
+    ),
+    ("flow_spline", "svi_renyi"): "AutoFlow(flow='spline') under RenyiELBO: mean 0.2501 sd off",
+    ("flow_spline", "psis_diagnostic"): "AutoFlow(flow='spline') under SVI: k-hat 0.75 > 0.7",
+    ("flow_spline_autoregressive", "svi"): (
+        "AutoFlow(flow='spline_autoregressive') under SVI: sd ratios 1.15-2.48"
+    ),
+    ("flow_spline_autoregressive", "svi_renyi"): (
+        "AutoFlow(flow='spline_autoregressive') under RenyiELBO: sd ratios 1.39-1.97"
+    ),
+    ("flow_spline_coupling", "svi"): (
+        "AutoFlow(flow='spline_coupling') under SVI: sd ratios 1.09-1.31"
+    ),
+    ("flow_spline_coupling", "svi_renyi"): (
+        "AutoFlow(flow='spline_coupling') under RenyiELBO: sd ratios 1.31-2.41"
+    ),
+    ("mixture_expfamily", "psis_diagnostic"): (
+        "pb.psis_diagnostic k-hat 0.73 > 0.7 on the BLR fit of AutoMixture(component="
+        "'expfamily') of a Gaussian posterior (measured with the exp-family rules' fix in "
+        "progress; see the row's blr cell)"
+    ),
+    ("flow_sylvester", "svi_renyi"): (
+        "AutoFlow(flow='sylvester') under RenyiELBO(alpha=0.5): sd of w[1] 1.42 times the "
+        "posterior's (its Trace_ELBO fit passes: the flows' Renyi fits run wide, see planar's)"
+    ),
+    ("flow_planar", "svi_renyi"): (
+        "AutoFlow(flow='planar') under RenyiELBO(alpha=0.5): w[1]'s mean 0.40 sd off"
+    ),
+}
+
+
 def expectation(option: str, entry: str) -> object:
     """What a cell must do when it does not give the answer: ``Raises`` or ``XFail``."""
+    if (option, entry) in KNOWN_FAILURES:
+        return XFail(KNOWN_FAILURES[option, entry], raises=AssertionError)
+    if entry in ("svi", "svi_renyi") and option in NO_SVI:
+        return Raises(NotImplementedError, "no reparameterized sampler for SVI.*rule='mixture'")
     if entry == "loo_sensitivity":
         return Raises(TypeError, "loo_sensitivity needs a Gaussian guide")
     if entry == "blr" and option in FLOW_OPTIONS:
@@ -91,6 +132,13 @@ def svi_fit(option: str):
     return fit_svi(option)
 
 
+@functools.cache
+def fitted(option: str):
+    """The fit the diagnostics' cells use: SVI's, or the BLR's where SVI is refused."""
+    pyro.set_rng_seed(0)
+    return fit_blr(option) if option in NO_SVI else fit_svi(option)
+
+
 def check_answer(option: str, guide) -> None:
     idiom = IDIOMS["matmul"]()
     diagonal = option in MEAN_FIELD
@@ -112,7 +160,7 @@ def run_cell(option: str, entry: str) -> None:
     if entry == "svi_renyi":
         check_answer(option, fit_svi(option, renyi=True))
         return
-    guide = svi_fit(option)
+    guide = fitted(option)
     if entry == "log_evidence":  # IWAE with K = 2000: 5 standard errors + 0.01 nat of bias
         estimate = pb.log_evidence(idiom.model, guide, *idiom.args, num_particles=2000)
         tol = 5 * estimate.stderr + 0.01
