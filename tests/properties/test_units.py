@@ -64,20 +64,10 @@ def both(case: Case, problem: Problem, c: float, kind: str, steps: int, lr: floa
     return rescaled, s, log_c, one, other
 
 
-IVON_CLIP = (
-    "IVON's clip_radius is absolute (in the weights' units): the mean moves at most "
-    "lr * clip_radius a step whatever the units, so the same fit in other units is another fit. "
-    "Minimal example: Problem('normal', num_data=1, dim=1, prior_scale=1.0, noise=1.0, seed=0), "
-    "c=100 (response), 1 step at lr=0.5: the draws differ by 16% of their size"
-)
-IVON_START = (
-    "IVON's hess_init='auto' caps the starting precision by the larger of ess and the Hessian "
-    "at the mean, and ess is a number of data, not a precision in the weights' units: where the "
-    "cap binds, the start (so the fit) depends on the units. Minimal example: "
-    "Problem('bernoulli', num_data=1, dim=1, prior_scale=8.2, seed=0), c=10**1.5 (features), "
-    "AutoDiagonalNormal (its start is the prior's median, far out where the Hessian is small), "
-    "1 step at lr=1: the draws differ by 0.3%"
-)
+# Found by these properties and fixed since (commit 4f428d8, the clip and the start in the
+# prior's scale): IVON's clip_radius was absolute, so the same fit in other units was another fit
+# (first example below: the draws differed by 16%), and hess_init='auto' capped the start by
+# ess, a number of data, not a precision (second example: 0.3%). The examples stay as guards.
 NO_CLIP = (("clip_radius", None),)
 NO_START = (("clip_radius", None), ("hess_init", None))
 UNITS_CASES = [
@@ -86,19 +76,14 @@ UNITS_CASES = [
       for g in ("AutoNormal", "AutoDiagonalNormal")),
 ]  # fmt: skip
 """Every case, and IVON without the clip, and without both the clip and the automatic start."""
-UNITS_XFAILS = {
-    "ivon-AutoNormal": IVON_CLIP,
-    "ivon-AutoDiagonalNormal": IVON_CLIP,
-    "ivon-AutoDiagonalNormal-clip_radius=None": IVON_START,
-}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-@pytest.mark.parametrize("case", case_params(UNITS_CASES, UNITS_XFAILS))
+@pytest.mark.parametrize("case", case_params(UNITS_CASES))
 def test_blr_rescales_with_the_units(case, profile):
     @profile_settings(profile)
     @given(problems(), units, which, st.integers(1, 3), st.sampled_from([0.5, 1.0]), st.booleans())
-    # The smallest examples Hypothesis found for the known bugs, and the extreme units: always run.
+    # The smallest examples Hypothesis found for the bugs above, and the extreme units: always run.
     @example(make_problem("normal", 1, 1, 1.0, 1.0, 0), 100.0, "response", 1, 0.5, False)
     @example(make_problem("bernoulli", 1, 1, 8.2, 1.0, 0), 10**1.5, "features", 1, 1.0, False)
     @example(make_problem("normal", 3, 2, 1.0, 0.5, 1), 1e-8, "response", 2, 1.0, True)
@@ -128,7 +113,8 @@ def test_exact_rules_give_the_exact_posterior_in_any_units(profile):
             mean, cov = p.posterior()
             guide = fit(Case("newton", "AutoMultivariateNormal"), p.model, p.args, 1, 1.0,
                         unit=unit).guide  # fmt: skip
-            von = Case("von", "AutoMultivariateNormal").driver(p.model, guide, lr)
+            # hess_init=None continues from the guide's precision (the default restarts it).
+            von = Case("von", "AutoMultivariateNormal").driver(p.model, guide, lr, hess_init=None)
             for step in range(3):  # newton's step, then two of VON's
                 if step:
                     von.step(*p.args)
