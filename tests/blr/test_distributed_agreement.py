@@ -2,10 +2,6 @@
 agree on the model at set-up or all raise naming the rank that differs; unequal shards are
 weighted by their share of the data and give the answer of one process on all of it; a rank
 that stops early makes the others raise a clear error instead of waiting forever.
-
-The tests marked ``NEEDS_LEAD`` check the integrated behaviour: they need the stepper's set-up
-to call ``Collective.join_run(run_signature(...))`` (``Stepper._join`` in
-pyro_blr/blr/steppers/base.py, see the E2 report); drop the marker when those lines are in.
 """
 
 import datetime
@@ -26,9 +22,6 @@ import pyro_blr as pb
 from pyro_blr.blr.distributed import Collective, RanksDisagree, RanksOutOfStep
 from pyro_blr.blr.rank_signature import data_shares, disagreements
 
-NEEDS_LEAD = pytest.mark.xfail(
-    strict=True, reason="needs Stepper._join to call Collective.join_run (the E2 report's lines)"
-)
 N = 16
 D = torch.float64
 SHARDS = (torch.arange(0, 4), torch.arange(4, 16))  # 4 and 12 of the 16 data
@@ -247,7 +240,6 @@ def results(runs):
     return runs
 
 
-@NEEDS_LEAD
 def test_unequal_shards_give_the_answer_of_one_process_on_all_data(integrated_runs):
     # Shards of 4 and 12 of 16 data. Unweighted, the first rank's data counted three times,
     # the second's two thirds (the posterior sd ended about one sd off).
@@ -261,7 +253,6 @@ def test_unequal_shards_give_the_answer_of_one_process_on_all_data(integrated_ru
             assert torch.equal(ranks[0][rule][key], ranks[1][rule][key]), (rule, key)
 
 
-@NEEDS_LEAD
 def test_ranks_with_other_plate_sizes_or_latent_dimensions_all_raise(integrated_runs):
     for result in results(integrated_runs):
         kind, message, unchanged = result["size"]

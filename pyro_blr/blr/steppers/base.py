@@ -21,6 +21,8 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_blr.blr.distributed import RanksDisagree
+from pyro_blr.blr.rank_signature import run_signature
 from pyro_blr.core import (
     LatentLayout,
     check_latent_masks,
@@ -121,13 +123,23 @@ class Stepper(ABC):
             raise
         return out
 
-    def _join(self, step_number: int) -> None:
+    def _join(self, step_number: int, args: tuple, kwargs: dict) -> None:
         """Once per distributed run, before the first collective of a step: refuse what cannot
-        run distributed, broadcast rank 0's guide and model parameters and seed the rank's
-        particle stream (also after a checkpoint was loaded before the first step)."""
+        run distributed, check that the ranks agree on the model's signature (dimension, dtype,
+        sites, plate sizes; see :meth:`pyro_blr.blr.distributed.Collective.join_run`),
+        broadcast rank 0's guide and model parameters and seed the rank's particle stream
+        (also after a checkpoint was loaded before the first step)."""
         if self.collective is None or self._joined:
             return
         self._together(step_number, self._check_distributable)
+        signature = self._together(
+            step_number, lambda: run_signature(self.model, self.guide, self.layout, args, kwargs)
+        )
+        try:
+            self.collective.join_run(signature)
+        except RanksDisagree:
+            self.layout = None  # a retry with other arguments sets up again
+            raise
         params = {id(p): p for p in self.guide.parameters()}
         for _, param in pyro.get_param_store().named_parameters():
             params.setdefault(id(param), param)

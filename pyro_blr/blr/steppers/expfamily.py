@@ -200,7 +200,7 @@ class ExpFamilyStepper(SiteFamiliesStepper):
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
             self._together(step_number, lambda: self._setup(args, kwargs))
-        self._join(step_number)
+        self._join(step_number, args, kwargs)
         families = self.families
         etas = self.guide.natural_params()
         loss, grads = self._together(

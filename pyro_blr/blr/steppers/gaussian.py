@@ -207,7 +207,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
             self._together(step_number, lambda: self._setup(args, kwargs))
-        self._join(step_number)
+        self._join(step_number, args, kwargs)
         self._subsample = None
         if self._per_step_minibatch:
             latents = {
