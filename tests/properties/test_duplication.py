@@ -26,20 +26,18 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 
 from tests.properties.cases import (
     CASES,
-    ENTRY_CASES,
     PROFILES,
     Problem,
     assert_near,
     assert_scaled,
     assert_shifted,
     case_params,
-    entry_points,
     fit,
     make_problem,
-    outputs,
     problems,
     profile_settings,
 )
+from tests.properties.entry import ENTRY_CASES, entry_points, outputs
 
 
 def duplicated(problem: Problem) -> Problem:

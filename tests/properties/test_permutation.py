@@ -17,19 +17,17 @@ from hypothesis import strategies as st
 
 from tests.properties.cases import (
     CASES,
-    ENTRY_CASES,
     PROFILES,
     Problem,
     assert_near,
     assert_scaled,
     assert_shifted,
     case_params,
-    entry_points,
     fit,
-    outputs,
     problems,
     profile_settings,
 )
+from tests.properties.entry import ENTRY_CASES, entry_points, outputs
 
 
 def permuted(problem: Problem, seed: int) -> tuple[Problem, torch.Tensor]:

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from tests.properties.cases import (
     CASES,
-    ENTRY_CASES,
     PROFILES,
     RTOL,
     Case,
@@ -30,13 +29,12 @@ from tests.properties.cases import (
     assert_scaled,
     assert_shifted,
     case_params,
-    entry_points,
     fit,
     make_problem,
-    outputs,
     problems,
     profile_settings,
 )
+from tests.properties.entry import ENTRY_CASES, entry_points, outputs
 
 
 def rescale(problem: Problem, c: float, which: str) -> tuple[Problem, float, float]:

@@ -13,14 +13,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.properties.cases import (
-    ENTRY_CASES,
     PROFILES,
-    entry_points,
     fit,
     make_problem,
     problems,
     profile_settings,
 )
+from tests.properties.entry import ENTRY_CASES, entry_points
 
 FIXED_POINT = "ValueError: leaving out datum"  # loo_sensitivity's documented refusal
 
