@@ -207,11 +207,14 @@ class Choice(NamedTuple):
         best: the index of the candidate with the highest mean estimate.
         gains: each candidate's mean estimate minus the first candidate's (0 for the first).
         stderrs: the Monte Carlo standard error of each gain (paired draws).
+        draws: the per-draw estimates, shape ``(candidates, draws)``, for the paired
+            difference of any two candidates (this process's draws only).
     """
 
     best: int
     gains: list[float]
     stderrs: list[float]
+    draws: Tensor
 
 
 def compare(
@@ -246,7 +249,7 @@ def compare(
     for i in range(1, len(candidates)):
         if gains[i] > gains[best]:
             best = i
-    return Choice(best, gains.tolist(), stderrs.tolist())
+    return Choice(best, gains.tolist(), stderrs.tolist(), torch.stack(values))
 
 
 def diverging(best: float, loss: float) -> bool:

@@ -750,17 +750,22 @@ class BLR:
         if "early" in gains:
             # An earlier stretch wins only by a clear margin: a close call between iterates
             # that all sit at the optimum must not trade the end of a converging fit for noise.
-            lead = gains["early"] - gains[end]
-            stderr = choice.stderrs[names.index("early")]
+            diff = choice.draws[names.index("early")] - choice.draws[names.index(end)]
+            lead, stderr = diff.mean(), diff.std() / math.sqrt(diff.numel())
+            if collective is not None:
+                lead, stderr = collective.mean([lead.reshape(1), stderr.reshape(1)])
+            lead, stderr = float(lead), float(stderr)
             if lead > max(DRIFT_NATS, 4 * stderr):
                 kept = "early"
         self.averaged = kept == "average"
         if kept != "last":
             self._stepper.load_natural_state(candidates[kept][1])
         logger.info(
-            "BLR.fit: ELBO gains over the last iterate on the same %d draws: %s; kept %s",
+            "BLR.fit: ELBO gains over the last iterate on the same %d draws: %s (standard "
+            "errors %s); kept %s",
             COMPARE_PARTICLES,
             gains,
+            choice.stderrs,
             candidates[kept][0],
         )
         if kept == "early":
