@@ -23,7 +23,7 @@ def _estimate(family, eta, loss, num):
     return controlled_gradient(family.fisher(eta), grads, jac), grads.mean(0)
 
 
-@pytest.mark.parametrize("num", [2, 3, 16])
+@pytest.mark.parametrize("num", [3, 16])
 @pytest.mark.parametrize(
     "family, eta",
     [
@@ -34,8 +34,8 @@ def _estimate(family, eta, loss, num):
     ids=["gamma", "normal", "dirichlet"],
 )
 def test_exact_on_a_loss_linear_in_the_statistics(family, eta, num):
-    # l = <c, T(x)>: its lambda-gradient is F c exactly, from 2 draws on (the pooled fit at 2,
-    # leave-one-out from 3). Round-off through F's condition number (1e5 for the Gamma): 1e-9.
+    # l = <c, T(x)>: its lambda-gradient is F c exactly, from 3 draws on (a leave-one-out fit
+    # from 2 draws). Round-off through F's condition number (1e5 for the Gamma): 1e-9.
     torch.manual_seed(0)
     c = torch.linspace(-1.0, 2.0, eta.shape[-1], dtype=D)
     exact = family.fisher(eta) @ c
@@ -48,7 +48,7 @@ def test_exact_on_a_loss_linear_in_the_statistics(family, eta, num):
 def test_unbiased_where_the_loss_is_not_linear_in_the_statistics():
     # l = x^4 under N(m, s^2): E[l] = m^4 + 6 m^2 s^2 + 3 s^4, differentiated in lambda by
     # autograd. 20000 independent estimates (a batch of sites) of 3 draws each: the mean is
-    # within 5 standard errors of the exact gradient (a 6e-7 false-alarm rate).
+    # within 5 standard errors of the exact gradient (a 6e-7 false-alarm rate per coordinate).
     torch.manual_seed(0)
     family = Normal()
     eta = torch.tensor([1.2, -0.8], dtype=D)
@@ -65,9 +65,12 @@ def test_unbiased_where_the_loss_is_not_linear_in_the_statistics():
     assert ((estimates.mean(0) - exact).abs() < 5 * stderr).all()
 
 
-def test_one_draw_gives_the_plain_estimate():
+@pytest.mark.parametrize("num", [1, 2])
+def test_too_few_draws_for_a_fit_give_the_plain_estimate(num):
+    # A fit on both of 2 draws would be exact on a conjugate site but biased elsewhere (a secant:
+    # on x^4 / 4 it gives two thirds of grad_mu), so 2 draws keep the unbiased plain estimate.
     torch.manual_seed(0)
     family = Normal()
     eta = torch.tensor([0.5, -1.0], dtype=D)
-    estimate, plain = _estimate(family, eta, lambda x: x.pow(3), 1)
+    estimate, plain = _estimate(family, eta, lambda x: x.pow(4) / 4, num)
     torch.testing.assert_close(estimate, plain, rtol=0, atol=0)

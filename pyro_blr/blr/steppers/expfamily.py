@@ -16,10 +16,10 @@ reparameterization for Gamma, Beta, Dirichlet and von Mises) by
 What holds exactly: where :math:`\ell` is linear in a site's sufficient statistics (a
 conjugate site: Normal-Normal, Gamma-Poisson, Beta-Bernoulli, Dirichlet-categorical, von
 Mises-von Mises, LogNormal over a Normal likelihood of :math:`\log x`), the estimate of
-:math:`\nabla_\mu\mathbb E_q[\ell]` is exact, up to round-off, for every ``mc_samples >= 2``,
+:math:`\nabla_\mu\mathbb E_q[\ell]` is exact, up to round-off, for every ``mc_samples >= 3``,
 so :math:`\rho = 1` lands on the exact posterior in one step and the exact posterior is a fixed
-point at every :math:`\rho`. Elsewhere the estimate is unbiased for ``mc_samples >= 3``; with 2
-draws it is a secant (finite-difference) natural gradient, biased by :math:`O(1/S)`. A site's
+point at every :math:`\rho`. With ``mc_samples <= 2`` (the driver's default is 2) it is plain
+reparameterization: unbiased, not exact. Elsewhere the estimate is always unbiased. A site's
 natural parameters beyond what its dtype resolves
 (:meth:`pyro_blr.families.ExpFamily.check_resolved`: a von Mises concentration above about
 :math:`2.6\times10^5` in float32, :math:`1.4\times10^{14}` in float64) are refused with an
