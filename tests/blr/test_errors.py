@@ -148,14 +148,14 @@ def test_a_full_precision_float32_cannot_factorize_says_refit_in_float64(float64
 
 def test_condition_in_float64_only_blames_the_dtype_beyond_its_reach():
     from pyro_blr.blr.rules import RULES, GaussianState
-    from pyro_blr.blr.steppers.gaussian import _condition_in_float64
+    from pyro_blr.blr.steppers.gaussian_diagnosis import condition_in_float64
 
     newton = RULES["newton"].update  # at lr 1 the new precision is the Hessian given
 
     def condition(hess, precision=None):
         precision = torch.eye(2, dtype=hess.dtype) if precision is None else precision
         state = GaussianState(torch.zeros(len(hess), dtype=hess.dtype), precision)
-        return _condition_in_float64(newton, state, torch.zeros(len(hess)), hess, 1.0, 1, {})
+        return condition_in_float64(newton, state, torch.zeros(len(hess)), hess, 1.0, 1, {})
 
     # exact in float32: eigenvalues 2^25 - 2 and 2
     hess = torch.tensor([[2.0**24, 2.0**24 - 2], [2.0**24 - 2, 2.0**24]])

@@ -48,7 +48,7 @@ from pyro_blr.blr.steppers.base import (
     prepare_layout,
 )
 from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
-from pyro_blr.blr.steppers.gaussian_diagnosis import condition_in_float64, update_error
+from pyro_blr.blr.steppers.gaussian_diagnosis import update_error
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
@@ -350,6 +350,3 @@ def _versions(args: tuple, kwargs: dict) -> tuple:
     """The in-place version counter of every tensor argument (``y[:] = batch`` bumps it)."""
     values = [*args, *kwargs.values()]
     return tuple(v._version if torch.is_tensor(v) else None for v in values)
-
-
-_condition_in_float64 = condition_in_float64  # its old name, which tests/blr/test_errors.py imports
