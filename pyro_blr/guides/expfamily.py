@@ -121,7 +121,7 @@ class AutoExpFamily(AutoGuide):
             module = PyroModule()
             for param, value in self._initial(family, site).items():
                 constraint = family.param_constraints[param]
-                event_dim = self._event_dim(family, param, value)
+                event_dim = self._event_dim(family, param, value, site)
                 setattr(module, param, PyroParam(value.detach().clone(), constraint, event_dim))
             deep_setattr(self.params, name, module)  # PyroModule sites are dotted
             self._families[name] = family
@@ -132,9 +132,12 @@ class AutoExpFamily(AutoGuide):
                 f"model (its latent sites: {list(self._families)})"
             )
 
-    def _event_dim(self, family: ExpFamily, param: str, value: Tensor) -> int:
-        """How many rightmost dimensions of a parameter are not plate dimensions."""
-        return family.event_dim(param)
+    def _event_dim(self, family: ExpFamily, param: str, value: Tensor, site: dict) -> int:
+        """How many rightmost dimensions of a parameter are not plate dimensions: the family's
+        own (a Dirichlet's concentration) and the site's event dimensions (``w`` drawn from
+        ``Normal(...).to_event(1)`` holds one location per coordinate, all of one draw), so that
+        the parameter is not taken for a batch under an outer plate of particles."""
+        return max(family.event_dim(param), value.dim() - len(site["fn"].batch_shape))
 
     def _initial(self, family: ExpFamily, site: dict) -> dict[str, Tensor]:
         """Initial parameters of a site's distribution (centred on its initial value)."""

@@ -96,7 +96,7 @@ class ExpFamilyMixture(AutoMixture, AutoExpFamily):
         self.num_components = num_components
         self._init_spread = init_spread
 
-    def _event_dim(self, family: ExpFamily, param: str, value: Tensor) -> int:
+    def _event_dim(self, family: ExpFamily, param: str, value: Tensor, site: dict) -> int:
         return value.dim()  # the leading component dimension is no plate
 
     def _initial(self, family: ExpFamily, site: dict) -> dict[str, Tensor]:

@@ -199,3 +199,17 @@ def test_overrides_on_matching_supports_and_on_missing_sites():
     assert type(pb.AutoExpFamily(model).distributions()["angle"]).__name__ == "VonMises"
     with pytest.raises(ValueError, match=r"names \['y'\], which are not latent sites"):
         pb.AutoExpFamily(model, families={"y": "normal"})()
+
+
+def test_a_vector_site_draws_under_an_outer_plate_of_particles():
+    # w ~ Normal(0, 1).to_event(1) holds one location per coordinate, all of one draw: its
+    # parameters are not a batch, so an outer plate (as the fit's end and the evidence
+    # estimators draw particles) must not take their length for a plate's size.
+    def model():
+        pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    guide = pb.AutoExpFamily(model)
+    guide()
+    with pyro.plate("particles", 5, dim=-1):
+        draws = guide()["w"]
+    assert draws.shape == (5, 3)
