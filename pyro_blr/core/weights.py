@@ -23,6 +23,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_blr.core.log_joint import _check_all_latents_given
+from pyro_blr.core.plates import full_size, is_subsampled, subsampled_plates
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
 __all__ = ["LogWeights", "log_weights", "replay_particles", "vectorized_traces"]
@@ -37,8 +38,11 @@ class LogWeights(NamedTuple):
             scale :math:`N/B` taken out, or ``None`` when the sites do not all share one plate.
         local_scale: the factor (:math:`N/B`) that turns the sum over the ``B`` elements into an
             estimate of the sum over all :math:`N`.
-        subsampled: the names of subsampled plates in the model.
-        outside: latent sites outside the shared plate (why ``local`` is ``None``).
+        subsampled: the names of subsampled plates in the model or the guide, vectorized or
+            sequential (``for i in pyro.plate(..., subsample_size=B)``).
+        outside: latent sites outside every subsampled plate (why ``local`` is ``None``).
+        sequential: the subsampled plates among ``subsampled`` that are sequential: their
+            sites are not the elements of one batch dimension, so ``local`` is ``None``.
     """
 
     joint: Tensor
@@ -46,6 +50,7 @@ class LogWeights(NamedTuple):
     local_scale: float
     subsampled: tuple[str, ...]
     outside: tuple[str, ...]
+    sequential: tuple[str, ...] = ()
 
 
 class _Term(NamedTuple):
@@ -53,6 +58,7 @@ class _Term(NamedTuple):
     frames: dict  # the site's vectorized plates, by name
     name: str
     latent: bool  # a latent site of the model
+    plates: frozenset  # every plate the site lies in, vectorized or sequential
 
 
 def _frames(site) -> dict:
@@ -294,18 +300,22 @@ def log_weights(
                 continue
             joint = joint + sign * sum_per_particle(log_prob, num_particles, nesting)
             latent = trace is model_trace and not site["is_observed"]
-            terms.append(_Term(sign * log_prob, _frames(site), name, latent))
-    subsampled = sorted(
-        {f.name for t in terms for f in t.frames.values() if f.full_size not in (None, f.size)}
-    )
+            plates = frozenset(f.name for f in site["cond_indep_stack"])
+            terms.append(_Term(sign * log_prob, _frames(site), name, latent, plates))
+    plates = {**subsampled_plates(guide_trace), **subsampled_plates(model_trace)}
+    plates.pop(PARTICLE_PLATE, None)
+    subsampled = tuple(sorted(plates))
+    sequential = tuple(name for name in subsampled if plates[name].sequential)
     shared = set.intersection(*(set(t.frames) for t in terms))
-    if not shared:
-        outside = {t.name for t in terms if t.latent and not t.frames.keys() & set(subsampled)}
-        return LogWeights(joint, None, 1.0, tuple(subsampled), tuple(sorted(outside)))
-    # Every site lies in these plates: split the weight over one of them (the subsampled one, if
-    # any), undoing its N/B scale so that each element's weight is that of one datum.
-    name = next((n for n in subsampled if n in shared), sorted(shared)[0])
+    # Every site lies in the shared plates: the weight splits over one of them (the subsampled
+    # one, if any). The split is an unbiased minibatch estimate only when no other plate is
+    # subsampled: a sequential plate's sites share no batch dimension to split over.
+    name = next((n for n in subsampled if n in shared), min(shared, default=None))
+    if name is None or set(subsampled) - {name}:
+        outside = {t.name for t in terms if t.latent and not t.plates & set(subsampled)}
+        return LogWeights(joint, None, 1.0, subsampled, tuple(sorted(outside)), sequential)
+    # Undo the split plate's N/B scale, so that each element's weight is that of one datum.
     frame = terms[0].frames[name]
-    local_scale = (frame.full_size or frame.size) / frame.size
+    local_scale = (full_size(frame) / frame.size) if is_subsampled(frame) else 1.0
     local = sum(_per_element(t.log_prob, num_particles, nesting, frame.dim) for t in terms)
-    return LogWeights(joint, local / local_scale, local_scale, tuple(subsampled), ())
+    return LogWeights(joint, local / local_scale, local_scale, subsampled, (), sequential)

@@ -29,7 +29,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
-from pyro_blr.core import check_model_and_guide, guess_max_plate_nesting, log_weights
+from pyro_blr.core import LogWeights, check_model_and_guide, guess_max_plate_nesting, log_weights
 
 __all__ = ["RenyiELBO", "as_alpha", "renyi_bound"]
 
@@ -95,7 +95,9 @@ class RenyiELBO(ELBO):
     guide lies in one plate (local latents), the bound is taken per element,
     :math:`\frac NB\sum_{i\in B} \hat{\mathcal L}_{\alpha,i}`, which estimates the sum of the
     local bounds without bias (and is tighter than a bound on the joint). A subsampled model with
-    a global latent has no such split, and raises ``ValueError`` rather than return a biased value.
+    a global latent, a sequential subsampled plate (``for i in pyro.plate(..., subsample_size=B)``)
+    or a second subsampled plate has no such split, and raises ``ValueError`` naming the plate
+    rather than return a biased value.
 
     Args:
         alpha: the order α: any real number (Python, NumPy or a 0-d tensor), ``float("inf")``
@@ -109,7 +111,8 @@ class RenyiELBO(ELBO):
         ValueError: ``alpha`` is NaN, a bool or not a real number, ``num_particles < 1``, or
             ``α ≠ 1`` without vectorized particles; when the bound is computed, a discrete
             latent site the guide leaves out (enumerated, for ``TraceEnum_ELBO``: it would be
-            drawn from its prior and scored as data).
+            drawn from its prior and scored as data), or for ``α ≠ 1`` a subsampled plate the
+            bound cannot be split over (see **Minibatches**).
 
     References:
         | Rényi Divergence Variational Inference (Li & Turner, NeurIPS 2016)
@@ -184,13 +187,31 @@ class RenyiELBO(ELBO):
         if weights.local is not None:
             return weights.local_scale * renyi_bound(weights.local, self.alpha).sum()
         if weights.subsampled:
-            raise ValueError(
-                f"RenyiELBO(alpha={self.alpha}) has no unbiased minibatch estimate for this "
-                f"model: plate {list(weights.subsampled)} is subsampled but latent site(s) "
-                f"{list(weights.outside)} are shared by all data. Use full-data plates, "
-                "alpha=1, or put every latent inside the subsampled plate"
-            )
+            raise ValueError(self._no_minibatch_estimate(weights))
         return renyi_bound(weights.joint, self.alpha)
+
+    def _no_minibatch_estimate(self, weights: LogWeights) -> str:
+        """Why a subsampled model's bound does not split over its minibatch, and the fix."""
+        start = (
+            f"RenyiELBO(alpha={self.alpha}) has no unbiased minibatch estimate for this model: "
+            f"plate {list(weights.subsampled)} is subsampled"
+        )
+        if weights.outside:
+            return (
+                f"{start} but latent site(s) {list(weights.outside)} are shared by all data. Use "
+                "full-data plates, alpha=1, or put every latent inside the subsampled plate"
+            )
+        if weights.sequential:
+            return (
+                f"{start}, and plate {list(weights.sequential)} is sequential (for i in "
+                "pyro.plate(...)): its sites share no batch dimension to split the bound over. "
+                "Use full-data plates, alpha=1, or a vectorized plate (with pyro.plate(...))"
+            )
+        return (
+            f"{start} but the model's sites do not all lie in one subsampled plate, the only "
+            "one the bound can be split over. Use full-data plates, alpha=1, or subsample one "
+            "plate that holds every site"
+        )
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """The negative bound :math:`-\\hat{\\mathcal L}_\\alpha`, differentiable."""

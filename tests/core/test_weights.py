@@ -151,3 +151,71 @@ def test_a_model_written_for_a_particle_plate_is_weighed_like_its_runs():
     guide_density = dist.Normal(zero + 0.2, 0.5).log_prob(w).sum(-1)
     expected = prior + likelihood - guide_density
     torch.testing.assert_close(weights.joint, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_sequential_subsampled_plate_is_seen_and_scales_by_n_over_b():
+    # for i in pyro.plate(..., subsample_size=B): frames with vectorized=False. The plate is
+    # named among the subsampled ones (it was missed: subsampled == ()), marked sequential, and
+    # no per-element split is offered; the joint is prior + N/B * minibatch likelihood - log q.
+    y = torch.linspace(-1, 2, 10, dtype=D)
+    drawn, indices = [], []
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=D), 1.0))
+        indices.append([])
+        for i in pyro.plate("data", 10, subsample_size=4):
+            indices[-1].append(i)
+            pyro.sample(f"y_{i}", dist.Normal(mu, 1.0), obs=y[i])
+
+    weights = log_weights(model, recording_guide(0.2, 0.5, drawn), (y,), {}, 6, 1)
+    mu, idx = drawn[0].reshape(6), torch.tensor(indices[0])
+    expected = (
+        dist.Normal(torch.tensor(0.0, dtype=D), 1.0).log_prob(mu)
+        + 10 / 4 * dist.Normal(mu[:, None], 1.0).log_prob(y[idx]).sum(-1)
+        - dist.Normal(torch.tensor(0.2, dtype=D), 0.5).log_prob(mu)
+    )
+    torch.testing.assert_close(weights.joint, expected, rtol=1e-12, atol=1e-12)
+    assert weights.local is None
+    assert weights.subsampled == ("data",) and weights.sequential == ("data",)
+    assert weights.outside == ("mu",)
+
+
+def test_no_split_over_a_full_plate_while_another_plate_is_subsampled():
+    # Every site lies in the full plate "cols", the data plate inside it is subsampled: a
+    # per-column bound would put the N/B-scaled minibatch inside a log-mean-exp (biased for
+    # alpha != 1). It used to split over "cols" anyway (local_scale 1).
+    y = torch.linspace(-1, 2, 20, dtype=D).reshape(10, 2)
+
+    def model(y):
+        with pyro.plate("cols", 2, dim=-1):
+            mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=D), 1.0))
+            with pyro.plate("data", 10, subsample_size=4, dim=-2) as idx:
+                pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    def guide(y):
+        with pyro.plate("cols", 2, dim=-1):
+            pyro.sample("mu", dist.Normal(torch.zeros((), dtype=D), 0.5))
+
+    weights = log_weights(model, guide, (y,), {}, 3, 2)
+    assert weights.local is None
+    assert weights.subsampled == ("data",) and weights.outside == ("mu",)
+
+
+def test_local_latents_of_a_sequential_plate_get_no_per_element_split():
+    # Their sites share no batch dimension: no split, and no latent is outside the plate (the
+    # refusal is about the plate's form, not a global latent). It used to report no
+    # subsampled plate at all.
+    x = torch.linspace(-2, 2, 10, dtype=D)
+
+    def model(x):
+        for i in pyro.plate("data", 10, subsample_size=4):
+            z = pyro.sample(f"z_{i}", dist.Normal(torch.zeros((), dtype=D), 1.0))
+            pyro.sample(f"x_{i}", dist.Normal(z, 0.5), obs=x[i])
+
+    def guide(x):
+        for i in pyro.plate("data", 10, subsample_size=4):
+            pyro.sample(f"z_{i}", dist.Normal(0.5 * x[i], 0.8))
+
+    weights = log_weights(model, guide, (x,), {}, 3, 1)
+    assert weights.local is None and weights.outside == ()
+    assert weights.subsampled == ("data",) and weights.sequential == ("data",)

@@ -175,3 +175,46 @@ def test_infinite_alpha_is_the_smallest_or_largest_log_weight(alpha):
 def test_an_enumerated_site_hidden_from_the_guide_is_refused():
     with pytest.raises(ValueError, match=r"latent site 'k' .*TraceEnum_ELBO"):
         pb.RenyiELBO(0.5, num_particles=4).loss(mixture, mixture_guide(), MIXTURE_DATA)
+
+
+def coin(data):
+    """Pyro's SVI tutorial II coin: a global fairness, one site per flip in a sequential plate
+    of minibatches of 5 (Pyro scales each flip's term by 10/5)."""
+    f = pyro.sample("latent_fairness", dist.Beta(data.new_tensor(10.0), data.new_tensor(10.0)))
+    for i in pyro.plate("data_loop", len(data), subsample_size=5):
+        pyro.sample(f"obs_{i}", dist.Bernoulli(f), obs=data[i])
+
+
+def test_global_latent_under_a_sequential_subsampled_plate_is_refused_by_name():
+    # It used to return the biased bound of the minibatch's joint weight: the check saw only
+    # vectorized plates.
+    data = torch.tensor([1.0] * 6 + [0.0] * 4, dtype=torch.float64)
+    guide = AutoNormal(coin)
+    svi = SVI(coin, guide, pyro.optim.Adam({"lr": 0.01}), pb.RenyiELBO(0.5, num_particles=4))
+    with pytest.raises(
+        ValueError,
+        match=r"plate \['data_loop'\] is subsampled but latent site\(s\) \['latent_fairness'\]",
+    ):
+        svi.step(data)
+    # alpha = 1 stays linear in the data terms: allowed, as for a vectorized plate.
+    assert math.isfinite(pb.RenyiELBO(1.0, num_particles=4).loss(coin, guide, data))
+
+
+def test_local_latents_in_a_sequential_subsampled_plate_are_refused_by_name():
+    # Every latent is local, but its sites share no batch dimension to split the bound over;
+    # it used to return the bound of the minibatch's joint weight, biased for alpha != 1.
+    # The minibatch is given (subsample=), as a data loader gives it.
+    x = torch.linspace(-2, 2, 10, dtype=torch.float64)
+    idx = torch.tensor([1, 4, 6, 9])
+
+    def model(x, idx):
+        for i in pyro.plate("data", len(x), subsample=idx):
+            z = pyro.sample(f"z_{i}", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample(f"x_{i}", dist.Normal(z, 0.5), obs=x[i])
+
+    def guide(x, idx):
+        for i in pyro.plate("data", len(x), subsample=idx):
+            pyro.sample(f"z_{i}", dist.Normal(0.5 * x[i], 0.8))
+
+    with pytest.raises(ValueError, match=r"plate \['data'\] is sequential"):
+        pb.RenyiELBO(0.5, num_particles=4).loss(model, guide, x, idx)
