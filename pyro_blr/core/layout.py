@@ -19,6 +19,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
 from pyro_blr.core.data_signature import DataSignature
+from pyro_blr.core.plates import full_size, is_subsampled
 from pyro_blr.core.traces import max_plate_nesting
 
 __all__ = ["LatentLayout", "LatentSite", "latent_layout"]
@@ -164,8 +165,8 @@ def latent_layout(
 
     Raises:
         ValueError: for a discrete latent site, or a latent site inside a subsampled plate
-            (unless ``allow_local``; and always inside two), whose value changes with the
-            minibatch.
+            (unless ``allow_local``; and always inside two, or inside a sequential one, ``for i
+            in pyro.plate(..., subsample_size=B)``), whose value changes with the minibatch.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -187,16 +188,22 @@ def latent_layout(
                 f"latent site '{name}' is discrete ({type(fn).__name__}); this needs continuous "
                 "latents: marginalize it out in the model, or observe it"
             )
-        local = [
-            f
-            for f in site["cond_indep_stack"]
-            if f.vectorized and (f.full_size if f.full_size is not None else f.size) != f.size
-        ]
+        local = [f for f in site["cond_indep_stack"] if is_subsampled(f)]
+        sequential = next((f for f in local if not f.vectorized or f.dim is None), None)
+        if sequential is not None:
+            raise ValueError(
+                f"latent site '{name}' is local to the sequential subsampled plate "
+                f"'{sequential.name}' (for i in pyro.plate(...), size {full_size(sequential)}, "
+                f"subsample {sequential.size}): the minibatch changes which sites exist, so they "
+                "have no fixed place in a flat latent vector; write the plate as a vectorized "
+                "`with pyro.plate(...)` and use a guide that keeps local latents per datum "
+                "(AutoNormal), or use the full data"
+            )
         if local and (not allow_local or len(local) > 1):
             frame = local[0]
             raise ValueError(
                 f"latent site '{name}' is local to the subsampled plate '{frame.name}' "
-                f"(size {frame.full_size}, subsample {frame.size}): its value changes with the "
+                f"(size {full_size(frame)}, subsample {frame.size}): its value changes with the "
                 "minibatch, so it has no fixed place in a flat latent vector; "
                 + (
                     "a site local to two subsampled plates is not supported"
@@ -215,7 +222,7 @@ def latent_layout(
             extra = {
                 "plate": frame.name,
                 "axis": frame.dim - event_dim,
-                "scale": frame.full_size / frame.size,
+                "scale": full_size(frame) / frame.size,
             }
         sites.append(
             LatentSite(name, transform, unconstrained.shape, event_dim, offset, size, **extra)

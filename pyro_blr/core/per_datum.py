@@ -35,6 +35,7 @@ from pyro_blr.core.datum_jacobian import (
 )
 from pyro_blr.core.layout import LatentLayout
 from pyro_blr.core.log_joint import conditioned_trace
+from pyro_blr.core.plates import full_size, is_subsampled
 from pyro_blr.core.traces import sample_sites, site_log_probs
 
 __all__ = ["DataPlate", "DatumTerms", "PerDatum", "data_plates", "datum_terms",
@@ -106,7 +107,7 @@ def data_plates(
         if not vectorized:
             unplated.append(name)
             continue
-        subsampled = [f for f in vectorized if f.full_size not in (None, f.size)]
+        subsampled = [f for f in vectorized if is_subsampled(f)]
         outer = (subsampled or vectorized)[0]  # the stack lists the outermost plate first
         plates.setdefault(outer.name, []).append(name)
         frames[outer.name] = outer
@@ -114,7 +115,7 @@ def data_plates(
         DataPlate(
             name,
             frames[name].dim,
-            frames[name].full_size if frames[name].full_size is not None else frames[name].size,
+            full_size(frames[name]),
             tuple(sites),
         )
         for name, sites in plates.items()
@@ -169,8 +170,11 @@ def datum_terms(
     rest = -log_det[0]
     plates, unplated = data_plates(trace, (site.name for site in layout.sites))
     if unplated:
+        stacks = (trace.nodes[name]["cond_indep_stack"] for name in unplated)
+        sequential = sorted({f.name for stack in stacks for f in stack if not f.vectorized})
+        where = f" (they lie in the sequential plate(s) {sequential})" if sequential else ""
         raise ValueError(
-            f"observed site(s) {list(unplated)} lie in no vectorized pyro.plate: per-datum "
+            f"observed site(s) {list(unplated)} lie in no vectorized pyro.plate{where}: per-datum "
             "curvature needs the data as the elements of one (declare it with `with "
             "pyro.plate(...)`; a sequential `for i in pyro.plate(...)` does not count), or use "
             "rule 'von' or 'ivon'"

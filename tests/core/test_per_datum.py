@@ -260,3 +260,21 @@ def test_a_rerun_that_sees_other_data_is_refused():
     assert way == "batched backward"
     expected = rows_by_batched_backward(split.per_datum, row)
     torch.testing.assert_close(jac, expected, atol=0, rtol=0)
+
+
+def test_data_in_a_sequential_subsampled_plate_are_refused_naming_the_plate():
+    # One site per datum in `for i in pyro.plate(..., subsample_size=B)`: no batch dimension
+    # holds the data. The refusal used to name only this minibatch's sites.
+    y = torch.arange(10.0, dtype=D)
+
+    def sequential(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=D), 1.0))
+        for i in pyro.plate("data", len(y), subsample_size=4):
+            pyro.sample(f"y_{i}", dist.Normal(mu, 1.0), obs=y[i])
+
+    trace = poutine.trace(sequential).get_trace(y)
+    subsample = {"data": trace.nodes["data"]["value"]}
+    with pytest.raises(ValueError, match=r"lie in the sequential plate\(s\) \['data'\]"):
+        per_datum_gradients(
+            sequential, latent_layout(trace), torch.zeros(1, 1, dtype=D), (y,), {}, subsample
+        )
