@@ -56,7 +56,7 @@ import torch
 from pyro.poutine import Trace
 from torch import Tensor
 
-from pyro_blr.core import LatentLayout, derivatives
+from pyro_blr.core import LatentLayout, derivatives, full_size
 
 __all__ = [
     "AUTO_HESS_INIT",
@@ -82,8 +82,9 @@ AUTO_HESS_INIT = 1.0
 def per_datum_start(
     layout: LatentLayout, prototype_trace: Trace, ess: float, hess_init: float, like: Tensor
 ) -> Tensor:
-    r"""IVON's start :math:`N_i h_0` per coordinate: ``ess`` divided by the size of the plates a
-    site lies in (at least one datum), times ``hess_init``, on ``like``'s dtype and device.
+    r"""IVON's start :math:`N_i h_0` per coordinate: ``ess`` divided by the full size of the
+    plates a site lies in (vectorized or sequential: each site of ``for i in pyro.plate(...)`` is
+    one of its copies; at least one datum), times ``hess_init``, on ``like``'s dtype and device.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -103,7 +104,7 @@ def per_datum_start(
     start = like.new_empty(layout.dim)
     for site in layout.sites:
         stack = prototype_trace.nodes[site.name]["cond_indep_stack"]
-        copies = math.prod(f.full_size or f.size for f in stack if f.vectorized)
+        copies = math.prod(full_size(f) for f in stack)  # a sequential plate's sites too
         start[site.block] = max(ess / copies, 1.0) * hess_init
     return start
 

@@ -29,7 +29,7 @@ from typing import Any
 import pyro.poutine as poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_blr.core import LatentLayout, trace_without_rng
+from pyro_blr.core import LatentLayout, full_size, trace_without_rng
 
 __all__ = ["MINIBATCH", "data_shares", "disagreements", "run_signature"]
 
@@ -76,8 +76,8 @@ def run_signature(
             shape[site.axis] = round(site.scale * shape[site.axis])
         out[f"site {site.name!r} shape"] = tuple(shape)
     for name, site in trace.nodes.items():
-        if site["type"] == "sample" and site_is_subsample(site):
-            out[f"plate {name!r}{_SIZE}"] = int(site["fn"].size)
+        if site["type"] == "sample" and site_is_subsample(site):  # vectorized or sequential
+            out[f"plate {name!r}{_SIZE}"] = full_size(site)
             out[f"plate {name!r}{MINIBATCH}"] = int(site["value"].numel())
     return out
 

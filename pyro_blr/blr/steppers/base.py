@@ -28,6 +28,7 @@ from pyro_blr.core import (
     check_latent_masks,
     choose_vectorization,
     initialize_guide,
+    is_subsampled,
     latent_layout,
     rng_kept,
     trace_without_rng,
@@ -193,13 +194,14 @@ def minibatch(
 
 
 def subsample_indices(trace) -> dict[str, Tensor]:
-    """Plate name -> minibatch indices, for the subsampled plates of a trace."""
-    indices = {}
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and site_is_subsample(site):
-            if site["value"].numel() != site["fn"].size:  # drawn, or given by subsample=
-                indices[name] = site["value"]
-    return indices
+    """Plate name -> minibatch indices, for the subsampled plates of a trace, vectorized or
+    sequential (``for i in pyro.plate(..., subsample_size=B)``: conditioning its subsample site
+    on the indices fixes which sites a run has, each scaled by :math:`N/B` as Pyro scales it)."""
+    return {
+        name: site["value"]  # drawn, or given by subsample=
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site) and is_subsampled(site)
+    }
 
 
 def prepare_layout(
