@@ -52,12 +52,6 @@ NO_SVI = {"mixture_full", "mixture_expfamily"}  # no reparameterized sampler: th
 FITTED = ["svi", "svi_renyi", "log_evidence", "psis_diagnostic", "to_inference_data"]
 ENTRIES = ["blr", *FITTED, "loo_sensitivity"]
 
-EXPFAMILY_HALF = (
-    "pb.AutoMixture(component='expfamily') under rule='mixture' converges to about half the "
-    "natural parameters (its sds too wide by about sqrt(2)): finding 1 of the exp-family rules"
-)
-
-
 KNOWN_FAILURES = {
     ("flow_spline", "svi"): (
         "AutoFlow(flow='spline') under SVI: sd of w[1] 2.55 times the exact posterior's on a "
@@ -102,8 +96,6 @@ def expectation(option: str, entry: str) -> object:
         return Raises(TypeError, "loo_sensitivity needs a Gaussian guide")
     if entry == "blr" and option in FLOW_OPTIONS:
         return Raises(TypeError, "BLR cannot drive AutoFlow")
-    if entry == "blr" and option == "mixture_expfamily":
-        return XFail(EXPFAMILY_HALF, raises=AssertionError)
     return None
 
 
