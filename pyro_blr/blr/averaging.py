@@ -29,7 +29,10 @@ from typing import Any, NamedTuple
 
 import pyro.util
 import torch
+from pyro.poutine import Trace
 from torch import Tensor
+
+from pyro_blr.core import num_observations, sample_sites
 
 __all__ = [
     "Choice",
@@ -39,7 +42,15 @@ __all__ = [
     "diverged",
     "diverging",
     "paired_estimates",
+    "problem_size",
 ]
+
+DIVERGE_NATS = 100.0
+"""The rise (nats) above the run's best loss that is a divergence on any problem (see
+:func:`diverging`), before :data:`DIVERGE_NATS_PER_UNIT` per datum and coordinate."""
+
+DIVERGE_NATS_PER_UNIT = 10.0
+"""The rise (nats) per observed datum and per latent coordinate that is a divergence."""
 
 
 class IterateAverage:
@@ -136,7 +147,9 @@ def converged(losses: Sequence[float], window: int, tol: float) -> bool:
     return previous - last < tol
 
 
-def diverged(losses: Sequence[float], window: int) -> tuple[bool, float, float]:
+def diverged(
+    losses: Sequence[float], window: int, *, size: float | None = None
+) -> tuple[bool, float, float]:
     """Whether a run ended far above its best loss, with the two numbers compared.
 
     The run's best loss is compared with the mean of the losses that came *after* it (at most
@@ -144,13 +157,18 @@ def diverged(losses: Sequence[float], window: int) -> tuple[bool, float, float]:
     whose last loss is its best (a loss still falling, however steeply) did not, however few
     steps it took. A non-finite loss after the best, or no finite loss at all, is a divergence.
 
+    Args:
+        losses: the run's losses, in order.
+        window: the most losses after the best to average.
+        size: the problem's size :math:`N + D` (see :func:`diverging`).
+
     Returns:
         ``(diverged, mean of the losses after the best, best)``.
 
     Example:
-        >>> diverged([5000.0, 900.0, 300.0, 120.0], window=20)[0]  # falling: never diverged
+        >>> diverged([5000.0, 900.0, 300.0, 120.0], window=20, size=3)[0]  # falling
         False
-        >>> diverged([300.0, 120.0, 9000.0, 8000.0], window=20)
+        >>> diverged([300.0, 120.0, 9000.0, 8000.0], window=20, size=3)
         (True, 8500.0, 120.0)
     """
     finite = [(loss, i) for i, loss in enumerate(losses) if math.isfinite(loss)]
@@ -161,7 +179,7 @@ def diverged(losses: Sequence[float], window: int) -> tuple[bool, float, float]:
     if not after:
         return False, best, best
     final = math.fsum(after) / len(after)
-    return diverging(best, final), final, best
+    return diverging(best, final, size=size), final, best
 
 
 def paired_estimates(
@@ -252,12 +270,60 @@ def compare(
     return Choice(best, gains.tolist(), stderrs.tolist(), torch.stack(values))
 
 
-def diverging(best: float, loss: float) -> bool:
-    """Whether a loss has climbed far above the best loss of the run so far: by more than ten
-    times the best's magnitude plus 100 nats, far beyond Monte Carlo noise of a converging fit.
+def diverging(best: float, loss: float, *, size: float | None = None) -> bool:
+    r"""Whether a loss has climbed far above the best loss of the run so far.
+
+    A change of the data's units by :math:`c` shifts every loss of a run by the same
+    :math:`N\log c` nats, so the verdict looks at the rise :math:`L - L^\star` only, against a
+    threshold in nats set by the size of the problem, never by :math:`|L^\star|`:
+
+    .. math::
+        L - L^\star > 100 + 10\,(N + D) \quad \text{nats},
+
+    with :math:`N` the number of observed data and :math:`D` the number of latent values
+    (``size`` = :math:`N + D`; :data:`DIVERGE_NATS` and :data:`DIVERGE_NATS_PER_UNIT`): 10 nats
+    a datum and a coordinate, far beyond the Monte Carlo
+    noise of a converging fit (at the optimum of a Gaussian posterior the loss of one draw has
+    standard deviation :math:`\sqrt{D/2}`; a minibatch's scaled loss has one of order
+    :math:`N/\sqrt B` nats), and reached within a few steps by a diverging one. Without
+    ``size`` the older rule is used, a rise above :math:`10|L^\star| + 100`, which depends on the
+    loss's additive constant (the data's units); it is kept for callers that do not know the
+    problem's size yet.
+
+    Args:
+        best: the best (lowest) loss of the run so far.
+        loss: the loss to judge; a NaN loss diverges.
+        size: :math:`N + D` (see :func:`problem_size`).
 
     Example:
-        >>> diverging(55.0, 3044.0), diverging(55.0, 60.0)
+        >>> diverging(55.0, 3044.0, size=3), diverging(55.0, 60.0, size=3)
         (True, False)
+        >>> shift = -1000 * math.log(1e8)  # the same run in other units: the same verdict
+        >>> diverging(55.0 + shift, 3044.0 + shift, size=3)
+        True
     """
-    return not loss - best <= 10 * abs(best) + 100  # a NaN loss diverges too
+    if size is None:
+        return not loss - best <= 10 * abs(best) + 100  # a NaN loss diverges too
+    return not loss - best <= DIVERGE_NATS + DIVERGE_NATS_PER_UNIT * size
+
+
+def problem_size(trace: Trace) -> int:
+    """The size :math:`N + D` that sets the divergence threshold of :func:`diverging`: the
+    number of observed data (:func:`pyro_blr.core.num_observations`: a subsampled plate counts
+    its full size) plus the number of latent values of a model ``trace``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, pyro.poutine as poutine
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu.sum(), 1.0), obs=y)
+        >>> problem_size(poutine.trace(model).get_trace(torch.zeros(5)))
+        7
+    """
+    latent = sum(
+        site["value"].numel()
+        for _, site in sample_sites(trace, deterministic=False)
+        if not site["is_observed"] and torch.is_tensor(site["value"])
+    )
+    return num_observations(trace) + latent

@@ -1,9 +1,11 @@
 r"""``BLR``: the Bayesian learning rule as a drop-in for ``pyro.infer.SVI``.
 
-The driver checks the options, picks the stepper that runs the rule on the guide
-(:mod:`pyro_blr.blr.steppers`), evaluates the step-size schedule, steps the model's own
-parameters (variational EM) and runs the fit loop; the maths of each step lives in
-:mod:`pyro_blr.blr.rules` and its estimation in the steppers.
+The driver picks the stepper that runs the rule on the guide (:mod:`pyro_blr.blr.steppers`),
+evaluates the step-size schedule, steps the model's own parameters (variational EM) and runs
+the fit loop; its options are checked in :mod:`pyro_blr.blr.options`, the end of a fit (the
+feed of batches, the divergence verdict, where the guide ends, the Pareto check) lives in
+:mod:`pyro_blr.blr.fit_end`, the maths of each step in :mod:`pyro_blr.blr.rules` and its
+estimation in the steppers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sized
-from numbers import Integral, Real
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import pyro.optim
@@ -22,32 +23,22 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_blr.blr.averaging import (
-    IterateAverage,
-    compare,
-    converged,
-    diverged,
-    diverging,
-)
+from pyro_blr.blr.averaging import IterateAverage, converged, diverging, problem_size
 from pyro_blr.blr.distributed import Collective
-from pyro_blr.blr.steppers import StepOptions, stepper_for
-from pyro_blr.core import (
-    KHAT_THRESHOLD,
-    log_weights,
-    model_keywords,
-    pareto_check,
-    trace_without_rng,
+from pyro_blr.blr.fit_end import (
+    CHECK_PARTICLES,
+    COMPARE_PARTICLES,
+    Candidate,
+    Feed,
+    check_pareto,
+    end_at_the_best,
+    raise_if_diverged,
 )
+from pyro_blr.blr.options import check_fit_options, check_lr, check_positive_int, check_step_options
+from pyro_blr.blr.steppers import stepper_for
+from pyro_blr.core import model_keywords, trace_without_rng
 
 __all__ = ["BLR", "COMPARE_PARTICLES", "FitResult"]
-
-COMPARE_PARTICLES = 32
-"""Draws on which :meth:`BLR.fit` compares the averaged guide with the last iterate (the same
-draws for both, so that their difference has little Monte Carlo error)."""
-
-DRIFT_NATS = 0.5
-"""How far (nats) the guide of an earlier stretch of a fit must beat the end of the fit, beyond
-four standard errors, for :meth:`BLR.fit` to warn that the iterates drifted."""
 
 _FIT_OPTIONS = (
     "num_steps",
@@ -59,11 +50,6 @@ _FIT_OPTIONS = (
     "batches",
     "model_kwargs",
 )
-
-CHECK_PARTICLES = 256
-"""Draws of :meth:`BLR.fit`'s closing Pareto check (see :func:`pyro_blr.core.pareto_check`); the
-check runs when the fit itself drew at least as many particles, so that it costs at most about
-one more pass of the fit's own model evaluations (and never a Hessian)."""
 
 logger = logging.getLogger(__name__)
 
@@ -78,68 +64,6 @@ class FitResult(NamedTuple):
 
     losses: list[float]
     seconds: float
-
-
-def _check_number(name: str, value: Any, low: float, high: float, closed_high: bool) -> float:
-    """A real, non-bool number in [low, high) (or [low, high]); numpy and 0-d tensors welcome."""
-    if torch.is_tensor(value) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    inside = low <= value <= high if closed_high else low <= value < high
-    if not inside or math.isnan(value):
-        bracket = "]" if closed_high else ")"
-        raise ValueError(f"{name} must lie in [{low:g}, {high:g}{bracket}, got {value}")
-    return value
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    """A positive integer, not a bool; numpy integers and integer 0-d tensors welcome."""
-    if torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-class _Feed:
-    """The model's positional arguments for each step of a fit: ``args`` every step, or the
-    next batch of an iterable, started over when it runs out."""
-
-    def __init__(self, batches: Iterable | None, args: tuple):
-        if batches is not None and args:
-            raise TypeError(
-                "BLR.fit: pass the data either as the model's positional arguments or as "
-                "batches=, not both"
-            )
-        if batches is not None and not isinstance(batches, Iterable):
-            raise TypeError(f"BLR.fit: batches must be an iterable, got {type(batches).__name__}")
-        self.batches, self.args, self._it = batches, args, None
-
-    def one_pass(self) -> list[tuple] | None:
-        """The model's arguments for the comparisons at the end of a fit: the fit's ``args``,
-        or every batch of one pass over a sized iterable (a minibatch's ELBO alone favours the
-        iterate that just adapted to it); ``None`` for an unsized stream of batches."""
-        if self.batches is None:
-            return [self.args]
-        if not isinstance(self.batches, Sized):
-            return None
-        return [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in self.batches]
-
-    def next(self) -> tuple:
-        if self.batches is None:
-            return self.args
-        for _ in range(2):  # one restart at most: an empty iterable is an error
-            if self._it is None:
-                self._it = iter(self.batches)
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                self._it = None
-                continue
-            return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-        raise ValueError("BLR.fit: batches yielded no batch")
 
 
 class BLR:
@@ -184,14 +108,18 @@ class BLR:
             ``"mixture"`` for :class:`pyro_blr.AutoMixture` (see
             :mod:`pyro_blr.blr.steppers.mixture`). An option a rule does not use raises
             ``ValueError`` when given a non-default value.
-        mc_samples: particles per step (ignored by ``"newton"``).
+        mc_samples: particles per step (``"newton"`` draws none: it evaluates at the mean, and
+            a non-default value raises).
         antithetic: draw the particles in antithetic pairs (needs an even ``mc_samples``).
         beta1: IVON's gradient momentum.
         beta2: IVON's Hessian momentum.
-        clip_radius: IVON's per-coordinate clip of the mean's update before the step size, so
-            no coordinate moves by more than ``lr * clip_radius`` a step (``None``: no clip).
-            It keeps the first steps safe while the curvature estimate grows to the data's
-            scale (a network's hidden layers have no curvature at a symmetric start).
+        clip_radius: IVON's per-coordinate clip of the mean's update before the step size, in
+            units of the prior's robust scale :math:`s_i` of each coordinate (see
+            :mod:`pyro_blr.blr.prior_scale`; unit scale where the prior gives none): no
+            coordinate :math:`i` moves by more than ``lr * clip_radius *`` :math:`s_i` a step
+            (``None``: no clip), so the clip follows the data's units. It keeps the first steps
+            safe while the curvature estimate grows to the data's scale (a network's hidden
+            layers have no curvature at a symmetric start).
         weight_decay: an optional extra Gaussian penalty :math:`\delta \ge 0` on :math:`\theta`.
         vectorize_particles: ``"auto"`` (the default) evaluates the particles in the fastest way
             that gives the same numbers as one model run per particle, checked on probe particles
@@ -201,17 +129,24 @@ class BLR:
             the loop.
         max_plate_nesting: the model's number of plate dimensions; found from a model trace when
             not given.
-        ess: IVON's effective sample size :math:`N`: the number of observed data, found from
-            the model's plates (a subsampled plate counts its full size) when ``None``.
-        hess_init: where IVON's precision starts (see :mod:`pyro_blr.blr.ivon_start`).
-            ``"auto"`` (the default): the expected Hessian diagonal at draws from the guide as
-            it is (the BLR's fixed point evaluated at the start), capped by the larger of
-            ``ess`` and the Hessian at the mean, up to 2048 coordinates; above that, ``ess``.
-            A number: IVON's per-datum curvature :math:`h_0` in the data's units, the precision
-            starting at ``ess * hess_init`` (``ess`` divided by the size of the plates a latent
-            site lies in). Neither takes the guide's ``init_scale`` as the start. ``None``
-            keeps the guide's own precision (e.g. to continue an earlier fit: a new driver
-            with the default restarts the precision).
+        ess: the effective sample size :math:`N` of the start of ``"ivon"``'s and ``"von"``'s
+            precision (see ``hess_init``): the number of observed data, found from the model's
+            plates (a subsampled plate counts its full size) when ``None``; a coordinate sees
+            :math:`N_i`, ``ess`` divided by the size of the plates its site lies in.
+        hess_init: where ``"ivon"``'s and ``"von"``'s precision starts at the driver's first
+            step (see :mod:`pyro_blr.blr.ivon_start`), with :math:`s_i` the prior's robust
+            scale of coordinate :math:`i` (:mod:`pyro_blr.blr.prior_scale`). ``"auto"`` (the
+            default): the expected Hessian diagonal at draws from the guide as it is (the BLR's
+            fixed point evaluated at the start), bounded below by the prior's precision
+            :math:`1/s_i^2` and capped by :math:`\max(N_i/s_i^2, H_{ii}(m))`, the Hessian at the
+            mean, up to 2048 coordinates; above that, :math:`N_i/s_i^2`. Measured in
+            :math:`s_i`, the start does not depend on the data's units. A number: the
+            per-datum curvature :math:`h_0` in the data's units, the precision starting at
+            :math:`N_i h_0`. Neither takes the guide's ``init_scale`` as the start, so a new
+            driver restarts the precision of a guide fitted before. ``None`` keeps the guide's
+            own precision (e.g. to continue an earlier fit with a new ``"ivon"`` or ``"von"``
+            driver). A model with latents local to a subsampled plate keeps the guide's
+            precision.
         hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian (one
             Hessian-vector product per coordinate: :math:`D` backward passes) at least every
             ``hessian_every`` steps and reuse the last one in between, where a step costs only
@@ -232,15 +167,15 @@ class BLR:
             parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that are not
             ``PyroSample``), stepped on the ELBO gradient after each BLR step: variational EM,
             type-II maximum likelihood, as ``SVI`` learns them. When the model has parameters
-            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used.
+            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used. Anything but
+            a ``pyro.optim.PyroOptim`` (a ``torch.optim`` class or instance) raises
+            ``TypeError``: the guide is stepped by the rule, never by ``optim``.
         model_steps: the optimizer steps on the model's parameters after each BLR step, each
             on a fresh one-draw ELBO gradient (variational EM: the BLR's E-step is exact or
             nearly so within a few steps, while Adam at lr 0.01 moves a log-scale parameter by
             at most 0.01 a step; one M-step per BLR step left the noise of a conjugate
             regression at 0.050 against its type-II maximum likelihood 0.0094 after 300 steps,
-            five reach it). Only models with parameters pay for them. Anything but
-            a ``pyro.optim.PyroOptim`` (a ``torch.optim`` class or instance) raises
-            ``TypeError``: the guide is stepped by the rule, never by ``optim``.
+            five reach it). Only models with parameters pay for them.
 
     Attributes:
         num_steps: the steps taken so far (restored by :meth:`load_state_dict`).
@@ -252,13 +187,15 @@ class BLR:
             :mod:`pyro_blr.blr.step_back`); warned about once per fit.
         stepped_back: whether the last step was such a step back.
         averaged: whether the last :meth:`fit` ended at the average of its late iterates
-            (``False``: at its last iterate, which had the higher ELBO or no average was kept).
+            (``False``: at its last iterate, which had the higher ELBO or no average was kept,
+            or, with a warning, at the average of an earlier stretch of the fit).
         pareto: the closing Pareto check of the last :meth:`fit`
             (:class:`pyro_blr.core.ParetoCheck`), ``None`` where it was skipped.
 
     Raises:
         TypeError: ``rule`` cannot drive this guide, or ``optim`` is not a Pyro optimizer.
-        ValueError: a hyperparameter is out of range, or an option ``rule`` does not use.
+        ValueError: an unknown ``rule``, a hyperparameter out of range, or an option ``rule``
+            does not use given a non-default value.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -300,49 +237,12 @@ class BLR:
     ):
         stepper = stepper_for(rule, guide)
         if not callable(lr):
-            lr = self._check_lr(lr)
-        mc_samples = _check_positive_int("mc_samples", mc_samples)
-        beta1 = _check_number("beta1", beta1, 0.0, 1.0, closed_high=False)
-        beta2 = _check_number("beta2", beta2, 0.0, 1.0, closed_high=False)
-        if clip_radius is not None:
-            clip_radius = _check_number("clip_radius", clip_radius, 0.0, math.inf, True)
-            if clip_radius == 0:
-                raise ValueError("clip_radius must be positive, got 0")
-        if (
-            isinstance(weight_decay, bool)
-            or not isinstance(weight_decay, Real)
-            or not (0 <= weight_decay < math.inf)
-        ):
-            raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay}")
-        weight_decay = float(weight_decay)
-        if vectorize_particles not in ("auto", True, False):
-            raise ValueError(
-                f"vectorize_particles must be 'auto', True or False, got {vectorize_particles!r}"
-            )
-        if max_plate_nesting is not None and (
-            isinstance(max_plate_nesting, bool)
-            or not isinstance(max_plate_nesting, int)
-            or max_plate_nesting < 0
-        ):
-            raise ValueError(
-                f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}"
-            )
-        if ess is not None:
-            ess = _check_number("ess", ess, 0.0, math.inf, closed_high=False)
-            if ess == 0:
-                raise ValueError("ess must be positive, got 0")
-        if isinstance(hess_init, str):
-            if hess_init != "auto":
-                raise ValueError(f"hess_init must be 'auto', a number or None, got {hess_init!r}")
-        elif hess_init is not None:
-            hess_init = _check_number("hess_init", hess_init, 0.0, math.inf, closed_high=False)
-            if hess_init == 0:
-                raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")
-        hessian_every = _check_positive_int("hessian_every", hessian_every)
-        self.model_steps = _check_positive_int("model_steps", model_steps)
-        options = StepOptions(
+            lr = check_lr(lr)
+        options = check_step_options(
+            rule,
+            stepper.options,
             mc_samples=mc_samples,
-            antithetic=bool(antithetic),
+            antithetic=antithetic,
             beta1=beta1,
             beta2=beta2,
             clip_radius=clip_radius,
@@ -353,17 +253,7 @@ class BLR:
             hess_init=hess_init,
             hessian_every=hessian_every,
         )
-        defaults = StepOptions()
-        honoured = stepper.options[rule]
-        for name, value in options._asdict().items():
-            if name not in honoured and value != getattr(defaults, name):
-                users = sorted(r for r, opts in stepper.options.items() if name in opts)
-                named = ", ".join(repr(r) for r in users)
-                where = f"rule{'s' if len(users) > 1 else ''} {named}" if users else "other rules"
-                raise ValueError(
-                    f"{name}={value!r} does not apply to rule {rule!r} (it is used by {where}); "
-                    "leave it at its default"
-                )
+        self.model_steps = check_positive_int("model_steps", model_steps)
         self.model = model
         self.guide = guide
         self.lr = lr
@@ -382,6 +272,7 @@ class BLR:
         self._model_params = None
         self._best = math.inf
         self._warned = self._warned_step_back = False
+        self._sized = None  # (the data's shapes, the problem's size) of the last judged rise
 
     @staticmethod
     def _collective(process_group: Any, rank_noise: bool, stepper: type, rule: str):
@@ -417,14 +308,6 @@ class BLR:
             "PyroModule that are not PyroSample), as SVI does; the guide is stepped by the "
             "rule (set its step size with lr=), not by an optimizer"
         )
-
-    @staticmethod
-    def _check_lr(lr: Any) -> float:
-        if torch.is_tensor(lr) and lr.numel() == 1:
-            lr = lr.item()
-        if isinstance(lr, bool) or not isinstance(lr, Real) or not 0 < lr < math.inf:
-            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-        return float(lr)
 
     # ------------------------------------------------------------------ model parameters
     def _step_model_params(self, args: tuple, kwargs: dict) -> bool:
@@ -500,7 +383,8 @@ class BLR:
         :math:`\frac1S\sum_s \ell(\theta_s) - \mathbb H[q]`, or for ``"newton"`` the
         delta-method value :math:`\ell(m) + \tfrac12\operatorname{tr}(\nabla^2\ell(m)
         S^{-1}) - \mathbb H[q]` (exact for quadratic :math:`\ell`). A loss that climbs far
-        above the best of the run (see :func:`pyro_blr.blr.averaging.diverging`) warns once.
+        above the best of the run, by more than :math:`100 + 10(N + D)` nats (see
+        :func:`pyro_blr.blr.averaging.diverging`), warns once per :meth:`fit`.
 
         **A loop of your own ends at the last iterate.** With a constant ``lr`` that iterate
         jitters around the optimum by Monte Carlo and minibatch noise of order
@@ -520,7 +404,7 @@ class BLR:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._apply(pending, args, kwargs)
-        lr = self._check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
+        lr = check_lr(self.lr(self.num_steps) if callable(self.lr) else self.lr)
         info = self._stepper.step(args, kwargs, lr, self.num_steps + 1)
         self.num_steps += 1
         self.halvings += info.halvings
@@ -532,7 +416,7 @@ class BLR:
             for _ in range(self.model_steps):  # the rest wait for the next BLR step if skipped
                 if not self._step_model_params(args, kwargs):
                     break
-        self._watch(info.loss, lr)
+        self._watch(info.loss, lr, args, kwargs)
         return info.loss
 
     def _warn_step_back(self, reason: str, lr: float) -> None:
@@ -546,8 +430,8 @@ class BLR:
                 stacklevel=3,
             )
 
-    def _watch(self, loss: float, lr: float) -> None:
-        if not self._warned and math.isfinite(self._best) and diverging(self._best, loss):
+    def _watch(self, loss: float, lr: float, args: tuple, kwargs: dict) -> None:
+        if not self._warned and math.isfinite(self._best) and self._diverging(loss, args, kwargs):
             self._warned = True
             warnings.warn(
                 f"BLR step {self.num_steps}: the loss {loss:.4g} is far above the best of this "
@@ -557,6 +441,33 @@ class BLR:
                 stacklevel=3,
             )
         self._best = min(self._best, loss)
+
+    def _diverging(self, loss: float, args: tuple, kwargs: dict) -> bool:
+        """Whether ``loss`` is far above the best of the run (see
+        :func:`pyro_blr.blr.averaging.diverging`); the problem's size is found (one model
+        trace) only for a rise that could be a divergence at all."""
+        if not diverging(self._best, loss, size=0):
+            return False
+        return diverging(self._best, loss, size=self._problem_size(args, kwargs))
+
+    def _problem_size(self, args: tuple, kwargs: dict) -> float:
+        """The number of observed data plus latent values on this data (see
+        :func:`pyro_blr.blr.averaging.problem_size`), the same on every rank of a distributed
+        run (their mean); cached by the data's shapes in one process."""
+        collective = self._stepper.collective
+        key = tuple(tuple(a.shape) if torch.is_tensor(a) else id(a) for a in args) + tuple(
+            (k, tuple(v.shape) if torch.is_tensor(v) else id(v)) for k, v in kwargs.items()
+        )
+        if collective is None and self._sized is not None and self._sized[0] == key:
+            return self._sized[1]
+        like = next(iter(self.guide.parameters()))
+        replayed = poutine.replay(self.model, trace=self.guide.prototype_trace)
+        size = float(problem_size(trace_without_rng(replayed, args, kwargs, like)))
+        if collective is not None:
+            (mean,) = collective.mean([torch.tensor([size], dtype=torch.float64)])
+            size = float(mean)
+        self._sized = (key, size)
+        return size
 
     def fit(
         self,
@@ -579,7 +490,11 @@ class BLR:
         and the last iterate has the higher ELBO, both estimated on the same
         :data:`COMPARE_PARTICLES` draws (:func:`pyro_blr.blr.averaging.paired_estimates`): an
         average over iterates still far from the optimum (a short fit) never replaces a better
-        last iterate. :attr:`averaged` says which was kept. The default (``None``) averages
+        last iterate. With at least ``3 * window`` steps the fit also keeps the average of the
+        window of its lowest mean loss, and ends there instead, with a warning, only where its
+        ELBO beats both by more than :data:`pyro_blr.blr.fit_end.DRIFT_NATS` and four standard
+        errors on the same draws (the iterates drifted away from what the fit had reached).
+        :attr:`averaged` says whether the late average was kept. The default (``None``) averages
         when ``lr`` is a constant and not when it is a schedule: a decaying schedule already
         damps the jitter. With ``tol`` the fit stops early once the mean loss of the last
         ``window`` steps is not ``tol`` nats below that of the ``window`` before
@@ -588,7 +503,8 @@ class BLR:
 
         The model's keyword arguments are passed as keywords, or in ``model_kwargs`` when the
         model has an argument named like an option of ``fit`` (``num_steps``, ``progress``,
-        ``average``, ``tol``, ``window``, ``model_kwargs``): such a call without
+        ``average``, ``tol``, ``window``, ``check``, ``batches``, ``model_kwargs``): such a call
+        without
         ``model_kwargs`` raises ``TypeError`` rather than take the model's argument for the
         option (see :func:`pyro_blr.core.model_keywords`).
 
@@ -601,7 +517,8 @@ class BLR:
             tol: stop when the moving-average loss improves by less than this (nats).
             window: the moving-average window of the stopping rule, in steps.
             check: end with a Pareto :math:`\hat k` check of the fitted guide as a proposal for
-                the posterior, on :data:`CHECK_PARTICLES` draws (skipped for a fit that drew
+                the posterior, on :data:`pyro_blr.blr.fit_end.CHECK_PARTICLES` draws (skipped for
+                a fit that drew
                 fewer particles than that, a subsampled model and a distributed run); a
                 :math:`\hat k` above 0.7 warns, since the guide then misses posterior mass
                 (a funnel, hierarchical scales, a skewed or heavy tail). :attr:`pareto` holds
@@ -612,7 +529,9 @@ class BLR:
                 empty), starting the iterable over when it runs out. The model scales its
                 minibatch as Pyro does (``pyro.plate(name, N, subsample_size=B)`` or
                 ``subsample=``). The fit then protects the end of a minibatch loop as it does a
-                full-data one (the late average, the comparison on the last batch).
+                full-data one: the candidates' ELBOs are averaged over one pass of a sized
+                iterable (every batch); for an unsized stream the late average is kept
+                unchecked.
             model_kwargs: the model's keyword arguments, e.g. ``model_kwargs={"window": 7}``
                 for a model with an argument ``window``; ``None`` takes them from ``**kwargs``.
             **kwargs: the model's keyword arguments (when none is named like an option).
@@ -621,17 +540,14 @@ class BLR:
             TypeError: the model has an argument named like an option of ``fit`` and
                 ``model_kwargs`` was not given, or keywords were given both ways.
             FloatingPointError: a step failed (see :meth:`step`), or the fit diverged: the mean
-                loss of the steps after the best one (at most the last ``window``) is far above
-                that best (see :func:`pyro_blr.blr.averaging.diverged`), so the guide holds no
-                answer to trust.
+                loss of the steps after the best one (at most the last ``window``) is more than
+                :math:`100 + 10(N + D)` nats above that best, :math:`N` the observed data and
+                :math:`D` the latent values (see :func:`pyro_blr.blr.averaging.diverged`; the
+                verdict does not depend on the data's units), so the guide holds no answer to
+                trust.
         """
         kwargs = model_keywords(self.model, "BLR.fit", _FIT_OPTIONS, kwargs, model_kwargs)
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
-        if tol is not None:
-            tol = _check_number("tol", tol, 0.0, math.inf, closed_high=False)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive integer, got {window!r}")
+        tol = check_fit_options(num_steps, tol, window)
         if average is None:
             average = not callable(self.lr)
         self._best, self._warned = math.inf, False  # divergence is judged within this fit
@@ -646,7 +562,7 @@ class BLR:
         start_averaging = num_steps // 2
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
-        feed = _Feed(batches, args)
+        feed = Feed(batches, args)
         for t in bar:
             args = feed.next()
             losses.append(self.step(*args, **kwargs))
@@ -668,119 +584,43 @@ class BLR:
                 running.update()
             elif tol is not None and (t + 1) % window == 0 and converged(losses, window, tol):
                 break
-        bad, final, best = diverged(losses, window)
-        if bad:
-            raise FloatingPointError(
-                f"BLR.fit: the loss ended at {final:.4g} (mean of the steps after the best one, "
-                f"at most {window}), far above the best of the run, {best:.4g}: the fit "
-                "diverged and the guide holds a diverged iterate; lower lr or raise mc_samples"
-                + ("" if self.rule_name != "ivon" else " (for 'ivon': or lower clip_radius)")
-            )
-        candidates = {}
-        if average and running.count > 1:
-            candidates["average"] = (f"the average of the last {running.count} iterates", None)
-        if early is not None and early[2] <= len(losses) - window:
-            what = f"the average of steps {early[1]}-{early[2]} (the fit's lowest loss)"
-            candidates["early"] = (what, early[3])
-        if candidates:
-            if "average" in candidates:
-                candidates["average"] = (candidates["average"][0], running.average())
-            last = ("the last iterate", self._stepper.natural_state())
-            self._end_at_the_best({"last": last, **candidates}, feed.one_pass(), kwargs)
+        if losses:
+            size = self._problem_size(args, kwargs)
+            raise_if_diverged(losses, window, size, self.rule_name)
+        self._end(losses, window, average, running, early, feed, kwargs)
         drawn = len(losses) * self._stepper.opts.mc_samples
         if check and drawn >= CHECK_PARTICLES and self._stepper.collective is None:
-            self._check_pareto(args, kwargs)
+            nesting = self._stepper.layout.max_plate_nesting
+            self.pareto = check_pareto(self.model, self.guide, args, kwargs, nesting)
         return FitResult(losses, time.perf_counter() - start)
 
-    def _check_pareto(self, args: tuple, kwargs: dict) -> None:
-        """Warn when the fitted guide's importance ratios have a heavy tail (k-hat > 0.7)."""
-        nesting = self._stepper.layout.max_plate_nesting
-        self.pareto = pareto_check(self.model, self.guide, args, kwargs, CHECK_PARTICLES, nesting)
-        if not self.pareto.usable:
-            warnings.warn(
-                f"BLR.fit: Pareto k-hat of log p - log q is {self.pareto.khat:.2f} (above "
-                f"{KHAT_THRESHOLD} on {CHECK_PARTICLES} draws of the fitted guide): the guide "
-                "cannot represent this posterior (a funnel, hierarchical scales, a skewed or "
-                "heavy tail) and its means and spreads may be off. Use a richer guide "
-                "(pb.AutoMixture, pb.AutoFlow), raise mc_samples, or reweight the guide's "
-                "draws by PSIS (pb.psis_diagnostic, pb.to_inference_data); "
-                "fit(check=False) skips this check",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-    def _end_at_the_best(
-        self, candidates: dict[str, tuple[str, dict]], data: list[tuple] | None, kwargs: dict
-    ) -> None:
-        """Leave the guide at the better of the last iterate and the late average, by their ELBO
-        on the same draws (a tie keeps the last iterate); at the average of an earlier stretch
-        of the fit only where that beats both by more than :data:`DRIFT_NATS` and four standard
-        errors, with a warning: the iterates drifted away from it. ``data``: the model's
-        arguments to average the ELBO over (every batch of one pass), or ``None`` when they
-        cannot be had (an unsized stream of batches): then the average is kept, unchecked."""
-        if data is None:
-            if "average" in candidates:
-                self._stepper.load_natural_state(candidates["average"][1])
-                self.averaged = True
+    def _end(self, losses, window, average, running, early, feed, kwargs) -> None:
+        """Leave the guide at the best of the last iterate, the late average and an earlier
+        stretch (see :func:`pyro_blr.blr.fit_end.end_at_the_best`)."""
+        candidates = {}
+        if average and running.count > 1:
+            what = f"the average of the last {running.count} iterates"
+            candidates["average"] = Candidate(what, running.average())
+        if early is not None and early[2] <= len(losses) - window:
+            what = f"the average of steps {early[1]}-{early[2]} (the fit's lowest loss)"
+            candidates["early"] = Candidate(what, early[3])
+        if not candidates:
             return
-        nesting = self._stepper.layout.max_plate_nesting
-
-        def elbo_draws():
-            with torch.no_grad():
-                return torch.stack(
-                    [
-                        log_weights(
-                            self.model, self.guide, args, kwargs, COMPARE_PARTICLES, nesting, False
-                        ).joint
-                        for args in data
-                    ]
-                ).mean(0)
-
+        last = Candidate("the last iterate", self._stepper.natural_state())
         collective = self._stepper.collective
-        names = list(candidates)
-        choice = compare(
-            [candidates[n][1] for n in names],
-            self._stepper.load_natural_state,
-            elbo_draws,
-            None if collective is None else collective.mean,
+        kept = end_at_the_best(
+            {"last": last, **candidates},
+            feed.one_pass(),
+            kwargs,
+            model=self.model,
+            guide=self.guide,
+            nesting=self._stepper.layout.max_plate_nesting,
+            load=self._stepper.load_natural_state,
+            reduce=None if collective is None else collective.mean,
+            lr_end=self.lr(self.num_steps) if callable(self.lr) else self.lr,
+            mc_samples=self._stepper.opts.mc_samples,
         )
-        gains = dict(zip(names, choice.gains, strict=True))
-        end = max((n for n in names if n != "early"), key=gains.__getitem__)
-        kept = end
-        if "early" in gains:
-            # An earlier stretch wins only by a clear margin: a close call between iterates
-            # that all sit at the optimum must not trade the end of a converging fit for noise.
-            diff = choice.draws[names.index("early")] - choice.draws[names.index(end)]
-            lead, stderr = diff.mean(), diff.std() / math.sqrt(diff.numel())
-            if collective is not None:
-                lead, stderr = collective.mean([lead.reshape(1), stderr.reshape(1)])
-            lead, stderr = float(lead), float(stderr)
-            if lead > max(DRIFT_NATS, 4 * stderr):
-                kept = "early"
         self.averaged = kept == "average"
-        if kept != "last":
-            self._stepper.load_natural_state(candidates[kept][1])
-        logger.info(
-            "BLR.fit: ELBO gains over the last iterate on the same %d draws: %s (standard "
-            "errors %s); kept %s",
-            COMPARE_PARTICLES,
-            gains,
-            choice.stderrs,
-            candidates[kept][0],
-        )
-        if kept == "early":
-            lr = self.lr(self.num_steps) if callable(self.lr) else self.lr
-            warnings.warn(
-                f"BLR.fit: {candidates['early'][0]} has an ELBO {lead:.3g} nats above "
-                f"{candidates[end][0]} (on the same {COMPARE_PARTICLES} draws, standard error "
-                f"{stderr:.2g}): the iterates drifted away from what the fit had reached, so "
-                "the guide ends there, short of the optimum. A step size that stays large "
-                f"(lr {lr:g} at the end) with {self._stepper.opts.mc_samples} draws a step "
-                "biases the iterates; use a decaying lr, e.g. "
-                f"lr=lambda t: {lr:g} / (1 + t / 20), and/or raise mc_samples",
-                RuntimeWarning,
-                stacklevel=3,
-            )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

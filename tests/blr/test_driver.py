@@ -1,5 +1,7 @@
 """The BLR driver's contract: subsampling, dtypes, checkpoints, Pyro models of every shape."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -304,3 +306,41 @@ def test_a_model_parameter_reaches_its_type_ii_maximum_likelihood():
     guide = AutoNormal(model)
     pb.BLR(model, guide, lr=0.5, rule="von").fit(x, y, num_steps=200, progress=False)
     assert abs(pyro.param("sigma").item() / exact - 1) < 0.1, (pyro.param("sigma").item(), exact)
+
+
+def _newton_fit_in_units(c: float, lr: float, num_steps: int) -> tuple[bool, list[str]]:
+    """Newton on the conjugate regression with the data, the prior, the noise and the guide's
+    start all in units of ``c``: the same fit, its losses shifted by ``N log c``. Returns
+    whether fit() raised and the steps at which it warned that the fit was diverging."""
+    pyro.clear_param_store()
+    s = linear_regression()
+    s.y, s.prior_scale, s.noise = s.y * c, s.prior_scale * c, s.noise * c
+    guide = AutoDiagonalNormal(s.model, init_scale=0.1 * c)
+    blr = pb.BLR(s.model, guide, lr=lr, rule="newton")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            blr.fit(s.X, s.y, num_steps=num_steps, progress=False, check=False)
+            raised = False
+        except FloatingPointError as error:
+            assert "diverged" in str(error)
+            raised = True
+    warned = [str(w.message).split(":")[0] for w in caught if "diverging" in str(w.message)]
+    return raised, warned
+
+
+def test_a_diverging_fit_gets_the_same_verdict_in_any_units():
+    # Newton at lr 3 overshoots (the mean's error doubles a step) on the conjugate
+    # regression. In units of 1e8 every loss is the same plus 20 log(1e8) = 368 nats; a threshold
+    # that grew with |best| let five steps of this fit return the diverged guide as an answer
+    # (and warned two steps later), while in units of 1 it raised.
+    verdicts = {c: _newton_fit_in_units(c, lr=3.0, num_steps=5) for c in (1.0, 1e8)}
+    assert verdicts[1.0] == verdicts[1e8]
+    assert verdicts[1.0][0], "the diverging fit must raise"
+    assert verdicts[1.0][1], "and warn as it diverges"
+
+
+@pytest.mark.parametrize("c", [1e-8, 1.0, 1e8])
+def test_a_converging_fit_is_never_called_diverging_in_any_units(c):
+    # lr 1 is Newton's exact step on this model: nothing diverges, in whatever units.
+    assert _newton_fit_in_units(c, lr=1.0, num_steps=5) == (False, [])
