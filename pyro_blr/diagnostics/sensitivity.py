@@ -39,6 +39,7 @@ from pyro_blr.core import (
     LatentLayout,
     check_full_data,
     check_gaussian_guide,
+    check_model_and_guide,
     choose_vectorization,
     derivatives,
     full_size,
@@ -288,6 +289,7 @@ def loo_sensitivity(
     num_samples = check_num_samples(num_samples)
     check_gaussian_guide(guide, entry)
     like = initialize_guide(guide, args, kwargs)
+    check_model_and_guide(model, guide, args, kwargs)  # the model's structure before the fit's
     full_trace = trace_without_rng(model, args, kwargs, like)
     # a sequential plate is named here; a vectorized one by _data_plate, with the data plate
     check_full_data(full_trace, entry, " (leave-one-out needs every datum)", sequential_only=True)
