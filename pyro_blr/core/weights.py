@@ -11,6 +11,7 @@ weights (unscaled, shape ``(K, B)``) are what an unbiased minibatch Rényi bound
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from typing import NamedTuple
 
@@ -27,6 +28,8 @@ from pyro_blr.core.plates import full_size, is_subsampled, subsampled_plates
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
 __all__ = ["LogWeights", "log_weights", "replay_particles", "vectorized_traces"]
+
+logger = logging.getLogger(__name__)
 
 
 class LogWeights(NamedTuple):
@@ -187,11 +190,42 @@ def _subsample_values(trace: Trace) -> dict[str, Tensor]:
     return {n: s["value"] for n, s in trace.nodes.items() if site_is_subsample(s)}
 
 
-def _joint(trace: Trace, num: int, nesting: int) -> Tensor:
-    total = 0.0
-    for _, log_prob in site_log_probs(trace):
-        total = total + sum_per_particle(log_prob, num, nesting)
-    return total
+def _per_particle_rows(term: Tensor, num: int, nesting: int) -> Tensor | None:
+    """A plate run's log-density term as ``(num, *plate_dims)`` (exactly ``nesting`` plate
+    dimensions), or ``None`` when it has a batch dimension left of the particle dimension or a
+    particle dimension of the wrong size (the model broadcast the particles somewhere else)."""
+    if term.dim() > nesting + 1 or (term.dim() == nesting + 1 and term.shape[0] not in (1, num)):
+        return None
+    term = term if term.dim() == nesting + 1 else _on_plate_dims(term, nesting)[None]
+    return term.expand(num, *term.shape[1:])
+
+
+def _plate_differs(plate: Trace, loop: Trace, num: int, count: int, nesting: int) -> str | None:
+    """Why the plate run ``plate`` of ``num`` particles is not the per-particle runs ``loop`` of
+    its first ``count`` (stacked, see :func:`_stack`), or ``None`` when it is: every site's log
+    density must have one row per particle with the runs' plate shape, and equal values (to
+    float32 round-off, finite where they are finite). A joint alone can hide a wrong shape: in
+    ``X @ w`` with one datum and one feature the likelihood's batch is ``(K, K)``."""
+    try:
+        found = dict(site_log_probs(plate))
+    except Exception as error:  # the plate run's densities do not evaluate: take the loop
+        return f"its log densities raise {type(error).__name__}: {error}"
+    expected = dict(site_log_probs(loop))
+    if found.keys() != expected.keys():
+        return f"it scores sites {sorted(found)}, one run per particle {sorted(expected)}"
+    for name, exact in expected.items():
+        rows = _per_particle_rows(found[name], num, nesting)
+        if rows is None or rows.shape[1:] != exact.shape[1:]:
+            return (
+                f"site '{name}' has log-density shape {tuple(found[name].shape)}, one run per "
+                f"particle {tuple(exact.shape[1:])} for each of the {num} particles"
+            )
+        rows, finite = rows[:count], torch.isfinite(exact)
+        if not torch.equal(finite, torch.isfinite(rows)) or not torch.allclose(
+            rows[finite], exact[finite], rtol=1e-4, atol=1e-4
+        ):
+            return f"site '{name}' has other log densities than one run per particle"
+    return None
 
 
 def replay_particles(
@@ -211,7 +245,8 @@ def replay_particles(
     runs it once per particle (conditioned on that particle's values, every run on the same
     minibatch) and stacks the runs into one trace that reads like the plate's, so models
     written ``X @ w`` or with ``nn.Linear`` are scored right. ``"auto"`` takes the plate when
-    it runs and gives the same log joint as the loop on the first three particles. The
+    it runs and every site's log density has the loop's shape per particle and the loop's
+    values on the first three particles (no extra runs beyond those three), else the loop. The
     observed sites named in ``resampled`` are drawn by the model on purpose (a posterior
     predictive); any other latent the guide did not draw is refused by name.
     """
@@ -232,13 +267,10 @@ def replay_particles(
             model, guide_trace, args, kwargs, count, nesting, resampled, shared
         )
         loop = _stack(loop, nesting, latents)
-        plate = _joint(model_trace, num_particles, nesting)[:count]
-        exact = _joint(loop, count, nesting)
-        finite = torch.isfinite(exact)
-        if torch.equal(finite, torch.isfinite(plate)) and torch.allclose(
-            plate[finite], exact[finite], rtol=1e-4, atol=1e-4
-        ):
+        reason = _plate_differs(model_trace, loop, num_particles, count, nesting)
+        if reason is None:
             return model_trace, "plate"
+        logger.info("particles replayed one by one: the particle plate differs (%s)", reason)
     elif mode == "plate":
         return model_trace, "plate"
     shared = _subsample_values(guide_trace)  # a guide that subsamples chose the minibatch

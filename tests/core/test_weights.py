@@ -8,7 +8,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_blr.core import log_weights
+from pyro_blr.core import PARTICLE_PLATE, log_weights, replay_particles
 from tests.scenarios import linear_regression, normal_normal
 
 D = torch.float64
@@ -219,3 +219,61 @@ def test_local_latents_of_a_sequential_plate_get_no_per_element_split():
     weights = log_weights(model, guide, (x,), {}, 3, 1)
     assert weights.local is None and weights.outside == ()
     assert weights.subsampled == ("data",) and weights.sequential == ("data",)
+
+
+def one_datum_one_feature():
+    """``y ~ N(X @ w, 1)``, ``w ~ N(0, 1)``, one datum and one feature: inside the particle
+    plate ``X @ w`` is ``(K, 1, 1)``, so the likelihood's batch broadcasts to ``(K, K, 1)``."""
+    X = torch.tensor([[0.8]], dtype=D)
+    y = torch.tensor([1.3], dtype=D)
+
+    def model(X, y):
+        w = pyro.sample("w", dist.Normal(X.new_zeros(1), 1.0).to_event(1))
+        with pyro.plate("data", 1):
+            pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
+
+    precision = 1.0 + X[0, 0] ** 2  # the exact posterior of w and the exact log evidence
+    mean, scale = X[0, 0] * y[0] / precision, precision**-0.5
+    log_evidence = dist.Normal(torch.zeros((), dtype=D), (1.0 + X[0, 0] ** 2) ** 0.5).log_prob(y[0])
+    return model, (X, y), mean, scale, log_evidence
+
+
+def test_x_at_w_with_one_datum_and_one_feature_is_weighed_not_refused():
+    # The plate run ran but its likelihood had batch (K, K, 1): every weight was refused ("a log
+    # density has batch shape (K, K) left of the model's 1 plate dimensions"). Particles are
+    # replayed one by one instead; at the exact posterior each weight is log Z exactly (1e-10).
+    model, args, mean, scale, log_evidence = one_datum_one_feature()
+
+    def guide(X, y):
+        pyro.sample("w", dist.Normal(mean.reshape(1), scale).to_event(1))
+
+    weights = log_weights(model, guide, args, {}, 7, 1)
+    torch.testing.assert_close(weights.joint, log_evidence.expand(7), rtol=0, atol=1e-10)
+
+
+def test_a_plate_run_with_a_wrong_shape_falls_back_and_a_broadcasting_one_keeps_the_plate():
+    # The probe compares every site's log density, shape and values, with three per-particle
+    # runs: X @ w (1 x 1) goes to the loop, its broadcasting form (X * w).sum(-1) keeps the plate.
+    model, args, mean, scale, _ = one_datum_one_feature()
+
+    def broadcasting(X, y):
+        w = pyro.sample("w", dist.Normal(X.new_zeros(1), 1.0).to_event(1))
+        with pyro.plate("data", 1):
+            pyro.sample("y", dist.Normal((X * w).sum(-1), 1.0), obs=y)
+
+    def guide(X, y):
+        pyro.sample("w", dist.Normal(mean.reshape(1), scale).to_event(1))
+
+    with pyro.plate(PARTICLE_PLATE, 5, dim=-2):
+        guide_trace = pyro.poutine.trace(guide).get_trace(*args)
+    loop_trace, mode = replay_particles(model, guide_trace, args, {}, 5, 1)
+    plate_trace, plate_mode = replay_particles(broadcasting, guide_trace, args, {}, 5, 1)
+    assert (mode, plate_mode) == ("loop", "plate")
+    # Both score each particle's datum alike (same model, two spellings), 1e-12.
+    found, expected = loop_trace.nodes["y"], plate_trace.nodes["y"]
+    torch.testing.assert_close(
+        found["fn"].log_prob(found["value"]),
+        expected["fn"].log_prob(expected["value"]),
+        rtol=1e-12,
+        atol=1e-12,
+    )
