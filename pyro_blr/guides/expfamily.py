@@ -41,7 +41,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import transform_to
 
-from pyro_blr.core import check_prototype, write_params
+from pyro_blr.core import check_prototype, is_subsampled, write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
 
 __all__ = ["AutoExpFamily"]
@@ -113,7 +113,7 @@ class AutoExpFamily(AutoGuide):
                     "enumerate it out (infer={'enumerate': 'parallel'}) or observe it"
                 )
             for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.full_size not in (None, frame.size):
+                if is_subsampled(frame):
                     raise ValueError(
                         f"latent site '{name}' is local to the subsampled plate '{frame.name}'"
                     )
