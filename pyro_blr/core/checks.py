@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_blr.core.traces import sample_sites, site_log_probs
@@ -212,9 +213,13 @@ def check_model_and_guide(model: Callable, guide: Callable, args: tuple, kwargs:
     check_no_enumerated_sites(model_trace, guide_trace)
     check_latent_masks(model_trace)
     guide_sites = {name for name, _ in sample_sites(guide_trace)}
+    # the guide's minibatch: a prior run drawing its own would name a sequential plate's latents
+    # of other data (z_8) as missed by the guide
+    minibatch = {n: s["value"] for n, s in guide_trace.nodes.items() if site_is_subsample(s)}
+    conditioned = poutine.condition(model, data=minibatch)
     with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
         for _ in range(_PRIOR_RUNS):  # latents that control flow adds on some runs only
-            prior = poutine.trace(model).get_trace(*args, **kwargs)
+            prior = poutine.trace(conditioned).get_trace(*args, **kwargs)
             for name, site in sample_sites(prior, deterministic=False):
                 if not site["is_observed"] and name not in guide_sites:
                     raise ValueError(

@@ -218,3 +218,26 @@ def test_local_latents_in_a_sequential_subsampled_plate_are_refused_by_name():
 
     with pytest.raises(ValueError, match=r"plate \['data'\] is sequential"):
         pb.RenyiELBO(0.5, num_particles=4).loss(model, guide, x, idx)
+
+
+def test_a_hand_written_guide_of_a_sequential_plate_is_judged_on_its_own_minibatch():
+    # The check for latents a guide misses runs the model's prior; drawing its own minibatch it
+    # met z_i of data the guide's minibatch did not hold and blamed the guide for them.
+    data = torch.randn(10)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        for i in pyro.plate("d", 10, subsample_size=3):
+            z = pyro.sample(f"z_{i}", dist.Normal(mu, 1.0))
+            pyro.sample(f"y_{i}", dist.Normal(z, 1.0), obs=data[i])
+
+    def guide(data):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("mu", dist.Normal(loc, 1.0))
+        for i in pyro.plate("d", 10, subsample_size=3):
+            pyro.sample(f"z_{i}", dist.Normal(0.0, 1.0))
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), pb.RenyiELBO(alpha=0.5))
+    shared = r"plate \['d'\] is subsampled but latent site\(s\) \['mu'\]"
+    with pytest.raises(ValueError, match=shared):
+        svi.step(data)
