@@ -126,10 +126,20 @@ def max_plate_nesting(trace: Trace) -> int:
     return nesting
 
 
-def num_observations(trace: Trace) -> int:
-    """The number of observed data: over the observed sample sites, the largest product of the
-    full sizes of their plates (a subsampled plate counts all its elements), at least 1. It is the
-    effective sample size of IVON's data-scale hyperparameters.
+def num_observations(trace: Trace) -> int | float:
+    r"""The number of observed data, each counted with the weight its log density carries: over
+    the observed sample sites, the largest
+
+    .. math::
+        n_{\text{site}} = \bar c_{\text{site}} \prod_{p} N_p,
+
+    the product of the full sizes :math:`N_p` of the site's plates (a subsampled plate counts all
+    its elements: its :math:`N/B` factor times its :math:`B` elements; each site of a sequential
+    plate counts its full size) times the mean of the site's own scale :math:`c`
+    (``poutine.scale``, tempering; :func:`unsubsampled_scale`), at least 1. A model under
+    ``poutine.scale(model, scale=2)`` counts each datum twice, as duplicated data would: both have
+    the same log joint. It is the effective sample size of IVON's data-scale hyperparameters.
+    An ``int`` where the count is whole.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -139,6 +149,8 @@ def num_observations(trace: Trace) -> int:
         ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
         >>> num_observations(poutine.trace(model).get_trace(torch.zeros(1000)))
         1000
+        >>> num_observations(poutine.trace(poutine.scale(model, 2.0)).get_trace(torch.zeros(1000)))
+        2000
     """
     largest = 1
     for _, site in sample_sites(trace, deterministic=False):
@@ -146,8 +158,10 @@ def num_observations(trace: Trace) -> int:
             size = 1
             for frame in site["cond_indep_stack"]:
                 size *= full_size(frame)  # a sequential plate's sites each count its full size
-            largest = max(largest, size)
-    return largest
+            weight = unsubsampled_scale(site)  # a tensor scale weighs each element: its mean
+            weight = float(weight.mean()) if torch.is_tensor(weight) else float(weight)
+            largest = max(largest, weight * size)
+    return int(largest) if float(largest).is_integer() else float(largest)
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:

@@ -159,3 +159,34 @@ def test_num_observations_counts_full_plates_of_observed_sites():
         pyro.sample("mu", dist.Normal(0.0, 1.0))
 
     assert num_observations(poutine.trace(no_data).get_trace()) == 1
+
+
+def test_num_observations_counts_each_datum_with_its_sites_scale():
+    # A model under poutine.scale(2) has the log joint of its data duplicated: it counts each
+    # datum twice (it counted the plate's size, half the duplicated data's count). A subsampled
+    # plate still counts its full size (N/B times B), and a tensor scale its mean per element.
+    from pyro_blr.core import num_observations
+
+    def model(y, weight=1.0):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with poutine.scale(scale=weight), pyro.plate("data", 100, subsample_size=10) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    y = torch.zeros(100)
+    twice = poutine.scale(model, scale=2.0)
+    assert num_observations(poutine.trace(model).get_trace(y)) == 100
+    assert num_observations(poutine.trace(twice).get_trace(y)) == 200
+    assert num_observations(poutine.trace(model).get_trace(y, 0.25)) == 25
+    weights = torch.tensor([1.0, 3.0]).repeat(5)  # one per element of the minibatch: mean 2
+    assert num_observations(poutine.trace(model).get_trace(y, weights)) == 200
+    duplicated = torch.cat([y, y])
+
+    def model_of_duplicates(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    doubled = poutine.scale(model_of_duplicates, scale=2.0)
+    assert num_observations(poutine.trace(doubled).get_trace(y)) == num_observations(
+        poutine.trace(model_of_duplicates).get_trace(duplicated)
+    )
