@@ -16,6 +16,13 @@ a half-Cauchy's logarithm). Rescaling the data, the priors and the likelihood's 
 :math:`c` rescales every :math:`s_i` of a real-valued site by :math:`c` (up to floating-point
 rounding), so whatever is measured in units of :math:`s_i` is invariant to the data's units.
 
+A latent site whose log density the model scales by :math:`c` (``poutine.scale`` on the prior,
+tempering; the :math:`N/B` of a subsampled plate excepted) has the effective prior density
+:math:`p^c`, whose Gaussian standard deviation is :math:`s/\sqrt c`: its coordinates' scale is
+:math:`s_i/\sqrt{c_i}`, with :math:`c_i` read from the traces the draws come from (NaN where the
+draws disagree on it). A model and its ``poutine.scale(model, 2)`` with the prior's scale times
+:math:`\sqrt 2` then have the same log joint up to a constant, and the same scale.
+
 The draws come from a fixed seed with the run's generators left where they were: the scale is
 the same in every process and after a checkpoint is restored. A coordinate whose scale is not
 a positive finite number (a point-mass prior) is NaN; a model whose prior cannot be sampled
@@ -34,7 +41,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from pyro_blr.core import LatentLayout, rng_kept
+from pyro_blr.core import LatentLayout, rng_kept, unsubsampled_scale
 
 __all__ = ["IQR_PER_SD", "PRIOR_DRAWS", "prior_scale", "robust_scale"]
 
@@ -70,9 +77,10 @@ def prior_scale(
     like: Tensor,
     draws: int = PRIOR_DRAWS,
 ) -> Tensor | None:
-    r"""The prior's robust scale :math:`s_i` of every coordinate of ``layout`` (see the module
-    docstring), on ``like``'s dtype and device; ``None`` where the prior cannot be sampled or a
-    draw does not fit the layout.
+    r"""The prior's robust scale :math:`s_i / \sqrt{c_i}` of every coordinate of ``layout`` (see
+    the module docstring: :math:`c_i` is the scale its site's log density carries), on ``like``'s
+    dtype and device; ``None`` where the prior cannot be sampled or a draw does not fit the
+    layout.
 
     Args:
         model: the Pyro model, unchanged.
@@ -95,19 +103,28 @@ def prior_scale(
         >>> s = prior_scale(model, latent_layout(guide.prototype_trace), (y,), {}, like=y)
         >>> 0.75e8 < float(s) < 1.25e8
         True
+        >>> tempered = prior_scale(pyro.poutine.scale(model, 4.0), latent_layout(
+        ...     guide.prototype_trace), (y,), {}, like=y)
+        >>> torch.allclose(tempered, s / 2)
+        True
     """
-    rows = []
+    rows, weights = [], []
     with rng_kept(like), poutine.block(), torch.no_grad():
         torch.manual_seed(0)
         try:
             for _ in range(draws):
                 trace = poutine.trace(model).get_trace(*args, **kwargs)
                 rows.append(_unconstrained(layout, trace))
+                weights.append(_site_scales(layout, trace))
         except Exception:  # the fit's own model runs raise what is the model's to raise
             return None  # e.g. an ImproperUniform prior, which has no sampler
     if any(row is None for row in rows):
         return None
-    return robust_scale(torch.stack(rows).to(dtype=like.dtype, device=like.device))
+    scale = robust_scale(torch.stack(rows).to(dtype=like.dtype, device=like.device))
+    weights = torch.stack(weights).to(dtype=like.dtype, device=like.device)
+    weight = torch.where((weights == weights[0]).all(0), weights[0], torch.nan)
+    scale = scale / weight.sqrt()  # p^c has the Gaussian sd s / sqrt(c)
+    return torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.nan)
 
 
 def _unconstrained(layout: LatentLayout, trace) -> Tensor | None:
@@ -119,4 +136,29 @@ def _unconstrained(layout: LatentLayout, trace) -> Tensor | None:
         if value.numel() != site.size:
             return None
         parts.append(value)
+    return torch.cat(parts)
+
+
+def _site_scales(layout: LatentLayout, trace) -> Tensor:
+    r"""The scale :math:`c` each site's log density carries in ``trace`` (without the
+    :math:`N/B` of its subsampled plates), one per coordinate of ``layout`` (float64); NaN for a
+    site whose scale does not broadcast against its batch shape."""
+    parts = []
+    for site in layout.sites:
+        node = trace.nodes[site.name]
+        weight = torch.as_tensor(unsubsampled_scale(node), dtype=torch.float64).cpu()
+        if weight.numel() == 1:
+            parts.append(weight.reshape(1).expand(site.size))
+            continue
+        batch_shape = node["fn"].batch_shape
+        try:
+            weight = torch.broadcast_to(weight, batch_shape)
+        except RuntimeError:
+            parts.append(torch.full((site.size,), torch.nan, dtype=torch.float64))
+            continue
+        per_element = site.size // max(weight.numel(), 1)  # the unconstrained event's size
+        if per_element * weight.numel() != site.size:
+            parts.append(torch.full((site.size,), torch.nan, dtype=torch.float64))
+            continue
+        parts.append(weight.reshape(-1, 1).expand(-1, per_element).reshape(-1))
     return torch.cat(parts)

@@ -100,3 +100,38 @@ def test_a_prior_without_a_sampler_has_no_scale():
     layout = latent_layout(guide.prototype_trace)  # the same layout: one real site "mu"
     assert prior_scale(proper, layout, (y,), {}, like=y) is not None
     assert prior_scale(improper, layout, (y,), {}, like=y) is None  # the stepper: unit scale
+
+
+def test_a_tempered_prior_has_its_tempered_scale():
+    # poutine.scale(model, c) makes the prior's density p^c, whose Gaussian sd is s / sqrt(c): a
+    # model of prior scale sqrt(2) tau under poutine.scale(2) has the scale of tau (the same log
+    # joint up to a constant as the data duplicated). It read sqrt(2) tau from the prior's draws.
+    # Both sides make the same draws (a fixed seed), so they agree up to rounding.
+    s = in_units(1.0)
+    wide = LinearRegression(s.X, s.y, prior_scale=s.prior_scale * 2**0.5, noise=s.noise)
+    guide = AutoNormal(s.model)
+    guide(s.X, s.y)
+    layout = latent_layout(guide.prototype_trace)
+    unit = prior_scale(s.model, layout, (s.X, s.y), {}, like=s.X)
+    tempered = prior_scale(pyro.poutine.scale(wide.model, 2.0), layout, (s.X, s.y), {}, like=s.X)
+    torch.testing.assert_close(tempered, unit, rtol=1e-12, atol=0)
+
+
+def test_a_prior_scaled_per_element_has_a_scale_per_coordinate():
+    # A tensor scale weighs each element of a plate: each coordinate's scale is s_i / sqrt(c_i).
+    def tempered(weights):
+        def model():
+            with pyro.plate("groups", 3), pyro.poutine.scale(scale=weights):
+                pyro.sample("z", dist.Normal(torch.zeros(3, dtype=torch.float64), 2.0))
+
+        return model
+
+    like = torch.zeros((), dtype=torch.float64)
+    plain = tempered(torch.ones(3, dtype=torch.float64))
+    guide = AutoNormal(plain)
+    guide()
+    layout = latent_layout(guide.prototype_trace)
+    unit = prior_scale(plain, layout, (), {}, like=like)
+    weights = torch.tensor([1.0, 4.0, 16.0], dtype=torch.float64)
+    scaled = prior_scale(tempered(weights), layout, (), {}, like=like)
+    torch.testing.assert_close(scaled, unit / weights.sqrt(), rtol=1e-12, atol=0)
