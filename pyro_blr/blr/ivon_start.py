@@ -5,9 +5,12 @@ IVON's curvature estimate :math:`h` moves toward its target by the fraction :mat
 forget. IVON's own start (Shen et al. 2024) is :math:`N_i h_0`: a per-datum curvature
 :math:`h_0` (``hess_init``) times the effective sample size :math:`N_i` that coordinate sees
 (``ess``, divided by the size of the plates its site lies in: a latent per datum sees one
-datum). With :math:`h_0 = 1` it suits standardized data, and it is wrong by orders of magnitude
-on data in other units: eight schools' :math:`\log\tau` would start at 8 where the mean-field
-optimum's precision is 1.96.
+datum). By default ``ess`` counts each datum with the scale its log density carries
+(:func:`pyro_blr.core.num_observations`): ``poutine.scale(model, 2)`` counts each datum twice, as
+duplicated data would, so two models with the same log joint start alike. With
+:math:`h_0 = 1` it suits standardized data, and it is wrong by orders of magnitude on data in
+other units: eight schools' :math:`\log\tau` would start at 8 where the mean-field optimum's
+precision is 1.96.
 
 The BLR's fixed point for a Gaussian (Khan & Rue 2023) is
 :math:`S = \mathbb E_q[\nabla^2 \ell(\theta)]`. With ``hess_init="auto"`` (the default, for
@@ -185,7 +188,8 @@ def starting_precision(
         neg_log_joint: maps particles ``(S, D)`` to :math:`\ell` per particle ``(S,)``.
         layout: the model's flat latent layout.
         prototype_trace: the guide's prototype trace (the plates each site lies in).
-        ess: the effective sample size :math:`N`.
+        ess: the effective sample size :math:`N` (each datum counted with its site's scale:
+            :func:`pyro_blr.core.num_observations`).
         hess_init: ``"auto"`` or IVON's per-datum curvature :math:`h_0`.
         loc: the guide's mean.
         precision: the guide's diagonal precision (the draws' spread).

@@ -91,3 +91,38 @@ def test_one_school_fits(no_validation):
     blr = pb.BLR(model, guide, lr=0.1)
     losses = [blr.step(data) for _ in range(20)]  # raised at step 1: log joint not finite
     assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("rule", ["ivon", "von"])
+def test_a_scale_of_two_fits_as_the_duplicated_data(rule):
+    # poutine.scale(model, 2) with the prior's scale times sqrt(2) has the log joint of the data
+    # duplicated, up to a constant. The automatic start read ess from the plate's size (N against
+    # 2N) and the prior's scale from its draws (sqrt(2) tau against tau): after three steps the
+    # means were 2% (von: the cap N / s^2 binds) to 40% (ivon: the clip too) apart. Both sides
+    # make the same draws, so they agree up to rounding.
+    from pyro.infer.autoguide.initialization import init_to_feasible
+
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    y = torch.bernoulli(torch.sigmoid(X @ torch.tensor([1.0, -2.0], dtype=torch.float64)),
+                        generator=gen)  # fmt: skip
+
+    def model(X, y, tau):
+        w = pyro.sample("w", dist.Normal(X.new_zeros(X.shape[-1]), tau).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Bernoulli(logits=X @ w), obs=y)
+
+    def fit(model, *args):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoNormal(model, init_loc_fn=init_to_feasible)
+        blr = pb.BLR(model, guide, lr=0.5, rule=rule)
+        for _ in range(3):
+            blr.step(*args)
+        return guide.locs.w.detach(), guide.scales.w.detach()
+
+    tau = 1 / 6
+    duplicated = fit(model, torch.cat([X, X]), torch.cat([y, y]), tau)
+    scaled = fit(pyro.poutine.scale(model, scale=2.0), X, y, tau * math.sqrt(2))
+    for found, expected in zip(scaled, duplicated, strict=True):
+        torch.testing.assert_close(found, expected, rtol=1e-9, atol=1e-12)

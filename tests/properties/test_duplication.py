@@ -58,23 +58,8 @@ START = init_to_feasible
 the scaled model, whose prior is wider, elsewhere)."""
 
 
-AUTO_START = (
-    "hess_init='auto' (IVON's and VON's default) starts the precision from quantities that are not "
-    "functions of the log joint: ess (the plate's size: N for the scaled model, 2N for the "
-    "duplicated data) and, with IVON's clip, the prior's scale read by sampling the prior "
-    "(sqrt(2) tau against tau), so two models with the same posterior get different fits. "
-    "hess_init=None (VON) or clip_radius=None (IVON) restores the relation. Minimal examples: "
-    "IVON: Problem('normal', num_data=1, dim=1, prior_scale=1.0, noise=1.0, seed=0), 1 step at "
-    "lr=0.5 (draws 9% apart); VON: Problem('bernoulli', num_data=5, dim=1, "
-    "prior_scale=0.1667, seed=24833), 3 steps at lr=0.5 (0.4% apart)"
-)
-
-
 @pytest.mark.parametrize("profile", PROFILES)
-@pytest.mark.parametrize(
-    "case",
-    case_params(CASES, {c.id: AUTO_START for c in CASES if c.rule in ("ivon", "von")}),
-)
+@pytest.mark.parametrize("case", case_params(CASES))
 def test_duplicated_data_equal_a_scale_of_two(case, profile):
     @profile_settings(profile)
     @given(problems(), st.integers(1, 3), st.sampled_from([0.5, 1.0]), st.booleans())
