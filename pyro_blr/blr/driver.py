@@ -18,25 +18,31 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import pyro.optim
-import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_blr.blr.averaging import IterateAverage, converged, diverging, problem_size
-from pyro_blr.blr.distributed import Collective
+from pyro_blr.blr.averaging import diverging, problem_size
 from pyro_blr.blr.fit_end import (
     CHECK_PARTICLES,
     COMPARE_PARTICLES,
     Candidate,
     Feed,
+    Stretches,
     check_pareto,
     end_at_the_best,
     raise_if_diverged,
 )
-from pyro_blr.blr.options import check_fit_options, check_lr, check_positive_int, check_step_options
+from pyro_blr.blr.model_params import has_model_params, model_param_grads, model_trace
+from pyro_blr.blr.options import (
+    check_fit_options,
+    check_lr,
+    check_optim,
+    check_positive_int,
+    check_step_options,
+    collective_for,
+)
 from pyro_blr.blr.steppers import stepper_for
-from pyro_blr.core import model_keywords, trace_without_rng
+from pyro_blr.core import model_keywords
 
 __all__ = ["BLR", "COMPARE_PARTICLES", "FitResult"]
 
@@ -67,11 +73,12 @@ class FitResult(NamedTuple):
 
 
 class BLR:
-    r"""The Bayesian learning rule for Gaussian guides, shaped like ``pyro.infer.SVI``.
+    r"""The Bayesian learning rule, shaped like ``pyro.infer.SVI``.
 
-    With the negative log joint :math:`\ell(\theta) = -\log p(\mathcal D, \theta)` in the guide's
-    unconstrained coordinates (plates scaled by :math:`N/B` under subsampling, log-Jacobians of
-    constrained sites included), every step is a natural-gradient step on the ELBO of
+    For a Gaussian guide, with the negative log joint
+    :math:`\ell(\theta) = -\log p(\mathcal D, \theta)` in the guide's unconstrained coordinates
+    (plates scaled by :math:`N/B` under subsampling, log-Jacobians of constrained sites
+    included), every step is a natural-gradient step on the ELBO of
     :math:`q = \mathcal N(m, S^{-1})`:
 
     .. math::
@@ -85,10 +92,14 @@ class BLR:
     the Hessian),
     ``"newton"`` (diagonal or full; gradient and Hessian at the mean). The prior comes from the
     model, so no weight decay is needed; ``weight_decay`` adds :math:`\tfrac\delta2\lVert\theta
-    \rVert^2` to :math:`\ell` for those who want one.
+    \rVert^2` to :math:`\ell` for those who want one. :class:`pyro_blr.AutoExpFamily` and
+    :class:`pyro_blr.AutoMixture` take the same step in their own natural parameters
+    (``"expfamily"``, ``"mixture"``).
 
     Monte Carlo expectations use antithetic pairs :math:`m \pm S^{-1/2}\epsilon` by default, which
-    make the gradient and Hessian estimates exact on quadratic :math:`\ell`.
+    make the gradient estimate exact on quadratic :math:`\ell` (the curvature is exact there
+    where the rule uses the exact Hessian, ``"von"`` and ``"newton"``; IVON's gradient-only
+    estimate of it is unbiased, not exact).
 
     References:
         | The Bayesian Learning Rule (Khan & Rue, JMLR 2023) https://arxiv.org/abs/2107.04562
@@ -258,7 +269,7 @@ class BLR:
         self.guide = guide
         self.lr = lr
         self.rule_name = rule
-        self.optim = self._check_optim(optim)
+        self.optim = check_optim(optim)
         self.num_steps = 0
         self.averaged = False
         self.pareto = None
@@ -267,54 +278,19 @@ class BLR:
         self.stepped_back = False
         self._skipped_params = False
         self._stepper = stepper(model, guide, rule, options)
-        self._stepper.collective = self._collective(process_group, rank_noise, stepper, rule)
+        self._stepper.collective = collective_for(process_group, rank_noise, stepper, rule)
         self._pending = None
         self._model_params = None
         self._best = math.inf
         self._warned = self._warned_step_back = False
         self._sized = None  # (the data's shapes, the problem's size) of the last judged rise
 
-    @staticmethod
-    def _collective(process_group: Any, rank_noise: bool, stepper: type, rule: str):
-        """The distributed run's reductions, or ``None`` for a one-process run."""
-        if process_group == "auto":
-            running = torch.distributed.is_available() and torch.distributed.is_initialized()
-            if not running or torch.distributed.get_world_size() == 1:
-                return None
-            process_group = None  # the default group
-        elif process_group is None:
-            return None
-        if not stepper.distributable:
-            raise ValueError(
-                f"rule {rule!r} does not run distributed yet: use a Gaussian guide with rule "
-                "'ivon', 'von', 'vogn' or 'newton' or an AutoExpFamily with 'expfamily', or pass "
-                "process_group=None for one process"
-            )
-        return Collective(process_group, rank_noise=bool(rank_noise))
-
-    @staticmethod
-    def _check_optim(optim: Any) -> pyro.optim.PyroOptim | None:
-        """``None`` or a Pyro optimizer: the one for the model's own parameters."""
-        if optim is None or isinstance(optim, pyro.optim.PyroOptim):
-            return optim
-        what = (
-            f"the class {optim.__module__}.{optim.__name__}"
-            if isinstance(optim, type)
-            else f"a {type(optim).__module__}.{type(optim).__name__}"
-        )
-        raise TypeError(
-            f"optim must be a Pyro optimizer such as pyro.optim.Adam({{'lr': 0.01}}), got {what}: "
-            "optim steps only the model's own parameters (pyro.param sites, nn.Parameter of a "
-            "PyroModule that are not PyroSample), as SVI does; the guide is stepped by the "
-            "rule (set its step size with lr=), not by an optimizer"
-        )
-
     # ------------------------------------------------------------------ model parameters
     def _step_model_params(self, args: tuple, kwargs: dict) -> bool:
         """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI);
         ``False`` when the step was skipped (a gradient that is not finite)."""
         names, params, grads = self._stepper._together(
-            self.num_steps, lambda: self._model_param_grads(args, kwargs)
+            self.num_steps, lambda: model_param_grads(self.model, self.guide, args, kwargs)
         )
         if not params:
             return False
@@ -344,35 +320,9 @@ class BLR:
             param.grad = None
         return True
 
-    def _model_param_grads(self, args: tuple, kwargs: dict) -> tuple[list, list]:
-        guide_params = {id(p) for p in self.guide.parameters()}
-        with poutine.trace(param_only=True) as capture:
-            loss = Trace_ELBO().differentiable_loss(self.model, self.guide, *args, **kwargs)
-        sites = [
-            (name, site["value"].unconstrained())
-            for name, site in capture.trace.nodes.items()
-            if id(site["value"].unconstrained()) not in guide_params
-        ]
-        if not sites:
-            return [], [], []
-        names, params = (list(x) for x in zip(*sites, strict=True))
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [
-            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
-        ]
-        return names, params, grads
-
     def _has_model_params(self, args: tuple, kwargs: dict) -> bool:
         if self._model_params is None:
-            guide_params = {id(p) for p in self.guide.parameters()}
-            replayed = poutine.replay(self.model, trace=self.guide.prototype_trace)
-            like = next(iter(self.guide.parameters()))
-            trace = trace_without_rng(replayed, args, kwargs, like)
-            self._model_params = any(
-                id(site["value"].unconstrained()) not in guide_params
-                for site in trace.nodes.values()
-                if site["type"] == "param"
-            )
+            self._model_params = has_model_params(self.model, self.guide, args, kwargs)
         return self._model_params
 
     # ------------------------------------------------------------------ one step
@@ -384,7 +334,7 @@ class BLR:
         delta-method value :math:`\ell(m) + \tfrac12\operatorname{tr}(\nabla^2\ell(m)
         S^{-1}) - \mathbb H[q]` (exact for quadratic :math:`\ell`). A loss that climbs far
         above the best of the run, by more than :math:`100 + 10(N + D)` nats (see
-        :func:`pyro_blr.blr.averaging.diverging`), warns once per :meth:`fit`.
+        :func:`pyro_blr.blr.averaging.diverging`), warns once (once per :meth:`fit`).
 
         **A loop of your own ends at the last iterate.** With a constant ``lr`` that iterate
         jitters around the optimum by Monte Carlo and minibatch noise of order
@@ -460,9 +410,7 @@ class BLR:
         )
         if collective is None and self._sized is not None and self._sized[0] == key:
             return self._sized[1]
-        like = next(iter(self.guide.parameters()))
-        replayed = poutine.replay(self.model, trace=self.guide.prototype_trace)
-        size = float(problem_size(trace_without_rng(replayed, args, kwargs, like)))
+        size = float(problem_size(model_trace(self.model, self.guide, args, kwargs)))
         if collective is not None:
             (mean,) = collective.mean([torch.tensor([size], dtype=torch.float64)])
             size = float(mean)
@@ -488,12 +436,14 @@ class BLR:
         of the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which removes the
         jitter a constant step leaves in the last iterate, and ends at whichever of the average
         and the last iterate has the higher ELBO, both estimated on the same
-        :data:`COMPARE_PARTICLES` draws (:func:`pyro_blr.blr.averaging.paired_estimates`): an
+        :data:`pyro_blr.blr.fit_end.COMPARE_PARTICLES` draws
+        (:func:`pyro_blr.blr.averaging.paired_estimates`): an
         average over iterates still far from the optimum (a short fit) never replaces a better
         last iterate. With at least ``3 * window`` steps the fit also keeps the average of the
         window of its lowest mean loss, and ends there instead, with a warning, only where its
-        ELBO beats both by more than :data:`pyro_blr.blr.fit_end.DRIFT_NATS` and four standard
-        errors on the same draws (the iterates drifted away from what the fit had reached).
+        ELBO beats the end's (the better of the two) by more than
+        :data:`pyro_blr.blr.fit_end.DRIFT_NATS` and four standard errors on the same draws (the
+        iterates drifted away from what the fit had reached).
         :attr:`averaged` says whether the late average was kept. The default (``None``) averages
         when ``lr`` is a constant and not when it is a schedule: a decaying schedule already
         damps the jitter. With ``tol`` the fit stops early once the mean loss of the last
@@ -504,9 +454,8 @@ class BLR:
         The model's keyword arguments are passed as keywords, or in ``model_kwargs`` when the
         model has an argument named like an option of ``fit`` (``num_steps``, ``progress``,
         ``average``, ``tol``, ``window``, ``check``, ``batches``, ``model_kwargs``): such a call
-        without
-        ``model_kwargs`` raises ``TypeError`` rather than take the model's argument for the
-        option (see :func:`pyro_blr.core.model_keywords`).
+        without ``model_kwargs`` raises ``TypeError`` rather than take the model's argument for
+        the option (see :func:`pyro_blr.core.model_keywords`).
 
         Args:
             *args: the model's positional arguments.
@@ -555,11 +504,7 @@ class BLR:
         self.averaged = False
         self.pareto = None
         losses = []
-        running = IterateAverage(self)  # the late iterates
-        stretch = IterateAverage(self)  # the iterates of the current window
-        track = num_steps >= 3 * window  # room for an earlier stretch to compare with the end
-        early = None  # the window of the lowest mean loss: (mean, first, last step, average)
-        start_averaging = num_steps // 2
+        stretches = Stretches(self, num_steps, window, tol, average)
         start = time.perf_counter()
         bar = tqdm(range(num_steps), disable=not progress, desc=f"BLR({self.rule_name})")
         feed = Feed(batches, args)
@@ -568,49 +513,28 @@ class BLR:
             losses.append(self.step(*args, **kwargs))
             if progress:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-            if track:
-                stretch.update()
-                if (t + 1) % window == 0:
-                    mean = math.fsum(losses[-window:]) / window
-                    if early is None or mean < early[0]:
-                        early = (mean, t + 2 - window, t + 1, stretch.average())
-                    stretch.reset()
-            if average and (t >= start_averaging or tol is not None):
-                if tol is not None and (t + 1) % window == 0 and t + 1 < num_steps:
-                    if converged(losses, window, tol):
-                        running.update()
-                        break
-                    running.reset()  # with a stopping rule: average the last window only
-                running.update()
-            elif tol is not None and (t + 1) % window == 0 and converged(losses, window, tol):
+            if stretches.after_step(t, losses):
                 break
         if losses:
             size = self._problem_size(args, kwargs)
             raise_if_diverged(losses, window, size, self.rule_name)
-        self._end(losses, window, average, running, early, feed, kwargs)
+        candidates = stretches.candidates(len(losses))
+        if candidates:
+            self._end_at_the_best(candidates, feed.one_pass(), kwargs)
         drawn = len(losses) * self._stepper.opts.mc_samples
         if check and drawn >= CHECK_PARTICLES and self._stepper.collective is None:
             nesting = self._stepper.layout.max_plate_nesting
             self.pareto = check_pareto(self.model, self.guide, args, kwargs, nesting)
         return FitResult(losses, time.perf_counter() - start)
 
-    def _end(self, losses, window, average, running, early, feed, kwargs) -> None:
-        """Leave the guide at the best of the last iterate, the late average and an earlier
-        stretch (see :func:`pyro_blr.blr.fit_end.end_at_the_best`)."""
-        candidates = {}
-        if average and running.count > 1:
-            what = f"the average of the last {running.count} iterates"
-            candidates["average"] = Candidate(what, running.average())
-        if early is not None and early[2] <= len(losses) - window:
-            what = f"the average of steps {early[1]}-{early[2]} (the fit's lowest loss)"
-            candidates["early"] = Candidate(what, early[3])
-        if not candidates:
-            return
+    def _end_at_the_best(self, candidates: dict, data: list[tuple] | None, kwargs: dict) -> None:
+        """Leave the guide at the best of the last iterate and ``candidates`` (see
+        :func:`pyro_blr.blr.fit_end.end_at_the_best`)."""
         last = Candidate("the last iterate", self._stepper.natural_state())
         collective = self._stepper.collective
         kept = end_at_the_best(
             {"last": last, **candidates},
-            feed.one_pass(),
+            data,
             kwargs,
             model=self.model,
             guide=self.guide,

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from pyro_blr.blr.averaging import compare, diverged
+from pyro_blr.blr.averaging import IterateAverage, compare, converged, diverged
 from pyro_blr.core import KHAT_THRESHOLD, ParetoCheck, log_weights, pareto_check
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DRIFT_NATS",
     "Candidate",
     "Feed",
+    "Stretches",
     "check_pareto",
     "end_at_the_best",
     "raise_if_diverged",
@@ -86,6 +87,62 @@ class Feed:
                 continue
             return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
         raise ValueError("BLR.fit: batches yielded no batch")
+
+
+class Stretches:
+    """What a fit keeps along the way to choose where it ends: the average of its late iterates
+    (the second half of the steps, or with a stopping rule the last ``window``) and the average
+    of the window of its lowest mean loss (with at least ``3 * window`` steps), and whether the
+    stopping rule says to stop (see :func:`pyro_blr.blr.averaging.converged`).
+
+    Args:
+        blr: the driver whose iterates are averaged (see
+            :class:`pyro_blr.blr.averaging.IterateAverage`).
+        num_steps, window, tol: :meth:`pyro_blr.BLR.fit`'s options.
+        average: whether to keep the late average.
+    """
+
+    def __init__(self, blr: Any, num_steps: int, window: int, tol: float | None, average: bool):
+        self.num_steps, self.window, self.tol, self.average = num_steps, window, tol, average
+        self.running = IterateAverage(blr)  # the late iterates
+        self.stretch = IterateAverage(blr)  # the iterates of the current window
+        self.track = num_steps >= 3 * window  # room for an earlier stretch to compare with
+        self.early = None  # the window of the lowest mean loss: (mean, first, last step, average)
+
+    def after_step(self, t: int, losses: Sequence[float]) -> bool:
+        """Record the iterate of step ``t`` (0-based) and its loss; ``True``: stop the fit."""
+        window, tol = self.window, self.tol
+        at_window = (t + 1) % window == 0
+        if self.track:
+            self.stretch.update()
+            if at_window:
+                mean = math.fsum(losses[-window:]) / window
+                if self.early is None or mean < self.early[0]:
+                    self.early = (mean, t + 2 - window, t + 1, self.stretch.average())
+                self.stretch.reset()
+        if self.average and (t >= self.num_steps // 2 or tol is not None):
+            if tol is not None and at_window and t + 1 < self.num_steps:
+                if converged(losses, window, tol):
+                    self.running.update()
+                    return True
+                self.running.reset()  # with a stopping rule: average the last window only
+            self.running.update()
+            return False
+        return tol is not None and at_window and converged(losses, window, tol)
+
+    def candidates(self, num_losses: int) -> dict[str, Candidate]:
+        """The averages the fit may end at instead of its last iterate, after ``num_losses``
+        steps: ``"average"`` (of more than one late iterate) and ``"early"`` (a window that
+        ended at least ``window`` steps before the end)."""
+        out = {}
+        if self.average and self.running.count > 1:
+            what = f"the average of the last {self.running.count} iterates"
+            out["average"] = Candidate(what, self.running.average())
+        early = self.early
+        if early is not None and early[2] <= num_losses - self.window:
+            what = f"the average of steps {early[1]}-{early[2]} (the fit's lowest loss)"
+            out["early"] = Candidate(what, early[3])
+        return out
 
 
 def raise_if_diverged(losses: Sequence[float], window: int, size: float, rule: str) -> None:

@@ -8,16 +8,20 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
+import pyro.optim
 import torch
 
+from pyro_blr.blr.distributed import Collective
 from pyro_blr.blr.steppers import StepOptions
 
 __all__ = [
     "check_fit_options",
     "check_lr",
     "check_number",
+    "check_optim",
     "check_positive_int",
     "check_step_options",
+    "collective_for",
 ]
 
 
@@ -141,3 +145,41 @@ def check_fit_options(num_steps: Any, tol: Any, window: Any) -> float | None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     return tol
+
+
+def check_optim(optim: Any) -> pyro.optim.PyroOptim | None:
+    """``None`` or a Pyro optimizer: the one for the model's own parameters."""
+    if optim is None or isinstance(optim, pyro.optim.PyroOptim):
+        return optim
+    what = (
+        f"the class {optim.__module__}.{optim.__name__}"
+        if isinstance(optim, type)
+        else f"a {type(optim).__module__}.{type(optim).__name__}"
+    )
+    raise TypeError(
+        f"optim must be a Pyro optimizer such as pyro.optim.Adam({{'lr': 0.01}}), got {what}: "
+        "optim steps only the model's own parameters (pyro.param sites, nn.Parameter of a "
+        "PyroModule that are not PyroSample), as SVI does; the guide is stepped by the "
+        "rule (set its step size with lr=), not by an optimizer"
+    )
+
+
+def collective_for(
+    process_group: Any, rank_noise: bool, stepper: Any, rule: str
+) -> Collective | None:
+    """The distributed run's reductions for the ``process_group`` option, or ``None`` for a
+    one-process run; a rule whose stepper cannot run distributed raises ``ValueError``."""
+    if process_group == "auto":
+        running = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not running or torch.distributed.get_world_size() == 1:
+            return None
+        process_group = None  # the default group
+    elif process_group is None:
+        return None
+    if not stepper.distributable:
+        raise ValueError(
+            f"rule {rule!r} does not run distributed yet: use a Gaussian guide with rule "
+            "'ivon', 'von', 'vogn' or 'newton' or an AutoExpFamily with 'expfamily', or pass "
+            "process_group=None for one process"
+        )
+    return Collective(process_group, rank_noise=bool(rank_noise))
