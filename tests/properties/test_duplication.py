@@ -77,16 +77,6 @@ def test_duplicated_data_equal_a_scale_of_two(case, profile):
     equal()
 
 
-ONE_BY_ONE = (
-    "log_weights (log_evidence, psis_diagnostic, to_inference_data, RenyiELBO) refuses a model "
-    "written X @ w with one datum and one feature ('a log density has batch shape (K, K) left of "
-    "the model's 1 plate dimensions'), which SVI and the BLR run: the duplicated side (two data) "
-    "answers, the scaled side (one datum) refuses. Minimal example: Problem('normal', "
-    "num_data=1, dim=1, prior_scale=1.0, noise=1.0, seed=0), 1 step"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ONE_BY_ONE)
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("case", ENTRY_CASES, ids=lambda c: c.id)
 def test_entry_points_see_duplicated_data_as_a_scale_of_two(case, profile):
