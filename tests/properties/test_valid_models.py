@@ -23,16 +23,7 @@ from tests.properties.entry import ENTRY_CASES, entry_points
 
 FIXED_POINT = "ValueError: leaving out datum"  # loo_sensitivity's documented refusal
 
-ONE_BY_ONE = (
-    "log_weights (log_evidence, psis_diagnostic, to_inference_data, RenyiELBO) refuses a model "
-    "written X @ w with one datum and one feature: 'a log density has batch shape (K, K) left of "
-    "the model's 1 plate dimensions; declare every batch dimension with pyro.plate', although "
-    "the model declares every dimension and SVI and the BLR run it. Minimal example: "
-    "Problem('normal', num_data=1, dim=1, prior_scale=1.0, noise=1.0, seed=0), 1 step"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=ONE_BY_ONE)
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("case", ENTRY_CASES, ids=lambda c: c.id)
 def test_entry_points_answer_every_valid_model(case, profile):
