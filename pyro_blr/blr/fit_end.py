@@ -1,5 +1,6 @@
-r"""How :meth:`pyro_blr.BLR.fit` ends: the feed of batches, the divergence verdict, the choice of
-where the guide ends and the closing Pareto check.
+r"""How :meth:`pyro_blr.BLR.fit` ends: the feed of batches, the averages kept along the way
+(:class:`Stretches`), the divergence verdict, the choice of where the guide ends and the closing
+Pareto check.
 
 The functions take what they need as arguments (the model, the guide, a way to write a
 candidate's natural parameters, the distributed reductions), so that they run and can be
