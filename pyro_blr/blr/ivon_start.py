@@ -178,6 +178,7 @@ def starting_precision(
     loc: Tensor,
     precision: Tensor,
     scale: Tensor | None = None,
+    reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> Tensor:
     r"""The diagonal precision a Gaussian rule starts from (see the module docstring).
 
@@ -194,6 +195,9 @@ def starting_precision(
         loc: the guide's mean.
         precision: the guide's diagonal precision (the draws' spread).
         scale: the prior's scale per coordinate (:func:`pyro_blr.blr.prior_scale.prior_scale`).
+        reduce: in a distributed run, the ranks' (share-weighted) average: applied to the
+            curvatures before the floor and the cap, so that every rank starts where one process
+            on all the data starts (the bounds are not linear in the data).
 
     Raises:
         ValueError: the start, or its scale :math:`h^{-1/2}`, is not finite in ``loc``'s dtype.
@@ -209,6 +213,8 @@ def starting_precision(
         start = start * prior_precision  # N_i in units of the prior's precision
         if loc.shape[-1] <= EXACT_START_MAX_DIM:
             curvature = curvature_at_start(neg_log_joint, loc, precision)
+            if reduce is not None:
+                curvature = reduce(list(curvature))
             floor = torch.where(known, prior_precision, 0.0)
             start = auto_start(*curvature, data_scale=start, floor=floor)
     if not (torch.isfinite(start).all() and torch.isfinite(start.rsqrt()).all()):

@@ -110,21 +110,12 @@ def two_ranks(problem: Problem, timeout: float = 240) -> list[dict]:
         return [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
 
 
-UNEQUAL = (
-    "unequal shards: each rank scales its shard's log-likelihood by N/B_rank and the ranks' "
-    "estimates are averaged with equal weights, which is the full-data estimate only when the "
-    "shards are equal; both ranks agree on the wrong answer. Minimal example: Problem('normal', "
-    "num_data=3, dim=1, prior_scale=1.0, noise=1.0, seed=0) (rank 0 holds 2 data, rank 1 one): "
-    "after 2 steps every rule's draws are 7-16% off the one-process fit"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", [p for p in PROFILES if p.id == "slow"])
 @pytest.mark.parametrize(
     "parity",
     [pytest.param(0, id="equal-shards"),
-     pytest.param(1, id="unequal-shards", marks=pytest.mark.xfail(strict=True, reason=UNEQUAL))],
+     pytest.param(1, id="unequal-shards")],
 )  # fmt: skip
 def test_two_ranks_equal_one_process(parity, profile):
     @profile_settings(profile, max_examples=EXAMPLES[profile])

@@ -196,12 +196,11 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             trace = self.guide.prototype_trace
             with rng_kept(loc):  # a subsampled model draws its minibatch again here
                 return ivon_start.starting_precision(
-                    fn, self.layout, trace, self.ess, self.opts.hess_init, loc, diagonal, scale
-                )
+                    fn, self.layout, trace, self.ess, self.opts.hess_init, loc, diagonal, scale,
+                    reduce=None if self.collective is None else self.collective.mean,
+                )  # fmt: skip
 
-        out = self._together(step_number, start)
-        if self.collective is not None:
-            (out,) = self.collective.mean([out])
+        out = self._together(step_number, start)  # the same on every rank: curvatures reduced
         return out if precision.dim() == 1 else torch.diag_embed(out)
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
