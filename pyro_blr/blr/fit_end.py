@@ -99,7 +99,9 @@ class Stretches:
     Args:
         blr: the driver whose iterates are averaged (see
             :class:`pyro_blr.blr.averaging.IterateAverage`).
-        num_steps, window, tol: :meth:`pyro_blr.BLR.fit`'s options.
+        num_steps: :meth:`pyro_blr.BLR.fit`'s option of that name.
+        window: :meth:`pyro_blr.BLR.fit`'s option of that name.
+        tol: :meth:`pyro_blr.BLR.fit`'s option of that name.
         average: whether to keep the late average.
     """
 
@@ -191,7 +193,9 @@ def end_at_the_best(
             ``None`` when they cannot be had (an unsized stream of batches): then the average
             is kept, unchecked.
         kwargs: the model's keyword arguments.
-        model, guide, nesting: the model, the guide and the model's plate nesting.
+        model: the model.
+        guide: the guide.
+        nesting: the model's plate nesting.
         load: writes a candidate's natural parameters into the guide.
         reduce: the mean over the ranks of a distributed run (``None`` for one process).
         lr_end: the step size at the end of the fit, and ``mc_samples`` the draws a step, for

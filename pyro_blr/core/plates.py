@@ -59,8 +59,8 @@ def full_size(frame_or_site: Any) -> int:
         ...     for i in pyro.plate("data", 10, subsample_size=5):
         ...         pyro.sample(f"y_{i}", dist.Normal(0.0, 1.0), obs=0.0)
         >>> trace = pyro.poutine.trace(model).get_trace()
-        >>> frame = next(s for s in trace.nodes.values() if s["name"].startswith("y_"))[
-        ...     "cond_indep_stack"][0]
+        >>> site = next(s for s in trace.nodes.values() if s["name"].startswith("y_"))
+        >>> (frame,) = site["cond_indep_stack"]
         >>> full_size(frame), full_size(trace.nodes["data"])
         (10, 10)
     """
