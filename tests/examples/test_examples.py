@@ -158,9 +158,10 @@ def test_memory_maps_smoke(capsys):
     assert loo.mean_shift.shape == (569, 31) and loo.method == "quadratic"
     assert set(result["refits"]) == {int(loo.influence.argmax())}
     # Every leave-one-out log density is at most 0 (the log of a Bernoulli probability; exactly
-    # 0 where a confident prediction's probability rounds to 1, as it does for 2 of the data), and the closed-form
-    # estimate, the 4-draw one and PSIS-LOO agree within one standard error after the smoke
-    # run's 40 + 40 steps (a shorter fit is refused by loo_sensitivity as not at a fixed point).
+    # 0 where a confident prediction's probability rounds to 1, as it does for 2 of the data),
+    # and the closed-form estimate, the 4-draw one and PSIS-LOO agree within one standard error
+    # after the smoke run's 40 + 40 steps (a shorter fit is refused by loo_sensitivity as not at
+    # a fixed point).
     assert (loo.loo_lpd <= 0).all() and (sampled.loo_lpd <= 0).all()
     psis = result["psis"]["elpd_loo"]
     assert abs(float(loo.elpd_loo) - psis) < float(loo.se)
