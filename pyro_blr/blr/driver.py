@@ -582,6 +582,16 @@ class BLR:
             )
         if not isinstance(state_dict["state"], dict):
             raise ValueError("state_dict entry 'state' must be a dict")
+        stepped = self.num_steps > 0 or self._stepper.layout is not None
+        if not state_dict["state"] and (steps > 0 or stepped):
+            # A checkpoint of a driver that had not stepped holds no guide and no rule state:
+            # loaded here it would reset the step count and keep this run's guide and momentum.
+            raise ValueError(
+                "state_dict was taken before the first step and holds no guide or rule state "
+                f"(num_steps {steps}); this driver has stepped, so loading it would reset the "
+                "step count but keep the guide and the rule's state as they are: load it into "
+                "a new driver with a new guide, or take the checkpoint after a step"
+            )
         if args or kwargs or self._stepper.layout is not None:
             self._apply(state_dict, args, kwargs)
         else:

@@ -264,3 +264,24 @@ def test_sgd_evidence_refuses_a_column_observation_against_a_plate():
     s = linear_regression()
     with pytest.raises(ValueError, match='at site "y", invalid log_prob shape'):
         pb.sgd_evidence(s.model, s.X, s.y[:, None], num_chains=2, num_steps=1)
+
+
+def test_a_checkpoint_from_before_the_first_step_is_refused_by_a_driver_that_stepped():
+    # It holds no guide or rule state: loading it reset the step count to 0 and kept the guide
+    # and IVON's momentum of the later run, a state no run ever had.
+    s = linear_regression()
+    guide = AutoNormal(s.model)
+    blr = pb.BLR(s.model, guide)
+    early = blr.state_dict()
+    for _ in range(3):
+        blr.step(s.X, s.y)
+    before = {k: v.detach().clone() for k, v in guide.named_parameters()}
+    for args in [(s.X, s.y), ()]:
+        with pytest.raises(ValueError, match="taken before the first step"):
+            blr.load_state_dict(early, *args)
+    assert blr.num_steps == 3
+    for name, value in guide.named_parameters():
+        torch.testing.assert_close(value.detach(), before[name], rtol=0, atol=0)
+    fresh = pb.BLR(s.model, AutoNormal(s.model))
+    fresh.load_state_dict(early)  # a driver that has not stepped takes it: nothing to restore
+    assert fresh.num_steps == 0
