@@ -198,7 +198,7 @@ class BLR:
             :mod:`pyro_blr.blr.step_back`); warned about once per fit.
         stepped_back: whether the last step was such a step back.
         averaged: whether the last :meth:`fit` ended at the average of its late iterates
-            (``False``: at its last iterate, which had the higher ELBO or no average was kept,
+            (``False``: at its last iterate, which beat the average clearly or no average was kept,
             or, with a warning, at the average of an earlier stretch of the fit).
         pareto: the closing Pareto check of the last :meth:`fit`
             (:class:`pyro_blr.core.ParetoCheck`), ``None`` where it was skipped.
@@ -434,14 +434,15 @@ class BLR:
 
         With ``average=True`` the fit also keeps the Polyak average of the natural parameters
         of the second half of the steps (see :mod:`pyro_blr.blr.averaging`), which removes the
-        jitter a constant step leaves in the last iterate, and ends at whichever of the average
-        and the last iterate has the higher ELBO, both estimated on the same
-        :data:`pyro_blr.blr.fit_end.COMPARE_PARTICLES` draws
-        (:func:`pyro_blr.blr.averaging.paired_estimates`): an
-        average over iterates still far from the optimum (a short fit) never replaces a better
-        last iterate. With at least ``3 * window`` steps the fit also keeps the average of the
-        window of its lowest mean loss, and ends there instead, with a warning, only where its
-        ELBO beats the end's (the better of the two) by more than
+        jitter a constant step leaves in the last iterate, and ends there unless the last
+        iterate's ELBO beats the average's by more than
+        :data:`pyro_blr.blr.fit_end.DRIFT_NATS` and four standard errors, both estimated on the
+        same :data:`pyro_blr.blr.fit_end.COMPARE_PARTICLES` draws
+        (:func:`pyro_blr.blr.averaging.paired_estimates`): an average over iterates still far
+        from the optimum (a short fit) never replaces a clearly better last iterate. With at
+        least ``3 * window`` steps the fit also keeps the average of the window of its lowest
+        mean loss, and ends there instead, with a warning, only where its ELBO beats the end's
+        by more than
         :data:`pyro_blr.blr.fit_end.DRIFT_NATS` and four standard errors on the same draws (the
         iterates drifted away from what the fit had reached).
         :attr:`averaged` says whether the late average was kept. The default (``None``) averages
@@ -461,8 +462,8 @@ class BLR:
             *args: the model's positional arguments.
             num_steps: the most steps to take (a non-negative integer).
             progress: show a tqdm progress bar with the current loss.
-            average: end at the better of the average of the late iterates and the last one
-                (default: when ``lr`` is a constant).
+            average: end at the average of the late iterates unless the last one is clearly
+                better (default: when ``lr`` is a constant).
             tol: stop when the moving-average loss improves by less than this (nats).
             window: the moving-average window of the stopping rule, in steps.
             check: end with a Pareto :math:`\hat k` check of the fitted guide as a proposal for

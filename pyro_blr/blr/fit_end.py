@@ -181,10 +181,12 @@ def end_at_the_best(
     lr_end: float,
     mc_samples: int,
 ) -> str:
-    """Leave the guide at the better of the last iterate and the late average, by their ELBO
-    on the same draws (a tie keeps the last iterate); at the average of an earlier stretch of
-    the fit only where that beats both by more than :data:`DRIFT_NATS` and four standard
-    errors, with a warning: the iterates drifted away from it.
+    """Leave the guide at the late average, or at the last iterate where its ELBO beats the
+    average's by more than :data:`DRIFT_NATS` and four standard errors on the same draws (a
+    short fit, whose average lags behind: the jitter the average removes is too small for the
+    draws to see, so a close call keeps the average); at the average of an earlier stretch of
+    the fit only where that beats the end by the same margin, with a warning: the iterates
+    drifted away from it.
 
     Args:
         candidates: ``"last"`` (the guide as it is), and any of ``"average"`` (the late
@@ -222,7 +224,12 @@ def end_at_the_best(
     names = list(candidates)
     choice = compare([candidates[n].state for n in names], load, elbo_draws, reduce)
     gains = dict(zip(names, choice.gains, strict=True))
-    end = max((n for n in names if n != "early"), key=gains.__getitem__)
+    stderrs = dict(zip(names, choice.stderrs, strict=True))
+    # The late average removes a constant step's jitter, which 32 draws cannot see: it is kept
+    # unless the last iterate beats it clearly (a short fit, whose average lags far behind).
+    end = "average" if "average" in gains else "last"
+    if end == "average" and -gains["average"] > max(DRIFT_NATS, 4 * stderrs["average"]):
+        end = "last"
     kept = end
     if "early" in gains:
         # An earlier stretch wins only by a clear margin: a close call between iterates

@@ -7,8 +7,10 @@ scores it. How the bounds are derived: the Monte Carlo sd of a mean error from 4
 1/sqrt(4000) = 0.016 reference sds per parameter (the guides' sds are within a factor 1.1 of the
 reference's), and that of an sd ratio is about 1/sqrt(2 * 4000) = 0.011. Measured over seeds 0-5
 (seed 0 is the one tested): sblri-blr, worst mean errors 0.024-0.077 and sd ratios
-0.955-1.007; eight schools, worst mean errors 0.048-0.274 and sd ratios 0.232-1.044 (the
-Gaussian misses the funnel: the defaults do not reach NUTS quality there). Each bound is the
+0.955-1.007; eight schools, worst mean errors 0.048-0.325 and sd ratios 0.402-1.253 (the
+Gaussian misses the funnel: the defaults do not reach NUTS quality there; remeasured when the fit
+began to end at its last iterate where that iterate's ELBO clearly beats the average's, as on
+seed 0 here, by 0.90 nats with a standard error of 0.18: before, 0.048-0.274 and 0.232-1.044). Each bound is the
 measured extreme widened by three Monte Carlo sds, so a seed or platform change passes and a
 real regression (a fit that does not converge, a biased mean) fails.
 """
@@ -29,7 +31,7 @@ MEAN_MC, RATIO_MC = 1 / math.sqrt(NUM_DRAWS), 1 / math.sqrt(2 * NUM_DRAWS)
 
 BOUNDS = {  # name: (largest worst mean error, smallest sd ratio, largest sd ratio), measured
     "sblri-blr": (0.077, 0.955, 1.007),
-    "eight_schools-eight_schools_noncentered": (0.274, 0.232, 1.044),
+    "eight_schools-eight_schools_noncentered": (0.325, 0.402, 1.253),
 }
 
 
