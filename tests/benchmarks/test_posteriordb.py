@@ -10,9 +10,9 @@ reference's), and that of an sd ratio is about 1/sqrt(2 * 4000) = 0.011. Measure
 0.955-1.007; eight schools, worst mean errors 0.048-0.325 and sd ratios 0.402-1.253 (the
 Gaussian misses the funnel: the defaults do not reach NUTS quality there; remeasured when the fit
 began to end at its last iterate where that iterate's ELBO clearly beats the average's, as on
-seed 0 here, by 0.90 nats with a standard error of 0.18: before, 0.048-0.274 and 0.232-1.044). Each bound is the
-measured extreme widened by three Monte Carlo sds, so a seed or platform change passes and a
-real regression (a fit that does not converge, a biased mean) fails.
+seed 0 here, by 0.90 nats with a standard error of 0.18: before, 0.048-0.274 and 0.232-1.044).
+Each bound is the measured extreme widened by three Monte Carlo sds, so a seed or platform change
+passes and a real regression (a fit that does not converge, a biased mean) fails.
 """
 
 import math
