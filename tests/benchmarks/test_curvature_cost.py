@@ -18,7 +18,10 @@ def test_curvature_cost_smoke(capsys):
         for row in part:
             if row["method"].startswith("BLR"):
                 # 21 natural-gradient steps end far above 60 Adam steps (measured: 50-400 nats),
-                # and a Hessian every 10 or 50 steps ends within 3 nats of one every step
-                # (measured: 0.04-2.4 nats; the ELBOs share their draws, se 0.1-0.2).
+                # and a Hessian every 10 or 50 steps ends within 5 nats of one every step
+                # (measured: 0.2-4.0 nats, the ELBOs sharing their draws, se 0.1-0.2; 0.04-2.4
+                # while VON started at AutoMultivariateNormal's init_scale, before it started
+                # at the expected curvature, hess_init="auto", whose narrower start makes the
+                # Hessian reused from step 1 lag longer in a fit this short).
                 assert row["elbo"] > svi + 20
-                assert abs(row["elbo"] - exact["elbo"]) < 3.0
+                assert abs(row["elbo"] - exact["elbo"]) < 5.0
