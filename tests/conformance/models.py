@@ -785,17 +785,8 @@ def mixed_dtype() -> Idiom:
             pyro.sample("y", dist.Normal(linear(X, w), NOISE), obs=y)
 
     ref, cov, ev = regression_answer(X, y, {"w": 3})
-    expect: dict[str, object] = {
-        "blr_ivon": XFail(
-            "pb.BLR(rule='ivon') on the float32 latent narrows w[0]'s sd to 0.67-0.85 of the "
-            "mean-field optimum (seeds 0-3; 0.90-0.96 on the same model in float64, 'matmul'): "
-            "a bias far beyond float32 round-off",
-            raises=AssertionError,
-        )
-    }
     return Idiom(
         "mixed_dtype", model, (X, y), ref, ev, ref_cov=cov, loo=regression_loo(X, y),
-        expect=expect,
     )  # fmt: skip
 
 
