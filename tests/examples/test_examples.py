@@ -29,8 +29,10 @@ def test_quickstart_smoke(capsys):
 
 @pytest.mark.slow
 def test_quickstart_full_run_beats_adam(capsys):
-    # The full run: 40 BLR steps reach a higher ELBO than 2000 Adam steps on the same guide
-    # (measured -58.6 vs -59.5; each ELBO estimate has MC sd < 0.1 with 1000 particles).
+    # The full run: 60 BLR steps reach a higher ELBO than 2000 Adam steps on the same guide
+    # (measured -57.6 vs -60.0; each ELBO estimate has MC sd < 0.1 with 1000 particles). VON
+    # now starts at the expected curvature (hess_init="auto"), from which 40 steps reach -60.1
+    # (-58.8 from the guide's init_scale), so the example takes 60.
     result = load("quickstart").main(smoke=False)
     assert result["blr_elbo"] > result["adam_elbo"]
 

@@ -231,8 +231,10 @@ class Fit:
     guide: object
     driver: pb.BLR
     losses: list[float]
-    draws: Tensor
+    draws: Tensor | None
     out: object = None
+    refused: str | None = None
+    """A fit that ``BLR.fit`` called diverged: its error, up to the first colon."""
 
 
 def fit(case: Case, model: Callable, args: tuple, steps: int, lr: float, unit: float = 1.0,
@@ -247,12 +249,23 @@ def fit(case: Case, model: Callable, args: tuple, steps: int, lr: float, unit: f
     guide = case.make_guide(model, unit, init_loc_fn)
     driver = case.driver(model, guide, lr, **options)
     if via_fit:
-        losses = driver.fit(*args, num_steps=steps, progress=False).losses
+        try:
+            losses = driver.fit(*args, num_steps=steps, progress=False).losses
+        except FloatingPointError as error:  # a diverging fit (diagonal Newton at lr 1, say)
+            refused = ":".join(f"FloatingPointError: {error}".split(":")[:2])
+            return Fit(guide, driver, [], None, refused=refused)
     else:
         losses = [driver.step(*args) for _ in range(steps)]
     draws = guide_draws(guide, args)
     out = None if then is None else then(model, guide, args)
     return Fit(guide, driver, losses, draws, out)
+
+
+def refused_alike(one: Fit, other: Fit) -> bool:
+    """Whether both fits were refused as diverged, which is a relation too (the verdict must not
+    depend on the data's units or on how the data are weighted); only one refused fails."""
+    assert one.refused == other.refused, (one.refused, other.refused)
+    return one.refused is not None
 
 
 def guide_draws(guide, args: tuple, num: int = 4, seed: int = 1) -> Tensor:

@@ -36,6 +36,7 @@ from tests.properties.cases import (
     make_problem,
     problems,
     profile_settings,
+    refused_alike,
 )
 from tests.properties.entry import ENTRY_CASES, entry_points, outputs
 
@@ -70,6 +71,8 @@ def test_duplicated_data_equal_a_scale_of_two(case, profile):
         model, constant = scaled(problem)
         one = fit(case, twice.model, twice.args, steps, lr, init_loc_fn=START, via_fit=via_fit)
         other = fit(case, model, problem.args, steps, lr, init_loc_fn=START, via_fit=via_fit)
+        if refused_alike(one, other):
+            return
         assert_scaled(other.draws, one.draws, 1.0, "draws of the fitted guide")
         for step, (found, ref) in enumerate(zip(other.losses, one.losses, strict=True)):
             assert_shifted(found, ref, -constant, f"loss of step {step + 1}")

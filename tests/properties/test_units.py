@@ -33,6 +33,7 @@ from tests.properties.cases import (
     make_problem,
     problems,
     profile_settings,
+    refused_alike,
 )
 from tests.properties.entry import ENTRY_CASES, entry_points, outputs
 
@@ -88,6 +89,8 @@ def test_blr_rescales_with_the_units(case, profile):
     @example(make_problem("normal", 3, 2, 1.0, 0.5, 1), 1e8, "features", 2, 1.0, False)
     def rescales(problem, c, kind, steps, lr, via_fit):
         _, s, log_c, one, other = both(case, problem, c, kind, steps, lr, via_fit=via_fit)
+        if refused_alike(one, other):
+            return
         assert_scaled(other.draws, one.draws, s, "draws of the fitted guide")
         # -ELBO = -E log p - H[q]: each datum's density gains -log c, each weight's prior
         # density -log s and the entropy +log s a coordinate.
