@@ -2,6 +2,7 @@
 for unchanged Pyro models."""
 
 from pyro_blr.blr import BLR
+from pyro_blr.blr.rules import IVON, OGN, VOGN, VON, ExpFamilyRule, MixtureRule, Newton
 from pyro_blr.diagnostics import loo_sensitivity, psis_diagnostic, to_inference_data
 from pyro_blr.evidence import log_evidence, sgd_evidence
 from pyro_blr.guides import AutoExpFamily, AutoFlow, AutoMixture
@@ -9,6 +10,13 @@ from pyro_blr.objectives import RenyiELBO
 
 __all__ = [
     "BLR",
+    "IVON",
+    "OGN",
+    "VOGN",
+    "VON",
+    "ExpFamilyRule",
+    "MixtureRule",
+    "Newton",
     "AutoExpFamily",
     "AutoFlow",
     "AutoMixture",

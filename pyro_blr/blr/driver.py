@@ -34,14 +34,17 @@ from pyro_blr.blr.fit_end import (
 )
 from pyro_blr.blr.model_params import has_model_params, model_param_grads, model_trace
 from pyro_blr.blr.options import (
+    check_driver_options,
     check_fit_options,
     check_lr,
     check_optim,
     check_positive_int,
-    check_step_options,
     collective_for,
+    moved_option,
 )
+from pyro_blr.blr.rules import Rule, as_rule
 from pyro_blr.blr.steppers import stepper_for
+from pyro_blr.blr.steppers.base import step_options
 from pyro_blr.core import model_keywords
 
 __all__ = ["BLR", "COMPARE_PARTICLES", "FitResult"]
@@ -85,20 +88,22 @@ class BLR:
         S \leftarrow (1-\rho) S + \rho\, \mathbb E_q[\nabla^2 \ell], \qquad
         m \leftarrow m - \rho\, S^{-1} \mathbb E_q[\nabla \ell],
 
-    with the expectations and the positivity safeguard chosen by ``rule`` (see
-    :mod:`pyro_blr.blr.rules`): ``"ivon"`` (diagonal; gradient-only curvature, momentum),
-    ``"von"`` (diagonal or full; exact Hessians by autograd, Riemannian precision update),
-    ``"vogn"`` (diagonal or full; the Gauss--Newton sum of per-datum gradients' outer products as
-    the Hessian),
-    ``"newton"`` (diagonal or full; gradient and Hessian at the mean). The prior comes from the
-    model, so no weight decay is needed; ``weight_decay`` adds :math:`\tfrac\delta2\lVert\theta
-    \rVert^2` to :math:`\ell` for those who want one. :class:`pyro_blr.AutoExpFamily` and
+    with the expectations and the positivity safeguard chosen by the rule, an object in the
+    place ``pyro.infer.SVI`` keeps its optimizer (:mod:`pyro_blr.blr.rules`):
+    :class:`~pyro_blr.blr.rules.IVON` (diagonal; gradient-only curvature, momentum),
+    :class:`~pyro_blr.blr.rules.VON` (exact curvature at draws, Riemannian precision update),
+    :class:`~pyro_blr.blr.rules.VOGN` and :class:`~pyro_blr.blr.rules.OGN` (the Gauss--Newton
+    sum of per-datum gradients' outer products, at draws and at the mean),
+    :class:`~pyro_blr.blr.rules.Newton` (gradient and Hessian at the mean). The prior comes from
+    the model, so no weight decay is needed. :class:`pyro_blr.AutoExpFamily` and
     :class:`pyro_blr.AutoMixture` take the same step in their own natural parameters
-    (``"expfamily"``, ``"mixture"``).
+    (:class:`~pyro_blr.blr.rules.ExpFamilyRule`, :class:`~pyro_blr.blr.rules.MixtureRule`).
+    Each rule holds its own options (``lr``, ``mc_samples``, ...): an option exists only on
+    the rule that uses it.
 
     Monte Carlo expectations use antithetic pairs :math:`m \pm S^{-1/2}\epsilon` by default, which
     make the gradient estimate exact on quadratic :math:`\ell` (the curvature is exact there
-    where the rule uses the exact Hessian, ``"von"`` and ``"newton"``; IVON's gradient-only
+    where the rule uses the exact Hessian, ``VON`` and ``Newton``; IVON's gradient-only
     estimate of it is unbiased, not exact).
 
     References:
@@ -111,59 +116,20 @@ class BLR:
         guide: ``AutoNormal``, ``AutoDiagonalNormal`` or ``AutoMultivariateNormal`` of ``model``,
             or a :class:`pyro_blr.AutoExpFamily` or :class:`pyro_blr.AutoMixture`. The guide's
             parameters are the single source of truth: each step starts from what they hold.
-        lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step`` counts
-            the steps taken so far, from 0).
-        rule: ``"ivon"``, ``"von"``, ``"vogn"`` (Gauss--Newton curvature from per-datum
-            gradients) or ``"newton"`` for Gaussian guides; ``"expfamily"`` for
-            :class:`pyro_blr.AutoExpFamily` (see :mod:`pyro_blr.blr.steppers.expfamily`);
-            ``"mixture"`` for :class:`pyro_blr.AutoMixture` (see
-            :mod:`pyro_blr.blr.steppers.mixture`). An option a rule does not use raises
-            ``ValueError`` when given a non-default value.
-        mc_samples: particles per step (``"newton"`` draws none: it evaluates at the mean, and
-            a non-default value raises).
-        antithetic: draw the particles in antithetic pairs (needs an even ``mc_samples``).
-        beta1: IVON's gradient momentum.
-        beta2: IVON's Hessian momentum.
-        clip_radius: IVON's per-coordinate clip of the mean's update before the step size, in
-            units of the prior's robust scale :math:`s_i` of each coordinate (see
-            :mod:`pyro_blr.blr.prior_scale`; unit scale where the prior gives none): no
-            coordinate :math:`i` moves by more than ``lr * clip_radius *`` :math:`s_i` a step
-            (``None``: no clip), so the clip follows the data's units. It keeps the first steps
-            safe while the curvature estimate grows to the data's scale (a network's hidden
-            layers have no curvature at a symmetric start).
-        weight_decay: an optional extra Gaussian penalty :math:`\delta \ge 0` on :math:`\theta`.
-        vectorize_particles: ``"auto"`` (the default) evaluates the particles in the fastest way
-            that gives the same numbers as one model run per particle, checked on probe particles
-            at the first step: a plate left of the model's plates for broadcasting models,
-            ``torch.func.vmap`` for models written ``X @ w``, ``a, b = w`` or with
-            ``PyroModule[nn.Linear]``, a loop otherwise; ``True`` forces the plate, ``False``
-            the loop.
-        max_plate_nesting: the model's number of plate dimensions; found from a model trace when
-            not given.
-        ess: the effective sample size :math:`N` of the start of ``"ivon"``'s and ``"von"``'s
-            precision (see ``hess_init``): the number of observed data, found from the model's
-            plates (a subsampled plate counts its full size) when ``None``; a coordinate sees
-            :math:`N_i`, ``ess`` divided by the size of the plates its site lies in.
-        hess_init: where ``"ivon"``'s and ``"von"``'s precision starts at the driver's first
-            step (see :mod:`pyro_blr.blr.ivon_start`), with :math:`s_i` the prior's robust
-            scale of coordinate :math:`i` (:mod:`pyro_blr.blr.prior_scale`). ``"auto"`` (the
-            default): the expected Hessian diagonal at draws from the guide as it is (the BLR's
-            fixed point evaluated at the start), bounded below by the prior's precision
-            :math:`1/s_i^2` and capped by :math:`\max(N_i/s_i^2, H_{ii}(m))`, the Hessian at the
-            mean, up to 2048 coordinates; above that, :math:`N_i/s_i^2`. Measured in
-            :math:`s_i`, the start does not depend on the data's units. A number: the
-            per-datum curvature :math:`h_0` in the data's units, the precision starting at
-            :math:`N_i h_0`. Neither takes the guide's ``init_scale`` as the start, so a new
-            driver restarts the precision of a guide fitted before. ``None`` keeps the guide's
-            own precision (e.g. to continue an earlier fit with a new ``"ivon"`` or ``"von"``
-            driver). A model with latents local to a subsampled plate keeps the guide's
-            precision.
-        hessian_every: ``"von"`` and ``"newton"`` compute the exact Hessian (one
-            Hessian-vector product per coordinate: :math:`D` backward passes) at least every
-            ``hessian_every`` steps and reuse the last one in between, where a step costs only
-            its gradients; sooner when the last step's change of gradient shows the curvature
-            off by more than a factor of two (see :mod:`pyro_blr.blr.reused_hessian`). The
-            fixed point is unchanged. Not for latents local to a subsampled plate.
+        rule: a rule object such as ``pb.IVON(lr=0.1)`` or ``pb.VON(lr=0.5, mc_samples=4)``,
+            a rule's name as a shorthand for its defaults (``"von"``), or ``None`` (the
+            default) for the rule that follows the guide
+            (:func:`pyro_blr.blr.rules.default_rule`): ``VON`` for ``AutoMultivariateNormal``,
+            ``IVON`` for a diagonal Gaussian (``VON`` where its latents are local to a
+            subsampled plate), ``ExpFamilyRule`` and ``MixtureRule`` for this package's
+            guides. A Pyro optimizer or an ELBO here raises ``TypeError`` saying what to pass.
+        model_optim: a Pyro optimizer (e.g. ``pyro.optim.Adam({"lr": 0.01})``) for the model's
+            own parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that
+            are not ``PyroSample``), stepped on the ELBO gradient after each BLR step:
+            variational EM, type-II maximum likelihood, as ``SVI`` learns them. When the model
+            has parameters and ``model_optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})``
+            is used. Anything but a ``pyro.optim.PyroOptim`` raises ``TypeError``: the guide is
+            stepped by the rule, never by ``model_optim``.
         process_group: the ``torch.distributed`` group to run over (see
             :mod:`pyro_blr.blr.distributed`): ``"auto"`` (the default) uses the default group
             when ``torch.distributed`` is initialized with more than one rank, ``None`` runs in
@@ -174,13 +140,14 @@ class BLR:
         rank_noise: in a distributed run, draw each rank's particles from its own stream, so
             that :math:`K` ranks average :math:`K` times the particles; ``False`` uses the
             global RNG (the same draws on every rank seeded alike).
-        optim: a Pyro optimizer (e.g. ``pyro.optim.Adam({"lr": 0.01})``) for the model's own
-            parameters (``pyro.param`` sites, ``nn.Parameter`` of a ``PyroModule`` that are not
-            ``PyroSample``), stepped on the ELBO gradient after each BLR step: variational EM,
-            type-II maximum likelihood, as ``SVI`` learns them. When the model has parameters
-            and ``optim`` is ``None``, ``pyro.optim.Adam({"lr": 0.01})`` is used. Anything but
-            a ``pyro.optim.PyroOptim`` (a ``torch.optim`` class or instance) raises
-            ``TypeError``: the guide is stepped by the rule, never by ``optim``.
+        vectorize_particles: ``"auto"`` (the default) evaluates the particles in the fastest way
+            that gives the same numbers as one model run per particle, checked on probe particles
+            at the first step: a plate left of the model's plates for broadcasting models,
+            ``torch.func.vmap`` for models written ``X @ w``, ``a, b = w`` or with
+            ``PyroModule[nn.Linear]``, a loop otherwise; ``True`` forces the plate, ``False``
+            the loop.
+        max_plate_nesting: the model's number of plate dimensions; found from a model trace when
+            not given.
         model_steps: the optimizer steps on the model's parameters after each BLR step, each
             on a fresh one-draw ELBO gradient (variational EM: the BLR's E-step is exact or
             nearly so within a few steps, while Adam at lr 0.01 moves a log-scale parameter by
@@ -204,9 +171,10 @@ class BLR:
             (:class:`pyro_blr.core.ParetoCheck`), ``None`` where it was skipped.
 
     Raises:
-        TypeError: ``rule`` cannot drive this guide, or ``optim`` is not a Pyro optimizer.
-        ValueError: an unknown ``rule``, a hyperparameter out of range, or an option ``rule``
-            does not use given a non-default value.
+        TypeError: ``rule`` cannot drive this guide or is not a rule (an optimizer, an ELBO),
+            ``model_optim`` is not a Pyro optimizer, or an option of a rule was passed to the
+            driver (the message names the rule to pass it to).
+        ValueError: an unknown rule name, or a driver option out of range.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -218,7 +186,7 @@ class BLR:
         ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
         >>> y = torch.tensor([1.0, 2.0, 3.0])
         >>> guide = AutoMultivariateNormal(model)
-        >>> loss = pb.BLR(model, guide, lr=1.0, rule="newton").step(y)
+        >>> loss = pb.BLR(model, guide, pb.Newton(lr=1.0)).step(y)
         >>> posterior = guide.get_posterior()  # exact: N(6/4, 1/4)
         >>> print(f"{posterior.mean.item():.4f} {posterior.variance.item():.4f}")
         1.5000 0.2500
@@ -228,48 +196,26 @@ class BLR:
         self,
         model: Callable,
         guide: object,
-        lr: float | Callable[[int], float] = 0.1,
-        rule: str = "ivon",
-        mc_samples: int = 2,
-        antithetic: bool = True,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        clip_radius: float | None = 0.1,
-        weight_decay: float = 0.0,
-        vectorize_particles: bool | str = "auto",
-        max_plate_nesting: int | None = None,
-        optim: pyro.optim.PyroOptim | None = None,
-        ess: float | None = None,
-        hess_init: float | str | None = "auto",
-        hessian_every: int = 1,
+        rule: Rule | str | None = None,
+        *,
+        model_optim: pyro.optim.PyroOptim | None = None,
         process_group: Any = "auto",
         rank_noise: bool = True,
+        vectorize_particles: bool | str = "auto",
+        max_plate_nesting: int | None = None,
         model_steps: int = 5,
+        **rule_options: Any,
     ):
+        if rule_options:
+            raise TypeError(moved_option(rule_options, rule, guide))
+        follows_guide = rule is None
+        rule = as_rule(rule, guide)
         stepper = stepper_for(rule, guide)
-        if not callable(lr):
-            lr = check_lr(lr)
-        options = check_step_options(
-            rule,
-            stepper.options,
-            mc_samples=mc_samples,
-            antithetic=antithetic,
-            beta1=beta1,
-            beta2=beta2,
-            clip_radius=clip_radius,
-            weight_decay=weight_decay,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-            ess=ess,
-            hess_init=hess_init,
-            hessian_every=hessian_every,
-        )
+        check_driver_options(rule, vectorize_particles, max_plate_nesting)
         self.model_steps = check_positive_int("model_steps", model_steps)
         self.model = model
         self.guide = guide
-        self.lr = lr
-        self.rule_name = rule
-        self.optim = check_optim(optim)
+        self.model_optim = check_optim(model_optim)
         self.num_steps = 0
         self.averaged = False
         self.pareto = None
@@ -277,13 +223,33 @@ class BLR:
         self.step_backs = 0
         self.stepped_back = False
         self._skipped_params = False
-        self._stepper = stepper(model, guide, rule, options)
-        self._stepper.collective = collective_for(process_group, rank_noise, stepper, rule)
+        options = step_options(rule, vectorize_particles, max_plate_nesting)
+        if stepper.kind == "gaussian":
+            self._stepper = stepper(model, guide, rule, options, follows_guide=follows_guide)
+        else:
+            self._stepper = stepper(model, guide, rule, options)
+        self._stepper.collective = collective_for(process_group, rank_noise, stepper, rule.name)
         self._pending = None
         self._model_params = None
         self._best = math.inf
         self._warned = self._warned_step_back = False
         self._sized = None  # (the data's shapes, the problem's size) of the last judged rise
+
+    @property
+    def rule(self) -> Rule:
+        """The rule this driver runs (the guide's default switches IVON to VON for latents
+        local to a subsampled plate at the first step)."""
+        return self._stepper.rule
+
+    @property
+    def rule_name(self) -> str:
+        """The rule's name (its string shorthand)."""
+        return self._stepper.rule_name
+
+    @property
+    def lr(self) -> float | Callable[[int], float]:
+        """The rule's step size: a float or a schedule ``step -> float``."""
+        return self._stepper.rule.lr
 
     # ------------------------------------------------------------------ model parameters
     def _step_model_params(self, args: tuple, kwargs: dict) -> bool:
@@ -310,12 +276,12 @@ class BLR:
             self._skipped_params = True
             return False
         self._skipped_params = False
-        if self.optim is None:
+        if self.model_optim is None:
             logger.info("the model has parameters: stepping them with Adam(lr=0.01)")
-            self.optim = pyro.optim.Adam({"lr": 0.01})
+            self.model_optim = pyro.optim.Adam({"lr": 0.01})
         for param, grad in zip(params, grads, strict=True):
             param.grad = None if grad is None else grad.detach()
-        self.optim([p for p in params if p.grad is not None])
+        self.model_optim([p for p in params if p.grad is not None])
         for param in params:
             param.grad = None
         return True

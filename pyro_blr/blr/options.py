@@ -12,7 +12,7 @@ import pyro.optim
 import torch
 
 from pyro_blr.blr.distributed import Collective
-from pyro_blr.blr.steppers import StepOptions
+from pyro_blr.blr.numbers import check_lr, check_number, check_positive, check_positive_int
 
 __all__ = [
     "check_fit_options",
@@ -20,119 +20,49 @@ __all__ = [
     "check_number",
     "check_optim",
     "check_positive_int",
-    "check_step_options",
+    "check_driver_options",
     "collective_for",
+    "moved_option",
 ]
 
 
-def check_number(name: str, value: Any, low: float, high: float, closed_high: bool) -> float:
-    """A real, non-bool number in [low, high) (or [low, high]); numpy and 0-d tensors welcome.
-
-    Example:
-        >>> check_number("beta1", 0.9, 0.0, 1.0, closed_high=False)
-        0.9
-    """
-    if torch.is_tensor(value) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    inside = low <= value <= high if closed_high else low <= value < high
-    if not inside or math.isnan(value):
-        bracket = "]" if closed_high else ")"
-        raise ValueError(f"{name} must lie in [{low:g}, {high:g}{bracket}, got {value}")
-    return value
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """A positive integer, not a bool; numpy integers and integer 0-d tensors welcome."""
-    if torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_lr(lr: Any) -> float:
-    """A positive finite step size (a number or a 0-d tensor)."""
-    if torch.is_tensor(lr) and lr.numel() == 1:
-        lr = lr.item()
-    if isinstance(lr, bool) or not isinstance(lr, Real) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    return float(lr)
-
-
-def _positive(name: str, value: Any, high: float = math.inf, closed_high: bool = False) -> float:
-    value = check_number(name, value, 0.0, high, closed_high)
-    if value == 0:
-        raise ValueError(f"{name} must be positive, got 0")
-    return value
-
-
-def check_step_options(rule: str, honoured: dict[str, Any], **options: Any) -> StepOptions:
-    """The stepper's options checked whole: each in its range, and none that ``rule`` does not
-    use given a non-default value.
-
-    Args:
-        rule: the rule's name.
-        honoured: for each rule its stepper runs, the names of the options it uses.
-        **options: the fields of :class:`pyro_blr.blr.steppers.StepOptions`.
-    """
-    mc_samples = check_positive_int("mc_samples", options["mc_samples"])
-    beta1 = check_number("beta1", options["beta1"], 0.0, 1.0, closed_high=False)
-    beta2 = check_number("beta2", options["beta2"], 0.0, 1.0, closed_high=False)
-    clip_radius, ess, hess_init = options["clip_radius"], options["ess"], options["hess_init"]
-    weight_decay, nesting = options["weight_decay"], options["max_plate_nesting"]
-    if clip_radius is not None:
-        clip_radius = _positive("clip_radius", clip_radius, closed_high=True)
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, Real)
-        or not (0 <= weight_decay < math.inf)
-    ):
-        raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay}")
-    if options["vectorize_particles"] not in ("auto", True, False):
+def check_driver_options(rule: Any, vectorize_particles: Any, max_plate_nesting: Any) -> None:
+    """Check the driver's own options (the rule checked its own when it was built)."""
+    if vectorize_particles not in ("auto", True, False):
         raise ValueError(
-            "vectorize_particles must be 'auto', True or False, got "
-            f"{options['vectorize_particles']!r}"
+            f"vectorize_particles must be 'auto', True or False, got {vectorize_particles!r}"
         )
+    if vectorize_particles != "auto" and not rule.vectorizes:
+        raise ValueError(
+            f"vectorize_particles={vectorize_particles!r} does not apply to {type(rule).__name__}, "
+            "which runs the model once per particle for its per-datum gradients; leave it 'auto'"
+        )
+    nesting = max_plate_nesting
     if nesting is not None and (
         isinstance(nesting, bool) or not isinstance(nesting, int) or nesting < 0
     ):
         raise ValueError(f"max_plate_nesting must be a non-negative integer, got {nesting!r}")
-    if ess is not None:
-        ess = _positive("ess", ess)
-    if isinstance(hess_init, str):
-        if hess_init != "auto":
-            raise ValueError(f"hess_init must be 'auto', a number or None, got {hess_init!r}")
-    elif hess_init is not None:
-        hess_init = check_number("hess_init", hess_init, 0.0, math.inf, closed_high=False)
-        if hess_init == 0:
-            raise ValueError("hess_init must be positive, got 0 (or None to keep the guide's)")
-    checked = StepOptions(
-        mc_samples=mc_samples,
-        antithetic=bool(options["antithetic"]),
-        beta1=beta1,
-        beta2=beta2,
-        clip_radius=clip_radius,
-        weight_decay=float(weight_decay),
-        vectorize_particles=options["vectorize_particles"],
-        max_plate_nesting=nesting,
-        ess=ess,
-        hess_init=hess_init,
-        hessian_every=check_positive_int("hessian_every", options["hessian_every"]),
+
+
+def moved_option(options: dict[str, Any], rule: Any, guide: Any) -> str:
+    """The message for options passed to :class:`pyro_blr.BLR` that belong elsewhere: a
+    rule's options go to the rule object, ``optim`` is ``model_optim``."""
+    if "optim" in options:
+        return (
+            "BLR takes the optimizer of the model's own parameters as model_optim= (optim= is "
+            "what SVI calls the guide's optimizer; the BLR steps the guide with its rule)"
+        )
+    from pyro_blr.blr.rules import RULES, as_rule
+
+    try:
+        kind = type(as_rule(rule, guide))
+    except (TypeError, ValueError):
+        kind = RULES["ivon"]
+    shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return (
+        f"BLR got {', '.join(options)}, which are options of the rule: pass the rule with "
+        f"them as BLR's third argument, e.g. BLR(model, guide, pb.{kind.__name__}({shown}))"
     )
-    defaults = StepOptions()
-    for name, value in checked._asdict().items():
-        if name not in honoured[rule] and value != getattr(defaults, name):
-            users = sorted(r for r, opts in honoured.items() if name in opts)
-            named = ", ".join(repr(r) for r in users)
-            where = f"rule{'s' if len(users) > 1 else ''} {named}" if users else "other rules"
-            raise ValueError(
-                f"{name}={value!r} does not apply to rule {rule!r} (it is used by {where}); "
-                "leave it at its default"
-            )
-    return checked
 
 
 def check_fit_options(num_steps: Any, tol: Any, window: Any) -> float | None:
@@ -148,7 +78,7 @@ def check_fit_options(num_steps: Any, tol: Any, window: Any) -> float | None:
 
 
 def check_optim(optim: Any) -> pyro.optim.PyroOptim | None:
-    """``None`` or a Pyro optimizer: the one for the model's own parameters."""
+    """``None`` or a Pyro optimizer: ``model_optim``, the one for the model's own parameters."""
     if optim is None or isinstance(optim, pyro.optim.PyroOptim):
         return optim
     what = (
@@ -157,10 +87,11 @@ def check_optim(optim: Any) -> pyro.optim.PyroOptim | None:
         else f"a {type(optim).__module__}.{type(optim).__name__}"
     )
     raise TypeError(
-        f"optim must be a Pyro optimizer such as pyro.optim.Adam({{'lr': 0.01}}), got {what}: "
-        "optim steps only the model's own parameters (pyro.param sites, nn.Parameter of a "
-        "PyroModule that are not PyroSample), as SVI does; the guide is stepped by the "
-        "rule (set its step size with lr=), not by an optimizer"
+        f"model_optim must be a Pyro optimizer such as pyro.optim.Adam({{'lr': 0.01}}), got "
+        f"{what}: model_optim steps only the model's own parameters (pyro.param sites, "
+        "nn.Parameter of a PyroModule that are not PyroSample), as SVI does; the guide is "
+        "stepped by the rule (set its step size with the rule's lr, e.g. pb.IVON(lr=0.1)), "
+        "not by an optimizer"
     )
 
 
@@ -178,8 +109,8 @@ def collective_for(
         return None
     if not stepper.distributable:
         raise ValueError(
-            f"rule {rule!r} does not run distributed yet: use a Gaussian guide with rule "
-            "'ivon', 'von', 'vogn' or 'newton' or an AutoExpFamily with 'expfamily', or pass "
+            f"rule {rule!r} does not run distributed yet: use a Gaussian guide (pb.IVON, pb.VON, "
+            "pb.VOGN, pb.OGN, pb.Newton) or an AutoExpFamily (pb.ExpFamilyRule), or pass "
             "process_group=None for one process"
         )
     return Collective(process_group, rank_noise=bool(rank_noise))

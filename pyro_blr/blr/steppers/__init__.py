@@ -1,9 +1,10 @@
-"""One stepper per kind of guide, found by rule: see :mod:`pyro_blr.blr.steppers.base`."""
+"""One stepper per kind of guide, found by the rule's ``kind``: see :mod:`pyro_blr.blr.steppers.base`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pyro_blr.blr.rules import RULES, Rule
 from pyro_blr.blr.steppers.base import StepInfo, StepOptions, Stepper
 from pyro_blr.blr.steppers.expfamily import ExpFamilyStepper
 from pyro_blr.blr.steppers.gaussian import GaussianStepper
@@ -18,7 +19,6 @@ __all__ = [
     "StepInfo",
     "StepOptions",
     "Stepper",
-    "rule_names",
     "stepper_for",
 ]
 
@@ -31,30 +31,26 @@ STEPPERS: tuple[type[Stepper], ...] = (
 """Every stepper; :func:`stepper_for` picks the one that runs a rule on a guide."""
 
 
-def rule_names() -> list[str]:
-    """Every rule some stepper runs."""
-    return sorted({rule for stepper in STEPPERS for rule in stepper.rules})
-
-
-def stepper_for(rule: str, guide: Any) -> type[Stepper]:
+def stepper_for(rule: Rule, guide: Any) -> type[Stepper]:
     """The stepper that runs ``rule`` on ``guide``.
 
     Raises:
-        ValueError: an unknown rule.
-        TypeError: the rule cannot drive this guide (the message lists what can).
+        TypeError: the rule cannot drive this guide (the message says what can).
     """
-    if rule not in rule_names():
-        raise ValueError(f"unknown rule {rule!r}; choose one of {rule_names()}")
     for stepper in STEPPERS:
-        if rule in stepper.rules and stepper.accepts(guide, rule):
+        if stepper.kind == rule.kind and stepper.accepts(guide, rule):
             return stepper
-    able = sorted({r for s in STEPPERS for r in s.rules if s.accepts(guide, r)})
+    able = [name for name, cls in RULES.items() if _drives(cls(), guide)]
     fix = (
-        f"this guide takes rule {' or '.join(map(repr, able))}"
+        f"this guide takes {' or '.join(RULES[name].__name__ for name in able)}"
         if able
         else (
             "BLR drives pyro.infer.autoguide.AutoNormal, AutoDiagonalNormal, "
             "AutoMultivariateNormal, pb.AutoExpFamily and pb.AutoMixture"
         )
     )
-    raise TypeError(f"BLR cannot drive {type(guide).__name__} with rule {rule!r}: {fix}")
+    raise TypeError(f"BLR cannot drive {type(guide).__name__} with {rule!r}: {fix}")
+
+
+def _drives(rule: Rule, guide: Any) -> bool:
+    return any(s.kind == rule.kind and s.accepts(guide, rule) for s in STEPPERS)

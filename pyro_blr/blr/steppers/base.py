@@ -23,6 +23,7 @@ from torch import Tensor
 
 from pyro_blr.blr.distributed import RanksDisagree
 from pyro_blr.blr.rank_signature import run_signature
+from pyro_blr.blr.rules.base import KEPT
 from pyro_blr.core import (
     LatentLayout,
     check_latent_masks,
@@ -47,10 +48,10 @@ __all__ = [
     "check_state",
     "minibatch",
     "prepare_layout",
+    "step_options",
     "subsample_indices",
 ]
 
-KEPT = "the guide's parameters were left as they were before this step"
 
 
 class StepOptions(NamedTuple):
@@ -67,6 +68,22 @@ class StepOptions(NamedTuple):
     ess: float | None = None
     hess_init: float | str | None = "auto"
     hessian_every: int = 1
+
+
+def step_options(rule: Any, vectorize_particles: bool | str, max_plate_nesting: int | None):
+    """The :class:`StepOptions` a stepper reads: the rule's options and the driver's (an
+    option the rule does not have keeps its default, which the stepper does not use)."""
+    own = {k: v for k, v in rule.options.items() if k in StepOptions._fields and v is not None}
+    if rule.option("antithetic", False) is None:
+        own.pop("antithetic", None)
+    for name in ("ess", "hess_init"):  # None means something for these two
+        if name in rule.options:
+            own[name] = rule.options[name]
+    if "clip_radius" in rule.options:
+        own["clip_radius"] = rule.options["clip_radius"]
+    return StepOptions(
+        **own, vectorize_particles=vectorize_particles, max_plate_nesting=max_plate_nesting
+    )
 
 
 class StepInfo(NamedTuple):
@@ -88,20 +105,21 @@ class StepInfo(NamedTuple):
 class Stepper(ABC):
     """One kind of guide driven by one or more rules.
 
-    Subclasses set :attr:`rules` (the rule names they run) and :attr:`options` (rule name ->
-    the options of :class:`StepOptions` that rule honours; the driver rejects any other option
-    given a non-default value), and implement :meth:`accepts`, :meth:`step`, :meth:`state_dict`
-    and :meth:`load_state_dict`.
+    Subclasses set :attr:`kind` and implement :meth:`accepts`, :meth:`step`,
+    :meth:`state_dict` and :meth:`load_state_dict`. ``rule`` is a
+    :class:`pyro_blr.blr.rules.Rule`; ``options`` its options merged with the driver's
+    (:func:`step_options`).
     """
 
-    rules: ClassVar[tuple[str, ...]] = ()
-    options: ClassVar[dict[str, frozenset[str]]] = {}
+    kind: ClassVar[str] = ""
+    """The rules' ``kind`` this stepper runs (see :attr:`pyro_blr.blr.rules.Rule.kind`)."""
 
     distributable: ClassVar[bool] = False
     """Whether the stepper runs under a :class:`pyro_blr.blr.distributed.Collective`."""
 
-    def __init__(self, model: Callable, guide: Any, rule: str, options: StepOptions):
-        self.model, self.guide, self.rule_name, self.opts = model, guide, rule, options
+    def __init__(self, model: Callable, guide: Any, rule: Any, options: StepOptions):
+        self.model, self.guide, self.rule, self.opts = model, guide, rule, options
+        self.rule_name = rule.name
         self.collective = None  # set by the driver for a distributed run
         self.layout = None
         self._joined = False  # whether this rank has joined the distributed run
@@ -154,8 +172,8 @@ class Stepper(ABC):
 
     @classmethod
     @abstractmethod
-    def accepts(cls, guide: Any, rule: str) -> bool:
-        """Whether this stepper can drive ``guide`` with ``rule`` (one of :attr:`rules`)."""
+    def accepts(cls, guide: Any, rule: Any) -> bool:
+        """Whether this stepper can drive ``guide`` with ``rule`` (of its :attr:`kind`)."""
 
     @abstractmethod
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:

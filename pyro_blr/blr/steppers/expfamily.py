@@ -32,13 +32,13 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from pyro_blr.blr.distributed import rank_stream
-from pyro_blr.blr.rules import expfamily_update
+from pyro_blr.blr.rules import Estimates, ExpFamilyState
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
 from pyro_blr.blr.steppers.expfamily_estimates import (
     controlled_gradient,
@@ -49,10 +49,7 @@ from pyro_blr.blr.steppers.signature import signed, unsigned
 from pyro_blr.core import log_joint, neg_log_joint
 from pyro_blr.guides import AutoExpFamily, AutoMixture
 
-__all__ = ["ExpFamilyStepper", "SiteDraws", "SiteFamiliesStepper", "update_sites"]
-
-_OPTIONS = frozenset({"mc_samples", "weight_decay", "vectorize_particles", "max_plate_nesting"})
-
+__all__ = ["ExpFamilyStepper", "SiteDraws", "SiteFamiliesStepper"]
 
 class SiteDraws:
     """Reparameterized draws of every site of an exponential-family guide, with what the
@@ -109,32 +106,6 @@ class SiteDraws:
         return sorted({name for terms in runs for name, t in terms if not torch.isfinite(t).all()})
 
 
-def update_sites(
-    families: dict, etas: dict, grads: dict, lr: float, step_number: int
-) -> tuple[dict[str, Tensor], int]:
-    """:func:`pyro_blr.blr.rules.expfamily_update` on every site; returns the new natural
-    parameters and the total number of step halvings. Nothing is written.
-
-    Raises:
-        FloatingPointError: naming the site, where a gradient is not finite, the update fails,
-            or the current or new natural parameters are beyond what their dtype resolves
-            (:meth:`pyro_blr.families.ExpFamily.check_resolved`)."""
-    updates, total = {}, 0
-    for name, family in families.items():
-        try:
-            family.check_resolved(etas[name])
-            if not torch.isfinite(grads[name]).all():
-                raise FloatingPointError("the gradient is not finite")
-            updates[name], halvings = expfamily_update(family, etas[name], grads[name], lr)
-            family.check_resolved(updates[name])
-        except FloatingPointError as error:
-            raise FloatingPointError(
-                f"BLR step {step_number}: site '{name}': {error}; {KEPT}"
-            ) from None
-        total += halvings
-    return updates, total
-
-
 class SiteFamiliesStepper(Stepper):
     """What the steppers of exponential-family guides share: the layout, the evaluation mode
     and each site's family, found at the first step."""
@@ -188,11 +159,10 @@ class SiteFamiliesStepper(Stepper):
 class ExpFamilyStepper(SiteFamiliesStepper):
     """Runs the ``"expfamily"`` rule on every site of an ``AutoExpFamily`` guide."""
 
-    rules = ("expfamily",)
-    options: ClassVar[dict[str, frozenset[str]]] = {"expfamily": _OPTIONS}
+    kind = "expfamily"
 
     @classmethod
-    def accepts(cls, guide: Any, rule: str) -> bool:
+    def accepts(cls, guide: Any, rule: Any) -> bool:
         return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
 
     distributable = True
@@ -210,9 +180,10 @@ class ExpFamilyStepper(SiteFamiliesStepper):
             names = list(grads)
             loss, *values = self.collective.mean([loss, *grads.values()])
             grads = dict(zip(names, values, strict=True))
-        updates, halvings = update_sites(families, etas, grads, lr, step_number)
-        self.guide.set_natural_params(updates)
-        return StepInfo(float(loss), halvings)
+        state = ExpFamilyState(etas, families)
+        new, info = self.rule.update(state, Estimates(grads, None, step_number), lr)
+        self.guide.set_natural_params(new.natural)
+        return StepInfo(float(loss), info.halvings)
 
     def _estimate(self, etas, args, kwargs, step_number) -> tuple[Tensor, dict[str, Tensor]]:
         r"""This process's estimate of the negative ELBO, the mean of

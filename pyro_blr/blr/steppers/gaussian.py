@@ -39,7 +39,7 @@ from pyro_blr.blr import ivon_start
 from pyro_blr.blr.averaging import diverging
 from pyro_blr.blr.prior_scale import prior_scale
 from pyro_blr.blr.reused_hessian import ReusedHessian
-from pyro_blr.blr.rules import RULES
+from pyro_blr.blr.rules import VON, Estimates, GaussianState
 from pyro_blr.blr.step_back import StepBack
 from pyro_blr.blr.steppers.base import (
     StepInfo,
@@ -61,40 +61,21 @@ from pyro_blr.families import gaussian_family
 
 __all__ = ["GaussianStepper"]
 
-_SAMPLED = frozenset(
-    {"mc_samples", "antithetic", "weight_decay", "vectorize_particles", "max_plate_nesting"}
-)
-_STARTED = frozenset({"ess", "hess_init"})  # the rules whose precision starts on the model's scale
-
-
 class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
     """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
     ``AutoDiagonalNormal`` or (``"von"``, ``"vogn"``, ``"newton"``) ``AutoMultivariateNormal``."""
 
-    rules = ("ivon", "von", "vogn", "newton")
+    kind = "gaussian"
     distributable = True
-    options: ClassVar[dict[str, frozenset[str]]] = {
-        "ivon": _SAMPLED | _STARTED | {"beta1", "beta2", "clip_radius"},
-        "von": _SAMPLED | _STARTED | {"hessian_every"},
-        "vogn": _SAMPLED - {"vectorize_particles"},
-        "newton": frozenset(
-            {"weight_decay", "vectorize_particles", "max_plate_nesting", "hessian_every"}
-        ),
-    }
 
     @classmethod
-    def accepts(cls, guide: Any, rule: str) -> bool:
+    def accepts(cls, guide: Any, rule: Any) -> bool:
         full = isinstance(guide, AutoMultivariateNormal)
-        return isinstance(guide, GAUSSIAN_GUIDES) and (RULES[rule].full_covariance or not full)
+        return isinstance(guide, GAUSSIAN_GUIDES) and (rule.full_covariance or not full)
 
-    def __init__(self, model, guide, rule, options):
+    def __init__(self, model, guide, rule, options, follows_guide: bool = False):
         super().__init__(model, guide, rule, options)
-        self.rule = RULES[rule]
-        if not self.rule.at_mean and options.antithetic and options.mc_samples % 2:
-            raise ValueError(
-                f"antithetic sampling draws pairs: mc_samples must be even, got "
-                f"{options.mc_samples} (or pass antithetic=False)"
-            )
+        self.follows_guide = follows_guide  # the rule was chosen by the guide, not the user
         self.layout, self.mode, self._view = None, None, None
         self._state, self._written = None, None
         self._local, self._per_step_minibatch, self._subsample = False, False, None
@@ -105,7 +86,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         every = options.hessian_every
         self._reused = ReusedHessian(every) if every > 1 else None  # von, newton
         # ivon and von start on the model's scale unless hess_init=None keeps the guide's
-        self._starts = "hess_init" in self.options[rule] and options.hess_init is not None
+        self._starts = rule.option("hess_init") is not None
         self._scale: Tensor | None = None  # the prior's scale per coordinate, once computed
 
     # ---------------------------------------------------------------- the guide, read and written
@@ -129,11 +110,15 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
                 "leave hessian_every=1"
             )
         if self._local and self.rule_name == "ivon":
-            raise ValueError(
-                f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: rule "
-                "'ivon' keeps a momentum per coordinate, which would be needed per datum; use "
-                "rule 'von' or 'newton' for local latents under subsampling"
-            )
+            if self.follows_guide:  # the default rule follows the guide: VON for local latents
+                self.rule, self.rule_name = VON(lr=self.rule.lr), "von"
+                self.opts = self.opts._replace(beta1=0.9, beta2=0.999, clip_radius=0.1)
+            else:
+                raise ValueError(
+                    f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: "
+                    "IVON keeps a momentum per coordinate, which would be needed per datum; use "
+                    "pb.VON(...) or pb.Newton(...) for local latents under subsampling"
+                )
         # Every particle must see the same minibatch: one drawn per step unless the plate path
         # (one model run for all particles) draws it anyway, and always for local latents.
         with rng_kept(like):  # set-up draws nothing a resumed run would miss
@@ -148,7 +133,8 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             if self._local:
                 raise ValueError(
                     f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: "
-                    "rule 'vogn' does not drive local latents; use rule 'von' or 'newton'"
+                    f"{type(self.rule).__name__} does not drive local latents; use pb.VON(...) or "
+                    "pb.Newton(...)"
                 )
             self._per_step_minibatch = subsampled  # one run per particle: share the minibatch
 
@@ -157,7 +143,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         what this stepper wrote last, else as read from the guide)."""
         loc, precision = self._view.read(self._subsample)
         if self._state is None or self._local:
-            return self.rule.init(loc, precision)
+            return self.rule.init(GaussianState(loc, precision))
         written_loc, written_precision = self._written
         if torch.equal(loc, written_loc) and torch.equal(precision, written_precision):
             return self._state
@@ -220,7 +206,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             self._undo = None  # first step, local rows, guide changed outside, other data
         if state is not self._state and self._reused is not None:
             self._reused.reset()  # a Gaussian written from outside: a fresh Hessian
-        if self.rule_name == "ivon" and self.opts.clip_radius is not None:
+        if self.rule.option("clip_radius") is not None:
             self._units(args, kwargs, state.loc, step_number)  # the clip's units
         if not self._started and not self._local and self._starts:
             state = state._replace(precision=self._start(state, args, kwargs, step_number))
@@ -292,37 +278,30 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         """Apply the rule to ``state`` and write the result into the guide, or raise
         FloatingPointError with the guide unchanged if the update is not finite or its
         precision cannot be factorized."""
-        extra = {}
-        if self.rule_name == "ivon":
-            extra = {k: getattr(self.opts, k) for k in ("beta1", "beta2")}
-            extra["clip_radius"] = self._clip_radius()
+        units = self._scale if self.rule.option("clip_radius") is not None else None
+
+        def update(state, grad, hess, lr, step):
+            return self.rule.update(state, Estimates(grad, hess, step, units), lr)[0]
+
         new_state, failure = None, None
         try:
-            new_state = self.rule.update(state, grad, hess, lr, step_number, **extra)
+            new_state = update(state, grad, hess, lr, step_number)
             if all(torch.isfinite(t).all() for t in new_state):
                 self._write(new_state)  # computes every parameter before writing any
                 return
         except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
             failure = error
         raise update_error(
-            self.rule.update,
+            update,
             state,
             (grad, hess),
             lr,
             step_number,
-            extra,
+            {},
             self.layout.site_at,
             new_state=new_state,
             error=failure,
         ) from failure
-
-    def _clip_radius(self) -> Tensor | None:
-        """IVON's clip radius per coordinate: ``clip_radius`` in units of the prior's scale
-        (unit scale where it is unknown), so that the clip does not depend on the data's
-        units."""
-        if self.opts.clip_radius is None:
-            return None
-        return self.opts.clip_radius * self._scale.nan_to_num(nan=1.0)  # set by step()
 
     def _step_back(self, step_number: int, reason: str) -> StepInfo:
         """Return to the state before the last step and retake it with half the step size

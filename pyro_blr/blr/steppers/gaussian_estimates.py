@@ -187,7 +187,13 @@ class GaussianEstimates:
         order of the precision's square root, would not in float32."""
         full = precision.dim() == 2
         out = per_datum_gradients(
-            self.model, self.layout, theta, args, kwargs, self._subsample, rest_hessian=full
+            self.model,
+            self.layout,
+            theta,
+            args,
+            kwargs,
+            self._subsample,
+            rest_hessian=full or self.rule.at_mean,
         )
         value, grad = out.value, out.grad
         rest_grad = grad - out.datum_grads.sum(1)
@@ -199,7 +205,10 @@ class GaussianEstimates:
         weighted = out.datum_grads / out.scale[:, None]
         if not full:
             ggn = (out.datum_grads * weighted).sum(1)
-            rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
+            if self.rule.at_mean:  # no spread to estimate from: the rest's exact diagonal
+                rest = out.rest_hess.diagonal(dim1=-2, dim2=-1) + self.opts.weight_decay
+            else:
+                rest = reparam_hessian_diagonal(rest_grad, theta, loc, precision)
             return Derivatives(value, grad, None), ggn + rest
         ggn = out.datum_grads.mT @ weighted
         rest = out.rest_hess

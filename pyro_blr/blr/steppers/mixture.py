@@ -13,14 +13,14 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from pyro_blr.blr.rules import MixtureState, mixture_logits_update, mixture_update
+from pyro_blr.blr.rules import Estimates, ExpFamilyMixtureState, MixtureState
 from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
-from pyro_blr.blr.steppers.expfamily import SiteDraws, SiteFamiliesStepper, update_sites
+from pyro_blr.blr.steppers.expfamily import SiteDraws, SiteFamiliesStepper
 from pyro_blr.blr.steppers.expfamily_estimates import (
     controlled_gradient,
     per_draw_leaves,
@@ -33,9 +33,6 @@ from pyro_blr.guides import AutoMixture
 
 __all__ = ["ExpFamilyMixtureStepper", "GaussianMixtureStepper"]
 
-_OPTIONS = frozenset({"mc_samples", "weight_decay", "vectorize_particles", "max_plate_nesting"})
-
-
 def _not_finite(step_number: int) -> FloatingPointError:
     return FloatingPointError(
         f"BLR step {step_number}: a mixture expectation is not finite; {KEPT}"
@@ -45,11 +42,10 @@ def _not_finite(step_number: int) -> FloatingPointError:
 class GaussianMixtureStepper(Stepper):
     """Runs the mixture rule on ``AutoMixture(component="diagonal" | "full")``."""
 
-    rules = ("mixture",)
-    options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS | {"antithetic"}}
+    kind = "mixture"
 
     @classmethod
-    def accepts(cls, guide: Any, rule: str) -> bool:
+    def accepts(cls, guide: Any, rule: Any) -> bool:
         return isinstance(guide, AutoMixture) and guide.component in ("diagonal", "full")
 
     def __init__(self, model, guide, rule, options):
@@ -99,7 +95,7 @@ class GaussianMixtureStepper(Stepper):
         if precisions.dim() == 2:  # diagonal components
             hess = hess.diagonal(dim1=-2, dim2=-1)
         state = MixtureState(logits, locs, precisions)
-        new = mixture_update(state, grads, hess, expected, lr)
+        new, _ = self.rule.update(state, Estimates(grads, hess, step_number, values=expected), lr)
         if not all(torch.isfinite(t).all() for t in new):
             raise FloatingPointError(
                 f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
@@ -185,12 +181,20 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
     (exact where :math:`\ell_k` is linear in the sufficient statistics). Every component draws
     its own reparameterized values."""
 
-    rules = ("mixture",)
-    options: ClassVar[dict[str, frozenset[str]]] = {"mixture": _OPTIONS}
+    kind = "mixture"
 
     @classmethod
-    def accepts(cls, guide: Any, rule: str) -> bool:
+    def accepts(cls, guide: Any, rule: Any) -> bool:
         return isinstance(guide, AutoMixture) and guide.component == "expfamily"
+
+    def __init__(self, model, guide, rule, options):
+        super().__init__(model, guide, rule, options)
+        if rule.option("antithetic") is not None:
+            raise ValueError(
+                "MixtureRule(antithetic=...) applies to Gaussian components; an "
+                "AutoMixture(component='expfamily') draws each site from its own family, which "
+                "has no antithetic pairs: leave antithetic=None"
+            )
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
@@ -230,11 +234,13 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
                 )
                 for n, d in zip(leaves, per_draw, strict=True)
             }
-        updates, halvings = update_sites(families, etas, grads, lr, step_number)
         expected = h.reshape(k, num).mean(1)  # E_{q_k}[h]
-        self.guide.set_natural_params(updates)
-        self.guide.set_logits(mixture_logits_update(logits, expected, lr))
-        return StepInfo(float((log_weights.exp() * expected).sum()), halvings)
+        state = ExpFamilyMixtureState(logits, etas, families)
+        estimates = Estimates(grads, None, step_number, values=expected)
+        new, info = self.rule.update(state, estimates, lr)
+        self.guide.set_natural_params(new.natural)
+        self.guide.set_logits(new.logits)
+        return StepInfo(float((log_weights.exp() * expected).sum()), info.halvings)
 
     def natural_state(self) -> dict[str, Tensor]:
         state = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
