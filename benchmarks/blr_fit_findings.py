@@ -40,9 +40,7 @@ def baseball():
         guide = AutoMultivariateNormal(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pb.BLR(model, guide, lr=0.5, rule="von").fit(
-                AT_BATS, HITS, num_steps=300, progress=False
-            )
+            pb.BLR(model, guide, pb.VON(lr=0.5)).fit(AT_BATS, HITS, num_steps=300, progress=False)
         pyro.set_rng_seed(123)
         elbo = pb.log_evidence(model, guide, AT_BATS, HITS, num_particles=4000).value
         said = sorted({str(w.message).split(":")[1].split("(")[0].strip()[:40] for w in caught})
@@ -64,7 +62,7 @@ def loader():
     pyro.clear_param_store()
     reference_model = SviTorchModel(size)
     reference = AutoNormal(reference_model)
-    pb.BLR(reference_model, reference, lr=lambda t: 1 / (1 + t / 10), rule="von").fit(
+    pb.BLR(reference_model, reference, pb.VON(lr=lambda t: 1 / (1 + t / 10))).fit(
         covariates, data, num_steps=100, progress=False
     )
     loc, sd = reference.locs.scale.item(), reference.scales.scale.item()
@@ -73,7 +71,7 @@ def loader():
         pyro.set_rng_seed(0)
         model = SviTorchModel(size)
         guide = AutoNormal(model)
-        blr = pb.BLR(model, guide, lr=0.5, rule="von")
+        blr = pb.BLR(model, guide, pb.VON(lr=0.5))
         if how == "step loop":
             for _ in range(2):
                 for batch in batches:
@@ -104,7 +102,7 @@ def sigma():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoNormal(model)
-        pb.BLR(model, guide, lr=0.5, rule="von", model_steps=steps).fit(
+        pb.BLR(model, guide, pb.VON(lr=0.5), model_steps=steps).fit(
             x, y, num_steps=300, progress=False, check=False
         )
         sd_w = 1 / math.sqrt(1 + xx.item() / exact**2)
@@ -136,7 +134,7 @@ def gp_tutorial():
         pyro.set_rng_seed(1)
         gpr = make()
         guide = AutoMultivariateNormal(gpr.model)
-        pb.BLR(gpr.model, guide, lr=0.5, rule="von", model_steps=steps).fit(
+        pb.BLR(gpr.model, guide, pb.VON(lr=0.5), model_steps=steps).fit(
             num_steps=300, progress=False, check=False
         )
         print(f"GP tutorial, BLR model_steps={steps}: noise {gpr.noise.item():.4f}")

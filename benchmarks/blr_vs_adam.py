@@ -89,7 +89,7 @@ def part_a(smoke: bool) -> list[str]:
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoMultivariateNormal(model)
-        blr = pb.BLR(model, guide, lr=lambda t: 0.5 / (1 + t / 10), rule="von", mc_samples=4)
+        blr = pb.BLR(model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 10), mc_samples=4))
         return guide, blr
 
     guide, blr = blr_run()
@@ -163,7 +163,7 @@ def compare_step_times(model, args, num_steps, configs):
         adam_ms = per_step_ms(lambda svi=svi: svi.step(*args), num_steps)
         pyro.clear_param_store()
         guide = AutoNormal(model)
-        blr = pb.BLR(model, guide, lr=0.05, mc_samples=particles, antithetic=antithetic)
+        blr = pb.BLR(model, guide, pb.IVON(lr=0.05, mc_samples=particles, antithetic=antithetic))
         blr_ms = per_step_ms(lambda blr=blr: blr.step(*args), num_steps)
         out.append((particles, antithetic, adam_ms, blr_ms))
     return out

@@ -33,6 +33,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 from benchmarks._report import machine, markdown_table, parser, report
+from pyro_blr.blr.rules import rule_from_name
 
 ELBO_DRAWS = 64
 
@@ -79,7 +80,7 @@ def fit(method: str, X, y, steps: int, device: str) -> dict:
     else:
         guide = AutoMultivariateNormal(model)
         rule = "newton" if "newton" in name else "von"
-        blr = pb.BLR(model, guide, lr=0.2, rule=rule, hessian_every=int(every or 1))
+        blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.2, hessian_every=int(every or 1)))
         step = lambda: blr.step(X, y)  # noqa: E731
     times = []
     for _ in range(steps):

@@ -184,7 +184,7 @@ def ivon(decayed_lr: float | None = None, **options) -> Callable:
             schedule = {}
             if decayed_lr is not None:
                 schedule["lr"] = lambda t: decayed_lr * 0.1 ** (t / num_steps)
-            return guide, pb.BLR(model, guide, rule="ivon", **schedule, **options).step
+            return guide, pb.BLR(model, guide, pb.IVON(**schedule, **options)).step
 
         return build
 

@@ -185,7 +185,7 @@ def fit(target: Target, name: str, objective: str | None, steps: int):
     model = target.model
     if name == BLR:
         guide = AutoMultivariateNormal(model, init_loc_fn=init_to_feasible)
-        blr = pb.BLR(model, guide, lr=0.5, rule="von")
+        blr = pb.BLR(model, guide, pb.VON(lr=0.5))
         blr.fit(*target.args, num_steps=min(steps, BLR_STEPS), progress=False)
         return guide
     guide = make(target, name)

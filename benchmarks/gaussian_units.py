@@ -27,6 +27,7 @@ from pyro.infer.autoguide import AutoNormal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests.scenarios import LinearRegression, linear_regression
 
 Y = torch.tensor([28, 8, -3, 7, -1, 1, 18, 12], dtype=torch.float64)
@@ -53,7 +54,7 @@ def units(steps: dict[str, int]) -> None:
             pyro.clear_param_store()
             pyro.set_rng_seed(0)
             guide = AutoNormal(s.model)
-            blr = pb.BLR(s.model, guide, lr=0.1, rule=rule)
+            blr = pb.BLR(s.model, guide, rule_from_name(rule, lr=0.1))
             for _ in range(steps[rule]):
                 blr.step(s.X, s.y)
             sd = s.posterior_covariance.diagonal().sqrt()
@@ -73,7 +74,9 @@ def eight_schools(steps: int, reference_steps: int) -> None:
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoNormal(schools)
-        blr = pb.BLR(schools, guide, lr=0.1 if rule == "ivon" else 0.05, rule=rule, **options)
+        blr = pb.BLR(
+            schools, guide, rule_from_name(rule, lr=0.1 if rule == "ivon" else 0.05, **options)
+        )
         sums, count, loss = {}, 0, None
         for t in range(n):
             loss = blr.step(data)

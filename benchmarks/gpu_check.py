@@ -21,6 +21,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 from benchmarks._report import markdown_table
+from pyro_blr.blr.rules import rule_from_name
 
 
 def regression(device: torch.device, n: int = 200, d: int = 5):
@@ -49,7 +50,7 @@ def checks(device: torch.device) -> dict[str, Callable[[], tuple[float, bool]]]:
     def blr(rule, guide_class, **kw):
         def run():
             guide = guide_class(model)
-            losses = pb.BLR(model, guide, lr=0.3, rule=rule, **kw).fit(
+            losses = pb.BLR(model, guide, rule_from_name(rule, lr=0.3, **kw)).fit(
                 *data, num_steps=20, progress=False
             )
             return losses.losses[-1], on_device(guide.parameters(), device)
@@ -58,7 +59,7 @@ def checks(device: torch.device) -> dict[str, Callable[[], tuple[float, bool]]]:
 
     def fitted():
         guide = AutoMultivariateNormal(model)
-        pb.BLR(model, guide, lr=0.5, rule="von").fit(*data, num_steps=30, progress=False)
+        pb.BLR(model, guide, pb.VON(lr=0.5)).fit(*data, num_steps=30, progress=False)
         return guide
 
     def svi(guide, loss):

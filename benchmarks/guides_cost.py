@@ -18,6 +18,7 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_blr as pb
 from benchmarks._report import machine, markdown_table, parser, report
 from benchmarks.blr_vs_adam import per_step_ms
+from pyro_blr.blr.rules import rule_from_name
 
 
 def model(flips: torch.Tensor, counts: torch.Tensor) -> None:
@@ -43,7 +44,7 @@ def main(smoke: bool = False) -> str:
         return per_step_ms(lambda: step(*args), num_steps)
 
     def blr(guide, rule, particles):
-        driver = pb.BLR(model, guide, lr=0.1, rule=rule, mc_samples=particles)
+        driver = pb.BLR(model, guide, rule_from_name(rule, lr=0.1, mc_samples=particles))
         return per_step_ms(lambda: driver.step(*args), num_steps)
 
     rows = []

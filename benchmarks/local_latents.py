@@ -94,7 +94,7 @@ def run(method: str, y, batch: int, steps: int, every: int, target: float):
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
     if method == "BLR newton":
-        blr = pb.BLR(model, guide, lr=0.5, rule="newton")
+        blr = pb.BLR(model, guide, pb.Newton(lr=0.5))
         step = lambda: blr.step(y, subsample_size=batch)  # noqa: E731
     else:
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())

@@ -146,7 +146,7 @@ def blr_fit(num_steps: int, lr: float = 0.5, mc_samples: int = 2) -> Callable:
     def fit(posterior: Posterior, args):
         model = posterior.model
         guide = AutoMultivariateNormal(model, init_loc_fn=init_loc_fn(posterior, args))
-        driver = pb.BLR(model, guide, lr=lr, rule="von", mc_samples=mc_samples)
+        driver = pb.BLR(model, guide, pb.VON(lr=lr, mc_samples=mc_samples))
         driver.fit(*args, num_steps=num_steps, progress=False)
         return guide
 
@@ -159,7 +159,7 @@ def mixture_fit(num_steps: int) -> Callable:
         guide = pb.AutoMixture(
             model, num_components=3, component="full", init_loc_fn=init_loc_fn(posterior, args)
         )
-        pb.BLR(model, guide, lr=0.5, rule="mixture", mc_samples=4).fit(
+        pb.BLR(model, guide, pb.MixtureRule(lr=0.5, mc_samples=4)).fit(
             *args, num_steps=num_steps, progress=False
         )
         return guide

@@ -125,7 +125,7 @@ def svi_fit(objective: Callable[[], object], init_scale: float) -> Callable:
 def ivon_fit(model, X, y, num_steps, hess_init="auto"):
     guide = AutoNormal(model, init_scale=0.05)
     lr = lambda step: 0.2 * 0.1 ** (step / num_steps)  # noqa: E731
-    blr = pb.BLR(model, guide, lr=lr, rule="ivon", mc_samples=8, beta2=0.99, hess_init=hess_init)
+    blr = pb.BLR(model, guide, pb.IVON(lr=lr, mc_samples=8, beta2=0.99, hess_init=hess_init))
     for _ in range(num_steps):
         blr.step(X, y)
     return guide
@@ -135,7 +135,7 @@ def vogn_fit(model, X, y, num_steps, lr0=0.2):
     num_steps = num_steps // 4  # each step costs D x D linear algebra; it converges sooner
     guide = AutoMultivariateNormal(model, init_loc_fn=init_to_feasible, init_scale=0.05)
     lr = lambda step: lr0 * 0.1 ** (step / num_steps)  # noqa: E731
-    blr = pb.BLR(model, guide, lr=lr, rule="vogn", mc_samples=2)
+    blr = pb.BLR(model, guide, pb.VOGN(lr=lr, mc_samples=2))
     for _ in range(num_steps):
         blr.step(X, y)
     return guide

@@ -67,7 +67,7 @@ def main(smoke: bool = False) -> dict:
 
     pyro.clear_param_store()
     guide = pb.AutoExpFamily(model)
-    blr = pb.BLR(model, guide, lr=lambda t: 1 / (t + 1), rule="expfamily", mc_samples=64)
+    blr = pb.BLR(model, guide, pb.ExpFamilyRule(lr=lambda t: 1 / (t + 1), mc_samples=64))
     blr.fit(angles, num_steps=10 if smoke else 200, progress=False)
     von_mises = guide.distributions(angles)["mean"]
     vm_draws = von_mises.sample((4000,))

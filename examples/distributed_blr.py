@@ -78,7 +78,7 @@ def train(num_steps: int, num_data: int = 100_000, batch: int = 256, hidden: int
     pyro.set_rng_seed(0)
     net = BNN(num_data, 20, hidden).to(device)
     guide = AutoNormal(net)
-    blr = pb.BLR(net, guide, rule="ivon")  # runs over the default process group
+    blr = pb.BLR(net, guide, pb.IVON())  # runs over the default process group
     losses, warmup = [], min(5, num_steps - 1)
     for step in range(num_steps):
         if step == warmup:

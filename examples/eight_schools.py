@@ -101,7 +101,7 @@ def main(smoke: bool = False) -> dict[str, tuple]:
 
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(model)
-    blr = pb.BLR(model, guide, lr=lambda t: 0.5 / (1 + t / 20), rule="von", mc_samples=8)
+    blr = pb.BLR(model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 20), mc_samples=8))
     seconds = blr.fit(sigma, y, num_steps=20 if smoke else 300, progress=False).seconds
     fits["BLR (von, full)"] = (guide, seconds, False)
     fits["BLR + PSIS"] = (guide, seconds, True)

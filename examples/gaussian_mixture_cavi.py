@@ -75,7 +75,7 @@ def blr_fit(guide, x: torch.Tensor, start: torch.Tensor, num_steps: int):
     loc = guide.loc if isinstance(guide, AutoMultivariateNormal) else guide.locs.mu_unconstrained
     with torch.no_grad():  # start next to where CAVI ended
         loc.copy_(start)
-    blr = pb.BLR(model, guide, lr=lambda t: 0.5 / (1 + t / 20), rule="von", mc_samples=8)
+    blr = pb.BLR(model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 20), mc_samples=8))
     return blr.fit(x, num_steps=num_steps, progress=False).seconds
 
 

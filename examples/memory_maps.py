@@ -55,7 +55,7 @@ def model(X: torch.Tensor, y: torch.Tensor) -> None:
 
 def blr_fit(guide, X, y, num_steps: int, lr: float = 0.1):
     """BLR (von), and the average of the mean over the second half (Monte Carlo noise down)."""
-    blr = pb.BLR(model, guide, lr=lr, rule="von", mc_samples=8)
+    blr = pb.BLR(model, guide, pb.VON(lr=lr, mc_samples=8))
     locs = []
     for _ in range(num_steps):
         blr.step(X, y)

@@ -59,7 +59,7 @@ def exact_log_evidence(X: torch.Tensor, y: torch.Tensor) -> float:
 def fit(guide_class, X: torch.Tensor, y: torch.Tensor, num_steps: int):
     pyro.clear_param_store()
     guide = guide_class(model)
-    pb.BLR(model, guide, lr=0.5, rule="von", mc_samples=8).fit(X, y, num_steps=num_steps,
+    pb.BLR(model, guide, pb.VON(lr=0.5, mc_samples=8)).fit(X, y, num_steps=num_steps,
                                                                progress=False)  # fmt: skip
     return guide
 

@@ -59,7 +59,7 @@ def main(smoke: bool = False) -> dict:
 
     pyro.clear_param_store()
     mixture = pb.AutoMixture(model, num_components=2)
-    blr = pb.BLR(model, mixture, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture", mc_samples=16)
+    blr = pb.BLR(model, mixture, pb.MixtureRule(lr=lambda t: 0.3 / (1 + t / 50), mc_samples=16))
     blr.fit(y, num_steps=30 if smoke else 300, progress=False)
     mixture_draws = Predictive(model, guide=mixture, num_samples=4000)(y)["theta"].flatten()
     rows["AutoMixture (K=2) + BLR"] = (-elbo.loss(model, mixture, y), mixture_draws)

@@ -56,7 +56,7 @@ def main(smoke: bool = False) -> dict:
 
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(model)
-    blr = pb.BLR(model, guide, lr=lambda t: 0.5 / (1 + t / 10), rule="von", mc_samples=4)
+    blr = pb.BLR(model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 10), mc_samples=4))
     fit = blr.fit(X, y, num_steps=5 if smoke else 60, progress=not smoke)
     blr_elbo = elbo(guide, X, y)
 

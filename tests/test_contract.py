@@ -14,6 +14,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES
 from pyro_blr.guides import FLOWS
 
@@ -137,11 +138,11 @@ def test_a_subsampled_plate_is_scaled_like_pyro(kind, objective_name):
 def test_blr_drives_the_guide_with_its_rule_or_refuses_it(kind):
     if kind not in RULES:
         with pytest.raises(TypeError, match=r"BLR cannot drive AutoFlow .*BLR drives"):
-            pb.BLR(model, make(kind), rule="ivon")
+            pb.BLR(model, make(kind), pb.IVON())
         return
     guide = make(kind)
     before = {n: p.detach().clone() for n, p in guide.named_parameters()}
-    blr = pb.BLR(model, guide, lr=0.1, rule=RULES[kind], mc_samples=4)
+    blr = pb.BLR(model, guide, rule_from_name(RULES[kind], lr=0.1, mc_samples=4))
     assert math.isfinite(blr.step(Y, COUNTS))
     after = dict(guide.named_parameters())
     assert all(after[n].dtype == D for n in before)
@@ -160,7 +161,7 @@ def test_blr_scales_a_subsampled_plate_like_pyro(kind):
         pyro.clear_param_store()
         pyro.set_rng_seed(3)
         guide = make(kind)
-        blr = pb.BLR(fn, guide, lr=0.1, rule=RULES[kind], mc_samples=4, **options)
+        blr = pb.BLR(fn, guide, rule_from_name(RULES[kind], lr=0.1, mc_samples=4, **options))
         loss = blr.step(Y, COUNTS, MINIBATCH)
         results.append((loss, {n: p.detach().clone() for n, p in guide.named_parameters()}))
     (loss, params), (loss_by_hand, params_by_hand) = results

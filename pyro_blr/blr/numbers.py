@@ -49,7 +49,9 @@ def check_lr(lr: Any) -> float:
     return float(lr)
 
 
-def check_positive(name: str, value: Any, high: float = math.inf, closed_high: bool = False) -> float:
+def check_positive(
+    name: str, value: Any, high: float = math.inf, closed_high: bool = False
+) -> float:
     value = check_number(name, value, 0.0, high, closed_high)
     if value == 0:
         raise ValueError(f"{name} must be positive, got 0")

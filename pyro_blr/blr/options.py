@@ -5,22 +5,21 @@ driver changes anything."""
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 from typing import Any
 
 import pyro.optim
 import torch
 
 from pyro_blr.blr.distributed import Collective
-from pyro_blr.blr.numbers import check_lr, check_number, check_positive, check_positive_int
+from pyro_blr.blr.numbers import check_lr, check_number, check_positive_int
 
 __all__ = [
+    "check_driver_options",
     "check_fit_options",
     "check_lr",
     "check_number",
     "check_optim",
     "check_positive_int",
-    "check_driver_options",
     "collective_for",
     "moved_option",
 ]

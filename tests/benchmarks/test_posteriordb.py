@@ -68,7 +68,7 @@ def test_the_defaults_step_back_on_the_poisson_gp_and_khat_flags_the_gaussian():
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(posterior.model, init_loc_fn=init_loc_fn(posterior, args))
-    blr = pb.BLR(posterior.model, guide, lr=0.5, rule="von")
+    blr = pb.BLR(posterior.model, guide, pb.VON(lr=0.5))
     blr.fit(*args, num_steps=300, progress=False)
     assert blr.step_backs >= 1
     khat = pb.psis_diagnostic(posterior.model, guide, *args, num_samples=NUM_DRAWS).khat

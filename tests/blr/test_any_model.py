@@ -33,7 +33,7 @@ def test_non_broadcasting_models_get_the_exact_posterior_by_default(model):
     # every particle to see its own w: a plate would have fed X @ w the particle dimension.
     s = linear_regression()
     guide = AutoMultivariateNormal(model)
-    pb.BLR(model, guide, lr=1.0, rule="newton").step(s.X, s.y)
+    pb.BLR(model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)
     posterior = guide.get_posterior()
     torch.testing.assert_close(posterior.mean, s.posterior_mean, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(
@@ -59,7 +59,7 @@ def test_pyro_module_linear_layer_gets_the_exact_posterior():
 
     model = Linear()
     guide = AutoMultivariateNormal(model)
-    pb.BLR(model, guide, lr=1.0, rule="newton").step(s.X, s.y)
+    pb.BLR(model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)
     torch.testing.assert_close(guide.get_posterior().mean, s.posterior_mean, rtol=1e-4, atol=1e-4)
 
 
@@ -84,7 +84,7 @@ def test_model_parameter_is_learned_as_type_two_maximum_likelihood():
 
     guide = AutoMultivariateNormal(model)
     optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.995})
-    pb.BLR(model, guide, lr=1.0, rule="newton", optim=optim).fit(
+    pb.BLR(model, guide, pb.Newton(lr=1.0), model_optim=optim).fit(
         X, y, num_steps=600, progress=False
     )
     fitted = float(pyro.param("sigma").detach())
@@ -108,7 +108,7 @@ def test_a_reduction_over_the_latent_vector_is_exact():
             pyro.sample("y", dist.Normal(X[:, 0] * total, 0.5), obs=y)
 
     guide = AutoMultivariateNormal(model)
-    pb.BLR(model, guide, lr=1.0, rule="newton").step(s.X, s.y)
+    pb.BLR(model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)
     design = s.X[:, :1].expand(-1, 3)
     precision = torch.eye(3, dtype=s.X.dtype) + design.T @ design / 0.25
     mean = torch.linalg.solve(precision, design.T @ s.y / 0.25)

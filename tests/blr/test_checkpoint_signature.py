@@ -10,6 +10,7 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.blr.steppers import StepOptions, stepper_for
 
 D = torch.float64
@@ -63,7 +64,7 @@ def fitted(model, guide_class, rule, dtype=D):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = guide_class(model)
-    blr = pb.BLR(model, guide, rule=rule, lr=0.5)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.5))
     blr.step(*data(dtype))
     return guide, blr
 
@@ -150,7 +151,7 @@ def test_local_latents_resume_bit_for_bit_through_torch_save(rule):
     def make():
         pyro.clear_param_store()
         guide = AutoNormal(random_effects)
-        return guide, pb.BLR(random_effects, guide, rule=rule, lr=0.5)
+        return guide, pb.BLR(random_effects, guide, rule_from_name(rule, lr=0.5))
 
     pyro.set_rng_seed(0)
     guide, blr = make()
@@ -171,7 +172,7 @@ def test_local_latents_resume_bit_for_bit_through_torch_save(rule):
     # Into a model with fewer groups: refused, naming the site (the plate's full size counts,
     # not the minibatch's).
     pyro.clear_param_store()
-    other = pb.BLR(random_effects, AutoNormal(random_effects), rule=rule, lr=0.5)
+    other = pb.BLR(random_effects, AutoNormal(random_effects), rule_from_name(rule, lr=0.5))
     with pytest.raises(ValueError, match=r"site 'b' has shape \(16,\) there, \(8,\) here"):
         other.load_state_dict(checkpoint, y[:8], subsample_size=4)
 

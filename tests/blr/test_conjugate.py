@@ -7,6 +7,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests.scenarios import linear_regression
 
 
@@ -22,7 +23,7 @@ def test_newton_one_step_is_exact_posterior():
     scenario = linear_regression()
     data = (scenario.X, scenario.y)
     guide = AutoMultivariateNormal(scenario.model)
-    pb.BLR(scenario.model, guide, lr=1.0, rule="newton").step(*data)
+    pb.BLR(scenario.model, guide, pb.Newton(lr=1.0)).step(*data)
 
     posterior = guide.get_posterior(*data)
     assert posterior.mean.dtype == torch.float64
@@ -38,7 +39,7 @@ def test_newton_one_step_is_exact_posterior():
 def test_newton_loss_at_exact_posterior_is_minus_log_evidence():
     scenario = linear_regression()
     data = (scenario.X, scenario.y)
-    blr = pb.BLR(scenario.model, AutoMultivariateNormal(scenario.model), lr=1.0, rule="newton")
+    blr = pb.BLR(scenario.model, AutoMultivariateNormal(scenario.model), pb.Newton(lr=1.0))
     blr.step(*data)
     # The delta-method loss is exact for a quadratic log joint.
     assert blr.step(*data) == pytest.approx(-scenario.log_evidence, abs=1e-8)
@@ -51,7 +52,7 @@ def test_diagonal_guides_reach_the_mean_field_optimum(guide_class, rule):
     scenario = linear_regression()
     data = (scenario.X, scenario.y)
     guide = guide_class(scenario.model)
-    blr = pb.BLR(scenario.model, guide, lr=0.5, rule=rule)
+    blr = pb.BLR(scenario.model, guide, rule_from_name(rule, lr=0.5))
     blr.fit(*data, num_steps=200, progress=False)
     mean, var = flat_mean_and_var(guide, data)
     torch.testing.assert_close(mean, scenario.posterior_mean, rtol=0, atol=1e-8)
@@ -66,7 +67,7 @@ def test_ivon_reaches_the_mean_field_optimum():
     scenario = linear_regression()
     data = (scenario.X, scenario.y)
     guide = AutoDiagonalNormal(scenario.model)
-    blr = pb.BLR(scenario.model, guide, lr=0.2, rule="ivon", mc_samples=32, beta2=0.99)
+    blr = pb.BLR(scenario.model, guide, pb.IVON(lr=0.2, mc_samples=32, beta2=0.99))
     blr.fit(*data, num_steps=1500, progress=False)
     mean, var = flat_mean_and_var(guide, data)
     torch.testing.assert_close(mean, scenario.posterior_mean, rtol=0, atol=1e-6)
@@ -77,7 +78,7 @@ def test_predictive_and_median_see_the_update():
     scenario = linear_regression()
     data = (scenario.X, scenario.y)
     guide = AutoNormal(scenario.model)
-    pb.BLR(scenario.model, guide, lr=0.5, rule="newton").fit(*data, num_steps=200, progress=False)
+    pb.BLR(scenario.model, guide, pb.Newton(lr=0.5)).fit(*data, num_steps=200, progress=False)
     torch.testing.assert_close(guide.median(*data)["w"], scenario.posterior_mean)
     quantiles = guide.quantiles([0.5], *data)["w"]
     torch.testing.assert_close(quantiles[0], scenario.posterior_mean)

@@ -16,6 +16,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 from pyro_blr.blr.distributed import RankFailed, shard_indices
+from pyro_blr.blr.rules import rule_from_name
 
 N = 40
 D = torch.float64
@@ -52,7 +53,7 @@ def fit(rule, guide_class, steps, idx=None, state=None, seed=0, **options):
     X, y = data()
     pyro.clear_param_store()
     guide = guide_class(model)
-    blr = pb.BLR(model, guide, rule=rule, lr=0.5, rank_noise=False, **options)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.5, **options), rank_noise=False)
     if state is not None:
         blr.load_state_dict(state["blr"], X, y, idx)
         torch.set_rng_state(state["rng"])
@@ -81,7 +82,7 @@ def independent_noise(rank, world):
         pyro.clear_param_store()
         pyro.set_rng_seed(rep)
         guide = AutoNormal(model, init_scale=0.5)
-        pb.BLR(model, guide, rule="von", lr=1.0, antithetic=False, mc_samples=2).step(X, y)
+        pb.BLR(model, guide, pb.VON(lr=1.0, antithetic=False, mc_samples=2)).step(X, y)
         locs.append(guide.locs.w.detach().clone())
     return torch.stack(locs)
 
@@ -91,7 +92,7 @@ def failing_rank(rank, world):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, rule="von", lr=0.5)
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5))
     blr.step(X, y, half(rank))
     before = params(guide)
     bad = y.clone()
@@ -119,7 +120,7 @@ def model_parameters(rank, world):
     pyro.clear_param_store()
     pyro.set_rng_seed(rank)  # different starts, guide and model parameter alike
     guide = AutoNormal(with_param)
-    blr = pb.BLR(with_param, guide, rule="ivon")
+    blr = pb.BLR(with_param, guide, pb.IVON())
     for _ in range(3):
         blr.step(X, y, half(rank))
     return {"offset": pyro.param("offset").detach().clone(), **params(guide)}
@@ -140,7 +141,7 @@ def setup_fails_then_retries(rank, world):
     pyro.set_rng_seed(0)
     guide = AutoNormal(failing)
     guide(X, y, half(rank))  # the guide set up before the failing run
-    blr = pb.BLR(failing, guide, rule="von")
+    blr = pb.BLR(failing, guide, pb.VON())
     FAIL["armed"] = rank == 1
     try:
         blr.step(X, y, half(rank))
@@ -268,4 +269,4 @@ def test_a_process_group_needs_torch_distributed_running():
         pb.BLR(model, AutoNormal(model), process_group=object())
     mixture = pb.AutoMixture(model, num_components=2, component="diagonal")
     with pytest.raises(ValueError, match="rule 'mixture' does not run distributed"):
-        pb.BLR(model, mixture, rule="mixture", process_group=object())
+        pb.BLR(model, mixture, pb.MixtureRule(), process_group=object())

@@ -21,6 +21,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 import pyro_blr as pb
 from pyro_blr.blr.distributed import Collective, RanksDisagree, RanksOutOfStep
 from pyro_blr.blr.rank_signature import data_shares, disagreements
+from pyro_blr.blr.rules import rule_from_name
 
 N = 16
 D = torch.float64
@@ -52,7 +53,7 @@ def fit(rule, guide_class, idx=None, steps=3, **model_kwargs):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = guide_class(model)
-    blr = pb.BLR(model, guide, rule=rule, lr=0.5, rank_noise=False)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.5), rank_noise=False)
     for _ in range(steps):
         blr.step(X, y, idx, **model_kwargs)
     return guide
@@ -98,7 +99,7 @@ def stops_early(rank, world, stay):
     X, y = data()
     pyro.clear_param_store()
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, rule="von", lr=0.5)
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5))
     blr.step(X, y, SHARDS[rank])
     if rank == 1:
         if stay:
@@ -124,7 +125,7 @@ def integrated(rank, world):
             guide = AutoNormal(model)
             guide(X, y, idx, **kwargs)
             before = params(guide)
-            blr = pb.BLR(model, guide, rule="von", lr=0.5)
+            blr = pb.BLR(model, guide, pb.VON(lr=0.5))
             blr.step(X, y, idx, **kwargs)
         except Exception as error:  # what the ranks raised, whatever it is
             unchanged = all(torch.equal(v, before[k]) for k, v in params(guide).items())

@@ -12,6 +12,7 @@ from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests.scenarios import constrained_model, linear_regression
 
 
@@ -21,7 +22,7 @@ def test_subsampled_fit_converges_to_the_full_data_posterior():
     # N/B scaling would put it off by a factor sqrt(10)).
     s = linear_regression(num_data=200, subsample_size=20)
     guide = AutoNormal(s.model)
-    blr = pb.BLR(s.model, guide, lr=lambda t: 1 / (1 + t / 10), rule="von")
+    blr = pb.BLR(s.model, guide, pb.VON(lr=lambda t: 1 / (1 + t / 10)))
     blr.fit(s.X, s.y, num_steps=1000, progress=False)
     sd = s.posterior_precision.diagonal().rsqrt()
     assert ((guide.locs.w.detach() - s.posterior_mean).abs() / sd < 0.8).all()
@@ -39,7 +40,7 @@ def test_state_follows_the_data_dtype_not_the_default(default, data, rule):
     torch.set_default_dtype(default)
     try:
         guide = AutoDiagonalNormal(s.model)
-        blr = pb.BLR(s.model, guide, lr=0.1, rule=rule)
+        blr = pb.BLR(s.model, guide, rule_from_name(rule, lr=0.1))
         blr.fit(s.X, s.y, num_steps=3, progress=False)
     finally:
         torch.set_default_dtype(previous)
@@ -58,7 +59,7 @@ def test_state_dict_round_trip_repeats_the_run_bit_for_bit(rule, guide_class):
         pyro.clear_param_store()
         guide = guide_class(s.model)
         guide(*data)
-        return guide, pb.BLR(s.model, guide, lr=lambda t: 0.3 / (1 + t), rule=rule)
+        return guide, pb.BLR(s.model, guide, rule_from_name(rule, lr=lambda t: 0.3 / (1 + t)))
 
     pyro.set_rng_seed(0)
     _, blr = make()
@@ -79,7 +80,7 @@ def test_state_dict_round_trip_repeats_the_run_bit_for_bit(rule, guide_class):
 
 def test_load_state_dict_checks_the_rule():
     s = linear_regression()
-    blr = pb.BLR(s.model, AutoNormal(s.model), rule="von")
+    blr = pb.BLR(s.model, AutoNormal(s.model), pb.VON())
     with pytest.raises(ValueError, match="state_dict is of rule 'ivon', this driver runs 'von'"):
         blr.load_state_dict({"rule": "ivon", "num_steps": 0, "state": None})
 
@@ -102,7 +103,7 @@ def test_pyro_module_model_gets_the_exact_posterior():
     s = linear_regression(dtype=torch.float32)
     model = BayesianLinear(3)
     guide = AutoMultivariateNormal(model)
-    pb.BLR(model, guide, lr=1.0, rule="newton", vectorize_particles=False).step(s.X, s.y)
+    pb.BLR(model, guide, pb.Newton(lr=1.0), vectorize_particles=False).step(s.X, s.y)
     X1 = torch.cat([s.X, torch.ones(len(s.y), 1)], 1).double()
     precision = torch.eye(4, dtype=torch.float64) + X1.T @ X1 / 0.25
     mean = torch.linalg.solve(precision, X1.T @ s.y.double() / 0.25)
@@ -120,9 +121,7 @@ def test_constrained_sites_and_nested_plates_reach_an_elbo_stationary_point():
     x = torch.randn(2, 5, generator=gen, dtype=torch.float64)
     data = (x, 2 * x + torch.randn(2, 5, generator=gen, dtype=torch.float64))
     guide = AutoMultivariateNormal(constrained_model)
-    blr = pb.BLR(
-        constrained_model, guide, lr=lambda t: 0.5 / (1 + t / 20), rule="von", mc_samples=8
-    )
+    blr = pb.BLR(constrained_model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 20), mc_samples=8))
 
     def elbo_gradient():
         elbo = Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=2)
@@ -147,7 +146,7 @@ def test_pyro_module_with_auto_normal_writes_dotted_site_names():
     s = linear_regression(dtype=torch.float32)
     model = BayesianLinear(3)
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, lr=0.5, rule="von", vectorize_particles=False)
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5), vectorize_particles=False)
     blr.fit(s.X, s.y, num_steps=300, progress=False)
     X1 = torch.cat([s.X, torch.ones(len(s.y), 1)], 1).double()
     precision = torch.eye(4, dtype=torch.float64) + X1.T @ X1 / 0.25
@@ -179,7 +178,7 @@ def test_a_short_fit_never_ends_at_an_average_worse_than_its_last_iterate():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoMultivariateNormal(model)
-        blr = pb.BLR(model, guide, rule="newton")
+        blr = pb.BLR(model, guide, pb.Newton())
         blr.fit(X, y, num_steps=7, progress=False, average=average)
         kept_average.append(blr.averaged)
         ends[average] = (guide.loc.detach().clone(), guide.scale_tril.detach().clone())
@@ -199,7 +198,7 @@ def test_a_long_constant_step_fit_keeps_the_average_when_it_is_better():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoMultivariateNormal(model)
-    blr = pb.BLR(model, guide, lr=0.5, rule="von")
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5))
     blr.fit(X, y, num_steps=200, progress=False)
     assert blr.averaged
 
@@ -214,7 +213,7 @@ def test_a_fit_shorter_than_its_window_with_a_falling_loss_is_not_called_diverge
     )
     s = linear_regression(dtype=torch.float64)
     s.X, s.y, s.noise, s.prior_scale = X, y, 0.1, 10.0
-    blr = pb.BLR(s.model, AutoMultivariateNormal(s.model), lr=1.0, rule="newton")
+    blr = pb.BLR(s.model, AutoMultivariateNormal(s.model), pb.Newton(lr=1.0))
     losses = blr.fit(s.X, s.y, num_steps=3, progress=False).losses
     assert losses[0] > 1e4 > 1e3 > losses[-1]
 
@@ -228,7 +227,7 @@ def test_a_torch_optimizer_is_refused_with_what_optim_is_for(optim):
     s = linear_regression()
     optim = optim if isinstance(optim, type) else optim()
     with pytest.raises(TypeError, match=r"pyro\.optim\.Adam.*model's own parameters.*rule"):
-        pb.BLR(s.model, AutoNormal(s.model), rule="von", optim=optim)
+        pb.BLR(s.model, AutoNormal(s.model), pb.VON(), model_optim=optim)
 
 
 def _model_with_a_window(calls):
@@ -244,7 +243,7 @@ def _model_with_a_window(calls):
 def test_fit_refuses_a_model_keyword_named_like_its_option():
     calls = []
     model = _model_with_a_window(calls)
-    blr = pb.BLR(model, AutoNormal(model), rule="von")
+    blr = pb.BLR(model, AutoNormal(model), pb.VON())
     with pytest.raises(TypeError, match=r"argument named 'window'.*model_kwargs="):
         blr.fit(torch.ones(3), num_steps=2, window=7, progress=False)
     assert not calls  # refused before the model ran
@@ -253,7 +252,7 @@ def test_fit_refuses_a_model_keyword_named_like_its_option():
 def test_fit_passes_model_kwargs_to_the_model():
     calls = []
     model = _model_with_a_window(calls)
-    blr = pb.BLR(model, AutoNormal(model), rule="von")
+    blr = pb.BLR(model, AutoNormal(model), pb.VON())
     blr.fit(torch.ones(3), num_steps=2, progress=False, window=1, model_kwargs={"window": 7})
     assert calls and set(calls) == {7}
 
@@ -267,7 +266,7 @@ def test_fit_batches_cycles_through_an_iterable_and_refuses_data_given_twice():
         seen.append(len(y))
         s.model(X, y)
 
-    blr = pb.BLR(model, AutoNormal(model), lr=0.5, rule="von", vectorize_particles=False)
+    blr = pb.BLR(model, AutoNormal(model), pb.VON(lr=0.5), vectorize_particles=False)
     with pytest.raises(TypeError, match="either as the model's positional arguments or as"):
         blr.fit(s.X, s.y, num_steps=2, batches=batches, progress=False)
     blr.fit(num_steps=3, batches=batches, progress=False, check=False)
@@ -304,7 +303,7 @@ def test_a_model_parameter_reaches_its_type_ii_maximum_likelihood():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    pb.BLR(model, guide, lr=0.5, rule="von").fit(x, y, num_steps=200, progress=False)
+    pb.BLR(model, guide, pb.VON(lr=0.5)).fit(x, y, num_steps=200, progress=False)
     assert abs(pyro.param("sigma").item() / exact - 1) < 0.1, (pyro.param("sigma").item(), exact)
 
 
@@ -316,7 +315,7 @@ def _newton_fit_in_units(c: float, lr: float, num_steps: int) -> tuple[bool, lis
     s = linear_regression()
     s.y, s.prior_scale, s.noise = s.y * c, s.prior_scale * c, s.noise * c
     guide = AutoDiagonalNormal(s.model, init_scale=0.1 * c)
-    blr = pb.BLR(s.model, guide, lr=lr, rule="newton")
+    blr = pb.BLR(s.model, guide, pb.Newton(lr=lr))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

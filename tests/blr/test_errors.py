@@ -45,7 +45,7 @@ def test_a_hand_written_guide_is_refused(scenario):
 def test_ivon_refuses_a_full_covariance_guide(scenario):
     match = r"cannot drive AutoMultivariateNormal with rule 'ivon': this guide takes rule 'newton'"
     with pytest.raises(TypeError, match=match):
-        pb.BLR(scenario.model, AutoMultivariateNormal(scenario.model), rule="ivon")
+        pb.BLR(scenario.model, AutoMultivariateNormal(scenario.model), pb.IVON())
 
 
 @pytest.mark.parametrize(
@@ -64,11 +64,11 @@ def test_ivon_refuses_a_full_covariance_guide(scenario):
 )
 def test_bad_hyperparameters(scenario, options, message):
     with pytest.raises(ValueError, match=message):
-        pb.BLR(scenario.model, AutoNormal(scenario.model), **options)
+        pb.BLR(scenario.model, AutoNormal(scenario.model), pb.IVON(**options))
 
 
 def test_a_schedule_returning_a_bad_lr_is_caught_at_that_step(scenario):
-    blr = pb.BLR(scenario.model, AutoNormal(scenario.model), lr=lambda t: 0.1 - 0.1 * t)
+    blr = pb.BLR(scenario.model, AutoNormal(scenario.model), pb.IVON(lr=lambda t: 0.1 - 0.1 * t))
     blr.step(scenario.X, scenario.y)
     with pytest.raises(ValueError, match=r"lr must be a positive finite number, got 0\.0"):
         blr.step(scenario.X, scenario.y)
@@ -81,7 +81,7 @@ def snapshot():
 def test_non_finite_log_joint_names_the_step_and_site_and_keeps_the_guide(scenario):
     y = scenario.y.clone()
     guide = AutoDiagonalNormal(scenario.model)
-    blr = pb.BLR(scenario.model, guide, lr=0.1, rule="von")
+    blr = pb.BLR(scenario.model, guide, pb.VON(lr=0.1))
     blr.fit(scenario.X, y, num_steps=2, progress=False)
     before = snapshot()
     y[3] = float("inf")  # inside the support for validation, but log p = -inf
@@ -103,7 +103,7 @@ def test_non_finite_gradient_names_the_site():
 
     at_zero = init_to_value(values={"a": torch.tensor(0.0), "b": torch.tensor(0.0)})
     guide = AutoNormal(model, init_loc_fn=at_zero)
-    blr = pb.BLR(model, guide, lr=0.5, rule="newton")
+    blr = pb.BLR(model, guide, pb.Newton(lr=0.5))
     with pytest.raises(
         FloatingPointError, match=r"BLR step 1: the gradient is not finite at \['b'\]"
     ):
@@ -124,7 +124,7 @@ def test_a_full_precision_float32_cannot_factorize_says_refit_in_float64(float64
     y = torch.tensor([0.5, 0.1])
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(_badly_scaled)
-    blr = pb.BLR(_badly_scaled, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(_badly_scaled, guide, pb.Newton(lr=1.0))
     real = blr._stepper.rule.update
 
     def update(state, *args, **kwargs):

@@ -37,8 +37,7 @@ def test_monte_carlo_blr_recovers_beta_bernoulli_and_gamma_poisson():
     # 200 steps x 100 draws. One step with 10000 draws was within 7%, so the average of twice
     # as many draws is within about 5%; measured 0.4%. Tolerance: 3%.
     guide = pb.AutoExpFamily(conjugate_model)
-    blr = pb.BLR(conjugate_model, guide, lr=lambda t: 1 / (t + 1), rule="expfamily",
-                 mc_samples=100)  # fmt: skip
+    blr = pb.BLR(conjugate_model, guide, pb.ExpFamilyRule(lr=lambda t: 1 / (t + 1), mc_samples=100))
     blr.fit(FLIPS, COUNTS, num_steps=200, progress=False)
     CONJUGATE.assert_exact_posteriors(guide)
     assert blr.num_steps == 200 and blr.halvings == 0
@@ -55,7 +54,7 @@ def test_circular_and_simplex_sites_stay_valid():
         pyro.sample("pick", dist.Categorical(weights), obs=torch.tensor(2))
 
     guide = pb.AutoExpFamily(model)
-    blr = pb.BLR(model, guide, lr=0.3, rule="expfamily", mc_samples=64)
+    blr = pb.BLR(model, guide, pb.ExpFamilyRule(lr=0.3, mc_samples=64))
     losses = blr.fit(angles, num_steps=100, progress=False).losses
     found = guide.distributions(angles)
     assert float(found["mu"].loc) == pytest.approx(float(angles.mean()), abs=0.1)
@@ -65,14 +64,14 @@ def test_circular_and_simplex_sites_stay_valid():
 
 def test_rule_and_guide_must_match():
     with pytest.raises(TypeError, match=r"cannot drive AutoNormal with rule 'expfamily'"):
-        pb.BLR(conjugate_model, AutoNormal(conjugate_model), rule="expfamily")
+        pb.BLR(conjugate_model, AutoNormal(conjugate_model), pb.ExpFamilyRule())
     with pytest.raises(TypeError, match="this guide takes rule 'expfamily'"):
-        pb.BLR(conjugate_model, pb.AutoExpFamily(conjugate_model), rule="ivon")
+        pb.BLR(conjugate_model, pb.AutoExpFamily(conjugate_model), pb.IVON())
 
 
 def test_state_dict_names_the_rule_that_runs():
     guide = pb.AutoExpFamily(conjugate_model)
-    blr = pb.BLR(conjugate_model, guide, lr=0.5, rule="expfamily", mc_samples=8)
+    blr = pb.BLR(conjugate_model, guide, pb.ExpFamilyRule(lr=0.5, mc_samples=8))
     blr.step(FLIPS, COUNTS)
     state = blr.state_dict()
     assert state["rule"] == "expfamily" and state["num_steps"] == 1

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.core import initialize_guide
 from pyro_blr.families import FAMILIES
 from tests.scenarios import beta_bernoulli_gamma_poisson, linear_regression, normal_normal
@@ -150,7 +151,7 @@ def test_one_full_step_lands_on_the_exact_natural_parameters(family, mixture, se
     start = _start(exact, family, seed)
     guide.set_natural_params({site: start.unsqueeze(0) if mixture else start})
     rule = "mixture" if mixture else "expfamily"
-    blr = pb.BLR(model, guide, lr=1.0, rule=rule, mc_samples=3 + seed)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=1.0, mc_samples=3 + seed))
     blr.step(*args)
     torch.testing.assert_close(_eta(guide, site, mixture), exact, rtol=RTOL, atol=RTOL)
 
@@ -163,7 +164,9 @@ def test_the_exact_posterior_is_a_fixed_point_at_every_step_size(family, mixture
     guide = _guide(model, args, site, family, 1 if mixture else 0)
     guide.set_natural_params({site: exact.unsqueeze(0) if mixture else exact})
     rule = "mixture" if mixture else "expfamily"
-    blr = pb.BLR(model, guide, lr=lambda t: (0.2, 0.7, 1.0)[t % 3], rule=rule, mc_samples=16)
+    blr = pb.BLR(
+        model, guide, rule_from_name(rule, lr=lambda t: (0.2, 0.7, 1.0)[t % 3], mc_samples=16)
+    )
     blr.fit(*args, num_steps=3, progress=False)
     torch.testing.assert_close(_eta(guide, site, mixture), exact, rtol=RTOL, atol=RTOL)
 
@@ -176,7 +179,7 @@ def test_mixture_k1_converges_to_the_natural_parameters_not_half_of_them(family)
     model, args, site, exact = CASES[family]()
     pyro.set_rng_seed(0)
     guide = _guide(model, args, site, family, 1)
-    blr = pb.BLR(model, guide, lr=lambda t: 1 / (t + 1), rule="mixture", mc_samples=64)
+    blr = pb.BLR(model, guide, pb.MixtureRule(lr=lambda t: 1 / (t + 1), mc_samples=64))
     blr.fit(*args, num_steps=20, progress=False)
     torch.testing.assert_close(_eta(guide, site, True), exact, rtol=RTOL, atol=RTOL)
 
@@ -196,7 +199,7 @@ def test_the_loss_at_the_exact_lognormal_posterior_is_minus_log_evidence(mixture
     log_p = dist.LogNormal(torch.tensor(0.0, dtype=D), 1.0).log_prob(x)
     log_p = log_p + dist.Normal(x.log(), 0.5).log_prob(LOG_DATA).sum()
     rule = "mixture" if mixture else "expfamily"
-    loss = pb.BLR(model, guide, lr=0.5, rule=rule, mc_samples=8).step(*args)
+    loss = pb.BLR(model, guide, rule_from_name(rule, lr=0.5, mc_samples=8)).step(*args)
     assert loss == pytest.approx(float(log_q - log_p), rel=1e-10)
 
 
@@ -207,7 +210,7 @@ def test_gamma_poisson_with_64_draws_lands_in_one_step():
     conjugate = beta_bernoulli_gamma_poisson(D)
     pyro.set_rng_seed(0)
     guide = pb.AutoExpFamily(conjugate.model)
-    blr = pb.BLR(conjugate.model, guide, lr=1.0, rule="expfamily", mc_samples=64)
+    blr = pb.BLR(conjugate.model, guide, pb.ExpFamilyRule(lr=1.0, mc_samples=64))
     blr.step(*conjugate.data)
     conjugate.assert_exact_posteriors(guide, rel=1e-9)
 
@@ -249,7 +252,7 @@ def test_mixture_k2_lands_on_separated_modes_and_their_weights(family):
     start = exact * torch.tensor([[0.9], [1.1]], dtype=D)  # each component near its mode
     guide.set_natural_params({"x": start})
     guide.set_logits(torch.tensor([0.4, -0.3], dtype=D))
-    blr = pb.BLR(model, guide, lr=1.0, rule="mixture", mc_samples=4)
+    blr = pb.BLR(model, guide, pb.MixtureRule(lr=1.0, mc_samples=4))
     blr.step()  # the components land on the modes
     torch.testing.assert_close(guide.natural_params()["x"], exact, rtol=RTOL, atol=RTOL)
     blr.step()  # at exact components E_{q_k}[h] = log pi_k - log(1/2) exactly: equal weights
@@ -266,7 +269,7 @@ def test_gaussian_mixture_k1_converges_to_the_exact_posterior(component):
     s = linear_regression(num_data=20, dim=3, dtype=D)
     pyro.set_rng_seed(0)
     guide = pb.AutoMixture(s.model, num_components=1, component=component)
-    blr = pb.BLR(s.model, guide, lr=0.8, rule="mixture", mc_samples=2)
+    blr = pb.BLR(s.model, guide, pb.MixtureRule(lr=0.8, mc_samples=2))
     blr.fit(s.X, s.y, num_steps=100, progress=False)
     _, locs, precisions = guide.components()
     exact_precision = s.posterior_precision
@@ -296,7 +299,7 @@ def test_gaussian_mixture_k2_stays_on_separated_modes(component):
     if component == "full":
         precision = torch.diag_embed(precision)
     guide.set_components(torch.zeros(2, dtype=D), modes.clone(), precision)
-    blr = pb.BLR(model, guide, lr=lambda t: (0.3, 1.0)[t % 2], rule="mixture", mc_samples=2)
+    blr = pb.BLR(model, guide, pb.MixtureRule(lr=lambda t: (0.3, 1.0)[t % 2], mc_samples=2))
     blr.fit(num_steps=4, progress=False)
     logits, locs, precisions = guide.components()
     torch.testing.assert_close(locs, modes, rtol=RTOL, atol=RTOL)
@@ -322,7 +325,7 @@ def test_a_concentrated_von_mises_conjugate_site_lands_exactly():
     ).sum(0)
     pyro.set_rng_seed(0)
     guide = pb.AutoExpFamily(model)
-    blr = pb.BLR(model, guide, lr=1.0, rule="expfamily", mc_samples=8)
+    blr = pb.BLR(model, guide, pb.ExpFamilyRule(lr=1.0, mc_samples=8))
     blr.fit(angles, num_steps=3, progress=False)
     found = guide.natural_params()["mu"]
     family = FAMILIES["von_mises"]
@@ -345,7 +348,7 @@ def test_a_von_mises_beyond_the_dtype_is_refused_naming_the_site(dtype):
     y = torch.tensor(0.3, dtype=dtype)
     pyro.set_rng_seed(0)
     guide = pb.AutoExpFamily(model)
-    blr = pb.BLR(model, guide, lr=0.1, rule="expfamily")
+    blr = pb.BLR(model, guide, pb.ExpFamilyRule(lr=0.1))
     initialize_guide(guide, (y,), {})
     before = guide.natural_params()["mu"].clone()
     with pytest.raises(FloatingPointError, match=r"site 'mu'.*concentration.*beyond what"):

@@ -21,6 +21,7 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.core import GaussianGuide, latent_layout
 from tests.scenarios import linear_regression, normal_normal
 
@@ -60,7 +61,7 @@ def fit(name, guide_class, rule, lr, steps, **options):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = guide_class(model)
-    blr = pb.BLR(model, guide, lr=lr, rule=rule, **options)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=lr, **options))
     for _ in range(steps):
         blr.step(*args)
     diagonal = guide_class is not AutoMultivariateNormal

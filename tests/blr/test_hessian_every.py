@@ -9,6 +9,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, Aut
 import pyro_blr as pb
 import pyro_blr.core.autodiff as autodiff
 from pyro_blr.blr.reused_hessian import ReusedHessian
+from pyro_blr.blr.rules import rule_from_name
 from tests.scenarios import LogisticRegression, linear_regression, logistic_regression
 
 
@@ -30,7 +31,7 @@ def _run(s, guide_class, rule, hessian_every, num_steps, seed=0, lr=0.3):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = guide_class(s.model)
-    blr = pb.BLR(s.model, guide, lr=lr, rule=rule, hessian_every=hessian_every)
+    blr = pb.BLR(s.model, guide, rule_from_name(rule, lr=lr, hessian_every=hessian_every))
     losses = [blr.step(s.X, s.y) for _ in range(num_steps)]
     return guide, blr, losses
 
@@ -92,7 +93,7 @@ def test_von_reaches_the_elbo_optimum():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoMultivariateNormal(s.model)
-    blr = pb.BLR(s.model, guide, lr=lambda t: 0.5 / (1 + t / 20), rule="von", hessian_every=10)
+    blr = pb.BLR(s.model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 20), hessian_every=10))
     blr.fit(s.X, s.y, num_steps=300, progress=False)
     scale_tril = guide.scale[:, None] * guide.scale_tril
     gap = best - float(s.elbo(guide.loc.detach(), scale_tril.detach()))
@@ -106,7 +107,7 @@ def test_checkpoint_keeps_the_reused_hessian():
         pyro.clear_param_store()
         guide = AutoMultivariateNormal(s.model)
         guide(s.X, s.y)
-        return pb.BLR(s.model, guide, lr=lambda t: 0.3 / (1 + t), rule="von", hessian_every=3)
+        return pb.BLR(s.model, guide, pb.VON(lr=lambda t: 0.3 / (1 + t), hessian_every=3))
 
     pyro.set_rng_seed(0)
     blr = make()
@@ -138,14 +139,14 @@ def test_checkpoint_entries_are_checked():
 def test_hessian_every_must_be_a_positive_integer(value):
     s = linear_regression()
     with pytest.raises(ValueError, match="hessian_every must be a positive integer"):
-        pb.BLR(s.model, AutoNormal(s.model), rule="von", hessian_every=value)
+        pb.BLR(s.model, AutoNormal(s.model), pb.VON(hessian_every=value))
 
 
 @pytest.mark.parametrize("rule", ["ivon", "vogn"])
 def test_rules_without_exact_hessians_refuse_it(rule):
     s = linear_regression()
     with pytest.raises(ValueError, match="hessian_every=2 does not apply to rule"):
-        pb.BLR(s.model, AutoNormal(s.model), rule=rule, hessian_every=2)
+        pb.BLR(s.model, AutoNormal(s.model), rule_from_name(rule, hessian_every=2))
 
 
 def test_local_latents_refuse_it():
@@ -156,7 +157,7 @@ def test_local_latents_refuse_it():
             pyro.sample("y", pyro.distributions.Normal(z, 1.0), obs=y[idx])
 
     y = torch.arange(6.0)
-    blr = pb.BLR(model, AutoNormal(model), rule="von", hessian_every=2)
+    blr = pb.BLR(model, AutoNormal(model), pb.VON(hessian_every=2))
     with pytest.raises(ValueError, match=r"subsampled plate\(s\) \['data'\].*hessian_every=1"):
         blr.step(y)
 
@@ -200,7 +201,7 @@ def test_a_hessian_reused_from_a_poor_start_is_dropped():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoMultivariateNormal(model)
-        blr = pb.BLR(model, guide, lr=0.2, rule="von", hessian_every=every)
+        blr = pb.BLR(model, guide, pb.VON(lr=0.2, hessian_every=every))
         blr.fit(X, y, num_steps=101, progress=False)
         scale_tril = guide.scale[:, None] * guide.scale_tril
         elbos[every] = float(s.elbo(guide.loc.detach(), scale_tril.detach()))
@@ -227,7 +228,7 @@ def test_a_step_back_drops_the_reused_hessian():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoMultivariateNormal(model, init_loc_fn=lambda site: X.new_tensor([-0.5, 0.0]))
-    blr = pb.BLR(model, guide, lr=1.0, rule="newton", hessian_every=3)
+    blr = pb.BLR(model, guide, pb.Newton(lr=1.0, hessian_every=3))
     stepped_back = False
     with pytest.warns(RuntimeWarning, match="returned to the state before it"):
         for _ in range(8):
@@ -245,8 +246,7 @@ def test_a_checkpoint_taken_after_a_guide_edit_resumes_alike():
         pyro.clear_param_store()
         guide = AutoMultivariateNormal(model, init_loc_fn=lambda site: X.new_zeros(2))
         guide(X, y)
-        return guide, pb.BLR(model, guide, lr=lambda t: 0.3 / (1 + t), rule="von",
-                             hessian_every=100)  # fmt: skip
+        return guide, pb.BLR(model, guide, pb.VON(lr=lambda t: 0.3 / (1 + t), hessian_every=100))
 
     pyro.set_rng_seed(0)
     guide, blr = make()
@@ -298,5 +298,5 @@ def test_numpy_and_tensor_integers_are_taken():
 
     s = linear_regression()
     for value in (np.int64(3), torch.tensor(3)):
-        blr = pb.BLR(s.model, AutoNormal(s.model), rule="von", hessian_every=value)
+        blr = pb.BLR(s.model, AutoNormal(s.model), pb.VON(hessian_every=value))
         blr.step(s.X, s.y)

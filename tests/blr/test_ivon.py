@@ -14,6 +14,7 @@ from torch import nn
 import pyro_blr as pb
 from pyro_blr.blr import ivon_start
 from pyro_blr.blr.prior_scale import prior_scale
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.core import latent_layout
 from tests.scenarios import NormalNormal, load_example
 
@@ -30,7 +31,7 @@ def first_precision(guide_kwargs=None, **options):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(s.model, **(guide_kwargs or {}))
-    pb.BLR(s.model, guide, lr=1e-3, rule="ivon", **options).step(s.y)
+    pb.BLR(s.model, guide, pb.IVON(lr=1e-3, **options)).step(s.y)
     return float(guide.scales.mu.detach().pow(-2))
 
 
@@ -62,7 +63,7 @@ def test_the_auto_start_is_the_expected_curvature_not_the_curvature_at_the_mean(
     y = torch.zeros(10_000, dtype=torch.float64)
     pyro.clear_param_store()
     guide = AutoNormal(product_model, init_scale=0.1)
-    pb.BLR(product_model, guide, lr=1e-3, rule="ivon").step(y)
+    pb.BLR(product_model, guide, pb.IVON(lr=1e-3)).step(y)
     for site in ("a", "b"):
         start = float(getattr(guide.scales, site).detach().pow(-2))
         assert 10 < start < 1 + 1e4 * 0.01 * 6  # chi2_4 / 4 above 6: probability 2e-5
@@ -80,7 +81,7 @@ def test_where_the_curvature_is_not_positive_the_auto_start_is_one_prior_precisi
     y = torch.zeros(10, dtype=torch.float64)
     pyro.clear_param_store()
     guide = AutoNormal(concave_in_mu)
-    pb.BLR(concave_in_mu, guide, lr=1e-3, rule="ivon").step(y)
+    pb.BLR(concave_in_mu, guide, pb.IVON(lr=1e-3)).step(y)
     expected = 10 * float(prior_precision(concave_in_mu, guide, y))
     assert float(guide.scales.mu.detach().pow(-2)) == pytest.approx(expected, rel=0.01)
 
@@ -101,7 +102,7 @@ def test_a_broad_guide_does_not_start_above_the_curvature_near_its_mean(init_sca
     y = torch.ones(500, dtype=torch.float64)
     pyro.clear_param_store()
     guide = AutoNormal(poisson_rate, init_scale=init_scale)
-    pb.BLR(poisson_rate, guide, lr=1e-3, rule="ivon", beta2=1 - 1e-6).step(y)
+    pb.BLR(poisson_rate, guide, pb.IVON(lr=1e-3, beta2=1 - 1e-6)).step(y)
     cap = max(500 * float(prior_precision(poisson_rate, guide, y)), 501.0)
     # a narrow guide's draws see about H(m) itself (501 e^{1/(2 * 100^2)}); a broad one's the cap
     expected = 501.0 if init_scale < 0.1 else cap
@@ -123,7 +124,7 @@ def test_the_auto_start_leaves_the_runs_random_stream_alone():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoNormal(subsampled_mean)
-        pb.BLR(subsampled_mean, guide, lr=1e-3, rule="ivon", hess_init=hess_init).step(y)
+        pb.BLR(subsampled_mean, guide, pb.IVON(lr=1e-3, hess_init=hess_init)).step(y)
         states.append(torch.get_rng_state())
     assert torch.equal(*states)
 
@@ -132,7 +133,7 @@ def test_a_start_whose_scale_is_not_finite_is_refused_by_name():
     y = torch.zeros(10)  # float32: 10 * 1e-50 rounds to a precision of 0
     pyro.clear_param_store()
     guide = AutoNormal(per_datum_latents)
-    blr = pb.BLR(per_datum_latents, guide, rule="ivon", hess_init=1e-50)
+    blr = pb.BLR(per_datum_latents, guide, pb.IVON(hess_init=1e-50))
     with pytest.raises(ValueError, match=r"hess_init=1e-50: the starting precision"):
         blr.step(y)
 
@@ -153,9 +154,7 @@ def test_a_latent_inside_the_data_plate_starts_at_one_datums_curvature(monkeypat
     pyro.clear_param_store()
     guide = AutoNormal(per_datum_latents)
     # beta2 close to one: the step moves the precision by 1e-6 of the gap to the estimate.
-    blr = pb.BLR(
-        per_datum_latents, guide, lr=1e-3, rule="ivon", hess_init=hess_init, beta2=1 - 1e-6
-    )
+    blr = pb.BLR(per_datum_latents, guide, pb.IVON(lr=1e-3, hess_init=hess_init, beta2=1 - 1e-6))
     blr.step(y)
     if hess_init == "auto":
         per_datum = prior_precision(per_datum_latents, guide, y)
@@ -171,7 +170,7 @@ def test_each_fit_judges_divergence_against_its_own_best():
     # not a divergence.
     s = NormalNormal(torch.linspace(-1, 1, 1000, dtype=torch.float64))
     pyro.clear_param_store()
-    blr = pb.BLR(s.model, AutoNormal(s.model), lr=0.5, rule="von")
+    blr = pb.BLR(s.model, AutoNormal(s.model), pb.VON(lr=0.5))
     blr.fit(s.y[:10], num_steps=30, progress=False)
     blr.fit(s.y, num_steps=30, progress=False)
 
@@ -189,14 +188,14 @@ def test_each_fit_judges_divergence_against_its_own_best():
 def test_bad_data_scale_options_are_named(options, message):
     s = NormalNormal(torch.zeros(3))
     with pytest.raises(ValueError, match=message):
-        pb.BLR(s.model, AutoNormal(s.model), rule="ivon", **options)
+        pb.BLR(s.model, AutoNormal(s.model), pb.IVON(**options))
 
 
 def test_data_scale_options_are_ivons_and_vons_own():
     s = NormalNormal(torch.zeros(3))
     for rule in ("newton", "vogn"):
         with pytest.raises(ValueError, match=rf"hess_init=2\.0 does not apply to rule '{rule}'"):
-            pb.BLR(s.model, AutoNormal(s.model), rule=rule, hess_init=2.0)
+            pb.BLR(s.model, AutoNormal(s.model), rule_from_name(rule, hess_init=2.0))
 
 
 class BNN(PyroModule):
@@ -268,7 +267,7 @@ def _eight_schools_fit(rule, num_steps, **options):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(eight.model)
-    pb.BLR(eight.model, guide, rule=rule, **options).fit(
+    pb.BLR(eight.model, guide, rule_from_name(rule, **options)).fit(
         sigma, y, num_steps=num_steps, progress=False
     )
     sites = ("mu", "tau", "theta_trans")

@@ -7,6 +7,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 
 D = torch.float64
 G, PER_GROUP, NOISE = 20, 4, 0.5
@@ -55,7 +56,7 @@ def test_local_rows_get_their_exact_natural_gradient_step():
     y = grouped_data()
     conditioned = pyro.condition(random_effects, data={"mu": torch.tensor(1.0, dtype=D)})
     guide = AutoNormal(conditioned)
-    blr = pb.BLR(conditioned, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(conditioned, guide, pb.Newton(lr=1.0))
     for batch in torch.arange(G).reshape(4, 5):
         blr.step(y, subsample=batch)
     precision = 1.0 + PER_GROUP / NOISE**2
@@ -79,7 +80,7 @@ def test_subsampled_fit_is_unbiased_for_the_full_batch_posterior():
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = AutoNormal(random_effects)
-        blr = pb.BLR(random_effects, guide, lr=0.3, rule="newton")
+        blr = pb.BLR(random_effects, guide, pb.Newton(lr=0.3))
         blr.fit(y, subsample_size=10, num_steps=1000, progress=False)
         locs, scales = fitted(guide)
         torch.testing.assert_close(scales, sd, rtol=1e-10, atol=0)
@@ -92,7 +93,7 @@ def test_subsampled_fit_is_unbiased_for_the_full_batch_posterior():
 
 def test_ivon_refuses_local_latents_by_name():
     y = grouped_data()
-    blr = pb.BLR(random_effects, AutoNormal(random_effects), rule="ivon")
+    blr = pb.BLR(random_effects, AutoNormal(random_effects), pb.IVON())
     with pytest.raises(ValueError, match=r"local to the subsampled plate\(s\) \['groups'\]"):
         blr.step(y, subsample_size=5)
 
@@ -103,7 +104,7 @@ def test_a_full_covariance_guide_still_refuses_local_latents():
     y = grouped_data()
     guide = AutoMultivariateNormal(random_effects)
     with pytest.raises(ValueError, match="local to the subsampled plate 'groups'"):
-        pb.BLR(random_effects, guide, rule="von").step(y, subsample_size=5)
+        pb.BLR(random_effects, guide, pb.VON()).step(y, subsample_size=5)
 
 
 def two_local_sites(y, subsample_size=5, tie_rows=False):
@@ -132,7 +133,7 @@ def test_the_grouped_hessian_diagonal_equals_the_full_one(tie_rows):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoNormal(lambda y: two_local_sites(y, tie_rows=tie_rows))
-        blr = pb.BLR(guide.model, guide, lr=0.3, rule="von")
+        blr = pb.BLR(guide.model, guide, pb.VON(lr=0.3))
         blr.step(y)
         if not grouped:
             blr._stepper._groups = None
@@ -171,6 +172,6 @@ def test_rows_tied_where_the_first_particles_hide_it_are_caught(model, rule):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, lr=0.3, rule=rule)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.3))
     blr.step(grouped_data())
     assert blr._stepper._groups is None

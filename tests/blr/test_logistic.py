@@ -5,6 +5,7 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests.scenarios import logistic_regression
 
 # The ELBO gap of a Gaussian whose mean is off by d_i posterior sds is about sum_i d_i^2 / 2: a
@@ -39,7 +40,7 @@ def test_rule_reaches_the_elbo_optimum(scenario, rule, guide_class, num_steps, o
     s, optima = scenario
     best, _, _ = optima[guide_class is AutoDiagonalNormal]
     guide = guide_class(s.model)
-    blr = pb.BLR(s.model, guide, lr=lambda t: 0.5 / (1 + t / 20), rule=rule, **options)
+    blr = pb.BLR(s.model, guide, rule_from_name(rule, lr=lambda t: 0.5 / (1 + t / 20), **options))
     result = blr.fit(s.X, s.y, num_steps=num_steps, progress=False)
     assert len(result.losses) == num_steps and result.seconds > 0
     gap = best - exact_elbo(s, guide)
@@ -51,7 +52,7 @@ def test_newton_stops_at_the_delta_method_fixed_point(scenario):
     # the gradient at the mean equal to zero (the MAP) and the precision equal to the Hessian there.
     s, optima = scenario
     guide = AutoMultivariateNormal(s.model)
-    pb.BLR(s.model, guide, lr=0.5, rule="newton").fit(s.X, s.y, num_steps=100, progress=False)
+    pb.BLR(s.model, guide, pb.Newton(lr=0.5)).fit(s.X, s.y, num_steps=100, progress=False)
     w = guide.loc.detach().requires_grad_(True)
     logits = s.X @ w
     log_joint = -torch.nn.functional.binary_cross_entropy_with_logits(logits, s.y, reduction="sum")

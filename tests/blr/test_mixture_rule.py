@@ -46,8 +46,7 @@ def test_kl_to_the_posterior_decreases_with_the_number_of_components():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = pb.AutoMixture(model, num_components=k, init_scale=0.3)
-        blr = pb.BLR(model, guide, lr=lambda t: 0.2 / (1 + t / 100), rule="mixture",
-                     mc_samples=16)  # fmt: skip
+        blr = pb.BLR(model, guide, pb.MixtureRule(lr=lambda t: 0.2 / (1 + t / 100), mc_samples=16))
         blr.fit(N, K, num_steps=500, progress=False)
         estimate = pb.log_evidence(model, guide, N, K, method="elbo", num_particles=20000)
         kls.append(log_z - estimate.value)

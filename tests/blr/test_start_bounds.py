@@ -18,6 +18,7 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_blr as pb
 from pyro_blr.blr.prior_scale import prior_scale
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.core import latent_layout
 
 # Pyro's examples/eight_schools/data.py
@@ -55,7 +56,7 @@ def test_the_start_of_log_tau_is_at_least_the_priors_precision(no_validation):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, lr=1e-3)  # a tiny step: the precision is the start's
+    blr = pb.BLR(model, guide, pb.IVON(lr=1e-3))  # a tiny step: the precision is the start's
     loss = blr.step(data)
     floor = prior_scale(model, latent_layout(guide.prototype_trace), (data,), {}, like=y).pow(-2)
     start = guide.scales.tau.detach().pow(-2)
@@ -72,7 +73,7 @@ def test_eight_schools_fit_keeps_every_schools_spread(no_validation):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, lr=0.1)
+    blr = pb.BLR(model, guide, pb.IVON(lr=0.1))
     for _ in range(100):
         blr.step(data)
     # The mean-field optimum (a 4000-step exact-Hessian VON fit with 16 draws a step) has
@@ -88,7 +89,7 @@ def test_one_school_fits(no_validation):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, lr=0.1)
+    blr = pb.BLR(model, guide, pb.IVON(lr=0.1))
     losses = [blr.step(data) for _ in range(20)]  # raised at step 1: log joint not finite
     assert all(math.isfinite(v) for v in losses)
 
@@ -116,7 +117,7 @@ def test_a_scale_of_two_fits_as_the_duplicated_data(rule):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoNormal(model, init_loc_fn=init_to_feasible)
-        blr = pb.BLR(model, guide, lr=0.5, rule=rule)
+        blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.5))
         for _ in range(3):
             blr.step(*args)
         return guide.locs.w.detach(), guide.scales.w.detach()

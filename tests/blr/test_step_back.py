@@ -47,7 +47,7 @@ def exact_posterior(y):
 def test_the_overflowing_step_is_retaken_smaller_and_the_fit_ends_at_the_posterior(counts):
     pyro.set_rng_seed(0)
     guide = AutoMultivariateNormal(model)
-    blr = pb.BLR(model, guide, lr=1.0, rule="von")
+    blr = pb.BLR(model, guide, pb.VON(lr=1.0))
     with pytest.warns(RuntimeWarning, match=r"BLR step 2: the log joint is not finite .* half"):
         blr.fit(X, counts, num_steps=60, progress=False)
     assert blr.step_backs >= 1
@@ -65,7 +65,7 @@ def test_a_step_back_retakes_the_same_step_with_half_the_step_size(counts):
     # Newton is deterministic: stepping back at step 2 must leave exactly the state one
     # Newton step at lr 0.5 from the same start gives.
     guide = AutoDiagonalNormal(model, init_scale=0.1)
-    blr = pb.BLR(model, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(model, guide, pb.Newton(lr=1.0))
     blr.step(X, counts)
     with pytest.warns(RuntimeWarning, match="not finite"):
         blr.step(X, counts)
@@ -74,7 +74,7 @@ def test_a_step_back_retakes_the_same_step_with_half_the_step_size(counts):
 
     pyro.clear_param_store()
     fresh = AutoDiagonalNormal(model, init_scale=0.1)
-    pb.BLR(model, fresh, lr=0.5, rule="newton").step(X, counts)
+    pb.BLR(model, fresh, pb.Newton(lr=0.5)).step(X, counts)
     torch.testing.assert_close(stepped_back[0], fresh.loc.detach(), rtol=0, atol=0)
     torch.testing.assert_close(stepped_back[1], fresh.scale.detach(), rtol=0, atol=0)
 
@@ -84,7 +84,7 @@ def test_a_step_that_still_diverges_after_the_last_halving_raises_at_the_state_b
 ):
     monkeypatch.setattr(step_back, "MAX_STEP_BACKS", 0)  # no step may be retaken
     guide = AutoDiagonalNormal(model, init_scale=0.1)
-    blr = pb.BLR(model, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(model, guide, pb.Newton(lr=1.0))
     guide(X, counts)
     start = guide.loc.detach().clone(), guide.scale.detach().clone()
     blr.step(X, counts)
@@ -96,7 +96,7 @@ def test_a_step_that_still_diverges_after_the_last_halving_raises_at_the_state_b
 
 def test_the_average_leaves_out_the_iterate_that_was_stepped_back_from(counts):
     guide = AutoDiagonalNormal(model, init_scale=0.1)
-    blr = pb.BLR(model, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(model, guide, pb.Newton(lr=1.0))
     average = pb.blr.IterateAverage(blr)
     blr.step(X, counts)
     average.update()  # the overflowing iterate
@@ -120,7 +120,7 @@ def test_a_larger_loss_on_other_data_is_no_divergence():
         with pyro.plate("data", len(y)):
             pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
-    blr = pb.BLR(normal_mean, AutoDiagonalNormal(normal_mean), lr=0.5, rule="von")
+    blr = pb.BLR(normal_mean, AutoDiagonalNormal(normal_mean), pb.VON(lr=0.5))
     blr.step(y[:10])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -142,7 +142,7 @@ def test_minibatches_are_never_compared():
             pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
 
     pyro.set_rng_seed(1)
-    blr = pb.BLR(subsampled, AutoDiagonalNormal(subsampled), lr=0.5, rule="von")
+    blr = pb.BLR(subsampled, AutoDiagonalNormal(subsampled), pb.VON(lr=0.5))
     for _ in range(300):
         blr.step(y)
     assert blr.step_backs == 0
@@ -150,7 +150,7 @@ def test_minibatches_are_never_compared():
 
 def test_data_refilled_in_place_is_other_data(counts):
     guide = AutoDiagonalNormal(model, init_scale=0.1)
-    blr = pb.BLR(model, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(model, guide, pb.Newton(lr=1.0))
     data = counts.clone()
     blr.step(X, data)
     data[:] = data.flip(0)  # the same tensor, new contents: the losses do not compare
@@ -174,7 +174,7 @@ def test_a_restored_checkpoint_is_not_stepped_back_from():
 
     pyro.clear_param_store()
     guide = AutoDiagonalNormal(normal_mean)
-    blr = pb.BLR(normal_mean, guide, lr=0.5, rule="von")
+    blr = pb.BLR(normal_mean, guide, pb.VON(lr=0.5))
     blr.step(y)
     early = blr.state_dict()
     for _ in range(30):
@@ -197,7 +197,7 @@ def test_model_parameters_wait_out_a_step_that_is_stepped_back_from(counts):
 
     pyro.set_rng_seed(0)
     guide = AutoDiagonalNormal(with_offset)
-    blr = pb.BLR(with_offset, guide, lr=1.0, rule="von", optim=pyro.optim.Adam({"lr": 0.01}))
+    blr = pb.BLR(with_offset, guide, pb.VON(lr=1.0), model_optim=pyro.optim.Adam({"lr": 0.01}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the step-back warning and Pyro's NaN-gradient one
         blr.fit(X, counts, num_steps=40, progress=False)
@@ -216,7 +216,7 @@ def test_a_parameter_whose_gradient_stays_nan_is_named():
     pyro.clear_param_store()
     y = torch.zeros(3)
     pyro.param("b", torch.tensor(0.0))  # 0 * sqrt'(0) = 0 * inf: the gradient is NaN
-    blr = pb.BLR(bad_param, AutoDiagonalNormal(bad_param), lr=0.5, rule="von")
+    blr = pb.BLR(bad_param, AutoDiagonalNormal(bad_param), pb.VON(lr=0.5))
     with pytest.raises(FloatingPointError, match=r"parameter\(s\) \['b'\] is not finite two"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

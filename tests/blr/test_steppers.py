@@ -8,6 +8,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.blr.steppers import (
     STEPPERS,
     ExpFamilyMixtureStepper,
@@ -76,7 +77,7 @@ def test_every_rule_and_guide_pairing_is_accepted_or_refused_with_what_to_do(kin
     stepper, rules = ACCEPTED.get(kind, (None, ()))
     if rule in rules:
         assert stepper_for(rule, guide) is stepper
-        pb.BLR(model, guide, rule=rule)  # the driver builds it
+        pb.BLR(model, guide, rule_from_name(rule))  # the driver builds it
         return
     name = type(guide).__name__
     if rules:  # the message lists exactly the rules that drive this guide
@@ -85,7 +86,7 @@ def test_every_rule_and_guide_pairing_is_accepted_or_refused_with_what_to_do(kin
     else:
         match = rf"BLR cannot drive {name} with rule '{rule}': BLR drives pyro.infer.autoguide"
     with pytest.raises(TypeError, match=match):
-        pb.BLR(model, guide, rule=rule)
+        pb.BLR(model, guide, rule_from_name(rule))
 
 
 NON_DEFAULT = {
@@ -130,12 +131,12 @@ def test_the_driver_refuses_every_option_a_rule_does_not_declare(stepper, rule, 
     for option, value in NON_DEFAULT.items():
         guide = GUIDES[kind](model)
         if option in honoured:
-            pb.BLR(model, guide, rule=rule, **{option: value})
+            pb.BLR(model, guide, rule_from_name(rule, **{option: value}))
             continue
         with pytest.raises(
             ValueError, match=rf"{option}={value!r} does not apply to rule '{rule}'"
         ):
-            pb.BLR(model, guide, rule=rule, **{option: value})
+            pb.BLR(model, guide, rule_from_name(rule, **{option: value}))
 
 
 def params(guide):
@@ -146,7 +147,9 @@ def two_steps(kind, rule, **options):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = GUIDES[kind](model)
-    pb.BLR(model, guide, lr=0.2, rule=rule, **options).fit(*ARGS, num_steps=2, progress=False)
+    pb.BLR(model, guide, rule_from_name(rule, lr=0.2, **options)).fit(
+        *ARGS, num_steps=2, progress=False
+    )
     return params(guide)
 
 

@@ -15,6 +15,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 
 import pyro_blr as pb
 from pyro_blr.blr.prior_scale import prior_scale, robust_scale
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.core import latent_layout
 from tests.scenarios import LinearRegression, NormalNormal, linear_regression
 
@@ -32,7 +33,7 @@ def fit_linear_regression(rule: str, c: float) -> tuple[torch.Tensor, torch.Tens
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(s.model)
-    blr = pb.BLR(s.model, guide, lr=0.1, rule=rule)
+    blr = pb.BLR(s.model, guide, rule_from_name(rule, lr=0.1))
     for _ in range(STEPS):
         blr.step(s.X, s.y)
     return guide.locs.w.detach() / c, guide.scales.w.detach() / c
@@ -61,7 +62,7 @@ def test_the_normal_mean_under_ivon_in_other_units(c):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = AutoDiagonalNormal(s.model)
-        pb.BLR(s.model, guide, lr=0.1).fit(s.y, num_steps=STEPS, progress=False)
+        pb.BLR(s.model, guide, pb.IVON(lr=0.1)).fit(s.y, num_steps=STEPS, progress=False)
         fits.append((guide.loc.detach() / units, guide.scale.detach() / units))
     torch.testing.assert_close(fits[1][0], fits[0][0], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(fits[1][1], fits[0][1], rtol=1e-9, atol=0)

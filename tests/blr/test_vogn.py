@@ -9,6 +9,7 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests import scenarios
 from tests.scenarios import logistic_regression
 
@@ -17,7 +18,7 @@ def fit(model, rule, *args, steps=200, lr=0.5, **options):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    pb.BLR(model, guide, rule=rule, lr=lr, mc_samples=8, **options).fit(
+    pb.BLR(model, guide, rule_from_name(rule, lr=lr, mc_samples=8, **options)).fit(
         *args, num_steps=steps, progress=False
     )
     return guide.locs.w.detach(), guide.scales.w.detach().pow(-2)
@@ -64,11 +65,11 @@ def local_latents(y):
 def test_vogn_refuses_what_it_cannot_drive():
     s = logistic_regression(num_data=20, dim=2)
     pyro.clear_param_store()
-    blr = pb.BLR(local_latents, AutoNormal(local_latents), rule="vogn")
+    blr = pb.BLR(local_latents, AutoNormal(local_latents), pb.VOGN())
     with pytest.raises(ValueError, match="rule 'vogn' does not drive local latents"):
         blr.step(torch.zeros(4))
     with pytest.raises(ValueError, match="vectorize_particles=True does not apply"):
-        pb.BLR(s.model, AutoNormal(s.model), rule="vogn", vectorize_particles=True)
+        pb.BLR(s.model, AutoNormal(s.model), pb.VOGN(), vectorize_particles=True)
 
 
 def linear_regression(X, y, sigma=0.5):
@@ -108,7 +109,7 @@ def test_full_covariance_vogn_reaches_its_fixed_point_on_linear_regression(weigh
     pyro.set_rng_seed(0)
     guide = AutoMultivariateNormal(linear_regression)
     blr = pb.BLR(
-        linear_regression, guide, rule="vogn", lr=0.2, mc_samples=16, weight_decay=weight_decay
+        linear_regression, guide, pb.VOGN(lr=0.2, mc_samples=16, weight_decay=weight_decay)
     )
     # The average of the late iterates, taken here: fit(average=True) may now end at the last
     # iterate when its ELBO estimate is the higher one, and this test is about the fixed point.
@@ -154,7 +155,7 @@ def test_vogn_fits_a_model_with_its_own_parameters(guide_class):
     pyro.set_rng_seed(0)
     guide = guide_class(with_a_noise_param)
     optim = pyro.optim.Adam({"lr": 0.05})
-    pb.BLR(with_a_noise_param, guide, rule="vogn", lr=0.3, optim=optim).fit(
+    pb.BLR(with_a_noise_param, guide, pb.VOGN(lr=0.3), model_optim=optim).fit(
         X, y, num_steps=300, progress=False
     )
     # The residual sd is 0.5 (sampling error 0.025 at N = 200); from 2.0 Adam gets there.
@@ -173,7 +174,7 @@ def test_a_float32_overflow_names_the_site_and_float64_not_a_lower_lr(guide_clas
     s = scaled(torch.float32)
     pyro.clear_param_store()
     guide = guide_class(s.model)
-    blr = pb.BLR(s.model, guide, lr=0.5, rule="vogn")
+    blr = pb.BLR(s.model, guide, pb.VOGN(lr=0.5))
     with pytest.raises(FloatingPointError) as raised:
         blr.step(s.X, s.y)
     message = str(raised.value)
@@ -183,6 +184,6 @@ def test_a_float32_overflow_names_the_site_and_float64_not_a_lower_lr(guide_clas
     s = scaled(torch.float64)
     pyro.clear_param_store()
     guide = guide_class(s.model)
-    blr = pb.BLR(s.model, guide, lr=0.5, rule="vogn")
+    blr = pb.BLR(s.model, guide, pb.VOGN(lr=0.5))
     for _ in range(5):
         assert torch.isfinite(torch.tensor(blr.step(s.X, s.y)))

@@ -102,7 +102,7 @@ def expectation(option: str, entry: str) -> object:
 def fit_blr(option: str):
     idiom = IDIOMS["matmul"]()
     guide = GUIDE_OPTIONS[option](idiom.model)
-    blr = pb.BLR(idiom.model, guide, rule="mixture", lr=0.1, mc_samples=8)
+    blr = pb.BLR(idiom.model, guide, pb.MixtureRule(lr=0.1, mc_samples=8))
     blr.fit(*idiom.args, num_steps=150, progress=False, average=True)
     return guide
 

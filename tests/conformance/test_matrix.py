@@ -43,6 +43,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests.conformance.models import IDIOMS, Idiom, Raises, XFail, evidence_optimal_sigma
 
 MEAN_TOL = 0.25
@@ -159,7 +160,7 @@ def fit(entry: str, idiom: Idiom):
         if idiom.subsampled:  # a decaying step averages the minibatch noise away
             base = options["lr"]
             options["lr"], steps = (lambda t: base / (1 + t / 50)), max(steps, 400)
-        blr = pb.BLR(idiom.model, guide, **options)
+        blr = pb.BLR(idiom.model, guide, rule_from_name(options.pop("rule"), **options))
         blr.fit(*idiom.args, num_steps=steps, progress=False, average=True)
         return guide
     make, particles, steps, decay = SVI_FITS[entry]
@@ -184,13 +185,13 @@ def proposal(idiom: Idiom):
     # a model parameter stays where it is (lr 0): the diagnostics are of the model at its value
     frozen = pyro.optim.SGD({"lr": 0.0})
     if idiom.subsampled:  # Newton with lr 1/(t+1) averages the minibatch curvature
-        pb.BLR(idiom.model, guide, rule="newton", lr=lambda t: 1 / (t + 1), optim=frozen).fit(
+        pb.BLR(idiom.model, guide, pb.Newton(lr=lambda t: 1 / (t + 1)), model_optim=frozen).fit(
             *idiom.args, num_steps=400, progress=False
         )
     elif idiom.gaussian:
-        pb.BLR(idiom.model, guide, rule="newton", lr=1.0, optim=frozen).step(*idiom.args)
+        pb.BLR(idiom.model, guide, pb.Newton(lr=1.0), model_optim=frozen).step(*idiom.args)
     else:
-        pb.BLR(idiom.model, guide, rule="von", lr=0.5, optim=frozen).fit(
+        pb.BLR(idiom.model, guide, pb.VON(lr=0.5), model_optim=frozen).fit(
             *idiom.args, num_steps=15, progress=False
         )
     return guide
@@ -301,7 +302,7 @@ def run_loo_sensitivity(idiom: Idiom) -> None:
     if idiom.loo is not None and idiom.loo().mean_shift is not None:
         guide = AutoMultivariateNormal(idiom.for_guide)
         frozen = pyro.optim.SGD({"lr": 0.0})  # a model parameter stays at its value
-        pb.BLR(idiom.model, guide, rule="newton", lr=1.0, optim=frozen).step(*idiom.args)
+        pb.BLR(idiom.model, guide, pb.Newton(lr=1.0), model_optim=frozen).step(*idiom.args)
     else:
         guide = proposal(idiom)
     result = pb.loo_sensitivity(idiom.model, guide, *idiom.args)

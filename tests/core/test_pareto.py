@@ -44,7 +44,7 @@ def funnel():
 
 
 def _fit(model, guide, *args, **options):
-    blr = pb.BLR(model, guide, lr=0.5, rule="von", mc_samples=8)
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5, mc_samples=8))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         blr.fit(*args, num_steps=40, progress=False, **options)
@@ -77,7 +77,7 @@ def test_fit_is_silent_on_a_conjugate_model():
 def test_a_short_fit_skips_the_check():
     # 3 steps of 8 draws: 24 draws, fewer than the check's 256; the check would dominate.
     s = linear_regression()
-    blr = pb.BLR(s.model, AutoNormal(s.model), lr=0.5, rule="von", mc_samples=8)
+    blr = pb.BLR(s.model, AutoNormal(s.model), pb.VON(lr=0.5, mc_samples=8))
     blr.fit(s.X, s.y, num_steps=3, progress=False)
     assert blr.pareto is None
 
@@ -85,7 +85,7 @@ def test_a_short_fit_skips_the_check():
 @pytest.mark.parametrize("subsample_size", [10])
 def test_a_subsampled_model_gets_no_check(subsample_size):
     s = linear_regression(num_data=100, subsample_size=subsample_size)
-    blr = pb.BLR(s.model, AutoNormal(s.model), lr=0.5, rule="von", mc_samples=8)
+    blr = pb.BLR(s.model, AutoNormal(s.model), pb.VON(lr=0.5, mc_samples=8))
     blr.fit(s.X, s.y, num_steps=40, progress=False)
     assert blr.pareto is not None and blr.pareto.subsampled == ("data",)
     assert blr.pareto.usable

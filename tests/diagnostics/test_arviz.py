@@ -22,7 +22,7 @@ def exact():
     pyro.clear_param_store()
     s = linear_regression()
     guide = AutoMultivariateNormal(s.model)
-    pb.BLR(s.model, guide, lr=1.0, rule="newton").step(s.X, s.y)
+    pb.BLR(s.model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)
     pyro.set_rng_seed(0)
     return s, guide, pb.to_inference_data(s.model, guide, s.X, s.y, num_samples=4000, num_chains=4)
 

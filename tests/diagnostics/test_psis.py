@@ -14,7 +14,7 @@ from tests.scenarios import MIXTURE_DATA, linear_regression, mixture, mixture_gu
 def fitted(guide_class, s, steps=100, lr=0.5):
     pyro.clear_param_store()
     guide = guide_class(s.model)
-    pb.BLR(s.model, guide, lr=lr, rule="newton").fit(s.X, s.y, num_steps=steps, progress=False)
+    pb.BLR(s.model, guide, pb.Newton(lr=lr)).fit(s.X, s.y, num_steps=steps, progress=False)
     return guide
 
 

@@ -18,7 +18,7 @@ def newton_fit(s, guide_class=AutoMultivariateNormal):
     pyro.clear_param_store()
     guide = guide_class(s.model)
     lr = lambda t: min(1.0, 0.3 + t / 20)  # noqa: E731 - a schedule
-    pb.BLR(s.model, guide, lr=lr, rule="newton").fit(s.X, s.y, num_steps=30, progress=False)
+    pb.BLR(s.model, guide, pb.Newton(lr=lr)).fit(s.X, s.y, num_steps=30, progress=False)
     return guide
 
 
@@ -26,7 +26,7 @@ def test_conjugate_linear_regression_is_the_exact_rank_one_downdate():
     s = linear_regression(num_data=20, dim=3)
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(s.model)
-    pb.BLR(s.model, guide, lr=1.0, rule="newton").step(s.X, s.y)  # the exact posterior
+    pb.BLR(s.model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)  # the exact posterior
     loo = pb.loo_sensitivity(s.model, guide, s.X, s.y)
     assert loo.method == "quadratic" and loo.num_samples == 0 and loo.plate == "data"
     X, y, noise2 = s.X, s.y, s.noise**2
@@ -73,7 +73,7 @@ def test_logistic_mean_shifts_match_refits(logistic):
         refit = AutoMultivariateNormal(s.model)
         refit(s.X[keep], s.y[keep])
         GaussianGuide(refit, latent_layout(refit.prototype_trace)).write(loc, precision)
-        blr = pb.BLR(s.model, refit, lr=1.0, rule="newton")
+        blr = pb.BLR(s.model, refit, pb.Newton(lr=1.0))
         blr.fit(s.X[keep], s.y[keep], num_steps=4, progress=False)
         before = refit.loc.detach().clone()
         blr.step(s.X[keep], s.y[keep])
@@ -201,7 +201,7 @@ def test_errors_name_what_is_wrong():
         pb.loo_sensitivity(two_plates, AutoNormal(two_plates), x, y, z)
     pyro.clear_param_store()
     guide = AutoNormal(two_plates)
-    pb.BLR(two_plates, guide, lr=1.0, rule="newton").step(x, y, z)  # the exact posterior
+    pb.BLR(two_plates, guide, pb.Newton(lr=1.0)).step(x, y, z)  # the exact posterior
     result = pb.loo_sensitivity(two_plates, guide, x, y, z, plate="b")
     assert result.mean_shift.shape == (3, 1)
     pyro.clear_param_store()
@@ -246,7 +246,7 @@ def test_elpd_loo_stays_close_to_refits_where_psis_fails():
         pyro.clear_param_store()
         guide = AutoMultivariateNormal(poisson_regression)
         lr = lambda t: min(1.0, 0.3 + t / 20)  # noqa: E731 - a schedule
-        blr = pb.BLR(poisson_regression, guide, lr=lr, rule="newton")
+        blr = pb.BLR(poisson_regression, guide, pb.Newton(lr=lr))
         blr.fit(X, y, num_steps=40, progress=False)
         return guide
 

@@ -28,7 +28,7 @@ def fitted():
     pyro.set_rng_seed(0)
     s = linear_regression()
     guide = AutoDiagonalNormal(s.model)
-    pb.BLR(s.model, guide, lr=0.5, rule="newton").fit(s.X, s.y, num_steps=100, progress=False)
+    pb.BLR(s.model, guide, pb.Newton(lr=0.5)).fit(s.X, s.y, num_steps=100, progress=False)
     return s, guide
 
 

@@ -91,7 +91,7 @@ def test_gradients_reach_every_parameter_and_interfaces_work(flow):
 
 def fitted_gaussian(s):
     guide = AutoMultivariateNormal(s.model)
-    pb.BLR(s.model, guide, lr=0.5, rule="von").fit(s.X, s.y, num_steps=100, progress=False)
+    pb.BLR(s.model, guide, pb.VON(lr=0.5)).fit(s.X, s.y, num_steps=100, progress=False)
     return guide
 
 

@@ -17,7 +17,7 @@ from tests.scenarios import BIMODAL_LOG_Z, BIMODAL_MODE_SCALE, BIMODAL_MODES, bi
 def test_blr_mixture_finds_both_modes_exactly(component):
     # Seeds 0-5 were run: five find both modes (ELBO = log 2 exactly), one collapses onto one.
     guide = pb.AutoMixture(bimodal, num_components=2, component=component)
-    blr = pb.BLR(bimodal, guide, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture", mc_samples=16)
+    blr = pb.BLR(bimodal, guide, pb.MixtureRule(lr=lambda t: 0.3 / (1 + t / 50), mc_samples=16))
     losses = blr.fit(num_steps=300, progress=False).losses
     means = guide.locs.detach()[:, 0].sort().values
     torch.testing.assert_close(means, torch.tensor(BIMODAL_MODES), rtol=0, atol=0.01)
@@ -32,7 +32,7 @@ def test_a_single_gaussian_cannot_hold_both_modes():
     # From its symmetric start the BLR Gaussian sits between the modes: most of its mass falls
     # in the valley |x1| < 1, where the target has 0.3%, and its ELBO is far below log 2.
     guide = AutoNormal(bimodal)
-    blr = pb.BLR(bimodal, guide, lr=lambda t: 0.3 / (1 + t / 50), rule="von")
+    blr = pb.BLR(bimodal, guide, pb.VON(lr=lambda t: 0.3 / (1 + t / 50)))
     blr.fit(num_steps=300, progress=False)
     draws = Predictive(bimodal, guide=guide, num_samples=4000)()["x"].reshape(-1, 2)
     assert float((draws[:, 0].abs() < 1).float().mean()) > 0.1
@@ -86,7 +86,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="num_components must be a positive integer"):
         pb.AutoMixture(bimodal, num_components=0)
     with pytest.raises(TypeError, match="rule 'mixture'"):
-        pb.BLR(bimodal, AutoNormal(bimodal), rule="mixture")
+        pb.BLR(bimodal, AutoNormal(bimodal), pb.MixtureRule())
 
 
 D = torch.float64
@@ -109,8 +109,9 @@ def test_expfamily_mixture_puts_a_beta_on_each_mode():
 
     guide = pb.AutoMixture(symmetric_binomial, num_components=2, component="expfamily",
                            init_scale=0.2)  # fmt: skip
-    blr = pb.BLR(symmetric_binomial, guide, lr=lambda t: 0.3 / (1 + t / 50), rule="mixture",
-                 mc_samples=32)  # fmt: skip
+    blr = pb.BLR(
+        symmetric_binomial, guide, pb.MixtureRule(lr=lambda t: 0.3 / (1 + t / 50), mc_samples=32)
+    )
     blr.fit(k, num_steps=300, progress=False)
     means = guide.distributions(k)["p"].mean.detach().sort().values
     # A Beta is not the exact shape of either mode, and KL(q || p) pulls its mean inward of the
@@ -121,8 +122,9 @@ def test_expfamily_mixture_puts_a_beta_on_each_mode():
     assert abs(float(guide.weights[0]) - 0.5) < 0.05
     mixture_elbo = pb.log_evidence(symmetric_binomial, guide, k, method="elbo", num_particles=4000)
     single = pb.AutoExpFamily(symmetric_binomial, init_scale=0.2)
-    pb.BLR(symmetric_binomial, single, lr=lambda t: 0.3 / (1 + t / 50), rule="expfamily",
-           mc_samples=32).fit(k, num_steps=300, progress=False)  # fmt: skip
+    pb.BLR(
+        symmetric_binomial, single, pb.ExpFamilyRule(lr=lambda t: 0.3 / (1 + t / 50), mc_samples=32)
+    ).fit(k, num_steps=300, progress=False)
     single_elbo = pb.log_evidence(symmetric_binomial, single, k, method="elbo", num_particles=4000)
     # One Beta holds one mode (or straddles both): its ELBO is at most about log Z - log 2; the
     # mixture's is within 0.3 of log Z (each estimate's standard error is below 0.02).

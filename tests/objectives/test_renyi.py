@@ -20,7 +20,7 @@ ALPHAS = [-math.inf, -1.0, 0.0, 0.5, 1.0, 2.0, math.inf]
 
 def exact_guide(s):
     guide = AutoMultivariateNormal(s.model)
-    pb.BLR(s.model, guide, lr=1.0, rule="newton").step(s.X, s.y)
+    pb.BLR(s.model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)
     return guide
 
 

@@ -33,6 +33,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, Aut
 from torch import Tensor
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 
 F64 = torch.float64
 
@@ -193,7 +194,9 @@ class Case:
         return GUIDES[self.guide](model, init_scale=0.1 * unit, **init)
 
     def driver(self, model: Callable, guide, lr: float, **options) -> pb.BLR:
-        return pb.BLR(model, guide, lr=lr, rule=self.rule, **dict(self.options), **options)
+        return pb.BLR(
+            model, guide, rule_from_name(self.rule, lr=lr, **dict(self.options), **options)
+        )
 
     def with_options(self, **options) -> Case:
         return replace(self, options=tuple(sorted({**dict(self.options), **options}.items())))

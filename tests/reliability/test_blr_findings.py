@@ -11,6 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.blr.rules import rule_from_name
 from tests.scenarios import linear_regression
 
 
@@ -19,7 +20,7 @@ def test_a_column_observation_against_a_plate_is_refused():
     s = linear_regression()
     guide = AutoNormal(s.model)
     with pytest.raises(ValueError, match='at site "y", invalid log_prob shape'):
-        pb.BLR(s.model, guide, rule="von").step(s.X, s.y[:, None])
+        pb.BLR(s.model, guide, pb.VON()).step(s.X, s.y[:, None])
 
 
 def test_an_enumerated_site_hidden_from_the_guide_is_refused():
@@ -30,7 +31,7 @@ def test_an_enumerated_site_hidden_from_the_guide_is_refused():
 
     guide = AutoNormal(pyro.poutine.block(model, hide=["z"]))
     with pytest.raises(ValueError, match=r"latent site 'z'.*enumerate"):
-        pb.BLR(model, guide, rule="von").step(torch.tensor(2.0))
+        pb.BLR(model, guide, pb.VON()).step(torch.tensor(2.0))
 
 
 def test_a_latent_that_appears_after_set_up_is_refused():
@@ -44,7 +45,7 @@ def test_a_latent_that_appears_after_set_up_is_refused():
         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, rule="von", vectorize_particles=False)
+    blr = pb.BLR(model, guide, pb.VON(), vectorize_particles=False)
     with pytest.raises(ValueError, match=r"latent site 'extra'.*not in the guide"):
         for _ in range(5):
             blr.step(torch.tensor(1.0))
@@ -58,14 +59,14 @@ def test_an_option_the_rule_does_not_use_is_refused(rule, option):
     s = linear_regression()
     name = next(iter(option))
     with pytest.raises(ValueError, match=f"{name}=.* does not apply to rule '{rule}'"):
-        pb.BLR(s.model, AutoNormal(s.model), rule=rule, **option)
+        pb.BLR(s.model, AutoNormal(s.model), rule_from_name(rule, **option))
 
 
 @pytest.mark.parametrize("bad", [True, float("inf"), float("nan"), "0.1"])
 def test_bad_learning_rates_are_refused(bad):
     s = linear_regression()
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
-        pb.BLR(s.model, AutoNormal(s.model), lr=bad)
+        pb.BLR(s.model, AutoNormal(s.model), pb.IVON(lr=bad))
 
 
 def test_numpy_and_tensor_learning_rates_are_accepted():
@@ -73,7 +74,7 @@ def test_numpy_and_tensor_learning_rates_are_accepted():
 
     s = linear_regression()
     for lr in (np.float64(0.5), torch.tensor(0.5)):
-        pb.BLR(s.model, AutoNormal(s.model), lr=lr, rule="von").step(s.X, s.y)
+        pb.BLR(s.model, AutoNormal(s.model), pb.VON(lr=lr)).step(s.X, s.y)
 
 
 def test_negative_num_steps_is_refused():
@@ -86,7 +87,7 @@ def test_a_diverging_fit_warns_and_raises():
     # Newton at lr 5 overshoots and climbs on a logistic-like loss; the driver must say so as
     # it happens, and a fit that ends there must not return the diverged guide as an answer.
     s = linear_regression()
-    blr = pb.BLR(s.model, AutoDiagonalNormal(s.model), lr=5.0, rule="newton")
+    blr = pb.BLR(s.model, AutoDiagonalNormal(s.model), pb.Newton(lr=5.0))
     with pytest.warns(RuntimeWarning, match="diverging"):
         with pytest.raises(FloatingPointError, match=r"BLR\.fit: the loss ended at .* diverged"):
             blr.fit(s.X, s.y, num_steps=30, progress=False)
@@ -97,7 +98,7 @@ def test_changes_behind_the_drivers_back_are_read_from_the_guide():
     # driver's last write. With lr -> 0 one von step leaves the mean where SVI put it.
     s = linear_regression()
     guide = AutoMultivariateNormal(s.model)
-    blr = pb.BLR(s.model, guide, lr=1.0, rule="newton")
+    blr = pb.BLR(s.model, guide, pb.Newton(lr=1.0))
     blr.step(s.X, s.y)
     svi = SVI(s.model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     for _ in range(50):
@@ -133,7 +134,7 @@ def test_checkpoints_resume_bit_for_bit_through_torch_save(rule, make_guide, cal
     def make():
         pyro.clear_param_store()
         guide = make_guide(s.model)
-        return guide, pb.BLR(s.model, guide, lr=0.2, rule=rule)
+        return guide, pb.BLR(s.model, guide, rule_from_name(rule, lr=0.2))
 
     pyro.set_rng_seed(0)
     _, blr = make()
@@ -164,7 +165,7 @@ def test_checkpoints_resume_bit_for_bit_through_torch_save(rule, make_guide, cal
 def test_a_bad_checkpoint_is_rejected_before_anything_changes(corrupt, message):
     s = linear_regression()
     guide = AutoNormal(s.model)
-    blr = pb.BLR(s.model, guide, lr=0.2, rule="ivon")
+    blr = pb.BLR(s.model, guide, pb.IVON(lr=0.2))
     blr.fit(s.X, s.y, num_steps=2, progress=False)
     checkpoint = blr.state_dict()
     corrupt(checkpoint)
@@ -179,12 +180,12 @@ def test_a_bad_checkpoint_is_rejected_before_anything_changes(corrupt, message):
 def test_half_precision_data_is_refused_by_name():
     s = linear_regression(dtype=torch.float16)
     with pytest.raises(TypeError, match=r"float16.*float32 or float64"):
-        pb.BLR(s.model, AutoNormal(s.model), rule="von").step(s.X, s.y)
+        pb.BLR(s.model, AutoNormal(s.model), pb.VON()).step(s.X, s.y)
 
 
 def test_a_max_plate_nesting_below_the_models_is_refused():
     s = linear_regression()
-    blr = pb.BLR(s.model, AutoNormal(s.model), rule="von", max_plate_nesting=0)
+    blr = pb.BLR(s.model, AutoNormal(s.model), pb.VON(), max_plate_nesting=0)
     with pytest.raises(ValueError, match="max_plate_nesting=0 is less than the 1 plate"):
         blr.step(s.X, s.y)
     with pytest.raises(ValueError, match="max_plate_nesting must be a non-negative integer"):
@@ -200,7 +201,7 @@ def test_a_site_the_log_joint_ignores_is_named_at_the_first_step():
             pyro.sample("ghost", dist.Normal(0.0, 1.0))
         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
-    blr = pb.BLR(model, AutoNormal(model), rule="von")
+    blr = pb.BLR(model, AutoNormal(model), pb.VON())
     with pytest.raises(ValueError, match=r"'ghost'.*improper"):
         blr.step(torch.tensor(1.0))
 
@@ -218,7 +219,7 @@ def test_an_interrupted_write_leaves_the_guide_as_it_was(monkeypatch):
             pyro.sample("y", dist.Normal(a * X[:, 0] + X[:, 1:] @ b, 0.5), obs=y)
 
     guide = AutoNormal(model)
-    blr = pb.BLR(model, guide, lr=0.5, rule="von")
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5))
     blr.step(s.X, s.y)
     before = {k: v.detach().clone() for k, v in guide.named_parameters()}
     real, calls = gaussian_guide.write_param, []
@@ -257,7 +258,7 @@ def test_latent_sites_of_mixed_dtypes_are_named():
             pyro.sample("y", dist.Normal(a * X[:, 0] + X[:, 1:] @ b, 0.5), obs=y)
 
     with pytest.raises(TypeError, match=r"mix dtypes.*'a': torch.float32"):
-        pb.BLR(model, AutoNormal(model), rule="von").step(s.X, s.y)
+        pb.BLR(model, AutoNormal(model), pb.VON()).step(s.X, s.y)
 
 
 def test_sgd_evidence_refuses_a_column_observation_against_a_plate():

@@ -112,7 +112,7 @@ def test_a_guide_at_the_variational_fixed_point_is_accepted_silently():
 def _fitted(s):
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(s.model)
-    pb.BLR(s.model, guide, lr=1.0, rule="newton").step(s.X, s.y)
+    pb.BLR(s.model, guide, pb.Newton(lr=1.0)).step(s.X, s.y)
     return guide
 
 
@@ -260,7 +260,7 @@ def test_a_model_argument_named_like_an_option_must_come_in_model_kwargs(entry):
     y = torch.tensor([0.5, 1.5, 1.0])
     pyro.clear_param_store()
     guide = AutoNormal(clashing)
-    pb.BLR(clashing, guide, lr=1.0, rule="newton").step(y, method="shifted")
+    pb.BLR(clashing, guide, pb.Newton(lr=1.0)).step(y, method="shifted")
     call = ENTRIES[entry]
     with pytest.raises(TypeError, match=rf"{entry}: the model has an argument named"):
         call(guide, y)
@@ -277,7 +277,7 @@ def test_model_kwargs_reach_the_model():
     for model_kwargs, shift in (({}, 0.0), ({"method": "shifted"}, 3.0)):
         pyro.clear_param_store()
         guide = AutoNormal(clashing)
-        pb.BLR(clashing, guide, lr=1.0, rule="newton").step(y, **model_kwargs)  # exact posterior
+        pb.BLR(clashing, guide, pb.Newton(lr=1.0)).step(y, **model_kwargs)  # exact posterior
         estimate = pb.log_evidence(clashing, guide, y, num_particles=100, model_kwargs=model_kwargs)
         exact = dist.MultivariateNormal(y.new_full((3,), shift), covariance).log_prob(y)
         assert abs(estimate.value - float(exact)) < 1e-4  # q = p: every weight is p(y), to

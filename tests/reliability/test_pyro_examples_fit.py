@@ -45,7 +45,7 @@ def test_baseball_with_the_default_particles_ends_near_the_optimum_or_warns(seed
     pyro.set_rng_seed(seed)
     model = partially_pooled_with_logit
     guide = AutoMultivariateNormal(model)
-    blr = pb.BLR(model, guide, lr=0.5, rule="von")
+    blr = pb.BLR(model, guide, pb.VON(lr=0.5))
     with warnings.catch_warnings(record=True) as caught:  # a drift is warned about, not raised
         warnings.simplefilter("always")
         blr.fit(AT_BATS, HITS, num_steps=300, progress=False)
@@ -89,7 +89,7 @@ def test_a_data_loader_loop_ends_at_the_posterior_through_fit_batches():
     pyro.clear_param_store()
     reference_model = SviTorchModel(size)
     reference = AutoNormal(reference_model)
-    blr = pb.BLR(reference_model, reference, lr=lambda t: 1 / (1 + t / 10), rule="von")
+    blr = pb.BLR(reference_model, reference, pb.VON(lr=lambda t: 1 / (1 + t / 10)))
     blr.fit(covariates, data, num_steps=30, progress=False)
     loc, sd = reference.locs.scale.item(), reference.scales.scale.item()
 
@@ -97,7 +97,5 @@ def test_a_data_loader_loop_ends_at_the_posterior_through_fit_batches():
     pyro.set_rng_seed(0)
     model = SviTorchModel(size)
     guide = AutoNormal(model)
-    pb.BLR(model, guide, lr=0.5, rule="von").fit(
-        num_steps=len(loader), batches=loader, progress=False
-    )
+    pb.BLR(model, guide, pb.VON(lr=0.5)).fit(num_steps=len(loader), batches=loader, progress=False)
     assert abs(guide.locs.scale.item() - loc) < sd

@@ -47,7 +47,7 @@ def fitted(model, make_driver):
 
 
 DRIVERS = {
-    "von": lambda model, guide: pb.BLR(model, guide, lr=0.5, rule="von"),
+    "von": lambda model, guide: pb.BLR(model, guide, pb.VON(lr=0.5)),
     "ivon-defaults": lambda model, guide: pb.BLR(model, guide),
 }
 
@@ -110,7 +110,7 @@ def test_a_float32_prior_with_float64_data_gets_the_exact_posterior():
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(model)
     with pytest.warns(UserWarning, match="observed site 'y' holds float64 data"):
-        pb.BLR(model, guide, lr=1.0, rule="newton").step(y)
+        pb.BLR(model, guide, pb.Newton(lr=1.0)).step(y)
     posterior = guide.get_posterior()
     assert posterior.mean.dtype == torch.float32  # the guide follows the latents, as in SVI
     torch.testing.assert_close(posterior.mean.double(), y.sum()[None] / 5, rtol=1e-5, atol=1e-5)
@@ -227,7 +227,7 @@ def test_another_number_of_rows_still_steps():
     X, y = regression_data()
     pyro.clear_param_store()
     guide = AutoNormal(regression)
-    blr = pb.BLR(regression, guide, lr=0.5, rule="von")
+    blr = pb.BLR(regression, guide, pb.VON(lr=0.5))
     blr.step(X, y)
     assert np.isfinite(blr.step(X[:10], y[:10]))
 

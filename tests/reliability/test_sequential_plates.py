@@ -13,6 +13,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 from pyro_blr.blr.ivon_start import per_datum_start
+from pyro_blr.blr.rules import rule_from_name
 from pyro_blr.blr.steppers.base import minibatch
 from pyro_blr.core import latent_layout
 
@@ -37,7 +38,7 @@ def fit(model, guide_class, rule):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = guide_class(model)
-    blr = pb.BLR(model, guide, rule=rule, lr=0.5)
+    blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.5))
     losses = [blr.step(Y) for _ in range(4)]
     return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
@@ -62,7 +63,7 @@ def test_vogn_refuses_a_sequential_plate_naming_it():
     pyro.clear_param_store()
     guide = AutoNormal(sequential)
     with pytest.raises(ValueError, match=r"sequential plate\(s\) \['data'\]"):
-        pb.BLR(sequential, guide, rule="vogn", lr=0.5).step(Y)
+        pb.BLR(sequential, guide, pb.VOGN(lr=0.5)).step(Y)
 
 
 def test_the_minibatch_of_a_sequential_plate_is_found():

@@ -39,8 +39,8 @@ from pyro_blr.blr.rules.mixture import (
 )
 from pyro_blr.blr.rules.newton import Newton, newton_update
 from pyro_blr.blr.rules.ogn import OGN
-from pyro_blr.blr.rules.von import VON, von_update
 from pyro_blr.blr.rules.vogn import VOGN
+from pyro_blr.blr.rules.von import VON, von_update
 
 __all__ = [
     "IVON",
@@ -89,8 +89,9 @@ def rule_from_name(name: str, **options: Any) -> Rule:
     """The rule registered as ``name``, built with ``options``.
 
     Example:
-        >>> rule_from_name("von", lr=0.5)
-        VON(lr=0.5, mc_samples=2, antithetic=True, ess=None, hess_init='auto', hessian_every=1, weight_decay=0.0)
+        >>> rule = rule_from_name("von", lr=0.5)
+        >>> type(rule).__name__, rule.lr
+        ('VON', 0.5)
     """
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; choose one of {sorted(RULES)}")

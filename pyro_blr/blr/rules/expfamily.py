@@ -23,6 +23,7 @@ from pyro_blr.families import ExpFamily
 
 __all__ = ["ExpFamilyRule", "ExpFamilyState", "expfamily_update", "update_sites"]
 
+
 class ExpFamilyState(NamedTuple):
     """Each site's natural parameters, and its family (static: the guide's structure)."""
 

@@ -123,8 +123,9 @@ class IVON(GaussianRule):
 
     Example:
         >>> import pyro_blr as pb
-        >>> pb.IVON(lr=0.05, ess=1000)
-        IVON(lr=0.05, mc_samples=2, antithetic=True, ess=1000.0, hess_init='auto', beta1=0.9, beta2=0.999, clip_radius=0.1, weight_decay=0.0)
+        >>> rule = pb.IVON(lr=0.05, ess=1000)
+        >>> rule.lr, rule.ess, rule.beta2
+        (0.05, 1000.0, 0.999)
     """
 
     name = "ivon"

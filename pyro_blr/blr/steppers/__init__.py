@@ -1,4 +1,5 @@
-"""One stepper per kind of guide, found by the rule's ``kind``: see :mod:`pyro_blr.blr.steppers.base`."""
+"""One stepper per kind of guide, found by the rule's ``kind``: see
+:mod:`pyro_blr.blr.steppers.base`."""
 
 from __future__ import annotations
 

@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 
-
 class StepOptions(NamedTuple):
     """The driver's options, as a stepper receives them (see :class:`pyro_blr.BLR`)."""
 

@@ -51,6 +51,7 @@ from pyro_blr.guides import AutoExpFamily, AutoMixture
 
 __all__ = ["ExpFamilyStepper", "SiteDraws", "SiteFamiliesStepper"]
 
+
 class SiteDraws:
     """Reparameterized draws of every site of an exponential-family guide, with what the
     expectations need: the model's log joint, the base measures and the weight-decay penalty.

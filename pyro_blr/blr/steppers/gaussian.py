@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
@@ -60,6 +60,7 @@ from pyro_blr.core import (
 from pyro_blr.families import gaussian_family
 
 __all__ = ["GaussianStepper"]
+
 
 class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
     """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,

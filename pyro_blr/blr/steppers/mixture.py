@@ -33,6 +33,7 @@ from pyro_blr.guides import AutoMixture
 
 __all__ = ["ExpFamilyMixtureStepper", "GaussianMixtureStepper"]
 
+
 def _not_finite(step_number: int) -> FloatingPointError:
     return FloatingPointError(
         f"BLR step {step_number}: a mixture expectation is not finite; {KEPT}"
