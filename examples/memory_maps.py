@@ -1,7 +1,7 @@
 """Memory maps: which training examples does a BLR posterior depend on, without refitting?
 
 Bayesian logistic regression on the breast-cancer data (569 examples, 30 standardized features
-and an intercept), fitted with the Bayesian learning rule (``rule="von"``, full covariance).
+and an intercept), fitted with the Bayesian learning rule (``pb.VON()``, full covariance).
 ``pb.loo_sensitivity`` applies the memory-perturbation equation (Nickl et al. 2023) to the fit:
 from the per-example gradients and Hessians at the mean it estimates, for every example, how far
 the posterior mean would move if the example were left out, and its leave-one-out predictive

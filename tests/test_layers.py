@@ -60,6 +60,13 @@ def test_the_top_level_reexports_only_the_public_api():
 
     assert set(pyro_blr.__all__) == {
         "BLR",
+        "IVON",
+        "VON",
+        "VOGN",
+        "OGN",
+        "Newton",
+        "ExpFamilyRule",
+        "MixtureRule",
         "AutoExpFamily",
         "AutoFlow",
         "AutoMixture",

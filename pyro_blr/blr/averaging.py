@@ -73,7 +73,7 @@ class IterateAverage:
         ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
         >>> y = torch.tensor([1.0, 2.0, 3.0])
         >>> guide = AutoMultivariateNormal(model)
-        >>> blr = pb.BLR(model, guide, lr=0.5, rule="von")
+        >>> blr = pb.BLR(model, guide, pb.VON(lr=0.5))
         >>> average = pb.blr.IterateAverage(blr)
         >>> for t in range(100):
         ...     loss = blr.step(y)

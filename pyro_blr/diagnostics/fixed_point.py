@@ -18,7 +18,7 @@ Two numbers measure the distance, both scale-free:
   :math:`S^{-1}\nabla^2\ell(m)` (of :math:`\nabla^2\ell(m)_{jj}/S_{jj}` for a diagonal guide):
   the log of the factor by which the guide's precision misses the data's curvature.
 
-A fit by ``pb.BLR(rule="von")`` or SVI sits where :math:`\mathbb E_q[\nabla\ell] = 0` and
+A fit by ``pb.BLR(model, guide, pb.VON())`` or SVI sits where :math:`\mathbb E_q[\nabla\ell] = 0` and
 :math:`S = \mathbb E_q[\nabla^2\ell]`, which differ from the delta method's conditions by the
 posterior's skew (on a nearly separable logistic regression by a Newton step of one standard
 deviation and a factor 2.7 in precision): the same gaps are measured with the expectations,
@@ -111,8 +111,8 @@ def _within_warning(gap: FixedPointGap) -> bool:
 def check_fixed_point(gaps: dict[str, FixedPointGap], entry: str) -> FixedPointGap:
     """Refuse a guide far from every fixed point offered, warn about one near but not at one.
 
-    A guide is judged by the fixed point it is closest to: the delta method's (``pb.BLR(rule=
-    "newton")``, derivatives at the mean) or the variational one (``"von"``, ``"ivon"``, SVI:
+    A guide is judged by the fixed point it is closest to: the delta method's (``pb.Newton``,
+    derivatives at the mean) or the variational one (``pb.VON``, ``pb.IVON``, SVI:
     expected derivatives under :math:`q`).
 
     Args:
@@ -140,7 +140,7 @@ def check_fixed_point(gaps: dict[str, FixedPointGap], entry: str) -> FixedPointG
         f"({rule}) and its precision misses the log joint's curvature there by a factor up to "
         f"{math.exp(min(gap.precision, 700)):.3g}"
     )
-    fix = "fit it to convergence first, e.g. pb.BLR(model, guide, rule='newton').fit(...)"
+    fix = "fit it to convergence first, e.g. pb.BLR(model, guide, pb.Newton()).fit(...)"
     if _score(gap) > 1:
         raise ValueError(
             f"{entry}: the guide is not at a fixed point of the learning rule for this model "

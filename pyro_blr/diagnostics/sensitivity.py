@@ -135,7 +135,7 @@ class LOOSensitivity(NamedTuple):
             ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
             >>> y = torch.tensor([0.5, 1.5, 1.0])
             >>> guide = AutoNormal(model)
-            >>> _ = pb.BLR(model, guide, lr=1.0, rule="newton").step(y)  # the exact posterior
+            >>> _ = pb.BLR(model, guide, pb.Newton(lr=1.0)).step(y)  # the exact posterior
             >>> elpd = loo_sensitivity(model, guide, y).to_elpd_data()
             >>> type(elpd).__name__.startswith("ELPDData")
             True
@@ -188,8 +188,8 @@ def loo_sensitivity(
     (:func:`~pyro_blr.diagnostics.fixed_point.fixed_point_gap`: the step from :math:`m` in
     posterior standard deviations, and the factor between :math:`S` and the curvature) is
     measured first, to the delta method's fixed point (derivatives at :math:`m`, where
-    ``rule="newton"`` stops) and, when that one is not met, to the variational one (expected
-    derivatives under :math:`q`, where ``"von"``, ``"ivon"`` and SVI stop); a guide far from
+    ``pb.Newton`` stops) and, when that one is not met, to the variational one (expected
+    derivatives under :math:`q`, where ``pb.VON``, ``pb.IVON`` and SVI stop); a guide far from
     both is refused (e.g. one never fitted), one near but not at the closer is warned about with
     the error it implies. The LOO predictive density
     :math:`\log p(y_i \mid q_{\setminus i}) = \log \mathbb E_{q_{\setminus i}}\, e^{\ell_i}`
@@ -253,7 +253,7 @@ def loo_sensitivity(
         :math:`N` data, so :math:`O(N^2)` work: prefer ``"quadratic"`` for large :math:`N`.
 
         The expansion is at the mean (the delta method), which is the fixed point of
-        ``pb.BLR(rule="newton")``; for a ``"von"`` fit the paper's expectations under
+        ``pb.BLR(model, guide, pb.Newton())``; for a ``"von"`` fit the paper's expectations under
         :math:`q` differ from it by the posterior's spread.
 
     References:
@@ -274,7 +274,7 @@ def loo_sensitivity(
         ...     with pyro.plate("data", len(y)):
         ...         pyro.sample("y", dist.Normal(X @ w, 0.5), obs=y)
         >>> guide = AutoMultivariateNormal(model)
-        >>> _ = pb.BLR(model, guide, lr=1.0, rule="newton").step(X, y)  # the exact posterior
+        >>> _ = pb.BLR(model, guide, pb.Newton(lr=1.0)).step(X, y)  # the exact posterior
         >>> loo = pb.loo_sensitivity(model, guide, X, y)
         >>> precision = torch.eye(2, dtype=X.dtype) + X[1:].T @ X[1:] / 0.25  # refit without y[0]
         >>> refit = torch.linalg.solve(precision, X[1:].T @ y[1:] / 0.25)
@@ -315,8 +315,8 @@ def loo_sensitivity(
         hessian=True,
     )
     joint_grad, joint_hess = joint.grad[0].to(loc.dtype), joint.hess[0].to(loc.dtype)
-    gaps = {"the delta method, rule='newton'": fixed_point_gap(joint_grad, joint_hess, precision)}
-    if needs_second_opinion(gaps["the delta method, rule='newton'"]):
+    gaps = {"the delta method, pb.Newton": fixed_point_gap(joint_grad, joint_hess, precision)}
+    if needs_second_opinion(gaps["the delta method, pb.Newton"]):
         gaps["the variational one, 'von', 'ivon' or SVI"] = _expected_gap(
             model, layout, loc, precision, precision_matrix, args, kwargs
         )
@@ -338,7 +338,7 @@ def loo_sensitivity(
             f"leaving out datum {bad} of plate '{plate}' leaves a precision S - H_i that is not "
             "positive definite: the datum's curvature exceeds the posterior's, so the guide is "
             "not at a fixed point of the learning rule for this model (fit it longer, e.g. with "
-            "pb.BLR(rule='newton'))"
+            "pb.BLR(model, guide, pb.Newton()))"
         )
     shift = -torch.cholesky_solve(grad[..., None], newton_chol)[..., 0]
     influence = (shift * (precision_matrix @ shift[..., None])[..., 0]).sum(-1).clamp(min=0).sqrt()

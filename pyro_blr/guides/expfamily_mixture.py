@@ -14,7 +14,7 @@ site's unconstrained coordinates. It is an :class:`~pyro_blr.guides.mixture.Auto
 :meth:`~pyro_blr.guides.mixture.AutoMixture.set_logits`.
 
 Non-Gaussian mixtures have no reparameterized sampler for SVI; they are fitted by
-``pb.BLR(rule="mixture")``. Drawing from
+``pb.BLR(model, guide, pb.MixtureRule())``. Drawing from
 the guide (``Predictive``, :func:`pyro_blr.to_inference_data`, :func:`pyro_blr.log_evidence`, all
 under ``torch.no_grad``) is ancestral: a component per draw, then every site from it; the guide
 trace carries the exact mixture log density :math:`\log q(x)` (on an auxiliary site), so
@@ -128,7 +128,7 @@ class ExpFamilyMixture(AutoMixture, AutoExpFamily):
         if torch.is_grad_enabled():
             raise NotImplementedError(
                 "AutoMixture(component='expfamily') has no reparameterized sampler for SVI; fit "
-                "it with pb.BLR(model, guide, rule='mixture')"
+                "it with pb.BLR(model, guide, pb.MixtureRule())"
             )
         # One component per draw; the site is masked out of log q, which carries the mixture
         # density on the auxiliary site below instead.

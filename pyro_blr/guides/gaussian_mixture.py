@@ -10,7 +10,7 @@ some components start on each side (with two components, exactly opposite).
 
 Two ways to fit it:
 
-* ``pb.BLR(model, guide, rule="mixture")`` -- the natural-gradient updates of Lin, Khan & Schmidt
+* ``pb.BLR(model, guide, pb.MixtureRule())`` -- the natural-gradient updates of Lin, Khan & Schmidt
   (2019), with stratified expectations (every component sampled, weighted by its weight). The
   rule reads the mixture with :meth:`GaussianMixture.components` and writes it with
   :meth:`GaussianMixture.set_components`.
@@ -72,7 +72,7 @@ class _FiniteGradients(torch.autograd.Function):
                 "AutoMixture(component='diagonal') got non-finite gradients from Pyro's "
                 "MixtureOfDiagNormals pathwise derivative, whose component densities overflow or "
                 "underflow in high dimensions; fit this guide with "
-                "pb.BLR(model, guide, rule='mixture'), which needs no such derivative"
+                "pb.BLR(model, guide, pb.MixtureRule()), which needs no such derivative"
             )
         return grads
 
@@ -150,7 +150,7 @@ class GaussianMixture(AutoMixture, AutoContinuous):
         if torch.is_grad_enabled():  # SVI: Pyro would fall back to a score-function gradient
             raise NotImplementedError(
                 "AutoMixture(component='full') has no reparameterized sampler for SVI; fit it "
-                "with pb.BLR(model, guide, rule='mixture'), or use component='diagonal'"
+                "with pb.BLR(model, guide, pb.MixtureRule()), or use component='diagonal'"
             )
         return self.mixture()
 

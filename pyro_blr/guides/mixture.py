@@ -63,11 +63,11 @@ class AutoMixture(AutoGuide):
 
     * ``"diagonal"``, ``"full"``: Gaussians over the unconstrained latent vector, see
       :class:`~pyro_blr.guides.gaussian_mixture.GaussianMixture` (``init_loc_fn``,
-      ``init_scale``, ``init_spread``). Fitted by ``pb.BLR(rule="mixture")``, or for
+      ``init_scale``, ``init_spread``). Fitted by ``pb.BLR(model, guide, pb.MixtureRule())``, or for
       ``"diagonal"`` by ``pyro.infer.SVI``.
     * ``"expfamily"``: support-matched families per site, see
       :class:`~pyro_blr.guides.expfamily_mixture.ExpFamilyMixture` (also ``families``).
-      Fitted by ``pb.BLR(rule="mixture")``.
+      Fitted by ``pb.BLR(model, guide, pb.MixtureRule())``.
 
     The arguments are ``model`` (the Pyro model), ``num_components`` (:math:`K`) and
     ``component`` (the kind of component), then the subclass's own.

@@ -11,7 +11,8 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, Aut
 
 import pyro_blr as pb
 from pyro_blr.blr.rules import rule_from_name
-from pyro_blr.blr.steppers import StepOptions, stepper_for
+from pyro_blr.blr.steppers import stepper_for
+from pyro_blr.blr.steppers.base import step_options
 
 D = torch.float64
 N = 12
@@ -113,10 +114,11 @@ def test_a_checkpoint_of_another_dtype_is_refused_naming_the_fix():
 
 def test_a_stepper_checkpoint_names_its_rule():
     # von and newton keep the same fields (mean, precision): only the signature tells them apart.
-    def stepper(rule):
+    def stepper(name):
         pyro.clear_param_store()
         guide = AutoMultivariateNormal(one_site)
-        return stepper_for(rule, guide)(one_site, guide, rule, StepOptions())
+        rule = rule_from_name(name)
+        return stepper_for(rule, guide)(one_site, guide, rule, step_options(rule, "auto", None))
 
     von = stepper("von")
     von.step(data(), {}, 0.5, 1)

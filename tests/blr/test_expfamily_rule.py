@@ -63,9 +63,9 @@ def test_circular_and_simplex_sites_stay_valid():
 
 
 def test_rule_and_guide_must_match():
-    with pytest.raises(TypeError, match=r"cannot drive AutoNormal with rule 'expfamily'"):
+    with pytest.raises(TypeError, match=r"cannot drive AutoNormal with ExpFamilyRule"):
         pb.BLR(conjugate_model, AutoNormal(conjugate_model), pb.ExpFamilyRule())
-    with pytest.raises(TypeError, match="this guide takes rule 'expfamily'"):
+    with pytest.raises(TypeError, match="this guide takes ExpFamilyRule"):
         pb.BLR(conjugate_model, pb.AutoExpFamily(conjugate_model), pb.IVON())
 
 

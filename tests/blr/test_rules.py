@@ -5,6 +5,7 @@ import torch
 
 from pyro_blr.blr.rules import (
     RULES,
+    Estimates,
     GaussianState,
     IVONState,
     ivon_update,
@@ -99,6 +100,28 @@ def test_ivon_clip_radius_bounds_the_mean_update():
 
 def test_rule_init_builds_each_state():
     loc, precision = torch.zeros(2), torch.ones(2)
-    state = RULES["ivon"].init(loc, precision)
+    state = RULES["ivon"]().init(GaussianState(loc, precision))
     assert isinstance(state, IVONState) and torch.equal(state.momentum, torch.zeros(2))
-    assert isinstance(RULES["von"].init(loc, precision), GaussianState)
+    assert isinstance(RULES["von"]().init(GaussianState(loc, precision)), GaussianState)
+
+
+@pytest.mark.parametrize("name", ["ivon", "von", "vogn", "ogn", "newton"])
+def test_each_gaussian_rule_updates_a_constructed_state_purely(name):
+    # update(state, estimates, lr) on a state built by hand: the inputs are left unchanged and
+    # a quadratic's exact gradient and Hessian give the rule's own closed-form step
+    rule = RULES[name]()
+    state = rule.init(GaussianState(torch.zeros(1), torch.ones(1)))
+    before = [t.clone() for t in state]
+    grad, hess = torch.tensor([-2.0]), torch.tensor([2.0])
+    new, info = rule.update(state, Estimates(grad, hess, step=1), lr=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(state, before, strict=True))
+    assert info.halvings == 0
+    if name in ("newton", "ogn"):  # (1 - 1) * 1 + 2 = 2; 0 + 2 / 2 = 1
+        assert torch.allclose(new.precision, torch.tensor([2.0]))
+        assert torch.allclose(new.loc, torch.tensor([1.0]))
+    elif name == "ivon":  # h: 0.999 * 1 + 0.001 * 2 + 0.5 * 1e-6 * 1; clipped to 0.1 a step
+        assert torch.allclose(new.precision, torch.tensor([1.0010005]))
+        assert torch.allclose(new.loc, torch.tensor([0.1]))
+    else:  # Riemannian: 1 + 1 + 0.5 * 1 = 2.5; 0 + 2 / 2.5
+        assert torch.allclose(new.precision, torch.tensor([2.5]))
+        assert torch.allclose(new.loc, torch.tensor([0.8]))

@@ -66,7 +66,7 @@ def test_vogn_refuses_what_it_cannot_drive():
     s = logistic_regression(num_data=20, dim=2)
     pyro.clear_param_store()
     blr = pb.BLR(local_latents, AutoNormal(local_latents), pb.VOGN())
-    with pytest.raises(ValueError, match="rule 'vogn' does not drive local latents"):
+    with pytest.raises(ValueError, match="VOGN does not drive local latents"):
         blr.step(torch.zeros(4))
     with pytest.raises(ValueError, match="vectorize_particles=True does not apply"):
         pb.BLR(s.model, AutoNormal(s.model), pb.VOGN(), vectorize_particles=True)

@@ -85,7 +85,7 @@ def test_bad_arguments():
         pb.AutoMixture(bimodal, component="banana")
     with pytest.raises(ValueError, match="num_components must be a positive integer"):
         pb.AutoMixture(bimodal, num_components=0)
-    with pytest.raises(TypeError, match="rule 'mixture'"):
+    with pytest.raises(TypeError, match="with MixtureRule"):
         pb.BLR(bimodal, AutoNormal(bimodal), pb.MixtureRule())
 
 

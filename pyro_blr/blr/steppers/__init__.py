@@ -50,7 +50,7 @@ def stepper_for(rule: Rule, guide: Any) -> type[Stepper]:
             "AutoMultivariateNormal, pb.AutoExpFamily and pb.AutoMixture"
         )
     )
-    raise TypeError(f"BLR cannot drive {type(guide).__name__} with {rule!r}: {fix}")
+    raise TypeError(f"BLR cannot drive {type(guide).__name__} with {type(rule).__name__}: {fix}")
 
 
 def _drives(rule: Rule, guide: Any) -> bool:
