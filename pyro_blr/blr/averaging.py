@@ -113,7 +113,7 @@ class IterateAverage:
                     for key, value in self._last[1].items():
                         self._sum[key] += value
                 self._confirmed += 1
-        state = self.blr._stepper.natural_state()
+        state = self.blr.natural_state()
         self._last = (step, {k: v.detach().clone() for k, v in state.items()})
 
     def average(self) -> dict[str, Tensor]:
@@ -127,7 +127,7 @@ class IterateAverage:
 
     def write(self) -> None:
         """Write the average into the guide (checked whole before anything is written)."""
-        self.blr._stepper.load_natural_state(self.average())
+        self.blr.load_natural_state(self.average())
 
 
 def converged(losses: Sequence[float], window: int, tol: float) -> bool:

@@ -251,6 +251,15 @@ class BLR:
         """The rule's step size: a float or a schedule ``step -> float``."""
         return self._stepper.rule.lr
 
+    def natural_state(self) -> dict[str, torch.Tensor]:
+        """The guide's distribution in natural parameters, detached (the rule's update is linear
+        in them, so an average of these is a Polyak average of the iterates)."""
+        return self._stepper.natural_state()
+
+    def load_natural_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Write a :meth:`natural_state` (e.g. an average of several) into the guide."""
+        self._stepper.load_natural_state(state)
+
     # ------------------------------------------------------------------ model parameters
     def _step_model_params(self, args: tuple, kwargs: dict) -> bool:
         """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI);

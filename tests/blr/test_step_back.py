@@ -105,7 +105,7 @@ def test_the_average_leaves_out_the_iterate_that_was_stepped_back_from(counts):
         blr.step(X, counts)
     average.update()  # the step back: the iterate above leaves the average
     assert average.count == 1
-    now = blr._stepper.natural_state()
+    now = blr.natural_state()
     for key, value in average.average().items():
         torch.testing.assert_close(value, now[key], rtol=0, atol=0)
 
