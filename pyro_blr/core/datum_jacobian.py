@@ -1,4 +1,4 @@
-r"""Three ways to the Jacobian of a model's per-datum terms, cheapest first.
+r"""Four ways to the Jacobian of a model's per-datum terms, cheapest first.
 
 For the minibatch's per-datum terms :math:`\tilde\ell_i(\theta)`, :math:`i \in B`, of a latent
 vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell_i` cost
@@ -8,6 +8,14 @@ vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell
   work over the data. It needs a model that reads its data through the plate's indices
   (``with pyro.plate("data", N) as idx: ... X[idx]``), and it is used only where those runs
   reproduce the whole run (:func:`reproduces`);
+* **one run per datum's arguments**: the same, for a model that reads its data whole
+  (``X @ w`` inside ``pyro.plate("data", N)``), run on each datum's slice of its arguments
+  (:func:`datum_arguments`: every tensor whose leading dimension is the data plate's size
+  :math:`N`, cut to that datum's row, vmapped along that dimension without a copy). Reverse
+  mode under ``vmap``: one batched backward pass over the data, linear in :math:`D`, where
+  forward mode costs :math:`D` passes. Used on minibatches of :data:`FORWARD_MIN_DATA` data
+  or more, and only where the runs reproduce every datum's term and the gradient
+  (:func:`reproduces`);
 * **forward mode** (:func:`rows_by_forward_mode`): :math:`D` Jacobian-vector products of the
   whole run, batched: the cost of :math:`D` forward passes, for any model without random draws
   (``X @ w`` inside ``pyro.plate("data", N)`` included). Used where :math:`D < B` and the
@@ -19,7 +27,9 @@ vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell
 Per particle on one CPU thread (``python -m benchmarks.per_datum_cost``): on logistic regression
 written ``X @ w`` with :math:`N = 5000, D = 20`, forward mode takes 3.9 ms where the batched
 backward pass takes 564 ms; on a one-layer BNN with :math:`N = 455, D = 752`, the runs on one
-datum take 5.2 ms against 298 ms (4.6 gradients' worth).
+datum take 5.2 ms against 298 ms (4.6 gradients' worth). At :math:`N = 10^4, D = 1000`
+(``X @ w``) forward mode's :math:`D` passes are quadratic in :math:`D`; the runs on each datum's
+arguments are not (see ``benchmarks/per_datum_cost.py`` for the figures).
 
 References:
     | Jacobians, Hessians, hvp, vhp, and more: composing function transforms (PyTorch
@@ -34,8 +44,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FORWARD_MIN_DATA", "reproduces", "rows_by_batched_backward", "rows_by_forward_mode",
-           "rows_by_one_datum_runs", "sums_to_gradient"]  # fmt: skip
+__all__ = ["FORWARD_MIN_DATA", "datum_arguments", "reproduces", "rows_by_batched_backward",
+           "rows_by_forward_mode", "rows_by_one_datum_runs", "sums_to_gradient"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +57,28 @@ FORWARD_MIN_DATA = 512
 pass costs less than forward mode's overhead under ``torch.func`` (0.7 ms against 1.8 ms a
 particle at ``B = 300, D = 3``; ``benchmarks/per_datum_cost.py``)."""
 
-Terms = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
-"""``(theta, subsample) -> (per-datum terms (B,), their scales (B,))`` from one model run."""
+Terms = Callable[..., tuple[Tensor, Tensor]]
+"""``(theta, subsample, *rows) -> (per-datum terms (B,), their scales (B,))`` from one model run
+(``rows``: a datum's rows of the arguments cut by :func:`datum_arguments`, where any)."""
 
 
 def rows_by_one_datum_runs(
-    terms: Terms, row: Tensor, plate: str, indices: Tensor, subsample: dict[str, Tensor]
+    terms: Terms,
+    row: Tensor,
+    plate: str,
+    indices: Tensor,
+    subsample: dict[str, Tensor],
+    data: tuple[Tensor, ...] = (),
 ) -> tuple[Tensor, Tensor] | None:
     """Each datum's unscaled gradients and terms, ``(B, D)`` and ``(B,)`` in the rows' order
     (each observed site's data in turn), from the model run on that datum alone; ``None``
     where a run fails (an operator ``vmap`` cannot batch, a model that reads its data whole and
     so mismatches a plate of one, a ``subsample_size`` Pyro holds to).
+
+    Reverse mode under ``torch.func.vmap`` over the data: one batched backward pass. With
+    ``data`` (tensors whose leading dimension is the plate's full size), datum ``i``'s run also
+    gets row ``indices[i]`` of each, shaped ``(1, ...)``, as ``terms``' further arguments (see
+    :func:`datum_arguments`).
 
     Example:
         >>> import torch
@@ -70,14 +91,18 @@ def rows_by_one_datum_runs(
         (tensor([1., 2., 3.]), tensor([0.5000, 1.0000, 1.5000]))
     """
 
-    def one(theta: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        per_datum, scale = terms(theta, {**subsample, plate: index})
+    def one(theta: Tensor, index: Tensor, *rows: Tensor) -> tuple[Tensor, Tensor]:
+        rows = tuple(value.unsqueeze(0) for value in rows)
+        per_datum, scale = terms(theta, {**subsample, plate: index}, *rows)
         unscaled = per_datum / scale
         return unscaled, unscaled
 
-    batched = torch.func.vmap(torch.func.jacrev(one, has_aux=True), in_dims=(None, 0))
+    if data and not torch.equal(indices, torch.arange(len(indices), device=indices.device)):
+        data = tuple(value.index_select(0, indices) for value in data)  # the minibatch's rows
+    in_dims = (None, 0, *[0] * len(data))
+    batched = torch.func.vmap(torch.func.jacrev(one, has_aux=True), in_dims=in_dims)
     try:
-        jac, value = batched(row.detach(), indices[:, None])
+        jac, value = batched(row.detach(), indices[:, None], *data)
     except Exception as error:  # any failure of the runs on one datum: another way is taken
         logger.debug("per-datum gradients: runs on one datum failed (%s)", error)
         return None
@@ -85,6 +110,39 @@ def rows_by_one_datum_runs(
     # from a model's own parameters, which the runs read too
     jac = jac.detach().transpose(0, 1).reshape(-1, row.shape[-1])
     return jac, value.detach().transpose(0, 1).reshape(-1)
+
+
+def datum_arguments(args: tuple, kwargs: dict, size: int) -> tuple[tuple, Callable]:
+    """The tensors among a model's arguments that hold one row per datum (leading dimension
+    the data plate's full ``size``), and a function that puts one datum's rows ``(1, ...)`` in
+    their place: ``with_rows(*rows) -> (args, kwargs)``. A tensor of that length that is not
+    data (a coincidence of sizes) makes the runs differ from the whole run, which
+    :func:`reproduces` refuses.
+
+    Example:
+        >>> import torch
+        >>> X, y = torch.arange(6.0).reshape(3, 2), torch.tensor([1.0, 0.0, 1.0])
+        >>> data, with_rows = datum_arguments((X, 2.0), {"y": y}, 3)
+        >>> len(data), with_rows(X[1:2], y[1:2])
+        (2, ((tensor([[2., 3.]]), 2.0), {'y': tensor([0.])}))
+    """
+
+    def is_data(value) -> bool:
+        return torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size
+
+    places = [i for i, value in enumerate(args) if is_data(value)]
+    names = [name for name, value in kwargs.items() if is_data(value)]
+    data = tuple(args[i] for i in places) + tuple(kwargs[name] for name in names)
+
+    def with_rows(*rows: Tensor) -> tuple[tuple, dict]:
+        cut_args, cut_kwargs = list(args), dict(kwargs)
+        for i, value in zip(places, rows[: len(places)], strict=True):
+            cut_args[i] = value
+        for name, value in zip(names, rows[len(places) :], strict=True):
+            cut_kwargs[name] = value
+        return tuple(cut_args), cut_kwargs
+
+    return data, with_rows
 
 
 def sums_to_gradient(jac: Tensor, per_datum: Tensor, row: Tensor) -> bool:

@@ -9,7 +9,7 @@ where :math:`\tilde\ell_i = c_i \ell_i` is datum :math:`i`'s term of one observe
 model scales it (:math:`c_i`: the plate's :math:`N/B` times any ``poutine.scale``; the site summed
 over its data plate's other dimensions) and :math:`\ell_{\text{rest}}` holds the priors and the
 log-Jacobians. The per-datum gradients :math:`\nabla\tilde\ell_i` come from the cheapest of
-three ways that applies (:mod:`pyro_blr.core.datum_jacobian`): the model run on each datum
+four ways that applies (:mod:`pyro_blr.core.datum_jacobian`): the model run on each datum
 alone, forward mode, or one batched backward pass. They give the Gauss--Newton (empirical Fisher)
 curvature of variational online Gauss--Newton, each term's curvature
 :math:`c_i \nabla\ell_i \nabla\ell_i^\top = \nabla\tilde\ell_i \nabla\tilde\ell_i^\top / c_i`.
@@ -27,6 +27,7 @@ from torch import Tensor
 from pyro_blr.core.autodiff import hessian_of_scalar
 from pyro_blr.core.datum_jacobian import (
     FORWARD_MIN_DATA,
+    datum_arguments,
     reproduces,
     rows_by_batched_backward,
     rows_by_forward_mode,
@@ -150,8 +151,11 @@ def datum_terms(
     args: tuple,
     kwargs: dict,
     subsample: dict[str, Tensor],
+    with_rest: bool = True,
 ) -> DatumTerms:
-    """One particle's negative log joint ``theta`` ``(D,)`` split by datum, from one model run.
+    """One particle's negative log joint ``theta`` ``(D,)`` split by datum, from one model run
+    (without ``with_rest``, the rest is left at the log-Jacobian's, its sites' densities not
+    computed: for runs that need the data's terms only).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -181,7 +185,8 @@ def datum_terms(
         )
     plate_of = {site: plate for plate in plates for site in plate.sites}
     rows, scales = [], []
-    for name, log_prob in site_log_probs(trace):
+    kept = trace if with_rest else _only(trace, plate_of)
+    for name, log_prob in site_log_probs(kept):
         if name not in plate_of:
             rest = rest - log_prob.sum()
             continue
@@ -193,6 +198,15 @@ def datum_terms(
     if not rows:
         raise ValueError("the model has no observed site: per-datum curvature needs data")
     return DatumTerms(torch.cat(rows), torch.cat(scales), rest, plates, trace)
+
+
+def _only(trace: Trace, names) -> Trace:
+    """A shallow copy of ``trace`` holding only the sites ``names``, in its order."""
+    kept = Trace()
+    for name, site in trace.nodes.items():
+        if name in names:
+            kept.add_node(name, **site)
+    return kept
 
 
 def per_datum_gradients(
@@ -264,7 +278,8 @@ def per_datum_jacobian(
     """The scaled per-datum gradients :math:`\\nabla\\tilde\\ell_i` ``(B, D)`` at one
     particle, given its :func:`datum_terms` ``split`` built from ``row`` with autograd, by the
     cheapest way that applies (:mod:`pyro_blr.core.datum_jacobian`), and the way's name:
-    ``"one datum each"``, ``"forward mode"`` or ``"batched backward"``.
+    ``"one datum each"``, ``"one datum's arguments each"``, ``"forward mode"`` or
+    ``"batched backward"``.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -283,7 +298,7 @@ def per_datum_jacobian(
     """
 
     def terms(theta: Tensor, minibatch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return datum_terms(model, layout, theta, args, kwargs, minibatch)[:2]
+        return datum_terms(model, layout, theta, args, kwargs, minibatch, False)[:2]
 
     per_datum, scale, _, plates, trace = split
     if len(plates) == 1 and torch.is_tensor(trace.nodes.get(plates[0].name, {}).get("value")):
@@ -293,6 +308,19 @@ def per_datum_jacobian(
         by_datum = rows_by_one_datum_runs(terms, row, name, indices, others)
         if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
             return by_datum[0] * scale[:, None], "one datum each"
+        # A model that reads its data whole: run it on each datum's rows of its arguments,
+        # where the batched backward pass's B products would cost more than the runs' set-up.
+        data, with_rows = datum_arguments(args, kwargs, plates[0].size)
+        if data and FORWARD_MIN_DATA <= per_datum.shape[0]:
+
+            def cut_terms(theta: Tensor, minibatch: dict[str, Tensor], *rows: Tensor):
+                cut_args, cut_kwargs = with_rows(*rows)
+                split = datum_terms(model, layout, theta, cut_args, cut_kwargs, minibatch, False)
+                return split[:2]
+
+            by_datum = rows_by_one_datum_runs(cut_terms, row, name, indices, others, data)
+            if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
+                return by_datum[0] * scale[:, None], "one datum's arguments each"
     if FORWARD_MIN_DATA <= per_datum.shape[0] and row.shape[-1] < per_datum.shape[0]:
         jac = rows_by_forward_mode(terms, row, subsample)
         if jac is not None and sums_to_gradient(jac, per_datum, row):
