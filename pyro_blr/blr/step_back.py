@@ -1,4 +1,4 @@
-r"""Stepping back from a Gaussian BLR step that made the fit diverge.
+r"""Stepping back from a BLR step that made the fit diverge, for every rule.
 
 Far from the posterior a Newton-like step can overshoot into a region where the log joint is
 astronomically worse (a Poisson rate :math:`e^f` with :math:`f` too large, a scale parameter
@@ -6,7 +6,7 @@ pushed to where a covariance matrix is singular): the precision then explodes an
 returns. The BLR's own loss says so one step later at no extra cost: the negative ELBO
 :math:`\hat L_{t+1}` estimated at the new guide :math:`q_{t+1}` has jumped far above the
 estimate :math:`\hat L_t` at :math:`q_t` (see :func:`pyro_blr.blr.averaging.diverging`), or the
-log joint, a gradient or a Hessian at its particles is not finite. The Gaussian stepper then
+log joint, a gradient or a Hessian at its particles is not finite. The stepper then
 *steps back*: it returns to :math:`q_t` and retakes that step from the same estimates with half
 the step size,
 
@@ -26,9 +26,14 @@ very same argument objects, unmodified in place, and never for a model that draw
 written from outside (``load_state_dict``, an iterate average) has no step to retake. A
 checkpoint holds the current state only: resumed from a checkpoint taken between a diverging
 step and the step that would have stepped back from it, a run raises where the original would
-have stepped back. The model's own parameters (``optim=``) skip their update when their ELBO
+have stepped back. The model's own parameters (``model_optim=``) skip their update when their ELBO
 gradient at the new guide is not finite, so that the next step can step back; twice in a row
 without a step back between, the error names them.
+
+The Gaussian stepper keeps a :class:`StepBack` itself; the exponential-family and mixture
+steppers use :class:`StepBacks`, the same mechanism as a wrapper around ``rule.update`` (see
+:mod:`pyro_blr.blr.steppers.rule_state`), which retakes a step from the rule's state and
+:class:`~pyro_blr.blr.rules.Estimates` as they were (natural parameters, mixture logits).
 
 References:
     | Numerical Optimization, 2nd ed. (Nocedal & Wright, Springer 2006), Chapter 3
@@ -36,11 +41,15 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
-__all__ = ["MAX_STEP_BACKS", "StepBack"]
+from pyro_blr.blr.averaging import diverging
+
+__all__ = ["MAX_STEP_BACKS", "StepBack", "StepBacks", "data_stamp"]
 
 MAX_STEP_BACKS = 10
 """How many times one step may be retaken (halved) before the fit is declared diverged."""
@@ -69,6 +78,22 @@ class StepBack(NamedTuple):
     loss: float
     halvings: int = 0
     data: tuple = ()
+    estimates: Any = None
+
+    def same_data(self, args: tuple, kwargs: dict) -> bool:
+        """Whether the model gets the very objects this step was taken on, unmodified in place
+        (only then are two steps' losses comparable: a step on other data may well have a
+        larger loss)."""
+        if not self.data:
+            return False
+        last_args, last_kwargs, last_versions = self.data
+        return (
+            len(args) == len(last_args)
+            and all(a is b for a, b in zip(args, last_args, strict=True))
+            and kwargs.keys() == last_kwargs.keys()
+            and all(kwargs[k] is last_kwargs[k] for k in kwargs)
+            and data_stamp(args, kwargs)[2] == last_versions  # not refilled in place either
+        )
 
     @property
     def lr_now(self) -> float:
@@ -83,3 +108,99 @@ class StepBack(NamedTuple):
     def halved(self) -> StepBack:
         """The same step, to be retaken with half the step size."""
         return self._replace(halvings=self.halvings + 1)
+
+
+def data_stamp(args: tuple, kwargs: dict) -> tuple:
+    """The model's arguments with the in-place version counter of every tensor among them
+    (``y[:] = batch`` bumps it): what :meth:`StepBack.same_data` compares with."""
+    values = [*args, *kwargs.values()]
+    versions = tuple(v._version if torch.is_tensor(v) else None for v in values)
+    return args, dict(kwargs), versions
+
+
+class StepBacks:
+    """The step-back wrapper around a rule's update, as a stepper uses it.
+
+    A stepper calls :meth:`keep_if` at the start of a step (forgetting the last step where the
+    guide was written from outside or the data differ), :meth:`diverged` with the loss
+    estimated at the current state, :meth:`retake` to step back, and :meth:`remember` after an
+    ordinary step. ``enabled=False`` (a model that draws minibatches) never remembers a step.
+
+    Example:
+        >>> backs = StepBacks()
+        >>> backs.remember("q0", None, 0.5, 1, 10.0, (), {})
+        >>> backs.diverged(5000.0)
+        'the loss rose to 5000'
+        >>> taken = []
+        >>> backs.retake(2, "the loss rose", lambda s, e, lr: taken.append((s, lr)), print)
+        10.0
+        >>> taken
+        [('q0', 0.25)]
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.undo: StepBack | None = None
+
+    def forget(self) -> None:
+        """No step to retake (a state written from outside, a checkpoint restored)."""
+        self.undo = None
+
+    def keep_if(self, same_state: bool, args: tuple, kwargs: dict) -> None:
+        """Keep the last step only where the guide still holds what it wrote
+        (``same_state``) and the model gets the same data."""
+        if self.undo is not None and not (same_state and self.undo.same_data(args, kwargs)):
+            self.undo = None
+
+    def diverged(self, loss: float) -> str | None:
+        """Why the last step must be retaken (the loss at its result jumped far above the
+        loss before it, see :func:`pyro_blr.blr.averaging.diverging`), or ``None``."""
+        if self.undo is not None and diverging(self.undo.loss, loss):
+            return f"the loss rose to {loss:.4g}"
+        return None
+
+    def remember(
+        self,
+        state: Any,
+        estimates: Any,
+        lr: float,
+        step_number: int,
+        loss: float,
+        args: tuple,
+        kwargs: dict,
+    ) -> None:
+        """Keep what retaking this step needs (nothing where step-back is disabled)."""
+        if self.enabled:
+            data = data_stamp(args, kwargs)
+            self.undo = StepBack(
+                state, None, None, lr, step_number, loss, data=data, estimates=estimates
+            )
+
+    def retake(
+        self,
+        step_number: int,
+        reason: str,
+        take: Callable[[Any, Any, float], None],
+        restore: Callable[[Any], None],
+    ) -> float:
+        """Retake the last step from its state and estimates with half its step size:
+        ``take(state, estimates, lr)`` writes the result (or raises with the guide
+        unchanged). Returns the loss at the state returned to.
+
+        Raises:
+            FloatingPointError: the step was halved :data:`MAX_STEP_BACKS` times already; the
+                guide is then written back to the state before it (``restore(state)``).
+        """
+        undo = self.undo.halved()
+        if undo.exhausted:
+            restore(undo.state)
+            self.undo = None
+            raise FloatingPointError(
+                f"BLR step {step_number}: after step {undo.step_number} {reason}, and that step "
+                f"diverged even at lr={undo.lr_now * 2:g} (lr={undo.lr:g} halved "
+                f"{undo.halvings - 1} times): the fit diverged; lower lr or raise mc_samples. "
+                f"The guide holds the state before step {undo.step_number}"
+            )
+        take(undo.state, undo.estimates, undo.lr_now)
+        self.undo = undo
+        return undo.loss

@@ -83,30 +83,61 @@ def expfamily_update(
 
 
 def update_sites(
-    families: dict, etas: dict, grads: dict, lr: float, step_number: int
+    families: dict,
+    etas: dict,
+    grads: dict,
+    lr: float,
+    step_number: int,
+    components: bool = False,
 ) -> tuple[dict[str, Tensor], int]:
-    """:func:`expfamily_update` on every site; returns the new natural parameters and the total
+    r""":func:`expfamily_update` on every site; returns the new natural parameters and the total
     number of step halvings.
 
+    Args:
+        families: site name -> its family.
+        etas: site name -> natural parameters.
+        grads: site name -> :math:`\nabla_\lambda\mathbb E_q[\ell]`.
+        lr: the step size.
+        step_number: the step, for error messages.
+        components: whether the leading axis of every site's tensors is a mixture's component
+            (errors then name the components at fault too).
+
     Raises:
-        FloatingPointError: naming the site, where a gradient is not finite, the update fails,
-            or the current or new natural parameters are beyond what their dtype resolves
-            (:meth:`pyro_blr.families.ExpFamily.check_resolved`).
+        FloatingPointError: naming the site (and the components), where a gradient is not
+            finite, the update fails, or the current or new natural parameters are beyond what
+            their dtype resolves (:meth:`pyro_blr.families.ExpFamily.check_resolved`).
     """
     updates, total = {}, 0
     for name, family in families.items():
         try:
-            family.check_resolved(etas[name])
-            if not torch.isfinite(grads[name]).all():
-                raise FloatingPointError("the gradient is not finite")
-            updates[name], halvings = expfamily_update(family, etas[name], grads[name], lr)
-            family.check_resolved(updates[name])
+            updates[name], halvings = _site_update(family, etas[name], grads[name], lr)
         except FloatingPointError as error:
-            raise FloatingPointError(
-                f"BLR step {step_number}: site '{name}': {error}; {KEPT}"
-            ) from None
+            where = f"site '{name}'"
+            if components:
+                where += f" in component(s) {_failing(family, etas[name], grads[name], lr)}"
+            raise FloatingPointError(f"BLR step {step_number}: {where}: {error}; {KEPT}") from None
         total += halvings
     return updates, total
+
+
+def _site_update(family: ExpFamily, eta: Tensor, grad: Tensor, lr: float) -> tuple[Tensor, int]:
+    family.check_resolved(eta)
+    if not torch.isfinite(grad).all():
+        raise FloatingPointError("the gradient is not finite")
+    new, halvings = expfamily_update(family, eta, grad, lr)
+    family.check_resolved(new)
+    return new, halvings
+
+
+def _failing(family: ExpFamily, eta: Tensor, grad: Tensor, lr: float) -> list[int]:
+    """The components (leading axis) whose own update fails (all of them if none does)."""
+    bad = []
+    for k in range(eta.shape[0]):
+        try:
+            _site_update(family, eta[k], grad[k], lr)
+        except FloatingPointError:
+            bad.append(k)
+    return bad or list(range(eta.shape[0]))
 
 
 class ExpFamilyRule(Rule):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from pyro_blr.blr.rules.base import Estimates, Rule, UpdateInfo, riemannian_step
+from pyro_blr.blr.rules.base import KEPT, Estimates, Rule, UpdateInfo, riemannian_step
 from pyro_blr.blr.rules.expfamily import update_sites
 from pyro_blr.families import ExpFamily, gaussian_family
 
@@ -156,11 +156,17 @@ class MixtureRule(Rule):
         :math:`\\mathbb E_{q_k}[h]` (``values``); for :class:`ExpFamilyMixtureState`, each site's
         gradient in its natural parameters (``grad``, a dict) and ``values``.
         """
+        bad = (~torch.isfinite(estimates.values)).nonzero().flatten().tolist()
+        if bad:
+            raise FloatingPointError(
+                f"BLR step {estimates.step}: the expected objective of component(s) {bad} is "
+                f"not finite; {KEPT}"
+            )
         if isinstance(state, MixtureState):
             new = mixture_update(state, estimates.grad, estimates.hess, estimates.values, lr)
             return new, UpdateInfo()
         natural, halvings = update_sites(
-            state.families, state.natural, estimates.grad, lr, estimates.step
+            state.families, state.natural, estimates.grad, lr, estimates.step, components=True
         )
         logits = mixture_logits_update(state.logits, estimates.values, lr)
         return state._replace(logits=logits, natural=natural), UpdateInfo(halvings)

@@ -39,13 +39,13 @@ from torch import Tensor
 
 from pyro_blr.blr.distributed import rank_stream
 from pyro_blr.blr.rules import Estimates, ExpFamilyState
-from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
+from pyro_blr.blr.steppers.base import KEPT, Stepper, prepare_layout
 from pyro_blr.blr.steppers.expfamily_estimates import (
     controlled_gradient,
     per_draw_leaves,
     statistics_jacobian,
 )
-from pyro_blr.blr.steppers.signature import signed, unsigned
+from pyro_blr.blr.steppers.rule_state import RuleStateStepper
 from pyro_blr.core import log_joint, neg_log_joint
 from pyro_blr.guides import AutoExpFamily, AutoMixture
 
@@ -96,65 +96,58 @@ class SiteDraws:
             value = value + 0.5 * stepper.opts.weight_decay * self.unconstrained().square().sum(-1)
         return value
 
-    def non_finite_sites(self, args: tuple, kwargs: dict) -> list[str]:
-        """The sites whose log density is not finite at some draw (to name them in errors)."""
+    def non_finite_sites(self, args: tuple, kwargs: dict, rows: Tensor | None = None) -> list[str]:
+        """The sites whose log density is not finite at some draw (of ``rows``, a boolean mask
+        of the draws, if given), to name them in errors."""
         runs = []
         with torch.no_grad():
             theta = self.unconstrained()
+            if rows is not None:
+                theta = theta[rows]
             neg_log_joint(
                 self.stepper.model, self.stepper.layout, theta, args, kwargs, "loop", runs
             )
         return sorted({name for terms in runs for name, t in terms if not torch.isfinite(t).all()})
 
 
-class SiteFamiliesStepper(Stepper):
+class SiteFamiliesStepper(RuleStateStepper):
     """What the steppers of exponential-family guides share: the layout, the evaluation mode
-    and each site's family, found at the first step."""
+    and each site's family (found at the first step, and recorded in checkpoints)."""
+
+    per_component = False
+    """Whether the natural parameters have a leading axis of mixture components."""
 
     def __init__(self, model, guide, rule, options):
         super().__init__(model, guide, rule, options)
-        self.layout, self.mode, self.families = None, None, None
+        self.families = None
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
         self.families = self.guide.site_families()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The guide's own (unconstrained) parameters, ``param.<name>`` (bit-exact, where
-        natural parameters written back through the families' maps differ by round-off), and
-        the model's signature (:mod:`pyro_blr.blr.steppers.signature`)."""
-        if self.layout is None:
-            return {}
-        state = {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
-        return signed(state, self.layout, self.rule_name, next(iter(self.guide.parameters())))
+    def _structure(self) -> dict[str, Any]:
+        return {"families": {name: family.name for name, family in self.families.items()}}
 
-    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        """Write a :meth:`state_dict` into the guide; a checkpoint of another model, rule or
-        dtype, or whose natural parameters are not finite or outside a family's domain, is
-        refused (``ValueError`` naming what differs) and the guide left as it was."""
-        if self.layout is None:
-            self._setup(args, kwargs)
-        like = next(iter(self.guide.parameters()))
-        state = unsigned(state, self.layout, self.rule_name, like)  # before anything is read
-        current = dict(self.guide.named_parameters())
-        keys = {f"param.{n}" for n in current}
-        if set(state) != keys:
-            raise ValueError(f"state_dict needs entries {sorted(keys)}, got {sorted(state)}")
-        for name, value in current.items():
-            check_state(f"param.{name}", state[f"param.{name}"], value.detach())
-        old = {name: value.detach().clone() for name, value in current.items()}
-        with torch.no_grad():
-            for name, value in current.items():
-                value.copy_(state[f"param.{name}"])
-        for site, eta in self.guide.natural_params().items():
-            if not (torch.isfinite(eta).all() and self.families[site].in_domain(eta).all()):
-                with torch.no_grad():
-                    for name, value in current.items():
-                        value.copy_(old[name])
+    def _check_natural(self, natural: dict[str, Tensor], key: str = "natural.") -> None:
+        """Refuse natural parameters that are outside their family's domain, naming the
+        state_dict entry."""
+        for name, eta in natural.items():
+            if not self.families[name].in_domain(eta).all():
                 raise ValueError(
-                    f"state_dict holds natural parameters of site '{site}' that are not finite "
-                    f"or outside the {self.families[site].name} family's domain"
+                    f"state_dict entry '{key}{name}' holds natural parameters outside the "
+                    f"{self.families[name].name} family's domain; nothing was changed"
                 )
+
+    @torch.no_grad()
+    def _finite_at(self, state: Any, args: tuple, kwargs: dict) -> bool:
+        """Whether the log joint is finite at every site's mean (one point per component)."""
+        try:
+            means = {n: self.families[n].distribution(e).mean for n, e in state.natural.items()}
+        except NotImplementedError:  # a family without a mean: take the state as finite
+            return True
+        if not self.per_component:  # one point: a batch of one draw
+            means = {n: m.unsqueeze(0) for n, m in means.items()}
+        return bool(torch.isfinite(SiteDraws(self, means).neg_log_target(args, kwargs)).all())
 
 
 class ExpFamilyStepper(SiteFamiliesStepper):
@@ -166,33 +159,34 @@ class ExpFamilyStepper(SiteFamiliesStepper):
     def accepts(cls, guide: Any, rule: Any) -> bool:
         return isinstance(guide, AutoExpFamily) and not isinstance(guide, AutoMixture)
 
-    distributable = True
+    def _read(self) -> ExpFamilyState:
+        return ExpFamilyState(self.guide.natural_params(), self.families)
 
-    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
-        if self.layout is None:
-            self._together(step_number, lambda: self._setup(args, kwargs))
-        self._join(step_number, args, kwargs)
-        families = self.families
-        etas = self.guide.natural_params()
-        loss, grads = self._together(
-            step_number, lambda: self._estimate(etas, args, kwargs, step_number)
-        )
-        if self.collective is not None:  # one all-reduce: every rank then takes the same step
-            names = list(grads)
-            loss, *values = self.collective.mean([loss, *grads.values()])
-            grads = dict(zip(names, values, strict=True))
-        state = ExpFamilyState(etas, families)
-        new, info = self.rule.update(state, Estimates(grads, None, step_number), lr)
-        self.guide.set_natural_params(new.natural)
-        return StepInfo(float(loss), info.halvings)
+    def _write_guide(self, state: ExpFamilyState) -> None:
+        self.guide.set_natural_params(state.natural)
 
-    def _estimate(self, etas, args, kwargs, step_number) -> tuple[Tensor, dict[str, Tensor]]:
+    def _tensors(self, state: ExpFamilyState) -> dict[str, Tensor]:
+        return {f"natural.{name}": eta for name, eta in state.natural.items()}
+
+    def _from_tensors(self, tensors: dict[str, Tensor]) -> ExpFamilyState:
+        return ExpFamilyState({n: tensors[f"natural.{n}"] for n in self.families}, self.families)
+
+    def _check_loaded(self, state: ExpFamilyState) -> None:
+        self._check_natural(state.natural)
+
+    def _natural(self, state: ExpFamilyState) -> dict[str, Tensor]:
+        return dict(state.natural)
+
+    def _from_natural(self, natural: dict[str, Tensor]) -> ExpFamilyState:
+        return ExpFamilyState(dict(natural), self.families)
+
+    def _estimate(self, state, args, kwargs, step_number) -> tuple[Tensor, Estimates]:
         r"""This process's estimate of the negative ELBO, the mean of
         :math:`\log q(x_s) - \log p(\mathcal D, x_s)` over the draws (zero variance at the
         exact posterior), and the gradient of :math:`\mathbb E_q[\ell]` in each site's
         natural parameters (:func:`~pyro_blr.blr.steppers.expfamily_estimates.
         controlled_gradient`: exact on a conjugate site)."""
-        num, families = self.opts.mc_samples, self.families
+        num, families, etas = self.opts.mc_samples, self.families, state.natural
         with torch.enable_grad():
             leaves = {n: per_draw_leaves(eta, num) for n, eta in etas.items()}
             with rank_stream(self.collective, next(iter(etas.values())).device):
@@ -222,10 +216,4 @@ class ExpFamilyStepper(SiteFamiliesStepper):
                 )
                 log_q_over_h = log_q_over_h + terms.reshape(num, -1).sum(-1)
             loss = (values.detach() + log_q_over_h).mean()  # l = -log p + log h
-        return loss, grads
-
-    def natural_state(self) -> dict[str, Tensor]:
-        return self.guide.natural_params()
-
-    def load_natural_state(self, state: dict[str, Tensor]) -> None:
-        self.guide.set_natural_params(state)
+        return loss, Estimates(grads, None, step_number)

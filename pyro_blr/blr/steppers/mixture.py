@@ -6,6 +6,12 @@ sampled), and the updates are :func:`pyro_blr.blr.rules.mixture_update` for Gaus
 and :func:`pyro_blr.blr.rules.expfamily_update` per site plus
 :func:`pyro_blr.blr.rules.mixture_logits_update` for exponential-family components.
 
+Both steppers keep the rule's state between steps, checkpoint it, step back from a step that
+made the fit diverge and reduce their estimates across ranks
+(:class:`~pyro_blr.blr.steppers.rule_state.RuleStateStepper`); a step whose log joint, gradient,
+curvature or update is not finite raises naming the sites and the components, with the guide
+unchanged (:mod:`pyro_blr.blr.steppers.mixture_diagnosis`).
+
 References:
     | Fast and Simple Natural-Gradient Variational Inference with Mixture of Exponential-family
       Approximations (Lin, Khan & Schmidt, ICML 2019) https://arxiv.org/abs/1906.02914
@@ -18,30 +24,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyro_blr.blr.distributed import rank_stream
 from pyro_blr.blr.rules import Estimates, ExpFamilyMixtureState, MixtureState
-from pyro_blr.blr.steppers.base import KEPT, StepInfo, Stepper, check_state, prepare_layout
+from pyro_blr.blr.steppers.base import prepare_layout
 from pyro_blr.blr.steppers.expfamily import SiteDraws, SiteFamiliesStepper
 from pyro_blr.blr.steppers.expfamily_estimates import (
     controlled_gradient,
     per_draw_leaves,
     statistics_jacobian,
 )
-from pyro_blr.blr.steppers.signature import signed, unsigned
-from pyro_blr.core import derivatives, neg_log_joint, write_params
-from pyro_blr.families import gaussian_family
+from pyro_blr.blr.steppers.mixture_diagnosis import (
+    check_draws,
+    check_gaussian_estimates,
+    gaussian_update,
+)
+from pyro_blr.blr.steppers.rule_state import RuleStateStepper
+from pyro_blr.core import derivatives, neg_log_joint
+from pyro_blr.families import gaussian_family, is_positive_definite
 from pyro_blr.guides import AutoMixture
 
 __all__ = ["ExpFamilyMixtureStepper", "GaussianMixtureStepper"]
 
 
-def _not_finite(step_number: int) -> FloatingPointError:
-    return FloatingPointError(
-        f"BLR step {step_number}: a mixture expectation is not finite; {KEPT}"
-    )
-
-
-class GaussianMixtureStepper(Stepper):
-    """Runs the mixture rule on ``AutoMixture(component="diagonal" | "full")``."""
+class GaussianMixtureStepper(RuleStateStepper):
+    """Runs the mixture rule on ``AutoMixture(component="diagonal" | "full")``; its state and
+    checkpoint are :class:`~pyro_blr.blr.rules.MixtureState` (logits, means, precisions)."""
 
     kind = "mixture"
 
@@ -56,12 +63,62 @@ class GaussianMixtureStepper(Stepper):
                 f"antithetic sampling draws pairs: mc_samples must be even, got "
                 f"{options.mc_samples} (or pass antithetic=False)"
             )
-        self.layout, self.mode = None, None
+
+    def _setup(self, args: tuple, kwargs: dict) -> None:
+        self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
+
+    def _structure(self) -> dict[str, Any]:
+        return {"components": self.guide.num_components}
+
+    def _read(self) -> MixtureState:
+        return MixtureState(*self.guide.components())
+
+    def _write_guide(self, state: MixtureState) -> None:
+        self.guide.set_components(*state)
+
+    def _tensors(self, state: MixtureState) -> dict[str, Tensor]:
+        return state._asdict()
+
+    def _from_tensors(self, tensors: dict[str, Tensor]) -> MixtureState:
+        return MixtureState(**tensors)
+
+    def _check_loaded(self, state: MixtureState) -> None:
+        valid = [bool(is_positive_definite(p)) for p in state.precisions]
+        if not all(valid):
+            bad = [k for k, ok in enumerate(valid) if not ok]
+            raise ValueError(
+                f"state_dict entry 'precisions' holds precisions of component(s) {bad} that are "
+                "not positive definite; nothing was changed"
+            )
+
+    def _natural(self, state: MixtureState) -> dict[str, Tensor]:
+        logits, locs, precisions = state
+        if precisions.dim() == 2:
+            eta1 = precisions * locs
+        else:
+            eta1 = (precisions @ locs.unsqueeze(-1)).squeeze(-1)
+        return {"logits": logits, "precision_times_loc": eta1, "precisions": precisions}
+
+    def _from_natural(self, natural: dict[str, Tensor]) -> MixtureState:
+        precisions = natural["precisions"]
+        locs = torch.stack(
+            [
+                gaussian_family(p).solve(p, e)
+                for p, e in zip(precisions, natural["precision_times_loc"], strict=True)
+            ]
+        )
+        return MixtureState(natural["logits"], locs, precisions)
+
+    @torch.no_grad()
+    def _finite_at(self, state: MixtureState, args: tuple, kwargs: dict) -> bool:
+        value = neg_log_joint(self.model, self.layout, state.locs, args, kwargs, self.mode)
+        return bool(torch.isfinite(value).all())
 
     def _particles(self, locs: Tensor, precisions: Tensor) -> Tensor:
         k, d = locs.shape
         num = self.opts.mc_samples // 2 if self.opts.antithetic else self.opts.mc_samples
-        noise = torch.randn(k, num, d, dtype=locs.dtype, device=locs.device)
+        with rank_stream(self.collective, locs.device):
+            noise = torch.randn(k, num, d, dtype=locs.dtype, device=locs.device)
         if self.opts.antithetic:
             noise = torch.cat([noise, -noise], 1)
         return torch.stack(
@@ -71,10 +128,8 @@ class GaussianMixtureStepper(Stepper):
             ]
         )  # (K, S, D)
 
-    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
-        if self.layout is None:
-            self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
-        logits, locs, precisions = self.guide.components()
+    def _estimate(self, state: MixtureState, args, kwargs, step_number):
+        logits, locs, precisions = state
         with torch.no_grad():
             mixture = self.guide.mixture()
         k, d = locs.shape
@@ -88,78 +143,23 @@ class GaussianMixtureStepper(Stepper):
             return value + 0.5 * decay * t.square().sum(-1) if decay else value
 
         out = derivatives(h, theta.reshape(-1, d), hessian=True)
+        check_gaussian_estimates(self, theta, out, args, kwargs, step_number)
         expected = out.value.reshape(k, num).mean(1)  # E_{q_k}[h]
         grads = out.grad.reshape(k, num, d).mean(1)
         hess = out.hess.reshape(k, num, d, d).mean(1)
-        if not all(torch.isfinite(t).all() for t in (expected, grads, hess)):
-            raise _not_finite(step_number)
         if precisions.dim() == 2:  # diagonal components
             hess = hess.diagonal(dim1=-2, dim2=-1)
-        state = MixtureState(logits, locs, precisions)
-        new, _ = self.rule.update(state, Estimates(grads, hess, step_number, values=expected), lr)
-        if not all(torch.isfinite(t).all() for t in new):
-            raise FloatingPointError(
-                f"BLR step {step_number}: the update is not finite (lr={lr}); {KEPT}"
-            )
-        self.guide.set_components(*new)
-        return StepInfo(float((torch.softmax(logits, -1) * expected).sum()))
+        loss = (torch.softmax(logits, -1) * expected).sum()
+        return loss, Estimates(grads, hess, step_number, values=expected)
 
-    def natural_state(self) -> dict[str, Tensor]:
-        logits, locs, precisions = self.guide.components()
-        if precisions.dim() == 2:
-            eta1 = precisions * locs
-        else:
-            eta1 = (precisions @ locs.unsqueeze(-1)).squeeze(-1)
-        return {"logits": logits, "precision_times_loc": eta1, "precisions": precisions}
-
-    def load_natural_state(self, state: dict[str, Tensor]) -> None:
-        precisions = state["precisions"]
-        locs = torch.stack(
-            [
-                gaussian_family(p).solve(p, e)
-                for p, e in zip(precisions, state["precision_times_loc"], strict=True)
-            ]
-        )
-        self.guide.set_components(state["logits"], locs, precisions)
-
-    def state_dict(self) -> dict[str, Any]:
-        # The guide's own (unconstrained) parameters: bit-exact, where precisions read back
-        # through the scales' constraint would differ by round-off.
-        if self.layout is None:
-            return {}
-        state = {f"param.{n}": p.detach().clone() for n, p in self.guide.named_parameters()}
-        return signed(state, self.layout, self.rule_name, next(iter(self.guide.parameters())))
-
-    def load_state_dict(self, state: dict[str, Any], args: tuple, kwargs: dict) -> None:
-        if self.layout is None:
-            self.layout, self.mode = prepare_layout(self.model, self.guide, args, kwargs, self.opts)
-        like = next(iter(self.guide.parameters()))
-        state = unsigned(state, self.layout, self.rule_name, like)  # before anything is read
-        current = {f"param.{n}": p.detach() for n, p in self.guide.named_parameters()}
-        if set(state) != set(current):
-            raise ValueError(f"state_dict needs entries {sorted(current)}, got {sorted(state)}")
-        for key, value in current.items():
-            check_state(key, state[key], value)
-        old = [(self.guide, key[6:], value.clone()) for key, value in current.items()]
-        write_params(
-            [
-                (self.guide, key[6:], state[key].to(dtype=value.dtype, device=value.device))
-                for key, value in current.items()
-            ]
-        )
-        _, _, precisions = self.guide.components()
-        valid = torch.isfinite(precisions).all() and (
-            bool((precisions > 0).all())
-            if precisions.dim() == 2
-            else bool((torch.linalg.cholesky_ex(precisions).info == 0).all())
-        )
-        if not valid:
-            write_params(old)
-            raise ValueError("state_dict holds a mixture whose precisions are not positive")
+    def _update(self, state: MixtureState, estimates: Estimates, lr: float):
+        return gaussian_update(self.rule, self.layout, state, estimates, lr)
 
 
 class ExpFamilyMixtureStepper(SiteFamiliesStepper):
-    r"""Runs the mixture rule on ``AutoMixture(component="expfamily")``.
+    r"""Runs the mixture rule on ``AutoMixture(component="expfamily")``; its state and
+    checkpoint are :class:`~pyro_blr.blr.rules.ExpFamilyMixtureState` (logits and each site's
+    natural parameters per component).
 
     With :math:`h = \log q - \log p(\mathcal D, \cdot)` (:math:`q` the mixture), the rule of
     Lin, Khan & Schmidt (2019, Eqs. 9--11) moves component :math:`k`'s natural parameters by
@@ -183,6 +183,7 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
     its own reparameterized values."""
 
     kind = "mixture"
+    per_component = True
 
     @classmethod
     def accepts(cls, guide: Any, rule: Any) -> bool:
@@ -197,18 +198,46 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
                 "has no antithetic pairs: leave antithetic=None"
             )
 
-    def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
-        if self.layout is None:
-            self._setup(args, kwargs)
-        k, num, families = self.guide.num_components, self.opts.mc_samples, self.families
-        etas = self.guide.natural_params()  # (K, *site batch, P)
+    def _structure(self) -> dict[str, Any]:
+        return {**super()._structure(), "components": self.guide.num_components}
+
+    def _read(self) -> ExpFamilyMixtureState:
         logits = self.guide.logits.detach().clone()
+        return ExpFamilyMixtureState(logits, self.guide.natural_params(), self.families)
+
+    def _write_guide(self, state: ExpFamilyMixtureState) -> None:
+        if not torch.isfinite(state.logits).all():  # checked before the sites are written
+            raise FloatingPointError(f"the mixture's new logits are not finite: {state.logits}")
+        self.guide.set_natural_params(state.natural)
+        self.guide.set_logits(state.logits)
+
+    def _tensors(self, state: ExpFamilyMixtureState) -> dict[str, Tensor]:
+        return {"logits": state.logits, **{f"natural.{n}": e for n, e in state.natural.items()}}
+
+    def _from_tensors(self, tensors: dict[str, Tensor]) -> ExpFamilyMixtureState:
+        natural = {n: tensors[f"natural.{n}"] for n in self.families}
+        return ExpFamilyMixtureState(tensors["logits"], natural, self.families)
+
+    def _check_loaded(self, state: ExpFamilyMixtureState) -> None:
+        self._check_natural(state.natural)
+
+    def _natural(self, state: ExpFamilyMixtureState) -> dict[str, Tensor]:
+        return self._tensors(state)
+
+    def _from_natural(self, natural: dict[str, Tensor]) -> ExpFamilyMixtureState:
+        return self._from_tensors(natural)
+
+    def _estimate(self, state: ExpFamilyMixtureState, args, kwargs, step_number):
+        k, num, families = self.guide.num_components, self.opts.mc_samples, self.families
+        etas, logits = state.natural, state.logits  # (K, *site batch, P), (K,)
         log_weights = torch.log_softmax(logits, -1)
         with torch.enable_grad():
             leaves = {n: per_draw_leaves(eta, num) for n, eta in etas.items()}  # (S, K, ...)
             raw, draws, log_q, log_base = {}, {}, 0.0, 0.0
+            with rank_stream(self.collective, logits.device):
+                for name, family in families.items():
+                    raw[name] = family.distribution(leaves[name]).rsample()  # (S, K, *shape)
             for name, family in families.items():
-                raw[name] = family.distribution(leaves[name]).rsample()  # (S, K, *shape)
                 value = raw[name].transpose(0, 1).reshape((k * num, *raw[name].shape[2:]))
                 fixed = family.distribution(etas[name])  # every component, parameters fixed
                 per_component = fixed.log_prob(value.unsqueeze(1))  # (K*S, K, *site batch)
@@ -219,11 +248,11 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
                 draws[name] = value
             log_mixture = torch.logsumexp(log_weights + log_q, -1)  # (K*S,)
             own = log_q.reshape(k, num, k).diagonal(dim1=0, dim2=2).T.reshape(-1)  # log q_k
-            loss = SiteDraws(self, draws).neg_log_target(args, kwargs)  # -log p + log h_base
+            sample = SiteDraws(self, draws)
+            loss = sample.neg_log_target(args, kwargs)  # -log p + log h_base
             h = (loss - log_base + log_mixture).detach()  # log q - log p
             objective = loss + log_mixture - own
-            if not (torch.isfinite(h).all() and torch.isfinite(objective).all()):
-                raise _not_finite(step_number)
+            check_draws(sample, h, objective, num, args, kwargs, step_number)
             per_draw = torch.autograd.grad(
                 objective.sum(), list(leaves.values()), retain_graph=True
             )
@@ -236,18 +265,5 @@ class ExpFamilyMixtureStepper(SiteFamiliesStepper):
                 for n, d in zip(leaves, per_draw, strict=True)
             }
         expected = h.reshape(k, num).mean(1)  # E_{q_k}[h]
-        state = ExpFamilyMixtureState(logits, etas, families)
-        estimates = Estimates(grads, None, step_number, values=expected)
-        new, info = self.rule.update(state, estimates, lr)
-        self.guide.set_natural_params(new.natural)
-        self.guide.set_logits(new.logits)
-        return StepInfo(float((log_weights.exp() * expected).sum()), info.halvings)
-
-    def natural_state(self) -> dict[str, Tensor]:
-        state = {f"eta.{n}": eta for n, eta in self.guide.natural_params().items()}
-        state["logits"] = self.guide.logits.detach().clone()
-        return state
-
-    def load_natural_state(self, state: dict[str, Tensor]) -> None:
-        self.guide.set_natural_params({k[4:]: v for k, v in state.items() if k != "logits"})
-        self.guide.set_logits(state["logits"])
+        loss = (log_weights.exp() * expected).sum()
+        return loss, Estimates(grads, None, step_number, values=expected)

@@ -10,6 +10,11 @@ tensors):
 * ``"signature.site.<name>"``: the latent site's unconstrained shape, one entry per site in the
   order of the flat latent vector (a site local to a subsampled plate counts the plate's full
   size, so a checkpoint does not depend on the minibatch it was saved at);
+* ``"signature.family.<family>.<name>"``: an empty tensor per site of an exponential-family
+  guide (``AutoExpFamily``, ``AutoMixture(component="expfamily")``); its key names the site's
+  family, since two families of one site (Gamma and LogNormal of a positive site) have natural
+  parameters of the same shape that mean different things;
+* ``"signature.components"``: a mixture guide's number of components;
 * the dtype: that of every signature tensor, the guide's.
 
 :func:`check_signature` compares a checkpoint's signature with the current one before anything
@@ -37,6 +42,7 @@ __all__ = [
 
 PREFIX = "signature."
 _RULE, _SITE = PREFIX + "rule.", PREFIX + "site."
+_FAMILY, _COMPONENTS = PREFIX + "family.", PREFIX + "components"
 
 
 def site_shapes(layout: LatentLayout) -> dict[str, tuple[int, ...]]:
@@ -51,13 +57,21 @@ def site_shapes(layout: LatentLayout) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def checkpoint_signature(layout: LatentLayout, rule: str, like: Tensor) -> dict[str, Tensor]:
+def checkpoint_signature(
+    layout: LatentLayout,
+    rule: str,
+    like: Tensor,
+    families: dict[str, str] | None = None,
+    components: int | None = None,
+) -> dict[str, Tensor]:
     """The signature entries of a checkpoint (see the module docstring).
 
     Args:
         layout: the model's latent layout.
         rule: the rule's name.
         like: a tensor of the guide's dtype and device.
+        families: site name -> its family's name, for an exponential-family guide.
+        components: a mixture guide's number of components.
 
     Example:
         >>> import torch
@@ -70,6 +84,10 @@ def checkpoint_signature(layout: LatentLayout, rule: str, like: Tensor) -> dict[
     out = {_RULE + rule: like.new_zeros(0)}
     for name, shape in site_shapes(layout).items():
         out[_SITE + name] = torch.tensor(shape, dtype=like.dtype, device=like.device)
+    for name, family in (families or {}).items():
+        out[f"{_FAMILY}{family}.{name}"] = like.new_zeros(0)
+    if components is not None:
+        out[_COMPONENTS] = torch.tensor([components], dtype=like.dtype, device=like.device)
     return out
 
 
@@ -91,6 +109,21 @@ def _decode(signature: dict[str, Any]) -> tuple[list[str], dict[str, tuple[int, 
                 raise ValueError(f"state_dict entry {key!r} is not a site's shape")
             shapes[key[len(_SITE) :]] = tuple(int(n) for n in value.tolist())
     return rules, shapes, dtypes
+
+
+def _guide_structure(signature: dict[str, Any]) -> tuple[dict[str, str], int | None]:
+    """Each site's family and the number of components a signature records."""
+    families = {}
+    for key in signature:
+        if key.startswith(_FAMILY):
+            family, _, site = key[len(_FAMILY) :].partition(".")
+            families[site] = family
+    components = signature.get(_COMPONENTS)
+    if components is not None:
+        if components.numel() != 1 or not torch.isfinite(components).all():
+            raise ValueError(f"state_dict entry {_COMPONENTS!r} is not a number of components")
+        components = int(components.item())
+    return families, components
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Tensor]) -> None:
@@ -116,7 +149,9 @@ def check_signature(saved: dict[str, Any], current: dict[str, Tensor]) -> None:
     if rules != want_rules:
         raise ValueError(
             f"state_dict is of rule {rules[0] if len(rules) == 1 else rules!r}, this driver runs "
-            f"{want_rules[0]!r}: load it into a BLR with rule={rules[0] if rules else None!r}"
+            f"{want_rules[0]!r}: load it into a BLR with the rule "
+            f"{rules[0] if rules else None!r} (e.g. pb.BLR(model, guide, "
+            f"{rules[0] if rules else None!r}))"
         )
     (dtype,) = want_dtypes
     if dtypes != want_dtypes:
@@ -127,6 +162,7 @@ def check_signature(saved: dict[str, Any], current: dict[str, Tensor]) -> None:
             "(e.g. X.double() for float64)"
         )
     if shapes == want_shapes and list(shapes) == list(want_shapes):
+        _check_guide_structure(saved, current)
         return
     problems = []
     only_saved = [n for n in shapes if n not in want_shapes]
@@ -148,15 +184,43 @@ def check_signature(saved: dict[str, Any], current: dict[str, Tensor]) -> None:
     )
 
 
-def signed(state: dict[str, Any], layout: LatentLayout, rule: str, like: Tensor) -> dict[str, Any]:
-    """A stepper's checkpoint: ``state`` and the run's signature (what ``state_dict`` returns)."""
-    return {**state, **checkpoint_signature(layout, rule, like)}
+def _check_guide_structure(saved: dict[str, Any], current: dict[str, Tensor]) -> None:
+    """Refuse a checkpoint of a mixture with another number of components, or whose sites
+    have other families, naming them (the model's sites agree already)."""
+    families, components = _guide_structure(saved)
+    want_families, want_components = _guide_structure(current)
+    if components != want_components:
+        there = "no mixture" if components is None else f"a mixture of {components} components"
+        here = "none" if want_components is None else str(want_components)
+        raise ValueError(
+            f"state_dict is of {there}, this guide has {here}: load it into a guide built as "
+            f"the one that saved it (pb.AutoMixture(model, num_components={components})); "
+            "nothing was changed"
+        )
+    if families != want_families:
+        differ = [
+            f"site {name!r} has a {families.get(name)} family there, a {family} one here"
+            for name, family in want_families.items()
+            if families.get(name) != family
+        ] or [f"the checkpoint's families are {families}, this guide's {want_families}"]
+        raise ValueError(
+            "state_dict is of another guide: " + "; ".join(differ) + ". Build the guide with "
+            "the families of the one that saved it (families={...}); nothing was changed"
+        )
+
+
+def signed(
+    state: dict[str, Any], layout: LatentLayout, rule: str, like: Tensor, **structure: Any
+) -> dict[str, Any]:
+    """A stepper's checkpoint: ``state`` and the run's signature (what ``state_dict`` returns);
+    ``structure``: the ``families`` and ``components`` of :func:`checkpoint_signature`."""
+    return {**state, **checkpoint_signature(layout, rule, like, **structure)}
 
 
 def unsigned(
-    state: dict[str, Any], layout: LatentLayout, rule: str, like: Tensor
+    state: dict[str, Any], layout: LatentLayout, rule: str, like: Tensor, **structure: Any
 ) -> dict[str, Any]:
     """The entries of a checkpoint without its signature, once :func:`check_signature` has found
     it the run's own (what ``load_state_dict`` checks first)."""
-    check_signature(state, checkpoint_signature(layout, rule, like))
+    check_signature(state, checkpoint_signature(layout, rule, like, **structure))
     return split_signature(state)[1]
