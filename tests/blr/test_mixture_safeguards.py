@@ -160,6 +160,19 @@ def test_a_checkpoint_of_another_number_of_components_is_refused_whole(component
         assert torch.equal(value, before[name]), name
 
 
+@pytest.mark.parametrize("component", ["diagonal", "full"])
+def test_a_checkpoint_whose_precision_is_not_positive_definite_is_refused_naming_it(component):
+    guide, blr = mixture_fit(component)
+    blr.step(Y)
+    checkpoint = saved(blr)
+    checkpoint["state"]["precisions"][1] *= -1  # component 1's precision negated
+    before = params(guide)
+    with pytest.raises(ValueError, match=r"'precisions' holds precisions of component\(s\) \[1\]"):
+        blr.load_state_dict(checkpoint, Y)
+    for name, value in params(guide).items():
+        assert torch.equal(value, before[name]), name
+
+
 # ------------------------------------------------------------------ errors naming the site
 def walled(y):
     a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=D), 1.0))
