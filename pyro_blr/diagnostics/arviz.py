@@ -12,6 +12,7 @@ from pyro_blr.core import model_keywords
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, from_dict, psis_smooth, to_numpy
 from pyro_blr.diagnostics.draws import draw
 from pyro_blr.diagnostics.inputs import check_finite_inputs_at_draw
+from pyro_blr.diagnostics.mistakes import check_call
 from pyro_blr.diagnostics.psis import check_num_samples
 
 __all__ = ["to_inference_data"]
@@ -104,6 +105,7 @@ def to_inference_data(
         raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
     if num_samples % num_chains:
         raise ValueError(f"num_chains={num_chains} must divide num_samples={num_samples}")
+    check_call(model, guide, args, kwargs, "to_inference_data")  # swapped, or data left out
     check_finite_inputs_at_draw(model, guide, args, kwargs, "to_inference_data")
     with torch.no_grad():
         draws = draw(model, guide, args, kwargs, num_samples, max_plate_nesting)

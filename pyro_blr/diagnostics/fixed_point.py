@@ -18,8 +18,9 @@ Two numbers measure the distance, both scale-free:
   :math:`S^{-1}\nabla^2\ell(m)` (of :math:`\nabla^2\ell(m)_{jj}/S_{jj}` for a diagonal guide):
   the log of the factor by which the guide's precision misses the data's curvature.
 
-A fit by ``pb.BLR(model, guide, pb.VON())`` or SVI sits where :math:`\mathbb E_q[\nabla\ell] = 0` and
-:math:`S = \mathbb E_q[\nabla^2\ell]`, which differ from the delta method's conditions by the
+A fit by ``pb.BLR(model, guide, pb.VON())`` or SVI sits where
+:math:`\mathbb E_q[\nabla\ell] = 0` and :math:`S = \mathbb E_q[\nabla^2\ell]`, which differ from
+the delta method's conditions by the
 posterior's skew (on a nearly separable logistic regression by a Newton step of one standard
 deviation and a factor 2.7 in precision): the same gaps are measured with the expectations,
 estimated from antithetic draws of :math:`q` (exact for a quadratic :math:`\ell`), and the

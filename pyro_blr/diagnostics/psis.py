@@ -33,6 +33,7 @@ from pyro_blr.core import (
     rng_state,
 )
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz, psis_smooth
+from pyro_blr.diagnostics.mistakes import check_call
 
 __all__ = ["PSISDiagnostic", "check_num_samples", "psis_diagnostic"]
 
@@ -119,6 +120,7 @@ def psis_diagnostic(
     options = ("num_samples", "max_plate_nesting")
     kwargs = model_keywords(model, "psis_diagnostic", options, kwargs, model_kwargs)
     num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES)
+    check_call(model, guide, args, kwargs, "psis_diagnostic")  # swapped, or data left out
     check_model_full_data(model, guide, args, kwargs, "psis_diagnostic")
     check_model_and_guide(model, guide, args, kwargs)
     if max_plate_nesting is None:

@@ -61,6 +61,7 @@ from pyro_blr.diagnostics.fixed_point import (
     needs_second_opinion,
 )
 from pyro_blr.diagnostics.inputs import check_finite_inputs
+from pyro_blr.diagnostics.mistakes import check_call
 from pyro_blr.diagnostics.psis import check_num_samples
 
 __all__ = ["PREDICTIVES", "LOOSensitivity", "loo_sensitivity"]
@@ -287,6 +288,7 @@ def loo_sensitivity(
     if predictive not in PREDICTIVES:
         raise ValueError(f"predictive must be one of {PREDICTIVES}, got {predictive!r}")
     num_samples = check_num_samples(num_samples)
+    check_call(model, guide, args, kwargs, entry)  # swapped, or data left out
     check_gaussian_guide(guide, entry)
     like = initialize_guide(guide, args, kwargs)
     check_model_and_guide(model, guide, args, kwargs)  # the model's structure before the fit's
