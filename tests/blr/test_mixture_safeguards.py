@@ -211,6 +211,34 @@ def test_a_non_finite_log_joint_names_the_site_and_the_component(component):
         assert torch.equal(value, before[name]), name
 
 
+def kinked(y):
+    a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=D), 1.0))
+    b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=D), 1.0))
+    below = 0.0 * b  # sqrt's infinite slope at 0 times 0: a NaN gradient below b = 5
+    pyro.factor("kink", torch.where(b > 5.0, b - 5.0, below).sqrt())
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(a, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("component", ["diagonal", "full"])
+def test_a_non_finite_gradient_names_the_site_and_the_component_of_its_draws(component):
+    pyro.clear_param_store()
+    guide = pb.AutoMixture(kinked, num_components=2, component=component)
+    initialize_guide(guide, (Y,), {})
+    logits, locs, precisions = guide.components()
+    locs[:, 1] = torch.tensor([10.0, 0.0], dtype=D)  # component 1 below the kink
+    guide.set_components(logits, locs, precisions * 100)
+    before = params(guide)
+    blr = pb.BLR(kinked, guide, pb.MixtureRule(lr=0.5, mc_samples=4))
+    with pytest.raises(
+        FloatingPointError,
+        match=r"gradient is not finite at site\(s\) \['b'\] in component\(s\) \[1\]",
+    ):
+        blr.step(Y)
+    for name, value in params(guide).items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_a_non_finite_update_names_the_sites_and_the_components():
     guide, blr = mixture_fit("diagonal", lr=1e154)  # lr^2 g^2 / S overflows float64
     initialize_guide(guide, (Y,), {})
