@@ -7,21 +7,25 @@ drawn by the model from its prior *and scored as if observed*: its log prior ent
 of a different model. Pyro's own advice for a discrete site -- mark it
 ``infer={"enumerate": "parallel"}`` and leave it out of the guide -- produces exactly this, and is
 correct only under an enumerating objective (``TraceEnum_ELBO``), which sums the site out.
+The entry points built on :func:`pyro_blr.core.log_weights` sum such sites out too (see
+:mod:`pyro_blr.core.enumeration`) and ask these checks to let them through (``summed=True``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_blr.core.traces import sample_sites, site_log_probs
-from pyro_blr.core.weights import vectorized_traces
+from pyro_blr.core.enumeration import enumerated_sites, nonfinite_reason
+from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs
+from pyro_blr.core.weights import enumerated_model_traces, vectorized_traces
 
 __all__ = [
     "STRUCTURE_RUNS",
@@ -31,6 +35,7 @@ __all__ = [
     "check_model_and_guide",
     "check_no_enumerated_sites",
     "check_prototype",
+    "initialized_cuda_devices",
     "nonfinite_term",
     "rng_state",
     "warn_latents_below_data_precision",
@@ -45,8 +50,11 @@ def _is_discrete(site: dict) -> bool:
     )
 
 
-def check_no_enumerated_sites(model_trace: Trace, guide_trace: Trace) -> None:
-    """Refuse a discrete latent site of the model that the guide leaves out.
+def check_no_enumerated_sites(
+    model_trace: Trace, guide_trace: Trace, summed: bool = False
+) -> tuple[str, ...]:
+    """Refuse a discrete latent site of the model that the guide leaves out, unless the caller
+    sums it out.
 
     A site counts when it is a latent (unobserved) sample site of ``model_trace``, absent from
     ``guide_trace``, and either marked for enumeration (``infer={"enumerate": ...}``, e.g. by
@@ -56,6 +64,13 @@ def check_no_enumerated_sites(model_trace: Trace, guide_trace: Trace) -> None:
     Args:
         model_trace: a trace of the model replayed on ``guide_trace``.
         guide_trace: a trace of the guide.
+        summed: the caller sums out sites marked ``infer={"enumerate": "parallel"}`` (see
+            :func:`pyro_blr.core.enumeration.enumerated_log_joint`): they pass, and are
+            returned; an unmarked discrete site, or one marked ``"sequential"``, is still
+            refused.
+
+    Returns:
+        The names of the sites left to parallel enumeration (empty unless ``summed``).
 
     Raises:
         ValueError: naming the first such site, and saying how to handle it.
@@ -78,20 +93,30 @@ def check_no_enumerated_sites(model_trace: Trace, guide_trace: Trace) -> None:
         ...     print(str(error).split(" is not")[0])
         latent site 'k' of the model (Categorical, marked for enumeration)
     """
+    given = {name: site["value"] for name, site in sample_sites(guide_trace)}
+    summed_out = enumerated_sites(model_trace, given) if summed else ()
     for name, site in sample_sites(model_trace, deterministic=False):
-        if site["is_observed"] or name in guide_trace.nodes:
+        if site["is_observed"] or name in guide_trace.nodes or name in summed_out:
             continue
         enumerate_ = site["infer"].get("enumerate")
         if not enumerate_ and not _is_discrete(site):
             continue
         how = "marked for enumeration" if enumerate_ else "discrete"
+        fix = (
+            "mark it infer={'enumerate': 'parallel'} (or wrap the model in "
+            "pyro.infer.config_enumerate) and it is summed out exactly"
+            if summed
+            else "this entry point does not sum enumerated sites out (pb.log_evidence, "
+            "pb.psis_diagnostic and pb.RenyiELBO do); marginalize it with Pyro's "
+            "TraceEnum_ELBO (and recover it with pyro.infer.infer_discrete), sum it out in "
+            "the model"
+        )
         raise ValueError(
             f"latent site '{name}' of the model ({type(site['fn']).__name__}, {how}) is not "
             "sampled by the guide: it would be drawn from its prior and scored as if observed, "
-            "which gives wrong weights. Marginalize it with Pyro's TraceEnum_ELBO (and recover "
-            "it with pyro.infer.infer_discrete), sum it out in the model, or give the guide "
-            f"a sample site '{name}'"
+            f"which gives wrong weights: {fix}, or give the guide a sample site '{name}'"
         )
+    return summed_out
 
 
 def check_latent_masks(model_trace: Trace) -> None:
@@ -188,16 +213,32 @@ def check_prototype(model: Callable, prototype_trace: Trace, args: tuple, kwargs
     check_fixed_latent_sites(model, prototype_trace, args, kwargs)
 
 
-def _cuda_devices() -> list[int]:
+def initialized_cuda_devices() -> list[int]:
+    """The CUDA devices whose generators a draw may have moved (for ``torch.random.fork_rng``:
+    a set-up run inside it leaves every generator where it was).
+
+    Example:
+        >>> import torch
+        >>> with torch.random.fork_rng(devices=initialized_cuda_devices()):
+        ...     _ = torch.randn(2)
+    """
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return list(range(torch.cuda.device_count()))
     return []
 
 
-def check_model_and_guide(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+_cuda_devices = initialized_cuda_devices
+
+
+def check_model_and_guide(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, summed: bool = False
+) -> tuple[str, ...]:
     """Trace ``guide`` and ``model`` replayed on it once and run
     :func:`check_no_enumerated_sites`, leaving the random number generators where they were (the
     check does not change the draws of the run it precedes).
+
+    ``summed``: the caller sums out the sites marked for parallel enumeration (see
+    :func:`check_no_enumerated_sites`); their names are returned.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -210,7 +251,7 @@ def check_model_and_guide(model: Callable, guide: Callable, args: tuple, kwargs:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    check_no_enumerated_sites(model_trace, guide_trace)
+    summed_out = check_no_enumerated_sites(model_trace, guide_trace, summed)
     check_latent_masks(model_trace)
     guide_sites = {name for name, _ in sample_sites(guide_trace)}
     # the guide's minibatch: a prior run drawing its own would name a sequential plate's latents
@@ -221,13 +262,14 @@ def check_model_and_guide(model: Callable, guide: Callable, args: tuple, kwargs:
         for _ in range(_PRIOR_RUNS):  # latents that control flow adds on some runs only
             prior = poutine.trace(conditioned).get_trace(*args, **kwargs)
             for name, site in sample_sites(prior, deterministic=False):
-                if not site["is_observed"] and name not in guide_sites:
+                if not site["is_observed"] and name not in guide_sites | set(summed_out):
                     raise ValueError(
                         f"latent site '{name}' of the model is not sampled by the guide (it "
                         "appears on some runs only, e.g. through control flow, or the guide "
                         "leaves it out): make the model sample it on every run, or give the "
                         "guide that site"
                     )
+    return summed_out
 
 
 _PRIOR_RUNS = 8
@@ -270,6 +312,7 @@ def check_finite_weights(
     num_particles: int,
     max_plate_nesting: int,
     state: tuple[Tensor, list[Tensor]],
+    enumerated: Collection[str] = (),
 ) -> None:
     """Explain log importance weights that are not finite: redraw the particles of a
     :func:`pyro_blr.core.log_weights` call from the generator ``state`` it started from (see
@@ -278,6 +321,9 @@ def check_finite_weights(
     The redraw is bit for bit the same draw (the same operations from the same state) and the
     generators are left where they were. Each site's log density is checked scaled and masked as
     Pyro scales it, element by element, model sites first in trace order, then guide sites.
+
+    ``enumerated``: the model's sites summed out (as :func:`pyro_blr.core.log_weights` was
+    told); a site that touches none of them is blamed as above, else their sum.
 
     Raises:
         ValueError: naming the site, whether it is observed, latent or the guide's, and the
@@ -289,10 +335,23 @@ def check_finite_weights(
         torch.set_rng_state(cpu)
         for device, device_state in zip(devices, cuda, strict=True):
             torch.cuda.set_rng_state(device_state, device)
-        model_trace, guide_trace = vectorized_traces(
-            model, guide, args, kwargs, num_particles, max_plate_nesting
-        )
+        if enumerated:  # the draws log_weights made: the guide's, then enumerated model runs
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=-max_plate_nesting - 1):
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            for trace in enumerated_model_traces(
+                model, guide_trace, args, kwargs, num_particles, max_plate_nesting
+            ):
+                reason = nonfinite_reason(trace)
+                if reason is not None:
+                    raise ValueError(f"{reason}, so the log importance weights are not finite")
+            model_trace = None
+        else:
+            model_trace, guide_trace = vectorized_traces(
+                model, guide, args, kwargs, num_particles, max_plate_nesting
+            )
     for trace, role in ((model_trace, "model"), (guide_trace, "guide")):
+        if trace is None:
+            continue
         found = nonfinite_term(site_log_probs(trace))
         if found is None:
             continue

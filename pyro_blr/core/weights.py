@@ -4,6 +4,10 @@ The guide draws :math:`K` particles at once inside a plate left of the model's p
 ``vectorize_particles``), the model is replayed on them, and every site's log density (scaled by
 :math:`N/B` in subsampled plates, masked as Pyro masks it) is summed per particle.
 
+A model's sites marked ``infer={"enumerate": "parallel"}`` (left out of the guide, as for Pyro's
+``TraceEnum_ELBO``) are summed out: :math:`\log p(\mathcal D, z_k)` is then the marginal
+:func:`pyro_blr.core.enumeration.enumerated_log_joint`, one model run per particle.
+
 When every site of the model and the guide lies inside one plate, the joint factorizes over that
 plate's elements and so does the weight, :math:`\log w_{k} = \sum_i \log w_{k,i}`: the per-element
 weights (unscaled, shape ``(K, B)``) are what an unbiased minibatch Rényi bound needs.
@@ -23,11 +27,18 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_blr.core.enumeration import enumerated_trace, model_enumerated_sites, trace_log_joint
 from pyro_blr.core.log_joint import _check_all_latents_given
 from pyro_blr.core.plates import full_size, is_subsampled, subsampled_plates
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
-__all__ = ["LogWeights", "log_weights", "replay_particles", "vectorized_traces"]
+__all__ = [
+    "LogWeights",
+    "enumerated_model_traces",
+    "log_weights",
+    "replay_particles",
+    "vectorized_traces",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -307,15 +318,30 @@ def log_weights(
     num_particles: int,
     max_plate_nesting: int,
     require_rsample: bool = True,
+    enumerated: Collection[str] | None = None,
 ) -> LogWeights:
     """Draw ``num_particles`` particles from ``guide`` (vectorized) and weigh them by ``model``.
+
+    Sites of the model marked for parallel enumeration and absent from the guide are summed out
+    (see :func:`pyro_blr.core.enumeration.enumerated_log_joint`). ``enumerated`` names them
+    when the caller knows them (e.g. from :func:`pyro_blr.core.check_model_and_guide`);
+    ``None`` finds them with one extra model run conditioned on the first particle.
 
     Raises:
         ValueError: a guide site that cannot be reparameterized (its gradient would need a
             score-function term), or a model that does not broadcast over the particle plate.
     """
     nesting = max_plate_nesting
-    model_trace, guide_trace = vectorized_traces(model, guide, args, kwargs, num_particles, nesting)
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    if enumerated is None:
+        first = _particle_values(guide_trace, 0, nesting)
+        enumerated = model_enumerated_sites(model, args, kwargs, first)
+    if enumerated:
+        return _enumerated_weights(
+            model, guide_trace, args, kwargs, num_particles, nesting, require_rsample
+        )
+    model_trace, _ = replay_particles(model, guide_trace, args, kwargs, num_particles, nesting)
     joint = 0.0
     terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
@@ -351,3 +377,69 @@ def log_weights(
     local_scale = (full_size(frame) / frame.size) if is_subsampled(frame) else 1.0
     local = sum(_per_element(t.log_prob, num_particles, nesting, frame.dim) for t in terms)
     return LogWeights(joint, local / local_scale, local_scale, subsampled, (), sequential)
+
+
+def _guide_log_q(guide_trace: Trace, num_particles: int, nesting: int, require_rsample: bool):
+    """:math:`\\log q(z_k)` per particle, every guide site scaled and masked as Pyro does."""
+    total = 0.0
+    for name, site in sample_sites(guide_trace, deterministic=False):
+        if require_rsample and not site["fn"].has_rsample:
+            raise ValueError(
+                f"guide site '{name}' ({type(site['fn']).__name__}) cannot be "
+                "reparameterized; these objectives need reparameterized guides"
+            )
+        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+        if torch.is_tensor(log_prob):
+            total = total + sum_per_particle(log_prob, num_particles, nesting)
+    return total
+
+
+def enumerated_model_traces(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int,
+) -> list[Trace]:
+    """The model run once per particle of a particle-vectorized ``guide_trace`` with its
+    enumerated sites enumerated (see :func:`pyro_blr.core.enumeration.enumerated_trace`), every
+    run on the same minibatch (the guide's, or else the first run's)."""
+    shared = _subsample_values(guide_trace)
+    traces = []
+    for k in range(num_particles):
+        values = {**_particle_values(guide_trace, k, nesting), **shared}
+        trace = enumerated_trace(model, args, kwargs, nesting, values)
+        if k == 0 and not shared:
+            shared = _subsample_values(trace)
+        traces.append(trace)
+    return traces
+
+
+def _enumerated_weights(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int,
+    require_rsample: bool,
+) -> LogWeights:
+    """Log weights with the model's enumerated sites summed out: one enumerated model run per
+    particle on the guide's draws, every run on the same minibatch. The weight does not split
+    over data elements here (``local`` is ``None``)."""
+    traces = enumerated_model_traces(model, guide_trace, args, kwargs, num_particles, nesting)
+    model_terms = [trace_log_joint(trace) for trace in traces]
+    log_q = _guide_log_q(guide_trace, num_particles, nesting, require_rsample)
+    joint = torch.stack(model_terms) - log_q
+    plates = {**subsampled_plates(guide_trace), **subsampled_plates(traces[0])}
+    plates.pop(PARTICLE_PLATE, None)
+    subsampled = tuple(sorted(plates))
+    sequential = tuple(name for name in subsampled if plates[name].sequential)
+    outside = tuple(
+        name
+        for name, site in sample_sites(traces[0], deterministic=False)
+        if not site["is_observed"] or name in guide_trace.nodes
+        if not {f.name for f in site["cond_indep_stack"]} & set(subsampled)
+    )
+    return LogWeights(joint, None, 1.0, subsampled, outside if subsampled else (), sequential)

@@ -32,6 +32,7 @@ from pyro_blr.core import (
     model_keywords,
     rng_state,
 )
+from pyro_blr.core.checks import initialized_cuda_devices
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz, psis_smooth
 from pyro_blr.diagnostics.mistakes import check_call
 
@@ -78,8 +79,9 @@ def psis_diagnostic(
 
     Args:
         model: the Pyro model (full data: a minibatch ratio is not the posterior's).
-        guide: any guide of ``model`` that samples every latent site (a discrete site left to
-            enumeration is refused).
+        guide: any guide of ``model`` that samples every continuous latent site; discrete
+            sites marked ``infer={"enumerate": "parallel"}`` and left out of the guide are
+            summed out exactly (the ratios are :math:`p(\mathcal D, z)/q(z)` with them summed).
         *args: the model's positional arguments.
         num_samples: draws from the guide, at least
             :data:`~pyro_blr.diagnostics.arviz_compat.MIN_PSIS_SAMPLES` (the Pareto fit uses the
@@ -100,8 +102,8 @@ def psis_diagnostic(
         TypeError: a model argument named like an option without ``model_kwargs=``.
         ValueError: ``num_samples`` below the minimum, a subsampled plate (vectorized or
             sequential, ``for i in pyro.plate(..., subsample_size=B)``), a discrete latent
-            site the guide does not sample, or a log density that is NaN or :math:`+\infty`
-            (naming the site).
+            site the guide does not sample and the model does not mark for enumeration, or a
+            log density that is NaN or :math:`+\infty` (naming the site).
 
     References:
         | Yes, but Did It Work?: Evaluating Variational Inference (Yao et al., ICML 2018)
@@ -122,15 +124,25 @@ def psis_diagnostic(
     num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES)
     check_call(model, guide, args, kwargs, "psis_diagnostic")  # swapped, or data left out
     check_model_full_data(model, guide, args, kwargs, "psis_diagnostic")
-    check_model_and_guide(model, guide, args, kwargs)
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    enumerated = check_model_and_guide(model, guide, args, kwargs, summed=True)
+    if max_plate_nesting is None:  # a run that leaves the draws as they were
+        with torch.random.fork_rng(devices=initialized_cuda_devices()):
+            max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     state = rng_state()
     weights = log_weights(
-        model, guide, args, kwargs, num_samples, max_plate_nesting, require_rsample=False
+        model,
+        guide,
+        args,
+        kwargs,
+        num_samples,
+        max_plate_nesting,
+        require_rsample=False,
+        enumerated=enumerated,
     )
     joint = weights.joint
     if torch.isnan(joint).any() or torch.isposinf(joint).any():  # -inf is a zero weight: fine
-        check_finite_weights(model, guide, args, kwargs, num_samples, max_plate_nesting, state)
+        check_finite_weights(
+            model, guide, args, kwargs, num_samples, max_plate_nesting, state, enumerated
+        )
     smoothed, khat = psis_smooth(joint)
     return PSISDiagnostic(khat, float(1.0 / np.exp(2 * smoothed).sum()))

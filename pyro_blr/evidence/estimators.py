@@ -43,6 +43,7 @@ from pyro_blr.core import (
     model_keywords,
     rng_state,
 )
+from pyro_blr.core.checks import initialized_cuda_devices
 from pyro_blr.objectives.renyi import as_alpha, renyi_bound
 
 __all__ = ["LogEvidence", "log_evidence"]
@@ -110,10 +111,11 @@ def log_evidence(
         TypeError: a model argument named like an option without ``model_kwargs=``.
         ValueError: an unknown method, bad ``num_particles``/``chunk_size``/``alpha``, a model
             that subsamples, with a vectorized or a sequential plate (the evidence is of the
-            full data), a discrete latent site the
-            guide leaves out (enumerated: it would be drawn from its prior and scored as data),
-            or a log weight that is not finite (the error names the site whose log density is
-            not: a :math:`-\infty` likelihood term means data impossible under some draw).
+            full data), a discrete latent site the guide leaves out and the model does not mark
+            ``infer={"enumerate": "parallel"}`` (sites so marked are summed out exactly, as
+            ``TraceEnum_ELBO`` sums them), or a log weight that is not finite (the error names
+            the site whose log density is not: a :math:`-\infty` likelihood term means data
+            impossible under some draw).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -138,19 +140,20 @@ def log_evidence(
                 "have no delta-method standard error: use pb.RenyiELBO for them)"
             )
     check_model_full_data(model, guide, args, kwargs, "log_evidence")
-    check_model_and_guide(model, guide, args, kwargs)
-    nesting = (
-        guess_max_plate_nesting(model, guide, args, kwargs)
-        if max_plate_nesting is None
-        else max_plate_nesting
-    )
+    enumerated = check_model_and_guide(model, guide, args, kwargs, summed=True)
+    nesting = max_plate_nesting
+    if nesting is None:  # a run that leaves the draws as they were, enumerated sites or not
+        with torch.random.fork_rng(devices=initialized_cuda_devices()):
+            nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     chunks = []
     for start in range(0, num_particles, chunk_size):
         size = min(chunk_size, num_particles - start)
         state = rng_state()
-        weights = log_weights(model, guide, args, kwargs, size, nesting, require_rsample=False)
+        weights = log_weights(
+            model, guide, args, kwargs, size, nesting, require_rsample=False, enumerated=enumerated
+        )
         if not torch.isfinite(weights.joint).all():
-            check_finite_weights(model, guide, args, kwargs, size, nesting, state)
+            check_finite_weights(model, guide, args, kwargs, size, nesting, state, enumerated)
         chunks.append(weights.joint if weights.local is None else weights.local)
     return _estimate(torch.cat(chunks).double(), method, alpha)
 

@@ -30,6 +30,7 @@ from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
 from pyro_blr.core import LogWeights, check_model_and_guide, guess_max_plate_nesting, log_weights
+from pyro_blr.core.checks import initialized_cuda_devices
 
 __all__ = ["RenyiELBO", "as_alpha", "renyi_bound"]
 
@@ -110,8 +111,9 @@ class RenyiELBO(ELBO):
     Raises:
         ValueError: ``alpha`` is NaN, a bool or not a real number, ``num_particles < 1``, or
             ``α ≠ 1`` without vectorized particles; when the bound is computed, a discrete
-            latent site the guide leaves out (enumerated, for ``TraceEnum_ELBO``: it would be
-            drawn from its prior and scored as data), or for ``α ≠ 1`` a subsampled plate the
+            latent site the guide leaves out and the model does not mark
+            ``infer={"enumerate": "parallel"}`` (sites so marked are summed out exactly, as
+            ``TraceEnum_ELBO`` sums them), or for ``α ≠ 1`` a subsampled plate the
             bound cannot be split over (see **Minibatches**).
 
     References:
@@ -156,16 +158,23 @@ class RenyiELBO(ELBO):
             vectorize_particles=vectorize_particles,
         )
         self.alpha = alpha
-        self._checked: set[tuple[int, int]] = set()
+        self._checked: dict[tuple[int, int], tuple[str, ...]] = {}
 
     def _nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
         key = (id(model), id(guide))
         if key not in self._checked:  # once per pair, leaving the draws unchanged
-            check_model_and_guide(model, guide, args, kwargs)
-            self._checked.add(key)
-        if self.max_plate_nesting == math.inf:
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+            self._checked[key] = check_model_and_guide(model, guide, args, kwargs, summed=True)
+        if self.max_plate_nesting == math.inf:  # a run that leaves the draws as they were
+            with torch.random.fork_rng(devices=initialized_cuda_devices()):
+                self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         return int(self.max_plate_nesting)
+
+    def _weights(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int
+    ) -> LogWeights:
+        nesting = self._nesting(model, guide, args, kwargs)
+        enumerated = self._checked[(id(model), id(guide))]
+        return log_weights(model, guide, args, kwargs, num, nesting, enumerated=enumerated)
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """One (model, guide) trace pair, as Pyro's ELBOs return it."""
@@ -174,14 +183,12 @@ class RenyiELBO(ELBO):
     def bound(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         """The estimate :math:`\\hat{\\mathcal L}_\\alpha` (differentiable), see the class doc."""
         if not self.vectorize_particles:  # alpha == 1: an average of independent ELBOs
-            nesting = self._nesting(model, guide, args, kwargs)
             values = [
-                log_weights(model, guide, args, kwargs, 1, nesting).joint
+                self._weights(model, guide, args, kwargs, 1).joint
                 for _ in range(self.num_particles)
             ]
             return torch.cat(values).mean()
-        nesting = self._nesting(model, guide, args, kwargs)
-        weights = log_weights(model, guide, args, kwargs, self.num_particles, nesting)
+        weights = self._weights(model, guide, args, kwargs, self.num_particles)
         if self.alpha == 1:
             return weights.joint.mean()
         if weights.local is not None:
