@@ -16,7 +16,8 @@ writes the new state into the guide. Around that update every such stepper gets:
   anything and names the entry at fault;
 * **step-back** (:mod:`pyro_blr.blr.step_back`): a loss far above the last step's, or a log
   joint that is not finite at the new state's draws, returns to the state before the last step
-  and retakes it with half the step size;
+  and retakes it with half the step size (in a distributed run only for the loss, which every
+  rank has all-reduced alike: a non-finite estimate on one rank raises on every rank instead);
 * **distributed reduction** (:mod:`pyro_blr.blr.distributed`): each rank estimates on its own
   shard (and its own draws with ``rank_noise``), the loss and estimates are averaged in one
   all-reduce, and every rank then takes the same update from the same state.
