@@ -46,13 +46,18 @@ from pyro_blr.core.per_datum import (
     per_datum_jacobian,
 )
 from pyro_blr.core.plates import (
+    PlateDraw,
     SubsampledPlate,
     check_full_data,
     check_model_full_data,
+    draw_subsample,
     full_size,
     is_subsampled,
+    plate_draws,
     subsampled_plates,
+    traced_subsamples,
 )
+from pyro_blr.core.target import CURVATURES, DataStamp, Target, all_finite
 from pyro_blr.core.traces import (
     PARTICLE_PLATE,
     guess_max_plate_nesting,
@@ -69,11 +74,13 @@ from pyro_blr.core.traces import (
 from pyro_blr.core.weights import LogWeights, log_weights, replay_particles, vectorized_traces
 
 __all__ = [
+    "CURVATURES",
     "GAUSSIAN_GUIDES",
     "KHAT_THRESHOLD",
     "PARTICLE_PLATE",
     "VECTORIZATIONS",
     "DataPlate",
+    "DataStamp",
     "DatumTerms",
     "Derivatives",
     "GaussianGuide",
@@ -82,7 +89,10 @@ __all__ = [
     "LogWeights",
     "ParetoCheck",
     "PerDatum",
+    "PlateDraw",
     "SubsampledPlate",
+    "Target",
+    "all_finite",
     "check_finite_weights",
     "check_fixed_latent_sites",
     "check_full_data",
@@ -96,6 +106,7 @@ __all__ = [
     "data_plates",
     "datum_terms",
     "derivatives",
+    "draw_subsample",
     "full_size",
     "guess_max_plate_nesting",
     "hessian_diagonal_from_grad",
@@ -116,6 +127,7 @@ __all__ = [
     "pareto_khat",
     "per_datum_gradients",
     "per_datum_jacobian",
+    "plate_draws",
     "replay_particles",
     "rng_kept",
     "rng_state",
@@ -124,6 +136,7 @@ __all__ = [
     "subsampled_plates",
     "sum_per_particle",
     "trace_without_rng",
+    "traced_subsamples",
     "unsubsampled_scale",
     "validate_site_shapes",
     "vectorized_traces",

@@ -91,8 +91,18 @@ class GaussianGuide:
         self.guide = guide
         self.layout = layout
         self.diagonal = not isinstance(guide, AutoMultivariateNormal)
+        self._modules: dict[str, tuple] = {}
 
     def _site_params(self, name: str) -> tuple[PyroModule, PyroModule, str]:
+        """A site's ``(locs module, scales module, leaf name)`` in ``AutoNormal``, found once
+        (the modules are fixed once the guide is set up; the tensors are looked up each time)."""
+        locs, scales = self.guide.locs, self.guide.scales
+        found = self._modules.get(name)
+        if found is None or found[0] is not locs or found[1] is not scales:  # set up again
+            found = self._modules[name] = (locs, scales, self._find_site_params(name))
+        return found[2]
+
+    def _find_site_params(self, name: str) -> tuple[PyroModule, PyroModule, str]:
         *path, leaf = name.split(".")
         locs = attrgetter(".".join(path))(self.guide.locs) if path else self.guide.locs
         scales = attrgetter(".".join(path))(self.guide.scales) if path else self.guide.scales

@@ -14,7 +14,8 @@ Particles are evaluated in one of three ways (``vectorize``):
   ``a, b = w`` or ``w.sum()`` consume the particle dimension and silently give another model);
 * ``"vmap"`` -- ``torch.func.vmap`` over the log joint of one particle: every model that runs on
   one particle runs, ``X @ w`` and ``nn.Linear`` included, with Pyro's validation off inside the
-  map (its support checks are data-dependent control flow);
+  map (its support checks are data-dependent control flow); a single particle runs the mapped
+  function directly, without ``vmap``'s overhead;
 * ``"loop"`` -- one model run per particle.
 
 :func:`choose_vectorization` picks the fastest one that gives the same numbers as the loop on
@@ -67,6 +68,7 @@ def neg_log_joint(
     vectorize: bool | str = True,
     terms_out: list | None = None,
     subsample: dict[str, Tensor] | None = None,
+    check_data: bool = True,
 ) -> Tensor:
     r"""The negative log joint :math:`\ell(\theta_s)` of each particle, shape ``(S,)``.
 
@@ -83,6 +85,10 @@ def neg_log_joint(
             appended to it, to locate non-finite terms.
         subsample: plate name -> the minibatch indices every run uses (all particles see the
             same minibatch); by default each model run draws its own, as Pyro does.
+        check_data: refuse data of another dtype or device than the layout's (see
+            :func:`pyro_blr.core.data_signature.data_checked`); ``False`` where the caller
+            checked these very data already (:class:`pyro_blr.core.Target` checks once per
+            batch). An error of the model names a changed argument either way.
 
     Example:
         >>> import math, pyro, pyro.distributions as dist, torch
@@ -96,8 +102,16 @@ def neg_log_joint(
     kwargs = kwargs or {}
     subsample = subsample or {}
     mode = _mode(vectorize)
-    with data_checked(layout.data, model, args, kwargs):
-        value = _neg_log_joint(model, layout, theta, args, kwargs, mode, terms_out, subsample)
+    if check_data:
+        with data_checked(layout.data, model, args, kwargs):
+            value = _neg_log_joint(model, layout, theta, args, kwargs, mode, terms_out, subsample)
+    else:
+        try:
+            value = _neg_log_joint(model, layout, theta, args, kwargs, mode, terms_out, subsample)
+        except Exception as error:
+            if layout.data is not None:
+                layout.data.explain(error, model, args, kwargs)
+            raise
     # Float32 latents with float64 data (a float32 prior constant) make float64 terms: the value
     # follows the latent vector in every mode, as the gradient does.
     return value.to(theta.dtype)
@@ -115,6 +129,9 @@ def _neg_log_joint(
 ) -> Tensor:
     num_particles = theta.shape[0]
     if mode == "vmap" and terms_out is None:
+        if num_particles == 1:  # the vmapped function itself, without vmap's overhead
+            with pyro.validation_enabled(False):
+                return _neg_log_joint_one(model, layout, theta[0], args, kwargs, None, subsample)
         return _neg_log_joint_vmap(model, layout, theta, args, kwargs, subsample)
     if mode != "plate":
         rows = [

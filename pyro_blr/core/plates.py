@@ -16,16 +16,22 @@ from typing import Any, NamedTuple
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
+from torch import Tensor
 
 __all__ = [
+    "PlateDraw",
     "SubsampledPlate",
     "check_full_data",
     "check_model_full_data",
+    "draw_subsample",
     "full_size",
     "is_subsampled",
+    "plate_draws",
     "subsampled_plates",
+    "traced_subsamples",
 ]
 
 
@@ -190,3 +196,88 @@ def check_model_full_data(
             replayed = poutine.replay(model, trace=guide_trace)
             trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     check_full_data(trace, entry, why)
+
+
+class PlateDraw(NamedTuple):
+    """How Pyro draws a vectorized plate's minibatch: ``torch.randperm(full_size,
+    device=device)[:size]`` (``pyro.poutine.subsample_messenger._Subsample.sample``).
+
+    Attributes:
+        name: the plate's name (its subsample site's).
+        full_size: :math:`N`.
+        size: :math:`B < N`.
+        device: the device the plate draws on.
+    """
+
+    name: str
+    full_size: int
+    size: int
+    device: torch.device
+
+
+class _GivenSubsamples(Messenger):
+    """Records the plates whose indices the model gives (``pyro.plate(..., subsample=idx)``):
+    innermost, it sees a subsample site's value before any replay or condition sets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: set[str] = set()
+
+    def _pyro_sample(self, msg) -> None:
+        if site_is_subsample(msg) and msg["value"] is not None:
+            self.given.add(msg["name"])
+
+
+def traced_subsamples(
+    model: Callable, args: tuple, kwargs: dict, latents: dict[str, Tensor] | None = None
+) -> tuple[Trace, set[str]]:
+    """One run of ``model`` (conditioned on ``latents``, quiet, without gradients) and the names
+    of the plates whose indices the model gave itself (``subsample=``) rather than Pyro drew.
+    The run draws what the model draws (Pyro's minibatches included)."""
+    spy = _GivenSubsamples()
+    fn = spy(model)
+    if latents:
+        fn = poutine.condition(fn, data=latents)
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(fn).get_trace(*args, **kwargs)
+    return trace, spy.given
+
+
+def plate_draws(trace: Trace, given: set[str]) -> tuple[PlateDraw, ...] | None:
+    """The plates of ``trace`` whose minibatch Pyro draws, in the order the model drew them,
+    or ``None`` where this cannot be sure to draw as the model would: a sequential plate
+    (``for i in pyro.plate(...)``), a plate nested in another plate, or one drawn with the
+    deprecated ``use_cuda``. Plates whose indices the model gives (``given``, see
+    :func:`traced_subsamples`) are left out: the model computes them from its arguments.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(y):
+        ...     with pyro.plate("data", 10, subsample_size=4) as idx:
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=y[idx])
+        >>> trace, given = traced_subsamples(model, (torch.zeros(10),), {})
+        >>> plate_draws(trace, given)
+        (PlateDraw(name='data', full_size=10, size=4, device=device(type='cpu')),)
+    """
+    plates = subsampled_plates(trace)
+    if any(plate.sequential for plate in plates.values()):
+        return None
+    draws = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site_is_subsample(site) or name in given:
+            continue
+        fn = site["fn"]
+        if site["cond_indep_stack"] or getattr(fn, "use_cuda", None):
+            return None
+        if not is_subsampled(site):
+            continue
+        if fn.subsample_size != len(site["value"]):
+            return None
+        draws.append(PlateDraw(name, int(fn.size), int(fn.subsample_size), torch.device(fn.device)))
+    return tuple(draws)
+
+
+def draw_subsample(draws: tuple[PlateDraw, ...]) -> dict[str, Tensor]:
+    """Plate name -> a minibatch drawn exactly as Pyro's plate draws it (same generator, same
+    calls, same order), so a seeded run draws what the model itself would have."""
+    return {d.name: torch.randperm(d.full_size, device=d.device)[: d.size].clone() for d in draws}
