@@ -37,14 +37,15 @@ from torch import Tensor
 
 from pyro_blr.blr import ivon_start
 from pyro_blr.blr.averaging import diverging
+from pyro_blr.blr.guide_io import GuideIO
 from pyro_blr.blr.prior_scale import prior_scale
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import VON, Estimates, GaussianState
 from pyro_blr.blr.step_back import StepBack
 from pyro_blr.blr.steppers.base import (
+    Minibatches,
     StepInfo,
     Stepper,
-    minibatch,
     prepare_layout,
 )
 from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
@@ -52,7 +53,8 @@ from pyro_blr.blr.steppers.gaussian_diagnosis import update_error
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
-    GaussianGuide,
+    Target,
+    all_finite,
     num_observations,
     rng_kept,
     trace_without_rng,
@@ -77,9 +79,11 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
     def __init__(self, model, guide, rule, options, follows_guide: bool = False):
         super().__init__(model, guide, rule, options)
         self.follows_guide = follows_guide  # the rule was chosen by the guide, not the user
-        self.layout, self.mode, self._view = None, None, None
-        self._state, self._written = None, None
+        self.layout, self.mode, self._io = None, None, None
+        self._state = None
         self._local, self._per_step_minibatch, self._subsample = False, False, None
+        self._batches = Minibatches()
+        self._target: Target | None = None  # the model on the current data and minibatch
         self._groups, self._groups_checked = None, False
         self._started = False  # whether a step has run or a checkpoint was restored
         self._undo: StepBack | None = None  # how to retake the last step (non-local only)
@@ -96,7 +100,8 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         self.layout, self.mode = prepare_layout(
             self.model, self.guide, args, kwargs, self.opts, allow_local=allow_local
         )
-        self._view = GaussianGuide(self.guide, self.layout)
+        self._io = GuideIO(self.guide, self.layout)
+        self._target = None
         self._local = bool(self.layout.local_plates)
         # Local rows do not interact: the Hessian's diagonal takes one product per coordinate
         # of a row (plus one per global coordinate), not one per coordinate of the minibatch.
@@ -122,8 +127,9 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
                 )
         # Every particle must see the same minibatch: one drawn per step unless the plate path
         # (one model run for all particles) draws it anyway, and always for local latents.
-        with rng_kept(like):  # set-up draws nothing a resumed run would miss
-            subsampled = bool(minibatch(self.model, args, kwargs))
+        # set-up draws nothing a resumed run would miss
+        self._batches = Minibatches()
+        subsampled = self._batches.plan(self.model, args, kwargs, self._latents(), like)
         self._per_step_minibatch = self._local or (subsampled and self.mode != "plate")
         # Two steps' losses compare only on the same data: minibatches differ step to step.
         self._steps_back = not subsampled
@@ -139,22 +145,26 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
                 )
             self._per_step_minibatch = subsampled  # one run per particle: share the minibatch
 
+    def _latents(self) -> dict[str, Tensor]:
+        """The guide's starting value of every latent site: a model run conditioned on them
+        draws nothing but its minibatches."""
+        nodes = self.guide.prototype_trace.nodes
+        return {site.name: nodes[site.name]["value"] for site in self.layout.sites}
+
     def _current_state(self):
-        """The rule's state with the guide's current Gaussian (exact if the guide still holds
-        what this stepper wrote last, else as read from the guide)."""
-        loc, precision = self._view.read(self._subsample)
+        """The rule's state with the guide's current Gaussian: the state written last while
+        the guide's parameters are unchanged since (:class:`~pyro_blr.blr.guide_io.GuideIO`'s
+        stamp, no read), else as read from the guide."""
+        if self._state is not None and not self._local and self._io.unchanged():
+            return self._state
+        loc, precision = self._io.read(self._subsample)
         if self._state is None or self._local:
             return self.rule.init(GaussianState(loc, precision))
-        written_loc, written_precision = self._written
-        if torch.equal(loc, written_loc) and torch.equal(precision, written_precision):
-            return self._state
         return self._state._replace(loc=loc, precision=precision)
 
     def _write(self, state) -> None:
-        self._view.write(state.loc, state.precision, self._subsample)
+        self._io.write(state.loc, state.precision, self._subsample)
         self._state, self._started = state, True
-        if not self._local:
-            self._written = self._view.read()
 
     # ---------------------------------------------------------------- one step
     def _units(self, args: tuple, kwargs: dict, like: Tensor, step_number: int) -> Tensor:
@@ -178,7 +188,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         scale = self._units(args, kwargs, loc, step_number) if auto else None
 
         def start() -> Tensor:
-            fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode())  # noqa: E731
+            fn = lambda t: self._neg_log_joint(t, self._hessian_mode())  # noqa: E731
             diagonal = precision if precision.dim() == 1 else precision.diagonal()
             trace = self.guide.prototype_trace
             with rng_kept(loc):  # a subsampled model draws its minibatch again here
@@ -196,14 +206,14 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         self._join(step_number, args, kwargs)
         self._subsample = None
         if self._per_step_minibatch:
-            latents = {
-                s.name: self.guide.prototype_trace.nodes[s.name]["value"] for s in self.layout.sites
-            }
+            like = next(iter(self.guide.parameters()))
             self._subsample = self._together(
-                step_number, lambda: minibatch(self.model, args, kwargs, latents)
+                step_number,
+                lambda: self._batches.draw(self.model, args, kwargs, self._latents(), like),
             )
+        self._target = self._together(step_number, lambda: self._target_for(args, kwargs))
         state = self._current_state()
-        if state is not self._state or not self._same_data(args, kwargs):
+        if state is not self._state or not self._same_data():
             self._undo = None  # first step, local rows, guide changed outside, other data
         if state is not self._state and self._reused is not None:
             self._reused.reset()  # a Gaussian written from outside: a fresh Hessian
@@ -217,7 +227,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         try:
             grad, hess, value = self._together(
                 step_number,
-                lambda: self._estimate(loc, precision, args, kwargs, step_number, fresh),
+                lambda: self._estimate(loc, precision, step_number, fresh),
             )
         except FloatingPointError as error:
             # Step back only where the last step caused it: in one process (in a distributed
@@ -225,7 +235,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             # still finite (a non-finite datum fails everywhere: the error is the user's).
             if self._undo is None or self.collective is not None:
                 raise
-            if not self._finite_at(self._undo.state.loc, args, kwargs):
+            if not self._finite_at(self._undo.state.loc):
                 raise
             return self._step_back(step_number, str(error).split(": ", 1)[-1].split("; ")[0])
         if self.collective is not None:  # one all-reduce: every rank then takes the same step
@@ -252,28 +262,31 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             return self._step_back(step_number, f"the loss rose to {loss:.4g}")
         self._take(state, grad, hess, lr, step_number)
         if not self._local and self._steps_back:
-            data = (args, kwargs, _versions(args, kwargs))
+            data = self._target.stamp
             self._undo = StepBack(state, grad, hess, lr, step_number, loss, data=data)
         return StepInfo(loss)
 
-    def _same_data(self, args: tuple, kwargs: dict) -> bool:
-        """Whether the model gets the very objects of the last step (only then are two steps'
-        losses comparable: a step on other data may well have a larger loss)."""
-        if self._undo is None:
-            return False
-        last_args, last_kwargs, last_versions = self._undo.data
-        return (
-            len(args) == len(last_args)
-            and all(a is b for a, b in zip(args, last_args, strict=True))
-            and kwargs.keys() == last_kwargs.keys()
-            and all(kwargs[k] is last_kwargs[k] for k in kwargs)
-            and _versions(args, kwargs) == last_versions  # not refilled in place either
-        )
+    def _same_data(self) -> bool:
+        """Whether this step's data are the very objects of the last step's, unchanged in place
+        (only then are two steps' losses comparable: a step on other data may well have a
+        larger loss). The Target is kept exactly while they are, so its stamp tells."""
+        return self._undo is not None and self._undo.data is self._target.stamp
+
+    def _target_for(self, args: tuple, kwargs: dict) -> Target:
+        """The model on this data and this step's minibatch: the last step's Target while the
+        data objects are the same (:meth:`pyro_blr.core.Target.matches`), else a new one."""
+        target = self._target
+        if target is None or not target.matches(args, kwargs):
+            target = Target.build(
+                self.model, args, kwargs, self.layout, self.mode,
+                weight_decay=self.opts.weight_decay,
+            )  # fmt: skip
+        return target.with_subsample(self._subsample)
 
     @torch.no_grad()
-    def _finite_at(self, loc: Tensor, args: tuple, kwargs: dict) -> bool:
+    def _finite_at(self, loc: Tensor) -> bool:
         """Whether the log joint is finite at ``loc``."""
-        return bool(torch.isfinite(self._neg_log_joint(loc[None], args, kwargs)).all())
+        return all_finite(self._neg_log_joint(loc[None]))
 
     def _take(self, state, grad: Tensor, hess: Tensor, lr: float, step_number: int):
         """Apply the rule to ``state`` and write the result into the guide, or raise
@@ -287,7 +300,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         new_state, failure = None, None
         try:
             new_state = update(state, grad, hess, lr, step_number)
-            if all(torch.isfinite(t).all() for t in new_state):
+            if all_finite(*new_state):
                 self._write(new_state)  # computes every parameter before writing any
                 return
         except torch.linalg.LinAlgError as error:  # e.g. an overflowed full precision
@@ -323,9 +336,3 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         self._take(undo.state, undo.grad, undo.hess, undo.lr_now, step_number)
         self._undo = undo
         return StepInfo(undo.loss, stepped_back=reason)
-
-
-def _versions(args: tuple, kwargs: dict) -> tuple:
-    """The in-place version counter of every tensor argument (``y[:] = batch`` bumps it)."""
-    values = [*args, *kwargs.values()]
-    return tuple(v._version if torch.is_tensor(v) else None for v in values)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from pyro_blr.blr.curvature import reparam_hessian_diagonal
 from pyro_blr.blr.steppers.base import KEPT
-from pyro_blr.core import Derivatives, derivatives, neg_log_joint, per_datum_gradients
+from pyro_blr.core import Derivatives, all_finite
 from pyro_blr.families import gaussian_family
 
 __all__ = ["GaussianEstimates"]
@@ -29,16 +29,15 @@ logger = logging.getLogger(__name__)
 
 class GaussianEstimates:
     """The estimating half of :class:`~pyro_blr.blr.steppers.gaussian.GaussianStepper` (a
-    mixin: it reads the stepper's ``rule``, ``opts``, ``layout``, ``mode``, ``model``,
-    ``collective`` and ``_subsample``)."""
+    mixin: it reads the stepper's ``rule``, ``opts``, ``layout``, ``mode``, ``collective`` and
+    ``_target``, the :class:`~pyro_blr.core.Target` through which every model run goes)."""
 
     rule: Any
     opts: Any
     layout: Any
     mode: Any
-    model: Any
     collective: Any
-    _subsample: Any
+    _target: Any
     _started: bool
     _groups: Tensor | None
     _groups_checked: bool
@@ -55,20 +54,16 @@ class GaussianEstimates:
             noise = torch.cat([noise, -noise])
         return gaussian_family(precision).sample(loc, precision, noise)
 
-    def _neg_log_joint(self, theta: Tensor, args, kwargs, mode=None, terms_out=None) -> Tensor:
-        mode = mode or self.mode
-        value = neg_log_joint(
-            self.model, self.layout, theta, args, kwargs, mode, terms_out, self._subsample
-        )
-        if self.opts.weight_decay:
-            value = value + 0.5 * self.opts.weight_decay * theta.square().sum(-1)
-        return value
+    def _neg_log_joint(self, theta: Tensor, mode=None, terms_out=None) -> Tensor:
+        return self._target.neg_log_joint(theta, mode, terms_out)
 
-    def _check_finite(self, theta: Tensor, d: Derivatives, args, kwargs, step: int) -> None:
+    def _check_finite(self, theta: Tensor, d: Derivatives, step: int) -> None:
+        if all_finite(d.value, d.grad, d.hess):  # one fused check in the usual case
+            return
         if not torch.isfinite(d.value).all():
             runs = []
             with torch.no_grad():
-                self._neg_log_joint(theta, args, kwargs, "loop", runs)
+                self._neg_log_joint(theta, "loop", runs)
             bad = sorted(
                 {name for terms in runs for name, t in terms if not torch.isfinite(t).all()}
             )
@@ -98,15 +93,13 @@ class GaussianEstimates:
                 "site; give them a proper prior or remove them"
             )
 
-    def _estimate(
-        self, loc, precision, args, kwargs, step_number, curvature=True
-    ) -> tuple[Tensor, ...]:
+    def _estimate(self, loc, precision, step_number, curvature=True) -> tuple[Tensor, ...]:
         """This process's estimates of the expected gradient and curvature (the Hessian's
         diagonal for a diagonal guide; ``None`` without ``curvature``, for an exact-Hessian
         rule between its Hessians) and of the expected negative log joint."""
         theta = self._particles(loc, precision)
-        d, hess = self._derivatives(theta, loc, precision, args, kwargs, curvature)
-        self._check_finite(theta, d, args, kwargs, step_number)
+        d, hess = self._derivatives(theta, loc, precision, curvature)
+        self._check_finite(theta, d, step_number)
         if hess is not None:
             hess = hess.mean(0)
             if hess.dim() == 2 and precision.dim() == 1:
@@ -124,22 +117,22 @@ class GaussianEstimates:
             )
 
     def _derivatives(
-        self, theta, loc, precision, args, kwargs, curvature=True
+        self, theta, loc, precision, curvature=True
     ) -> tuple[Derivatives, Tensor | None]:
         """Value and gradient at each particle, and the rule's curvature estimate per particle:
         the exact Hessian (``None`` without ``curvature``), IVON's reparameterization estimate,
         or Gauss--Newton's."""
         if self.rule.curvature == "ggn":
-            return self._gauss_newton(theta, loc, precision, args, kwargs)
+            return self._gauss_newton(theta, loc, precision)
         hessian_rule = self.rule.curvature == "hessian"
         exact = hessian_rule and curvature
-        fn = lambda t: self._neg_log_joint(t, args, kwargs, self._hessian_mode(exact))  # noqa: E731
+        mode = self._hessian_mode(exact)
         if exact and self._groups is not None and not self._groups_checked:
-            self._check_groups(fn, loc, precision)
+            self._check_groups(mode, loc, precision)
         if exact and self._groups is not None:
-            d = derivatives(fn, theta, hessian=True, groups=self._groups)
+            d = self._target.derivatives(theta, "diag", self._groups, mode)
             return d, d.hess
-        d = derivatives(fn, theta, hessian=exact)
+        d = self._target.derivatives(theta, "hessian" if exact else "none", mode=mode)
         if hessian_rule:  # d.hess is None between the Hessians of hessian_every
             return d, d.hess
         return d, reparam_hessian_diagonal(d.grad, theta, loc, precision)
@@ -152,7 +145,7 @@ class GaussianEstimates:
         take 1.6 s vmapped and 0.23 s one by one."""
         return "loop" if exact and self.mode == "vmap" else self.mode
 
-    def _check_groups(self, fn, loc: Tensor, precision: Tensor) -> None:
+    def _check_groups(self, mode: str, loc: Tensor, precision: Tensor) -> None:
         """Keep the grouped Hessian diagonal (one product per coordinate of a plate row) only if
         it equals the full Hessian's, coordinate by coordinate, at two random draws from the
         guide (from a private generator: the run's draws are untouched). A model that ties rows
@@ -164,8 +157,9 @@ class GaussianEstimates:
         noise = torch.randn(2, loc.shape[-1], generator=generator, dtype=loc.dtype,
                             device=loc.device)  # fmt: skip
         points = loc + noise * precision.rsqrt()
-        grouped = derivatives(fn, points, hessian=True, groups=self._groups).hess
-        diagonal = derivatives(fn, points, hessian=True).hess.diagonal(dim1=-2, dim2=-1)
+        grouped = self._target.derivatives(points, "diag", self._groups, mode).hess
+        full = self._target.derivatives(points, "hessian", mode=mode).hess
+        diagonal = full.diagonal(dim1=-2, dim2=-1)
         rtol = max(1e-6, 1e3 * torch.finfo(loc.dtype).eps)
         tolerance = rtol * diagonal.abs() + 1e-12 * diagonal.abs().amax()
         if not ((grouped - diagonal).abs() <= tolerance).all():
@@ -176,7 +170,7 @@ class GaussianEstimates:
                 list(self.layout.local_plates),
             )
 
-    def _gauss_newton(self, theta, loc, precision, args, kwargs) -> tuple[Derivatives, Tensor]:
+    def _gauss_newton(self, theta, loc, precision) -> tuple[Derivatives, Tensor]:
         """The per-datum gradients' outer products summed over the data (the minibatch's scaled
         to the full data), plus the curvature of the rest (priors, log-Jacobians), per
         particle. A diagonal guide takes the squared gradients and the rest's gradient-only
@@ -186,15 +180,7 @@ class GaussianEstimates:
         precision positive definite where the gradient-only estimate's rank-one noise, of the
         order of the precision's square root, would not in float32."""
         full = precision.dim() == 2
-        out = per_datum_gradients(
-            self.model,
-            self.layout,
-            theta,
-            args,
-            kwargs,
-            self._subsample,
-            rest_hessian=full or self.rule.at_mean,
-        )
+        out = self._target.per_datum(theta, rest_hessian=full or self.rule.at_mean)
         value, grad = out.value, out.grad
         rest_grad = grad - out.datum_grads.sum(1)
         if self.opts.weight_decay:
