@@ -246,6 +246,7 @@ def check_model_and_guide(
         >>> def model():
         ...     pyro.sample("x", dist.Normal(0.0, 1.0))
         >>> check_model_and_guide(model, AutoNormal(model), (), {})  # nothing to refuse
+        ()
     """
     with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)

@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 
 import pyro.poutine as poutine
 import torch
@@ -53,8 +53,9 @@ def _enumerated(site: dict) -> bool:
     return site["infer"].get("_enumerate_dim") is not None
 
 
-def enumerated_sites(trace: Trace, given: Mapping[str, Tensor] | None = None) -> tuple[str, ...]:
-    """The latent sites of ``trace`` marked for parallel enumeration and not in ``given``.
+def enumerated_sites(trace: Trace, given: Container[str] = ()) -> tuple[str, ...]:
+    """The latent sites of ``trace`` marked for parallel enumeration and not ``given`` (names,
+    or a mapping keyed by name).
 
     Raises:
         ValueError: a site marked ``"sequential"`` (this package sums sites out in one tensor
@@ -67,7 +68,6 @@ def enumerated_sites(trace: Trace, given: Mapping[str, Tensor] | None = None) ->
         >>> enumerated_sites(pyro.poutine.trace(model).get_trace())
         ('k',)
     """
-    given = given or {}
     names = []
     for name, site in sample_sites(trace, deterministic=False):
         how = site["infer"].get("enumerate")

@@ -19,6 +19,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
 from pyro_blr.core.data_signature import DataSignature
+from pyro_blr.core.enumeration import enumerated_sites
 from pyro_blr.core.plates import full_size, is_subsampled
 from pyro_blr.core.traces import max_plate_nesting
 
@@ -70,12 +71,16 @@ class LatentLayout:
             :class:`pyro_blr.core.data_signature.DataSignature`): the log joint then refuses
             later data of another dtype or device, and names an argument whose shape changed
             when the model fails on it. ``None``: nothing is checked.
+        enumerated: the model's discrete sites marked ``infer={"enumerate": "parallel"}`` and
+            left out of the guide: they have no coordinates; the log joint sums them out (see
+            :func:`pyro_blr.core.enumeration.enumerated_log_joint`).
     """
 
     sites: tuple[LatentSite, ...]
     dim: int
     max_plate_nesting: int
     data: DataSignature | None = None
+    enumerated: tuple[str, ...] = ()
 
     def unpack(self, theta: Tensor) -> dict[str, Tensor]:
         """Split particles ``theta`` of shape ``(S, D)`` into unconstrained site values.
@@ -159,12 +164,16 @@ def latent_layout(
         prototype_trace: a trace of the model (e.g. ``guide.prototype_trace``); its unobserved
             sample sites, in order, are the latent sites.
         model_trace: a full trace of the model, observed sites included, used to find how many
-            plate dimensions the model uses. Defaults to ``prototype_trace``.
+            plate dimensions the model uses and which of its sites are left to parallel
+            enumeration (:attr:`LatentLayout.enumerated`). Defaults to ``prototype_trace``.
         allow_local: give a latent site local to one subsampled plate a block for the
             minibatch's rows (see :class:`LatentSite`); otherwise such a site is refused.
 
     Raises:
-        ValueError: for a discrete latent site, or a latent site inside a subsampled plate
+        ValueError: for a discrete latent site of the prototype (a site the model enumerates
+            must be hidden from the guide, e.g. ``AutoNormal(poutine.block(model,
+            hide=["k"]))``), a site of the model marked for sequential or Monte Carlo
+            enumeration, or a latent site inside a subsampled plate
             (unless ``allow_local``; and always inside two, or inside a sequential one, ``for i
             in pyro.plate(..., subsample_size=B)``), whose value changes with the minibatch.
 
@@ -184,9 +193,16 @@ def latent_layout(
             continue
         fn = site["fn"]
         if getattr(fn, "has_enumerate_support", False) or fn.support.is_discrete:
+            fix = (
+                "it is marked for enumeration: build the guide on the model with it hidden, "
+                f"e.g. AutoNormal(poutine.block(model, hide=['{name}'])), and it is summed out"
+                if site["infer"].get("enumerate")
+                else "mark it infer={'enumerate': 'parallel'} and hide it from the guide, "
+                "marginalize it out in the model, or observe it"
+            )
             raise ValueError(
-                f"latent site '{name}' is discrete ({type(fn).__name__}); this needs continuous "
-                "latents: marginalize it out in the model, or observe it"
+                f"latent site '{name}' is discrete ({type(fn).__name__}); the guide needs "
+                f"continuous latents: {fix}"
             )
         local = [f for f in site["cond_indep_stack"] if is_subsampled(f)]
         sequential = next((f for f in local if not f.vectorized or f.dim is None), None)
@@ -230,5 +246,7 @@ def latent_layout(
         offset += size
     if not sites:
         raise ValueError("the model has no latent sites to infer")
-    nesting = max_plate_nesting(model_trace if model_trace is not None else prototype_trace)
-    return LatentLayout(tuple(sites), offset, nesting)
+    full = model_trace if model_trace is not None else prototype_trace
+    nesting = max_plate_nesting(full)
+    given = {site.name: site for site in sites}
+    return LatentLayout(tuple(sites), offset, nesting, enumerated=enumerated_sites(full, given))

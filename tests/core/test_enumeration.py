@@ -6,9 +6,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.ops.indexing import Vindex
 
+from pyro_blr.core import latent_layout
 from pyro_blr.core.enumeration import (
     enumerated_log_joint,
     enumerated_log_joints,
@@ -203,3 +205,12 @@ def test_what_cannot_be_summed_is_refused_by_name():
         enumerated_log_joint(global_site_minibatch_data, (X,), {}, 1, {"loc": LOC})
     with pytest.raises(ValueError, match=r"max_plate_nesting=0"):  # the data plate is at -1
         enumerated_log_joint(mixture, (X,), {}, 0, {"loc": LOC})
+
+
+def test_the_layout_knows_the_sites_it_leaves_to_enumeration():
+    guide_model = poutine.block(mixture, hide=["z"])
+    prototype = poutine.trace(guide_model).get_trace(X)
+    layout = latent_layout(prototype, poutine.trace(mixture).get_trace(X))
+    assert [s.name for s in layout.sites] == ["loc"] and layout.enumerated == ("z",)
+    with pytest.raises(ValueError, match=r"'z'.*hide=\['z'\]"):  # a guide built on the model
+        latent_layout(poutine.trace(mixture).get_trace(X))
