@@ -8,13 +8,19 @@ same process by:
 * the same with ``AutoMultivariateNormal``, the family the BLR rules below fit;
 * ``pb.BLR(rule="von")`` on ``AutoMultivariateNormal`` (lr 0.2, two antithetic particles) with
   the exact Hessian at every step, and with ``hessian_every`` 10 and 50;
-* ``pb.BLR(rule="newton")`` (at the mean, so one model run per step), likewise.
+* ``pb.BLR(rule="newton")`` (at the mean, so one model run per step), likewise;
+* on ``AutoNormal`` (part 3), ``pb.VON`` (the Hessian's diagonal: Hutchinson's estimate above
+  64 coordinates, never a ``D x D`` matrix) and ``pb.VOGN`` (per-datum gradients by reverse mode
+  under ``vmap``), both linear in ``D``.
 
 Part 1 is ``N = 10^6, D = 100`` (``--n``/``--d`` to change); part 2 is a full covariance at
-``D = 1000`` (``N = 10^4``). Each fit's ELBO is estimated afterwards with the same 64 draws for
-every fit (common random numbers), whose standard error is given. Times per step leave out the
-first step (set-up); the ratio column is the mean time per step over that of Adam
-(``AutoNormal``), so a Hessian every ``k`` steps counts as ``1/k`` of one.
+``D = 1000`` (``N = 10^4``), both run by default; part 3, diagonal guides at
+``N = 10^4, D = 1000``, runs with ``--part diagonal``. ``--part`` runs one part (its table goes
+to ``results/curvature_cost_<part>.md``), ``--steps`` sets the BLR
+fits' steps (Adam takes twenty times as many). Each fit's ELBO is estimated afterwards with the
+same 64 draws for every fit (common random numbers), whose standard error is given. Times per
+step leave out the first step (set-up); the ratio column is the mean time per step over that of
+Adam (``AutoNormal``), so a Hessian every ``k`` steps counts as ``1/k`` of one.
 
 Run: ``python -m benchmarks.curvature_cost`` (``--device cuda`` on a GPU, ``--smoke`` for toy
 sizes).
@@ -77,6 +83,11 @@ def fit(method: str, X, y, steps: int, device: str) -> dict:
         decay = 0.1 ** (1 / steps)
         svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.01, "lrd": decay}), Trace_ELBO())
         step = lambda: svi.step(X, y)  # noqa: E731
+    elif "(AutoNormal)" in name:  # part 3: the rules' own defaults but lr
+        guide = AutoNormal(model)
+        rule = pb.VOGN(lr=0.2) if "vogn" in name else pb.VON(lr=0.2)
+        blr = pb.BLR(model, guide, rule)
+        step = lambda: blr.step(X, y)  # noqa: E731
     else:
         guide = AutoMultivariateNormal(model)
         rule = "newton" if "newton" in name else "von"
@@ -119,11 +130,16 @@ def part(title: str, num_data: int, dim: int, plan: list[tuple[str, int]], devic
 
 
 def main(smoke: bool = False, device: str = "cpu", num_data: int | None = None,
-         dim: int | None = None) -> list[dict]:  # fmt: skip
+         dim: int | None = None, which: str = "all",
+         steps: int | None = None) -> list[dict]:  # fmt: skip
     if smoke:
         n1, d1, n2, d2, adam, von = 2000, 10, 500, 40, 60, 21
+        n3, d3 = 600, 80
     else:  # steps 2 .. 101 hold exactly two Hessians of a fit with hessian_every=50
         n1, d1, n2, d2, adam, von = num_data or 10**6, dim or 100, 10**4, 1000, 2000, 101
+        n3, d3 = 10**4, 1000
+    if steps:
+        adam, von = 20 * steps, steps
     plan1 = [
         ("SVI + Adam (AutoNormal)", adam),
         ("SVI + Adam (AutoMultivariateNormal)", adam),
@@ -141,8 +157,22 @@ def main(smoke: bool = False, device: str = "cpu", num_data: int | None = None,
         ("BLR von every 10", von),
         ("BLR von every 50", von),
     ]
-    rows1, lines1 = part("Many data", n1, d1, plan1, device)
-    rows2, lines2 = part("A full covariance in many dimensions", n2, d2, plan2, device)
+    plan3 = [
+        ("SVI + Adam (AutoNormal)", adam),
+        ("BLR von (AutoNormal)", von),
+        ("BLR vogn (AutoNormal)", von),
+    ]
+    parts = {
+        "many-data": ("Many data", n1, d1, plan1),
+        "full": ("A full covariance in many dimensions", n2, d2, plan2),
+        "diagonal": ("Diagonal guides in many dimensions", n3, d3, plan3),
+    }
+    chosen = ["many-data", "full"] if which == "all" else [which]
+    rows, body = [], []
+    for key in chosen:
+        part_rows, part_lines = part(*parts[key][:3], parts[key][3], device)
+        rows += part_rows
+        body += part_lines
     lines = [
         "# What exact curvature costs, and what hessian_every buys back",
         "",
@@ -152,11 +182,10 @@ def main(smoke: bool = False, device: str = "cpu", num_data: int | None = None,
         f"{ELBO_DRAWS} draws for every fit; `- exact von's` is the difference from `BLR von` "
         "(the exact Hessian at every step) under those common draws.",
         "",
-        *lines1,
-        *lines2,
+        *body,
     ]
-    report(lines, "curvature_cost", smoke)
-    return rows1 + rows2
+    report(lines, "curvature_cost" + ("" if which == "all" else f"_{which}"), smoke)
+    return rows
 
 
 if __name__ == "__main__":
@@ -164,5 +193,8 @@ if __name__ == "__main__":
     command_line.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     command_line.add_argument("--n", type=int, default=None, help="part 1's N (10^6)")
     command_line.add_argument("--d", type=int, default=None, help="part 1's D (100)")
+    command_line.add_argument("--part", default="all",
+                              choices=["all", "many-data", "full", "diagonal"])  # fmt: skip
+    command_line.add_argument("--steps", type=int, default=None, help="BLR steps (101)")
     options = command_line.parse_args()
-    main(options.smoke, options.device, options.n, options.d)
+    main(options.smoke, options.device, options.n, options.d, options.part, options.steps)

@@ -44,8 +44,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FORWARD_MIN_DATA", "datum_arguments", "reproduces", "rows_by_batched_backward",
-           "rows_by_forward_mode", "rows_by_one_datum_runs", "sums_to_gradient"]  # fmt: skip
+__all__ = ["FORWARD_CHUNK", "FORWARD_MIN_DATA", "datum_arguments", "reproduces",
+           "rows_by_batched_backward", "rows_by_forward_mode", "rows_by_one_datum_runs",
+           "sums_to_gradient"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from pyro_blr.core.autodiff import hessian_of_scalar
 from pyro_blr.core.datum_jacobian import (
+    FORWARD_CHUNK,
     FORWARD_MIN_DATA,
     datum_arguments,
     reproduces,
@@ -301,28 +302,47 @@ def per_datum_jacobian(
         return datum_terms(model, layout, theta, args, kwargs, minibatch, False)[:2]
 
     per_datum, scale, _, plates, trace = split
-    if len(plates) == 1 and torch.is_tensor(trace.nodes.get(plates[0].name, {}).get("value")):
+    one_plate = len(plates) == 1 and torch.is_tensor(
+        trace.nodes.get(plates[0].name, {}).get("value")
+    )
+    if one_plate:
         name = plates[0].name
         indices = trace.nodes[name]["value"]
         others = {k: v for k, v in subsample.items() if k != name}
         by_datum = rows_by_one_datum_runs(terms, row, name, indices, others)
         if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
             return by_datum[0] * scale[:, None], "one datum each"
-        # A model that reads its data whole: run it on each datum's rows of its arguments,
-        # where the batched backward pass's B products would cost more than the runs' set-up.
+
+    def by_arguments() -> Tensor | None:
+        """Runs on each datum's rows of the arguments: a model that reads its data whole."""
         data, with_rows = datum_arguments(args, kwargs, plates[0].size)
-        if data and FORWARD_MIN_DATA <= per_datum.shape[0]:
+        if not data:
+            return None
 
-            def cut_terms(theta: Tensor, minibatch: dict[str, Tensor], *rows: Tensor):
-                cut_args, cut_kwargs = with_rows(*rows)
-                split = datum_terms(model, layout, theta, cut_args, cut_kwargs, minibatch, False)
-                return split[:2]
+        def cut_terms(theta: Tensor, minibatch: dict[str, Tensor], *rows: Tensor):
+            cut_args, cut_kwargs = with_rows(*rows)
+            split = datum_terms(model, layout, theta, cut_args, cut_kwargs, minibatch, False)
+            return split[:2]
 
-            by_datum = rows_by_one_datum_runs(cut_terms, row, name, indices, others, data)
-            if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
-                return by_datum[0] * scale[:, None], "one datum's arguments each"
-    if FORWARD_MIN_DATA <= per_datum.shape[0] and row.shape[-1] < per_datum.shape[0]:
+        by_datum = rows_by_one_datum_runs(cut_terms, row, name, indices, others, data)
+        if by_datum is None or not reproduces(by_datum, per_datum, scale, row):
+            return None
+        return by_datum[0] * scale[:, None]
+
+    def by_forward_mode() -> Tensor | None:
         jac = rows_by_forward_mode(terms, row, subsample)
-        if jac is not None and sums_to_gradient(jac, per_datum, row):
-            return jac, "forward mode"
+        return jac if jac is not None and sums_to_gradient(jac, per_datum, row) else None
+
+    # On a large minibatch (below, the batched backward pass's B products cost less than either
+    # way's set-up): forward mode where its D products are one batched pass, else the runs on
+    # each datum's arguments, linear in D, and forward mode only where they do not apply.
+    ways = []
+    if FORWARD_MIN_DATA <= per_datum.shape[0]:
+        forward = [] if row.shape[-1] >= per_datum.shape[0] else [(by_forward_mode, "forward mode")]
+        cut = [(by_arguments, "one datum's arguments each")] if one_plate else []
+        ways = forward + cut if row.shape[-1] <= FORWARD_CHUNK else cut + forward
+    for way, way_name in ways:
+        jac = way()
+        if jac is not None:
+            return jac, way_name
     return rows_by_batched_backward(per_datum, row), "batched backward"

@@ -19,7 +19,7 @@ from pyro_blr.core.autodiff import (
     hessian_diagonal_estimate,
     hessian_from_grad,
 )
-from pyro_blr.core.datum_jacobian import FORWARD_MIN_DATA, rows_by_batched_backward
+from pyro_blr.core.datum_jacobian import FORWARD_CHUNK, FORWARD_MIN_DATA, rows_by_batched_backward
 from pyro_blr.core.per_datum import datum_terms, per_datum_gradients, per_datum_jacobian
 
 F64 = torch.float64
@@ -157,9 +157,9 @@ def logistic_data(num_data: int, dim: int, seed: int = 0):
 
 
 def test_a_model_reading_its_data_whole_gets_reverse_mode_runs_on_each_datums_arguments():
-    # More coordinates than forward mode takes cheaply: one batched backward pass over runs on
-    # one datum's rows of X and y, where forward mode would take D passes.
-    X, y = logistic_data(FORWARD_MIN_DATA + 8, 40)
+    # More coordinates than forward mode batches in one pass: one batched backward pass over
+    # runs on one datum's rows of X and y, where forward mode would take D products.
+    X, y = logistic_data(FORWARD_MIN_DATA + 8, FORWARD_CHUNK + 16)
     layout = latent_layout(poutine.trace(whole_data).get_trace(X, y))
     row = (0.1 * torch.randn(layout.dim, dtype=F64)).requires_grad_(True)
     split = datum_terms(whole_data, layout, row, (X, y), {}, {})
@@ -170,7 +170,7 @@ def test_a_model_reading_its_data_whole_gets_reverse_mode_runs_on_each_datums_ar
 
 
 def test_the_runs_on_a_minibatch_read_its_rows_and_keyword_arguments():
-    X, y = logistic_data(FORWARD_MIN_DATA + 100, 5, seed=1)
+    X, y = logistic_data(FORWARD_MIN_DATA + 100, FORWARD_CHUNK + 1, seed=1)
 
     def keyword(X, y=None):
         w = pyro.sample("w", dist.Normal(X.new_zeros(X.shape[1]), 1.0).to_event(1))
@@ -191,7 +191,7 @@ def test_the_runs_on_a_minibatch_read_its_rows_and_keyword_arguments():
 def test_an_argument_that_is_not_per_datum_keeps_the_runs_on_whole_arguments_out():
     # `centre` has one entry per datum but every datum's term reads all of it: the runs on one
     # datum's rows change the terms, the check refuses them, and forward mode answers.
-    X, y = logistic_data(FORWARD_MIN_DATA + 8, 3, seed=2)
+    X, y = logistic_data(FORWARD_MIN_DATA + 8, FORWARD_CHUNK + 16, seed=2)
     centre = torch.randn(len(y), dtype=F64) + 1.0
     layout = latent_layout(poutine.trace(centred).get_trace(X, y, centre))
     row = (0.1 * torch.randn(layout.dim, dtype=F64)).requires_grad_(True)
