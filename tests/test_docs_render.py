@@ -288,6 +288,10 @@ def test_only_exported_names_are_public(package):
     assert not package["blr.ivon_start.EXACT_START_MAX_DIM"].is_public
     assert not package["blr.fit_end.raise_if_diverged"].is_public
     assert package["blr.driver.BLR.fit"].is_public  # class members keep the naming convention
+    # An import is public only where a package exports it, not in every module that imports it.
+    assert package["core.PARTICLE_PLATE"].is_public
+    assert not package["core.checks.PARTICLE_PLATE"].is_public
+    assert not package["blr.steppers.base.KEPT"].is_public  # listed in a plain module's __all__
 
 
 # --- included results files ---------------------------------------------------------------------

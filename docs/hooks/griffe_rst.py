@@ -6,9 +6,10 @@ Loaded by mkdocstrings (``extensions:`` in mkdocs.yml). Once griffe has loaded `
   cross-referenced names resolved in the scope of the object whose docstring names them
   (``:class:`Target``` in ``pyro_blr.core`` means ``pyro_blr.core.target.Target``), to the
   canonical path mkdocstrings registers for every object it renders;
-- every module-level object is marked public exactly when the package or one of its subpackages
-  exports it (``__all__`` of an ``__init__.py``): with ``filters: public`` the API pages list those
-  names and no module internals (tuning constants such as ``MAX_STEP_BACKS``, helpers), while each
+- every object defined at module level is marked public exactly when the package or one of its
+  subpackages exports it (``__all__`` of an ``__init__.py``), and every name a plain module
+  imports is marked private: with ``filters: public`` the API pages list those names and no
+  module internals (tuning constants such as ``MAX_STEP_BACKS``, helpers, re-imports), while each
   module's docstring still explains its part. A page can still name other members explicitly.
 """
 
@@ -88,5 +89,9 @@ class RstToMarkdown(griffe.Extension):
             if obj.docstring is not None:
                 resolve = scoped_resolver(obj, loader.modules_collection)
                 obj.docstring.value = rst_to_markdown(obj.docstring.value, resolve)
-            if not obj.is_module and obj.parent is not None and obj.parent.is_module:
-                obj.public = obj.canonical_path in exported
+            if obj.is_module:
+                for member in obj.members.values():
+                    if not member.is_alias and not member.is_module:
+                        member.public = member.path in exported
+                    elif member.is_alias and not obj.is_init_module:
+                        member.public = False  # an import; a package's __all__ decides its own
