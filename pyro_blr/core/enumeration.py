@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.ops import packed
@@ -40,6 +41,7 @@ from pyro_blr.core.traces import sample_sites, trace_without_rng
 
 __all__ = [
     "enumerated_log_joint",
+    "enumerated_log_joint_plate",
     "enumerated_log_joints",
     "enumerated_sites",
     "enumerated_trace",
@@ -115,10 +117,15 @@ def enumerated_trace(
     kwargs: dict,
     max_plate_nesting: int,
     values: Mapping[str, Tensor],
+    particles: tuple[str, int] | None = None,
 ) -> Trace:
     """One run of ``model`` conditioned on ``values`` with its enumerated sites enumerated in
     parallel left of ``max_plate_nesting`` plate dimensions, its log densities computed and
     packed (as ``TraceEnum_ELBO`` packs them), and every site's shape checked.
+
+    ``particles``: ``(name, size)`` of a plate put around the model at dimension
+    ``-max_plate_nesting - 1`` (inside the enumeration, as ``TraceEnum_ELBO`` places its
+    vectorized particles), the enumerated sites left of it.
 
     Raises:
         ValueError: naming a latent site that is neither given nor enumerated (an unmarked
@@ -127,7 +134,11 @@ def enumerated_trace(
             ``max_plate_nesting``.
     """
     conditioned = poutine.condition(model, data=dict(values))
-    enumerated = poutine.enum(conditioned, first_available_dim=-max_plate_nesting - 1)
+    nesting = max_plate_nesting
+    if particles is not None:
+        conditioned = _in_plate(conditioned, *particles, dim=-nesting - 1)
+        nesting += 1
+    enumerated = poutine.enum(conditioned, first_available_dim=-nesting - 1)
     try:
         trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
     except (ValueError, RuntimeError, IndexError) as error:
@@ -155,7 +166,7 @@ def enumerated_trace(
     trace.compute_log_prob()
     for name, site in sample_sites(trace, deterministic=False):
         try:
-            check_site_shape(site, max_plate_nesting)
+            check_site_shape(site, nesting)
         except ValueError as error:
             raise ValueError(
                 f"site '{name}' does not fit max_plate_nesting={max_plate_nesting} with its "
@@ -164,6 +175,14 @@ def enumerated_trace(
             ) from error
     trace.pack_tensors()
     return trace
+
+
+def _in_plate(fn: Callable, name: str, size: int, dim: int) -> Callable:
+    def in_plate(*args, **kwargs):
+        with pyro.plate(name, size, dim=dim):
+            return fn(*args, **kwargs)
+
+    return in_plate
 
 
 def _common_scale(scales: list[tuple[str, object]]) -> float:
@@ -222,13 +241,24 @@ def nonfinite_reason(trace: Trace) -> str | None:
     )
 
 
-def trace_log_joint(trace: Trace) -> Tensor:
+def _sum_except(term: Tensor, symbol: str | None) -> Tensor:
+    """A packed term summed over every dimension but ``symbol``'s (a 0-d tensor without it)."""
+    dims = getattr(term, "_pyro_dims", "")
+    if symbol is None or symbol not in dims:
+        return term.sum()
+    keep = dims.index(symbol)
+    return term.sum([d for d in range(term.dim()) if d != keep]) if term.dim() > 1 else term
+
+
+def trace_log_joint(trace: Trace, particle_plate: str | None = None) -> Tensor:
     """The log joint of a packed :func:`enumerated_trace`, enumerated sites summed out.
 
     Factors that touch no enumerated dimension are summed as they are (scaled, masked); the
     others are contracted over the enumerated dimensions and the plates with
     ``contract_to_tensor``, their mask inside and their common scale outside, as in
-    ``TraceEnum_ELBO``.
+    ``TraceEnum_ELBO``. With ``particle_plate`` (the name of a plate around the whole model
+    run), that plate is kept: one value per particle, shape ``(K,)`` (or ``(1,)`` when no term
+    depends on it); otherwise a 0-d tensor.
     """
     ordinal = {
         name: frozenset(
@@ -236,6 +266,7 @@ def trace_log_joint(trace: Trace) -> Tensor:
         )
         for name, site in sample_sites(trace, deterministic=False)
     }
+    keep = trace.plate_to_symbol.get(particle_plate) if particle_plate else None
     enum_dims = _enum_dims(trace)
     total = 0.0
     factors: OrderedDict = OrderedDict()
@@ -243,18 +274,20 @@ def trace_log_joint(trace: Trace) -> Tensor:
     for name, site in sample_sites(trace, deterministic=False):
         log_prob = site["packed"]["log_prob"]
         if enum_dims.isdisjoint(log_prob._pyro_dims):
-            total = total + log_prob.sum()
+            total = total + _sum_except(log_prob, keep)
             continue
         inside = packed.scale_and_mask(
             site["packed"]["unscaled_log_prob"], mask=site["packed"].get("mask")
         )
         factors.setdefault(ordinal[name], []).append(inside)
         scales.append((name, site["scale"]))
-    if not factors:
-        return torch.as_tensor(total)
-    scale = _common_scale(scales)
-    marginal = contract_to_tensor(factors, enum_dims)
-    return total + scale * marginal.sum()
+    if factors:
+        scale = _common_scale(scales)
+        target = frozenset([keep]) if keep is not None else None
+        marginal = contract_to_tensor(factors, enum_dims, target_ordinal=target)
+        total = total + scale * _sum_except(marginal, keep)
+    total = torch.as_tensor(total)
+    return total.reshape(-1) if keep is not None else total
 
 
 def enumerated_log_joint(
@@ -305,6 +338,39 @@ def enumerated_log_joint(
     """
     trace = enumerated_trace(model, args, kwargs, max_plate_nesting, values)
     return trace_log_joint(trace)
+
+
+def enumerated_log_joint_plate(
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    max_plate_nesting: int,
+    values: Mapping[str, Tensor],
+    num_particles: int,
+    particle_plate: str,
+) -> Tensor:
+    """:func:`enumerated_log_joint` of ``num_particles`` particles in one model run inside the
+    plate ``particle_plate`` at dimension ``-max_plate_nesting - 1`` (the enumerated sites left
+    of it), shape ``(num_particles,)``. ``values`` hold every particle, particles first and
+    padded to ``max_plate_nesting`` (as a guide run inside that plate draws them). The model
+    must broadcast over the particles (``Vindex`` indexing); a caller that cannot tell compares
+    a few particles with :func:`enumerated_log_joint`.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        ...     k = pyro.sample("k", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        ...     pyro.sample("x", dist.Normal(loc * k, 1.0), obs=torch.tensor(0.0))
+        >>> locs = torch.tensor([0.0, 1.0])
+        >>> plate = enumerated_log_joint_plate(model, (), {}, 0, {"loc": locs}, 2, "particles")
+        >>> loop = [enumerated_log_joint(model, (), {}, 0, {"loc": v}) for v in locs]
+        >>> torch.allclose(plate, torch.stack(loop))
+        True
+    """
+    particles = (particle_plate, num_particles)
+    trace = enumerated_trace(model, args, kwargs, max_plate_nesting, values, particles)
+    return trace_log_joint(trace, particle_plate).expand(num_particles)
 
 
 def enumerated_log_joints(

@@ -399,21 +399,67 @@ def enumerated_model_traces(
     guide_trace: Trace,
     args: tuple,
     kwargs: dict,
-    num_particles: int,
+    particles: int | range,
     nesting: int,
+    shared: dict[str, Tensor] | None = None,
 ) -> list[Trace]:
-    """The model run once per particle of a particle-vectorized ``guide_trace`` with its
-    enumerated sites enumerated (see :func:`pyro_blr.core.enumeration.enumerated_trace`), every
-    run on the same minibatch (the guide's, or else the first run's)."""
-    shared = _subsample_values(guide_trace)
+    """The model run once per particle (``particles``: a count from the first, or a range) of
+    a particle-vectorized ``guide_trace`` with its enumerated sites enumerated (see
+    :func:`pyro_blr.core.enumeration.enumerated_trace`), every run on the same minibatch
+    (``shared``: plate name -> indices; by default the guide's, or else the first run's)."""
+    shared = dict(shared or _subsample_values(guide_trace))
     traces = []
-    for k in range(num_particles):
+    for k in range(particles) if isinstance(particles, int) else particles:
         values = {**_particle_values(guide_trace, k, nesting), **shared}
         trace = enumerated_trace(model, args, kwargs, nesting, values)
-        if k == 0 and not shared:
+        if not shared:
             shared = _subsample_values(trace)
         traces.append(trace)
     return traces
+
+
+def _enumerated_model_log(
+    model: Callable, guide_trace: Trace, args: tuple, kwargs: dict, num: int, nesting: int
+) -> tuple[Tensor, Trace]:
+    """:math:`\\log p(\\mathcal D, z_k)` per particle with the enumerated sites summed out, and
+    one particle's enumerated trace. One run inside the particle plate when the model
+    broadcasts over it: its values must match one run per particle on the first three (to
+    float32 round-off, finite where those are); else one run per particle (models written
+    ``locs[assignment]`` or ``X @ w``)."""
+    shared = _subsample_values(guide_trace)
+    latents = {
+        name: site["value"]
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary")
+    }
+    plate = None
+    try:
+        particles = (PARTICLE_PLATE, num)
+        plate_trace = enumerated_trace(
+            model, args, kwargs, nesting, {**latents, **shared}, particles
+        )
+        plate = trace_log_joint(plate_trace, PARTICLE_PLATE).expand(num)
+        shared = shared or _subsample_values(plate_trace)
+    except Exception as error:  # the model does not broadcast over particles: take the loop
+        logger.info("enumerated particles run one by one: the particle plate raised %s", error)
+    count = num if plate is None else min(3, num)
+    traces = enumerated_model_traces(model, guide_trace, args, kwargs, count, nesting, shared)
+    loop = torch.stack([trace_log_joint(trace) for trace in traces])
+    if plate is not None:
+        finite = torch.isfinite(loop)
+        rows = plate[:count]
+        if torch.equal(finite, torch.isfinite(rows)) and torch.allclose(
+            rows[finite], loop[finite], rtol=1e-4, atol=1e-4
+        ):
+            return plate, traces[0]
+        logger.info("enumerated particles run one by one: the particle plate differs")
+        rest = enumerated_model_traces(
+            model, guide_trace, args, kwargs, range(count, num), nesting, shared
+        )
+        loop = torch.cat([loop, *(trace_log_joint(trace)[None] for trace in rest)])
+    return loop, traces[0]
 
 
 def _enumerated_weights(
@@ -425,20 +471,21 @@ def _enumerated_weights(
     nesting: int,
     require_rsample: bool,
 ) -> LogWeights:
-    """Log weights with the model's enumerated sites summed out: one enumerated model run per
-    particle on the guide's draws, every run on the same minibatch. The weight does not split
-    over data elements here (``local`` is ``None``)."""
-    traces = enumerated_model_traces(model, guide_trace, args, kwargs, num_particles, nesting)
-    model_terms = [trace_log_joint(trace) for trace in traces]
+    """Log weights with the model's enumerated sites summed out, every particle on the same
+    minibatch (see :func:`_enumerated_model_log`). The weight does not split over data
+    elements here (``local`` is ``None``)."""
+    model_log, trace = _enumerated_model_log(
+        model, guide_trace, args, kwargs, num_particles, nesting
+    )
     log_q = _guide_log_q(guide_trace, num_particles, nesting, require_rsample)
-    joint = torch.stack(model_terms) - log_q
-    plates = {**subsampled_plates(guide_trace), **subsampled_plates(traces[0])}
+    joint = model_log - log_q
+    plates = {**subsampled_plates(guide_trace), **subsampled_plates(trace)}
     plates.pop(PARTICLE_PLATE, None)
     subsampled = tuple(sorted(plates))
     sequential = tuple(name for name in subsampled if plates[name].sequential)
     outside = tuple(
         name
-        for name, site in sample_sites(traces[0], deterministic=False)
+        for name, site in sample_sites(trace, deterministic=False)
         if not site["is_observed"] or name in guide_trace.nodes
         if not {f.name for f in site["cond_indep_stack"]} & set(subsampled)
     )

@@ -1,6 +1,7 @@
 """log_evidence, RenyiELBO and psis_diagnostic sum enumerated sites out: on the same draws they
 give what the model with the sum written by hand gives."""
 
+import logging
 import math
 
 import pyro
@@ -10,10 +11,19 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.infer.autoguide import AutoNormal
+from pyro.ops.indexing import Vindex
 
 import pyro_blr as pb
 from pyro_blr.core import check_model_and_guide, log_weights
-from tests.core.test_enumeration import HMM_Y, hmm, hmm_by_hand, mixture, mixture_by_hand
+from tests.core.test_enumeration import (
+    HMM_Y,
+    SCALES,
+    WEIGHTS,
+    hmm,
+    hmm_by_hand,
+    mixture,
+    mixture_by_hand,
+)
 
 F64 = torch.float64
 X = torch.tensor([-1.0, 0.2, 3.0, 1.1], dtype=F64)
@@ -85,10 +95,17 @@ def test_renyi_bound_and_its_gradient_are_the_hand_summed_models():
         torch.testing.assert_close(found, wanted, rtol=0, atol=1e-8)
 
 
+def broadcast_mixture_by_hand(x):
+    """The hand sum of mixture_by_hand, written to broadcast over particles."""
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+    terms = WEIGHTS.log() + dist.Normal(loc[..., None, :], SCALES).log_prob(x[:, None])
+    pyro.factor("x", torch.logsumexp(terms, -1).sum(-1))
+
+
 def test_psis_of_the_mixture_is_the_hand_summed_models():
-    guide = _guide(mixture, X, ["z"])
+    guide = _guide(vindex_mixture, X, ["z"])
     found = []
-    for model in (mixture, mixture_summed_by_hand):
+    for model in (vindex_mixture, broadcast_mixture_by_hand):
         pyro.set_rng_seed(4)
         found.append(pb.psis_diagnostic(model, guide, X, num_samples=100, max_plate_nesting=1))
     assert math.isclose(found[0].khat, found[1].khat, abs_tol=1e-8)
@@ -188,3 +205,24 @@ def test_data_impossible_under_every_enumerated_value_blame_their_sum():
     guide = _guide(impossible, y, ["k"])
     with pytest.raises(ValueError, match=r"enumerated site\(s\) \['k'\] is -inf"):
         pb.log_evidence(impossible, guide, y, num_particles=4)
+
+
+def vindex_mixture(x):
+    """The mixture written to broadcast over particles (Vindex): one run for all particles."""
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(Vindex(loc)[..., z], SCALES[z]), obs=x)
+
+
+@pytest.mark.parametrize("model", [vindex_mixture, mixture], ids=["plate", "loop"])
+def test_particles_in_one_plate_run_when_the_model_broadcasts(model, caplog):
+    guide = _guide(model, X, ["z"])
+    weights = []
+    with caplog.at_level(logging.INFO, logger="pyro_blr.core.weights"):
+        for m in (model, mixture_summed_by_hand):
+            pyro.set_rng_seed(8)
+            weights.append(log_weights(m, guide, (X,), {}, 6, 1).joint.detach())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-10)
+    one_by_one = "enumerated particles run one by one" in caplog.text
+    assert one_by_one == (model is mixture)  # locs[assignment] indexes the particle dimension
