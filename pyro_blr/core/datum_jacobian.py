@@ -146,12 +146,16 @@ def datum_arguments(args: tuple, kwargs: dict, size: int) -> tuple[tuple, Callab
     return data, with_rows
 
 
-def sums_to_gradient(jac: Tensor, per_datum: Tensor, row: Tensor) -> bool:
+def sums_to_gradient(
+    jac: Tensor, per_datum: Tensor, row: Tensor, scale: Tensor | None = None
+) -> bool:
     """Whether scaled rows ``jac`` ``(B, D)`` sum to the gradient of ``per_datum.sum()`` (built
     from ``row`` with autograd; one backward pass), to a tolerance relative to the size of the
     rows summed (a sum that cancels, at a mode, keeps their rounding). A way that reruns the
     model (runs on one datum, forward mode) must pass it: a rerun that saw other data (numpy
-    randomness, a model that pulls its next batch) does not.
+    randomness, a model that pulls its next batch) does not. With ``scale`` ``(B,)``, the rows
+    are ``jac * scale[:, None]``, never formed (two passes over ``jac`` where the scale is one
+    number, the usual case).
 
     Example:
         >>> import torch
@@ -164,7 +168,14 @@ def sums_to_gradient(jac: Tensor, per_datum: Tensor, row: Tensor) -> bool:
     """
     (total,) = torch.autograd.grad(per_datum.sum(), row, retain_graph=True)
     rtol = 1e3 * torch.finfo(row.dtype).eps
-    return bool(((jac.sum(0) - total).abs() <= rtol * (1 + jac.abs().sum(0))).all())
+    if scale is None:
+        summed, size = jac.sum(0), torch.linalg.vector_norm(jac, 1, dim=0)
+    elif bool((scale == scale[0]).all()):  # sum_i |c J_i| = |c| sum_i |J_i|: no (B, D) product
+        summed = scale[0] * jac.sum(0)
+        size = scale[0].abs() * torch.linalg.vector_norm(jac, 1, dim=0)
+    else:
+        summed, size = scale @ jac, scale.abs() @ jac.abs()
+    return bool(((summed - total).abs() <= rtol * (1 + size)).all())
 
 
 def reproduces(
@@ -190,7 +201,7 @@ def reproduces(
     terms = per_datum.detach()
     if not ((value * scale - terms).abs() <= rtol * (1 + terms.abs().amax())).all():
         return False
-    return sums_to_gradient(jac * scale[:, None], per_datum, row)
+    return sums_to_gradient(jac, per_datum, row, scale)
 
 
 def rows_by_forward_mode(

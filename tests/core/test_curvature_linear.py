@@ -234,3 +234,20 @@ def test_von_on_a_diagonal_guide_never_builds_a_full_hessian(monkeypatch):
     monkeypatch.setattr(autodiff, "hessian_diagonal_from_grad", quadratic_in_d)
     for _ in range(3):
         assert torch.isfinite(torch.tensor(blr.step(X, y)))
+
+
+@pytest.mark.parametrize("scale", [[3.0, 3.0, 3.0], [1.0, 2.0, 3.0]])
+def test_the_check_of_the_runs_weighs_each_row_by_its_scale(scale):
+    # The check sums the rows as the model scales them, without forming the scaled rows where
+    # the scale is one number: a row off by its size fails either way.
+    from pyro_blr.core.datum_jacobian import reproduces
+
+    theta = torch.ones(2, dtype=F64, requires_grad=True)
+    x = torch.tensor([[1.0, -2.0], [3.0, 0.5], [-1.0, 4.0]], dtype=F64)
+    scale = torch.tensor(scale, dtype=F64)
+    per_datum = scale * (x * theta).sum(-1)  # unscaled rows x_i, terms x_i . theta
+    values = (x * theta.detach()).sum(-1)
+    assert reproduces((x, values), per_datum, scale, theta)
+    wrong = x.clone()
+    wrong[1, 0] += 1.0
+    assert not reproduces((wrong, values), per_datum, scale, theta)
