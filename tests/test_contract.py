@@ -96,7 +96,7 @@ def test_svi_gradients_reach_every_parameter_in_float64(kind, objective_name):
     assert params and all(p.dtype == D for p in params)
     if kind in NO_SVI:
         with pytest.raises(
-            NotImplementedError, match=r"fit it with pb.BLR\(model, guide, rule='mixture'\)"
+            NotImplementedError, match=r"fit it with pb.BLR\(model, guide, pb.MixtureRule\(\)\)"
         ):
             objective.differentiable_loss(model, guide, Y, COUNTS)
         return

@@ -268,5 +268,5 @@ def test_a_process_group_needs_torch_distributed_running():
     with pytest.raises(RuntimeError, match="init_process_group"):
         pb.BLR(model, AutoNormal(model), process_group=object())
     mixture = pb.AutoMixture(model, num_components=2, component="diagonal")
-    with pytest.raises(ValueError, match="rule 'mixture' does not run distributed"):
+    with pytest.raises(RuntimeError, match="init_process_group"):  # mixtures run distributed too
         pb.BLR(model, mixture, pb.MixtureRule(), process_group=object())
