@@ -136,7 +136,7 @@ class BLR:
             one process. Each rank passes its own shard of the data (see
             :func:`pyro_blr.blr.distributed.shard_indices`); the guide's parameters are
             broadcast from rank 0 and every step averages the ranks' estimates in one
-            all-reduce. Gaussian guides and ``AutoExpFamily``.
+            all-reduce. Every guide the BLR drives.
         rank_noise: in a distributed run, draw each rank's particles from its own stream, so
             that :math:`K` ranks average :math:`K` times the particles; ``False`` uses the
             global RNG (the same draws on every rank seeded alike).
@@ -159,7 +159,7 @@ class BLR:
         num_steps: the steps taken so far (restored by :meth:`load_state_dict`).
         halvings: how often an exponential-family step was halved to keep the natural
             parameters valid (``"expfamily"`` and ``"mixture"``; never clamped).
-        step_backs: how often a Gaussian rule returned to the state before its previous step
+        step_backs: how often the rule returned to the state before its previous step
             and retook that step with half the step size, because the loss had jumped far
             above its value before that step or was not finite (see
             :mod:`pyro_blr.blr.step_back`); warned about once per fit.

@@ -108,8 +108,6 @@ def collective_for(
         return None
     if not stepper.distributable:
         raise ValueError(
-            f"rule {rule!r} does not run distributed yet: use a Gaussian guide (pb.IVON, pb.VON, "
-            "pb.VOGN, pb.OGN, pb.Newton) or an AutoExpFamily (pb.ExpFamilyRule), or pass "
-            "process_group=None for one process"
+            f"rule {rule!r} does not run distributed: pass process_group=None for one process"
         )
     return Collective(process_group, rank_noise=bool(rank_noise))
