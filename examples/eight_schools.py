@@ -13,6 +13,7 @@ docs/assets/eight_schools.png; ``--smoke`` is quick).
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import warnings
@@ -26,15 +27,14 @@ from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
+from pyro_blr.diagnostics.arviz_compat import from_dict, import_arviz
 
 try:  # imported as examples.eight_schools (by the tests and benchmarks)
-    from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
+    from examples._report import ASSETS, markdown_table, pyplot, report, save_figure, smoke_flag
 except ModuleNotFoundError:  # run as a script: python examples/eight_schools.py
-    from _report import markdown_table, pyplot, report, save_figure, smoke_flag
+    from _report import ASSETS, markdown_table, pyplot, report, save_figure, smoke_flag
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.x announces its 1.0 refactor
-    import arviz as az
+az = import_arviz()  # 0.x or 1.x
 
 DATA = Path(__file__).resolve().parent / "data" / "eight_schools"
 PARAMETERS = ["mu", "tau"] + [f"theta[{j}]" for j in range(1, 9)]
@@ -85,9 +85,8 @@ def main(smoke: bool = False) -> dict[str, tuple]:
     samples = mcmc.get_samples()
     samples["theta"] = samples["mu"][:, None] + samples["tau"][:, None] * samples["theta_trans"]
     rows["NUTS (Pyro)"] = (*score(flat(samples), reference), float("nan"), seconds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        nuts = az.from_dict(posterior={k: v[None].numpy() for k, v in samples.items()})
+    posterior = {k: v[None].numpy() for k, v in samples.items()}
+    nuts = from_dict({"posterior": posterior}, {}, {}, {"inference_library": "pyro"})
     idatas["NUTS (Pyro)"] = nuts
 
     pyro.clear_param_store()
@@ -140,13 +139,19 @@ def main(smoke: bool = False) -> dict[str, tuple]:
 
 def _plot(idatas: dict) -> None:
     pyplot()  # the Agg backend, before ArviZ draws
+    names = ["mu", "tau", "theta"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = az.plot_forest(
-            list(idatas.values()), model_names=list(idatas), var_names=["mu", "tau", "theta"],
-            combined=True, figsize=(7, 6),
-        )  # fmt: skip
-    save_figure(axes[0].figure, "eight_schools", dpi=110, bbox_inches="tight")
+        if "model_names" in inspect.signature(az.plot_forest).parameters:  # ArviZ 0.x
+            axes = az.plot_forest(
+                list(idatas.values()), model_names=list(idatas), var_names=names,
+                combined=True, figsize=(7, 6),
+            )  # fmt: skip
+            save_figure(axes[0].figure, "eight_schools", dpi=110, bbox_inches="tight")
+            return
+        # ArviZ 1.x (arviz-plots): a dict of models, a PlotCollection that saves itself
+        plots = az.plot_forest(idatas, var_names=names, combined=True, backend="matplotlib")
+    plots.savefig(ASSETS / "eight_schools.png", dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":

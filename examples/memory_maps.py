@@ -25,7 +25,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_blr as pb
 from pyro_blr.core import GaussianGuide, latent_layout
-from pyro_blr.diagnostics import import_arviz
+from pyro_blr.diagnostics import elpd_summary, import_arviz
 
 try:  # imported as examples.memory_maps (by the tests)
     from examples._report import markdown_table, pyplot, report, save_figure, smoke_flag
@@ -84,7 +84,7 @@ def main(smoke: bool = False, plot: bool | None = None) -> dict:
     az = import_arviz()
     started = time.perf_counter()
     idata = pb.to_inference_data(model, guide, X, y, num_samples=400 if smoke else 4000)
-    psis = az.loo(idata, pointwise=True)
+    psis = elpd_summary(az.loo(idata, pointwise=True))  # ArviZ 0.x or 1.x
     psis_seconds = time.perf_counter() - started
 
     # Refit without the most influential examples, from the full fit, by the same rule.
@@ -125,7 +125,7 @@ def main(smoke: bool = False, plot: bool | None = None) -> dict:
         (f"memory perturbation ({draws} draws per example)", f"{float(sampled.elpd_loo):.2f}",
          f"{float(sampled.se):.2f}", f"{sampled_seconds:.2f}"),
         (f"PSIS-LOO ({idata.posterior.sizes['draw']} draws, max k̂ "
-         f"{float(psis['pareto_k'].max()):.2f})", f"{psis['elpd_loo']:.2f}", f"{psis['se']:.2f}",
+         f"{float(psis.pareto_k.max()):.2f})", f"{psis.elpd:.2f}", f"{psis.se:.2f}",
          f"{psis_seconds:.2f}"),
         (f"exact LOO: {num_data} refits (estimated from {num_refits})", "-", "-",
          f"{per_refit * num_data:.0f}"),

@@ -2,13 +2,14 @@
 leave-one-out sensitivity of a Gaussian posterior to each datum."""
 
 from pyro_blr.diagnostics.arviz import to_inference_data
-from pyro_blr.diagnostics.arviz_compat import import_arviz, psis_smooth, to_numpy
+from pyro_blr.diagnostics.arviz_compat import elpd_summary, import_arviz, psis_smooth, to_numpy
 from pyro_blr.diagnostics.psis import PSISDiagnostic, psis_diagnostic
 from pyro_blr.diagnostics.sensitivity import LOOSensitivity, loo_sensitivity
 
 __all__ = [
     "LOOSensitivity",
     "PSISDiagnostic",
+    "elpd_summary",
     "import_arviz",
     "loo_sensitivity",
     "psis_diagnostic",

@@ -15,7 +15,8 @@ to ``arviz_stats``) differ in three places this package touches:
   first-quartile draw is then the smallest).
 * **ELPD results.** :func:`elpd_data` builds ``arviz.ELPDData``: a pandas ``Series`` with
   ``elpd_loo``, ``loo_i``, ... (0.x) or the ``ELPDDataLOO`` dataclass of ``arviz_stats`` with
-  ``elpd``, ``elpd_i``, ... (1.x); either goes into ``az.compare``.
+  ``elpd``, ``elpd_i``, ... (1.x); either goes into ``az.compare``. :func:`elpd_summary` reads
+  either (and ``az.loo``'s result) as one :class:`ELPDSummary`.
 * **Building the data.** :func:`from_dict` calls ``az.from_dict`` with one keyword per group
   (0.x) or one dict of groups and root attributes under ``"/"`` (1.x).
 
@@ -33,14 +34,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 __all__ = [
     "MIN_PSIS_SAMPLES",
+    "ELPDSummary",
     "elpd_data",
+    "elpd_summary",
     "from_dict",
     "import_arviz",
     "psis_smooth",
@@ -227,8 +230,8 @@ def elpd_data(
     Example:
         >>> import numpy as np
         >>> result = elpd_data(-3.0, 0.5, 1.2, 0, np.array([-1.0, -2.0]), "data")
-        >>> type(result).__name__
-        'ELPDData'
+        >>> type(result).__name__.startswith("ELPDData")  # ELPDDataLOO in ArviZ 1.x
+        True
     """
     import xarray as xr
 
@@ -264,4 +267,61 @@ def elpd_data(
         warning=False,
         good_k=0.7,
         elpd_i=values.rename("elpd_i"),
+    )
+
+
+class ELPDSummary(NamedTuple):
+    """An ELPD estimate read from ArviZ's ``ELPDData`` of either generation.
+
+    Attributes:
+        elpd: the estimate (``elpd_loo``/``elpd_waic`` in 0.x, ``elpd`` in 1.x).
+        se: its standard error.
+        p: the effective number of parameters (``p_loo``/``p_waic`` in 0.x, ``p`` in 1.x).
+        pointwise: the :math:`N` terms as a NumPy array, or ``None`` when not kept.
+        pareto_k: Pareto :math:`\\hat k` per datum as a NumPy array, or ``None``.
+    """
+
+    elpd: float
+    se: float
+    p: float
+    pointwise: np.ndarray | None
+    pareto_k: np.ndarray | None
+
+
+def elpd_summary(result: Any) -> ELPDSummary:
+    """Read ``az.loo``'s result, or :func:`elpd_data`'s, in either ArviZ generation.
+
+    ArviZ 0.x returns a pandas ``Series`` indexed by ``elpd_loo``, ``se``, ``p_loo``,
+    ``loo_i``, ``pareto_k``; ArviZ 1.x an ``ELPDData`` dataclass with ``elpd``, ``se``, ``p``,
+    ``elpd_i``, ``pareto_k``. Code that reads ``result["elpd_loo"]`` works with 0.x only; this
+    works with both.
+
+    Args:
+        result: an ``ELPDData`` of either generation (LOO or WAIC).
+
+    Example:
+        >>> import numpy as np
+        >>> summary = elpd_summary(elpd_data(-3.0, 0.5, 1.2, 0, np.array([-1.0, -2.0]), "i"))
+        >>> summary.elpd, summary.se, summary.pointwise.tolist()
+        (-3.0, 0.5, [-1.0, -2.0])
+    """
+
+    def array(value: Any) -> np.ndarray | None:
+        return None if value is None else np.asarray(getattr(value, "values", value))
+
+    if dataclasses.is_dataclass(result):  # ArviZ 1.x
+        return ELPDSummary(
+            float(result.elpd),
+            float(result.se),
+            float(result.p),
+            array(getattr(result, "elpd_i", None)),
+            array(getattr(result, "pareto_k", None)),
+        )
+    kind = "loo" if "elpd_loo" in result.index else "waic"  # ArviZ 0.x: a pandas Series
+    return ELPDSummary(
+        float(result[f"elpd_{kind}"]),
+        float(result["se"]),
+        float(result[f"p_{kind}"]),
+        array(result.get(f"{kind}_i")),
+        array(result.get("pareto_k")),
     )

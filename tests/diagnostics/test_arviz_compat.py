@@ -24,6 +24,20 @@ from tests.scenarios import linear_regression
 az = import_arviz()
 
 
+def _installed_psislw():
+    """The installed ArviZ's own PSIS of log importance ratios: ``az.psislw`` (0.x), or
+    ``arviz_stats``' psislw, which takes a log-likelihood and smooths its negation (1.x). Bound
+    at import, so that a test replacing ``arviz_stats`` in ``sys.modules`` does not reach it."""
+    if hasattr(az, "psislw"):
+        return az.psislw
+    from arviz_stats.base import array_stats
+
+    return lambda log_ratios: array_stats.psislw(-log_ratios)
+
+
+reference_psislw = _installed_psislw()
+
+
 def test_to_numpy_detaches_and_moves_to_the_cpu():
     value = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True) * 2
     array = to_numpy(value)
@@ -54,7 +68,7 @@ def test_to_inference_data_converts_every_array_with_to_numpy(monkeypatch):
 def test_psis_smooth_matches_arviz_and_is_normalized():
     ratios = torch.randn(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     smoothed, khat = psis_smooth(ratios)
-    expected, expected_khat = az.psislw(ratios.numpy() - ratios.numpy().max())
+    expected, expected_khat = reference_psislw(ratios.numpy() - ratios.numpy().max())
     np.testing.assert_allclose(smoothed, expected - np.logaddexp.reduce(expected), atol=1e-12)
     assert khat == pytest.approx(float(expected_khat), abs=1e-12)
     assert np.exp(smoothed).sum() == pytest.approx(1.0, abs=1e-12)
@@ -78,8 +92,9 @@ def test_psis_smooth_refuses_too_few_draws_and_never_reports_minus_infinity():
 
 def test_psis_falls_back_to_arviz_stats_when_az_psislw_is_gone(monkeypatch):
     # An ArviZ 1.x namespace has no psislw; arviz_stats' psislw takes a log-likelihood (it
-    # negates its input). A stand-in built on ArviZ 0.x's psislw checks the sign convention.
-    legacy = az.psislw
+    # negates its input). A stand-in built on the installed ArviZ's PSIS of log ratios checks
+    # the sign convention (under ArviZ 1.x the real path is test_psis_smooth_matches_arviz).
+    legacy = reference_psislw
     calls = []
 
     def psislw(ary, r_eff=1, axis=-1):
@@ -104,6 +119,7 @@ def test_psis_falls_back_to_arviz_stats_when_az_psislw_is_gone(monkeypatch):
 def test_psis_without_any_psis_function_names_what_to_install(monkeypatch):
     monkeypatch.setattr(arviz_compat, "import_arviz", lambda: types.SimpleNamespace())
     monkeypatch.setitem(sys.modules, "arviz_stats", None)  # import fails
+    monkeypatch.setitem(sys.modules, "arviz_stats.base", None)  # even when 1.x imported it
     with pytest.raises(ImportError, match="pip install arviz-stats"):
         psis_smooth(torch.randn(100))
 

@@ -165,7 +165,7 @@ def test_memory_maps_smoke(capsys):
     # after the smoke run's 40 + 40 steps (a shorter fit is refused by loo_sensitivity as not at
     # a fixed point).
     assert (loo.loo_lpd <= 0).all() and (sampled.loo_lpd <= 0).all()
-    psis = result["psis"]["elpd_loo"]
+    psis = result["psis"].elpd
     assert abs(float(loo.elpd_loo) - psis) < float(loo.se)
     assert abs(float(sampled.elpd_loo) - float(loo.elpd_loo)) < float(loo.se)
     assert all(seconds > 0 for seconds in result["seconds"].values())
