@@ -112,6 +112,14 @@ def test_list_items_keep_their_maths_and_paragraphs():
     assert html.count("<li>") == 2 and '<div class="arithmatex">' in html.split("</li>")[0]
 
 
+def test_multi_line_math_block_is_aligned_as_sphinx_does():
+    text = ".. math::\n    g &\\leftarrow a, \\\\\n    h &\\leftarrow b\n\n.. math:: a \\& b"
+    assert rst_to_markdown(text) == (
+        "\\[\n\\begin{aligned}\ng &\\leftarrow a, \\\\\nh &\\leftarrow b\n\\end{aligned}\n\\]\n\n"
+        "\\[\na \\& b\n\\]"
+    )
+
+
 def test_reference_line_block_becomes_a_list_with_links():
     text = (
         "References:\n"

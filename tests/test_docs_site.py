@@ -72,6 +72,43 @@ def test_maths_is_typeset_offline(site):
             assert re.search(r'<script src="[^"]*vendor/katex/katex\.min\.js"', html), name
 
 
+KATEX_CHECK = r"""
+const katex = require(process.argv[1] + "/vendor/katex/katex.min.js");
+const fs = require("fs"), path = require("path");
+const unescape = (s) => s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"')
+  .replace(/&#39;/g, "'").replace(/&amp;/g, "&");
+const walk = (d) => fs.readdirSync(d).flatMap((f) => {
+  const p = path.join(d, f);
+  return fs.statSync(p).isDirectory() ? walk(p) : p.endsWith(".html") ? [p] : [];
+});
+let count = 0;
+for (const file of walk(process.argv[1])) {
+  const re = /<(span|div) class="arithmatex">([\s\S]*?)<\/\1>/g;
+  for (const m of fs.readFileSync(file, "utf8").matchAll(re)) {
+    count++;
+    const tex = unescape(m[2]).trim().slice(2, -2);
+    try { katex.renderToString(tex, { displayMode: m[1] === "div", throwOnError: true }); }
+    catch (e) { console.log(path.relative(process.argv[1], file) + ": " + e.message); }
+  }
+}
+console.log("formulas: " + count);
+"""
+
+
+def test_every_formula_typesets(site):
+    """Every formula on the site parses in the vendored KaTeX (which would show it in red)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the check runs the vendored KaTeX")
+    run = subprocess.run(
+        [node, "-e", KATEX_CHECK, str(site)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    *errors, count = run.stdout.strip().split("\n")
+    assert int(count.removeprefix("formulas: ")) > 500
+    assert not errors, "\n".join(errors)
+
+
 def test_api_pages_list_public_names_only(site):
     html = (site / "api" / "blr" / "index.html").read_text(encoding="utf-8")
     ids = re.findall(r'<h[1-6] id="([^"]+)"', html)
@@ -89,6 +126,13 @@ def test_every_page_has_one_h1_and_benchmarks_list_their_sections(site):
     sections = re.findall(r'<h2 id="([^"]+)"', benchmarks)
     toc = set(re.findall(r'<a href="#([^"]+)" class="md-nav__link"', benchmarks))
     assert len(sections) >= 12 and set(sections) <= toc
+
+
+def test_a_returns_section_is_one_item(site):
+    # Griffe splits a Returns text at each line unless told it is one item (mkdocs.yml).
+    html = (site / "api" / "diagnostics" / "index.html").read_text(encoding="utf-8")
+    cell = re.search(r"<td[^>]*>((?:(?!</td>).)*ArviZ 0\.x(?:(?!</td>).)*)</td>", html, re.DOTALL)
+    assert cell and "copied to the CPU" in cell.group(1)
 
 
 def test_quickstart_shows_its_output(site):

@@ -7,7 +7,8 @@ docstring's text before griffe parses it (see ``griffe_rst.py``), so the source 
 and the site renders it:
 
 - ``:math:`x``` becomes ``\\(x\\)`` and a ``.. math::`` block becomes ``\\[ ... \\]`` display maths
-  (``pymdownx.arithmatex`` in generic mode, typeset by the vendored KaTeX);
+  (``pymdownx.arithmatex`` in generic mode, typeset by the vendored KaTeX), a multi-line one
+  (``&``, ``\\\\``) inside ``aligned`` as Sphinx does;
 - ``:class:``, ``:func:``, ``:mod:``, ``:meth:``, ``:attr:``, ``:data:``, ``:obj:``, ``:exc:``
   roles become optional autorefs cross-references: a link where the target is documented on the
   site, the name in code otherwise (mkdocs-autorefs decides at render time, so a reference to an
@@ -41,6 +42,7 @@ _INLINE = re.compile(
     r"|:(?:py:)?(?P<role>[a-z]+):`(?P<body>[^`]+)`",
     re.DOTALL,
 )
+_ALIGNED = re.compile(r"(?<!\\)&|\\\\")  # an alignment mark or a line break in a maths block
 _MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<rest>.*)$")
 _LINE_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\|(?: (?P<text>.*))?$")
 _FENCE = re.compile(r"^[ \t]*(```|~~~)")
@@ -150,6 +152,9 @@ def _math_block(lines: list[str], start: int) -> tuple[list[str], int]:
             groups.append([])
     out: list[str] = []
     for group in (g for g in groups if g):
+        if _ALIGNED.search("\n".join(group)) and not any("\\begin" in line for line in group):
+            # Sphinx aligns a multi-line equation (``&``, ``\\``) in a split environment.
+            group = ["\\begin{aligned}", *group, "\\end{aligned}"]
         out += ["", indent + "\\[", *(indent + line for line in group), indent + "\\]"]
     return [*out, ""], end
 
