@@ -1,11 +1,12 @@
-"""What per-datum gradients cost, each of the three ways (``pyro_blr.core.datum_jacobian``).
+"""What per-datum gradients cost, each of the four ways (``pyro_blr.core.datum_jacobian``).
 
-``"vogn"`` needs each datum's gradient at every particle. Three ways compute them: the model run
-on each datum alone, vmapped over the plate's indices; forward mode (``D`` batched
-Jacobian-vector products of the whole run); and the batched backward pass (``B`` vector-Jacobian
-products of the whole run, the only way before). Each is timed per particle on three models,
-against one gradient of the whole log joint by autograd (what a Pyro ``Trace_ELBO`` step costs
-per particle, less the guide):
+``"vogn"`` needs each datum's gradient at every particle. Four ways compute them: the model run
+on each datum alone, vmapped over the plate's indices; the same on each datum's rows of the
+model's arguments, for a model that reads its data whole (reverse mode under ``vmap``);
+forward mode (``D`` batched Jacobian-vector products of the whole run); and the batched backward
+pass (``B`` vector-Jacobian products of the whole run, the only way before). Each is timed per
+particle on these models, against one gradient of the whole log joint by autograd (what a Pyro
+``Trace_ELBO`` step costs per particle, less the guide):
 
 - logistic regression written ``X @ w`` inside ``pyro.plate("data", N)`` (reads its data
   whole: no runs on one datum), ``N = 5000, D = 20``;
@@ -13,7 +14,11 @@ per particle, less the guide):
 - the UCI benchmark's BNN (13 inputs, 50 ReLU units, ``D = 752``) on ``N = 455`` synthetic rows
   of Boston's size, which has more coordinates than data (no forward mode);
 - the first model on ``N = 300, D = 3``: below ``FORWARD_MIN_DATA`` (512) data, where the
-  batched backward pass is the cheaper.
+  batched backward pass is the cheaper;
+- the first model at ``N = 10^4, D = 1000`` (not in the smoke run), where forward mode's ``D``
+  products cost more than the runs on each datum's arguments; the batched backward pass
+  (``10^4`` products of the whole run) is not timed there, and the rows are checked against
+  forward mode's.
 
 Every way's rows are checked against the batched backward pass's (to float32 rounding) before
 they are timed; each time includes the whole model run the way starts from and the check that
@@ -38,6 +43,7 @@ from benchmarks import models
 from benchmarks._report import machine, markdown_table, parser, report
 from pyro_blr.core import latent_layout
 from pyro_blr.core.datum_jacobian import (
+    datum_arguments,
     reproduces,
     rows_by_batched_backward,
     rows_by_forward_mode,
@@ -73,12 +79,18 @@ def problems(smoke: bool):
     y_bnn = torch.randn(n_bnn, generator=gen)
     n_small, d_small = 300, 3
     X_small, y_small = X[:n_small, :d_small], y[:n_small]
-    return [
+    found = [
         (f"logistic `X @ w`, N = {n}, D = {d}", logistic_whole, X, y),
         (f"logistic `X[idx] @ w`, N = {n}, D = {d}", logistic_indexed, X, y),
         (f"BNN, N = {n_bnn}, D = 752", bnn, X_bnn, y_bnn),
         (f"logistic `X @ w`, N = {n_small}, D = {d_small}", logistic_whole, X_small, y_small),
     ]
+    if not smoke:
+        X_big = torch.randn(10**4, 1000, generator=gen)
+        y_big = torch.bernoulli(torch.sigmoid(X_big @ (torch.randn(1000, generator=gen) / 16)),
+                                generator=gen)  # fmt: skip
+        found.append(("logistic `X @ w`, N = 10000, D = 1000", logistic_whole, X_big, y_big))
+    return found
 
 
 def timed(fn, repeats: int) -> tuple[object, float]:
@@ -92,9 +104,13 @@ def timed(fn, repeats: int) -> tuple[object, float]:
     return result, 1e3 * statistics.median(times)
 
 
+WAYS = ("batched backward", "forward mode", "one datum each", "one datum's arguments each")
+
+
 def measure(model, X, y, repeats: int) -> dict[str, float | None]:
     """Milliseconds per particle of a gradient and of each way that applies (``None`` where
-    one does not), and the largest difference of each way's rows from the batched pass's."""
+    one does not), and the largest difference of each way's rows from the batched pass's (from
+    forward mode's where the batched pass is too slow to time, more than 5000 data)."""
     pyro.set_rng_seed(0)
     layout = latent_layout(pyro.poutine.trace(model).get_trace(X, y))
     row = (0.1 * torch.randn(layout.dim)).requires_grad_(True)
@@ -124,10 +140,29 @@ def measure(model, X, y, repeats: int) -> dict[str, float | None]:
         rows = rows_by_forward_mode(terms, row, {})
         return rows if rows is not None and sums_to_gradient(rows, per_datum, row) else None
 
+    def arguments():
+        per_datum, scale, _, _, trace = whole_run()
+        data, with_rows = datum_arguments((X, y), {}, len(y))
+
+        def cut_terms(theta, minibatch, *rows):
+            cut_args, cut_kwargs = with_rows(*rows)
+            return datum_terms(model, layout, theta, cut_args, cut_kwargs, minibatch, False)[:2]
+
+        indices = trace.nodes["data"]["value"]
+        rows = rows_by_one_datum_runs(cut_terms, row, "data", indices, {}, data)
+        if rows is None or not reproduces(rows, per_datum, scale, row):
+            return None
+        return rows[0] * scale[:, None]
+
     out = {"gradient": timed(gradient, repeats)[1]}
-    reference, out["batched backward"] = timed(batched, repeats)
+    if len(y) <= 5000:
+        reference, out["batched backward"] = timed(batched, repeats)
+    else:
+        reference, out["batched backward"] = forward(), None
     error = 0.0
-    for name, way in (("one datum each", one_datum), ("forward mode", forward)):
+    ways = (("one datum each", one_datum), ("one datum's arguments each", arguments),
+            ("forward mode", forward))  # fmt: skip
+    for name, way in ways:
         rows = way()
         if rows is None:
             out[name] = None
@@ -146,9 +181,11 @@ def main(smoke: bool = False) -> list[dict]:
         row = {"model": name, **measure(model, X, y, repeats)}
         results.append(row)
         gradient = row["gradient"]
-        for way in ("batched backward", "forward mode", "one datum each"):
+        for way in WAYS:
             ms = row[way]
             cell = "does not apply" if ms is None else f"{ms:.1f}"
+            if ms is None and way == "batched backward":
+                cell = "not timed (B products)"
             ratio = "-" if ms is None else f"{ms / gradient:.1f}"
             table.append((name, way, cell, ratio, "yes" if way == row["taken"] else ""))
         table.append((name, "one gradient (autograd)", f"{gradient:.2f}", "1.0", ""))
@@ -156,7 +193,7 @@ def main(smoke: bool = False) -> list[dict]:
         "# What per-datum gradients cost",
         "",
         f"{machine('per_datum_cost', smoke)} Median milliseconds per particle; every way's rows "
-        "agree with the batched backward pass's to "
+        "agree with the batched backward pass's (forward mode's at N = 10000) to "
         f"{max(r['error'] for r in results):.1e} of their largest entry.",
         "",
         *markdown_table(
