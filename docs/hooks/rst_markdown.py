@@ -22,6 +22,12 @@ and the site renders it:
   (it reads ``Example:`` as an admonition, whose ``>>>`` lines Markdown shows as nested quotes).
 
 Fenced code blocks and doctest lines are left alone. The function is pure: no griffe, no mkdocs.
+
+References:
+    | Sphinx's Python domain roles and the math directive
+      https://www.sphinx-doc.org/en/master/usage/domains/python.html
+    | pymdownx.arithmatex, generic mode https://facelessuser.github.io/pymdown-extensions/
+    | mkdocs-autorefs, optional references https://mkdocstrings.github.io/autorefs/
 """
 
 from __future__ import annotations
