@@ -5,8 +5,12 @@ r"""IVON's gradient-only (reparameterization) estimate of the Hessian diagonal.
     \qquad \theta = m + \epsilon / \sqrt{s},
 
 unbiased for :math:`\mathbb E_q[\operatorname{diag}\nabla^2\ell]` by Stein's lemma (Shen et al.
-2024, https://arxiv.org/abs/2402.17641, Eq. 7). Exact Hessians come from
-:func:`pyro_blr.core.autodiff.derivatives`.
+2024, https://arxiv.org/abs/2402.17641, Eq. 7). Its noise, :math:`\sum_j H_{ij}\epsilon_i
+\epsilon_j \sqrt{s_i/s_j}` on a quadratic, is of the same kind as that of Hutchinson's
+estimate :math:`v \odot Hv` (Rademacher :math:`v`, noise :math:`\sum_{j\ne i} H_{ij} v_i v_j`),
+which :func:`pyro_blr.core.autodiff.derivatives` gives for ``"diag"`` curvature above
+:data:`~pyro_blr.core.autodiff.EXACT_DIAGONAL_MAX` coordinates at the cost of one
+Hessian-vector product; exact Hessians and diagonals come from the same function.
 """
 
 from __future__ import annotations
