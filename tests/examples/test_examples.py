@@ -2,6 +2,9 @@
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +179,16 @@ def test_distributed_blr_smoke():
     first, second = load("distributed_blr").main(smoke=True)
     assert first["checksum"] == second["checksum"] and math.isfinite(first["checksum"])
     assert first["loss"] == second["loss"] and math.isfinite(first["loss"])
+    # Both ranks report the same held-out metrics, beside the training mean's RMSE.
+    for key in ("test_rmse", "test_log_lik", "mean_rmse"):
+        assert first[key] == second[key] and math.isfinite(first[key]), key
+
+
+def test_distributed_blr_without_torchrun_says_how_to_run_it():
+    # Not torch's "environment variable RANK expected": the torchrun command and --smoke.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "distributed_blr.py")], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "torchrun --nproc_per_node=2 examples/distributed_blr.py" in done.stderr
+    assert "--smoke" in done.stderr and "Traceback" not in done.stderr
