@@ -227,15 +227,6 @@ def _rendered_texts(docstring: griffe.Docstring):
                     yield item.description
 
 
-# Docstrings whose source is at fault, not the conversion: each is checked by the strict xfail
-# below, which fails as soon as the source is fixed, so that the entry is removed.
-SOURCE_DEFECTS = {
-    # A plain (not raw) docstring: "\\nabla" in it is a newline and "abla", at column 0, so
-    # the docstring is never dedented and renders as a code block. Fix: r""" in the source.
-    "pyro_blr.blr.rules.mixture.MixtureRule.update",
-}
-
-
 def _conversion_problems(path: str, raw: str, docstring: griffe.Docstring) -> list[str]:
     md = markdown.Markdown(
         extensions=["pymdownx.arithmatex"],
@@ -261,22 +252,13 @@ def _conversion_problems(path: str, raw: str, docstring: griffe.Docstring) -> li
     return problems
 
 
-@pytest.mark.parametrize("path", sorted(SOURCE_DEFECTS))
-@pytest.mark.xfail(strict=True, reason="the docstring's source is at fault (see SOURCE_DEFECTS)")
-def test_docstring_source_defects(package, raw_package, path):
-    raw = dict(_docstrings(raw_package))
-    converted = dict(_docstring_objects(package))
-    assert not _conversion_problems(path, raw[path], converted[path])
-
-
 def test_every_docstring_converts_completely(package, raw_package):
     raw = dict(_docstrings(raw_package))
     converted = {path: obj for path, obj in _docstring_objects(package)}
     assert len(converted) > 200 and converted.keys() == raw.keys()
     problems = []
     for path, docstring in converted.items():
-        if path not in SOURCE_DEFECTS:
-            problems += _conversion_problems(path, raw[path], docstring)
+        problems += _conversion_problems(path, raw[path], docstring)
     assert not problems, "\n".join(problems)
 
 

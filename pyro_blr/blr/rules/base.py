@@ -58,10 +58,10 @@ class GaussianState(NamedTuple):
 
 
 class Estimates(NamedTuple):
-    """What a step estimated for the rule.
+    r"""What a step estimated for the rule.
 
     Attributes:
-        grad: the expected gradient of :math:`\\ell` (a Gaussian rule: shape ``(D,)``; the
+        grad: the expected gradient of :math:`\ell` (a Gaussian rule: shape ``(D,)``; the
             exponential-family rules: site name -> gradient in the natural parameters).
         hess: the curvature the rule asked for, shaped like the precision (``None`` where the
             rule needs none).
@@ -146,7 +146,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 
 
 class Rule:
-    """A rule's options and its pure update.
+    r"""A rule's options and its pure update.
 
     Subclasses set :attr:`name` (the string shorthand), :attr:`kind` (the guides it drives),
     :attr:`curvature`, :attr:`at_mean` and :attr:`State`, take their options as keyword
@@ -154,7 +154,7 @@ class Rule:
     :meth:`init` and :meth:`update`.
 
     Attributes:
-        lr: the step size :math:`\\rho`, a float or a schedule ``step -> float`` (``step``
+        lr: the step size :math:`\rho`, a float or a schedule ``step -> float`` (``step``
             counts the steps taken so far, from 0).
     """
 

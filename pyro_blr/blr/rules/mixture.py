@@ -149,11 +149,11 @@ class MixtureRule(Rule):
             )
 
     def update(self, state, estimates: Estimates, lr: float):
-        """One step of every component and of the weights: ``(new state, UpdateInfo)``.
+        r"""One step of every component and of the weights: ``(new state, UpdateInfo)``.
 
-        For :class:`MixtureState`, ``estimates`` holds :math:`\\mathbb E_{q_k}[\nabla h]`
-        (``grad``), :math:`\\mathbb E_{q_k}[\nabla^2 h]` (``hess``) and
-        :math:`\\mathbb E_{q_k}[h]` (``values``); for :class:`ExpFamilyMixtureState`, each site's
+        For :class:`MixtureState`, ``estimates`` holds :math:`\mathbb E_{q_k}[\nabla h]`
+        (``grad``), :math:`\mathbb E_{q_k}[\nabla^2 h]` (``hess``) and
+        :math:`\mathbb E_{q_k}[h]` (``values``); for :class:`ExpFamilyMixtureState`, each site's
         gradient in its natural parameters (``grad``, a dict) and ``values``.
         """
         bad = (~torch.isfinite(estimates.values)).nonzero().flatten().tolist()
