@@ -11,6 +11,7 @@ from pyro.infer import config_enumerate
 from pyro.ops.indexing import Vindex
 
 from pyro_blr.core import latent_layout
+from pyro_blr.core.autodiff import hessian_from_grad
 from pyro_blr.core.enumeration import (
     enumerated_log_joint,
     enumerated_log_joints,
@@ -214,3 +215,14 @@ def test_the_layout_knows_the_sites_it_leaves_to_enumeration():
     assert [s.name for s in layout.sites] == ["loc"] and layout.enumerated == ("z",)
     with pytest.raises(ValueError, match=r"'z'.*hide=\['z'\]"):  # a guide built on the model
         latent_layout(poutine.trace(mixture).get_trace(X))
+
+
+def test_the_packages_curvature_goes_through_the_sum():
+    # the rules' Hessians (batched Hessian-vector products over the backward pass) through
+    # Pyro's log-space contraction, against the hand sum's
+    theta = LOC.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(
+        enumerated_log_joint(mixture, (X,), {}, 1, {"loc": theta}), theta, create_graph=True
+    )
+    exact = torch.autograd.functional.hessian(lambda v: mixture_by_hand(v, X), LOC)
+    torch.testing.assert_close(hessian_from_grad(grad, theta), exact, rtol=0, atol=1e-10)
