@@ -216,9 +216,9 @@ def _enum_dims(trace: Trace) -> set[str]:
 
 
 def nonfinite_reason(trace: Trace) -> str | None:
-    """Why :func:`trace_log_joint` of a packed :func:`enumerated_trace` is not finite, naming
+    r"""Why :func:`trace_log_joint` of a packed :func:`enumerated_trace` is not finite, naming
     the site, or ``None`` when it is finite. A site that touches no enumerated dimension is
-    blamed first; a :math:`-\\infty` in one enumerated value is no fault (that value is
+    blamed first; a :math:`-\infty` in one enumerated value is no fault (that value is
     impossible), so otherwise the sum over every value is."""
     total = trace_log_joint(trace).detach()
     if torch.isfinite(total):

@@ -380,7 +380,7 @@ def log_weights(
 
 
 def _guide_log_q(guide_trace: Trace, num_particles: int, nesting: int, require_rsample: bool):
-    """:math:`\\log q(z_k)` per particle, every guide site scaled and masked as Pyro does."""
+    r""":math:`\log q(z_k)` per particle, every guide site scaled and masked as Pyro does."""
     total = 0.0
     for name, site in sample_sites(guide_trace, deterministic=False):
         if require_rsample and not site["fn"].has_rsample:
@@ -421,7 +421,7 @@ def enumerated_model_traces(
 def _enumerated_model_log(
     model: Callable, guide_trace: Trace, args: tuple, kwargs: dict, num: int, nesting: int
 ) -> tuple[Tensor, Trace]:
-    """:math:`\\log p(\\mathcal D, z_k)` per particle with the enumerated sites summed out, and
+    r""":math:`\log p(\mathcal D, z_k)` per particle with the enumerated sites summed out, and
     one particle's enumerated trace. One run inside the particle plate when the model
     broadcasts over it: its values must match one run per particle on the first three (to
     float32 round-off, finite where those are); else one run per particle (models written
