@@ -166,8 +166,19 @@ class Stepper(ABC):
         params = {id(p): p for p in self.guide.parameters()}
         for _, param in pyro.get_param_store().named_parameters():
             params.setdefault(id(param), param)
+        before = [p.detach().clone() for p in self.guide.parameters()]
         self.collective.setup(list(params.values()), next(iter(self.guide.parameters())))
         self._joined = True
+        # The broadcast writes through .data, which no version counter sees: say so if it
+        # changed this rank's guide (a rank that loaded another checkpoint than rank 0's).
+        if any(not torch.equal(p, q) for p, q in zip(self.guide.parameters(), before, strict=True)):
+            self._guide_written_outside()
+
+    def _guide_written_outside(self) -> None:
+        """Called when something this stepper cannot see by version stamps wrote the guide
+        (rank 0's broadcast): the next step reads the guide. Steppers that read the guide at
+        every step need nothing."""
+        return
 
     def _check_distributable(self) -> None:
         """Raise if this stepper's current set-up cannot run distributed."""

@@ -162,6 +162,10 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             return self.rule.init(GaussianState(loc, precision))
         return self._state._replace(loc=loc, precision=precision)
 
+    def _guide_written_outside(self) -> None:
+        if self._io is not None:
+            self._io.forget()
+
     def _write(self, state) -> None:
         self._io.write(state.loc, state.precision, self._subsample)
         self._state, self._started = state, True
