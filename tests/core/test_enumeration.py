@@ -15,7 +15,9 @@ from pyro_blr.core.autodiff import hessian_from_grad
 from pyro_blr.core.enumeration import (
     enumerated_log_joint,
     enumerated_log_joints,
+    enumerated_trace,
     model_enumerated_sites,
+    pointwise_log_likelihood,
 )
 
 F64 = torch.float64
@@ -226,3 +228,25 @@ def test_the_packages_curvature_goes_through_the_sum():
     )
     exact = torch.autograd.functional.hessian(lambda v: mixture_by_hand(v, X), LOC)
     torch.testing.assert_close(hessian_from_grad(grad, theta), exact, rtol=0, atol=1e-10)
+
+
+def test_pointwise_log_likelihood_of_the_mixture_is_each_datums_hand_sum():
+    trace = enumerated_trace(mixture, (X,), {}, 1, {"loc": LOC})
+    exact = torch.logsumexp(WEIGHTS.log() + dist.Normal(LOC, SCALES).log_prob(X[:, None]), -1)
+    torch.testing.assert_close(pointwise_log_likelihood(trace, "x"), exact, rtol=0, atol=1e-10)
+
+
+def test_pointwise_log_likelihoods_that_do_not_separate_are_refused_by_name():
+    trace = enumerated_trace(hmm, (HMM_Y,), {}, 0, {"trans": TRANS, "locs": LOCS})
+    with pytest.raises(ValueError, match=r"'y_0' and 'y_1' depend on the same enumerated"):
+        pointwise_log_likelihood(trace, "y_0")
+
+    def global_site(x):
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+        z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc[z], 1.0), obs=x)
+
+    trace = enumerated_trace(global_site, (X,), {}, 1, {"loc": LOC})
+    with pytest.raises(ValueError, match=r"'x' depends on enumerated site 'z'.*\['data'\]"):
+        pointwise_log_likelihood(trace, "x")
