@@ -121,6 +121,14 @@ class IVON(GaussianRule):
         weight_decay: an optional extra penalty :math:`\tfrac\delta2\lVert\theta\rVert^2`
             (the model's prior is already in :math:`\ell`).
 
+    Note:
+        ``lr`` here is the step size :math:`\alpha` of the update as written above. The
+        reference implementation (``ivon-opt``'s ``IVON(rescale_lr=True)``, its default)
+        multiplies its ``lr`` by ``hess_init + weight_decay`` first, so its ``lr`` matches
+        ``pb.IVON(lr=lr * (hess_init + weight_decay))``; taking its value as it is here gives
+        steps :math:`1/(h_0 + \delta)` times larger (8x on the 1e4-weight MLP of
+        ``benchmarks/engine_cost.py``, which diverged).
+
     Example:
         >>> import pyro_blr as pb
         >>> rule = pb.IVON(lr=0.05, ess=1000)
