@@ -119,11 +119,12 @@ def check_no_enumerated_sites(
     return summed_out
 
 
-def check_latent_masks(model_trace: Trace) -> None:
+def check_latent_masks(model_trace: Trace, summed: Iterable[str] = ()) -> None:
     """Refuse a latent site whose density is masked out at some elements (``poutine.mask``, or
     the ``_unobserved`` site Pyro makes for ``obs_mask=``): those elements appear in no term of
     the joint, so their posterior is improper and no estimate of it, or of the evidence, is
-    meaningful.
+    meaningful. The sites in ``summed`` are summed out (enumerated): a mask leaves their
+    distribution normalized, as in ``TraceEnum_ELBO`` (the padding of Pyro's HMM example).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -136,9 +137,10 @@ def check_latent_masks(model_trace: Trace) -> None:
         ...     print(str(error).split(":")[0])
         latent site 'z' is masked out at some elements
     """
+    summed = set(summed)
     for name, site in sample_sites(model_trace, deterministic=False):
         mask = site["mask"]
-        if site["is_observed"] or mask is None or mask is True:
+        if site["is_observed"] or name in summed or mask is None or mask is True:
             continue
         if mask is False or (torch.is_tensor(mask) and not bool(mask.all())):
             how = (
@@ -253,7 +255,7 @@ def check_model_and_guide(
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     summed_out = check_no_enumerated_sites(model_trace, guide_trace, summed)
-    check_latent_masks(model_trace)
+    check_latent_masks(model_trace, summed_out)
     guide_sites = {name for name, _ in sample_sites(guide_trace)}
     # the guide's minibatch: a prior run drawing its own would name a sequential plate's latents
     # of other data (z_8) as missed by the guide

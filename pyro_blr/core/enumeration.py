@@ -13,8 +13,9 @@ site gets a batch dimension left of the model's ``max_plate_nesting`` plate dime
 ``pyro.markov`` recycles them along a chain), and the factors that depend on an enumerated site
 are contracted by ``pyro.ops.contract.contract_to_tensor`` -- a sum-product over the enumerated
 dimensions, a product over plates (tensor variable elimination, Obermeyer et al. 2019). As in
-``TraceEnum_ELBO``, a factor's mask is applied inside the sum and the minibatch scale
-:math:`N/B` outside it, so every factor that touches an enumerated site must share one scale.
+``TraceEnum_ELBO``, a factor's mask is applied inside the sum (an enumerated site's own
+distribution is never masked: it sums to one) and the minibatch scale :math:`N/B` outside it,
+so every factor that touches an enumerated site must share one scale.
 The result is a differentiable function of the continuous values: gradients and Hessians follow
 by autograd through the log-sum-exp.
 
@@ -242,6 +243,16 @@ def nonfinite_reason(trace: Trace) -> str | None:
     )
 
 
+def _inside(site: dict) -> Tensor:
+    """A factor as it enters the sum over enumerated values: unscaled (the scale is applied
+    outside); masked, except an enumerated site's own distribution, which stays normalized so
+    that a masked-out element sums to one (as in ``TraceEnum_ELBO``: the padding steps of
+    Pyro's HMM example add nothing)."""
+    if _enumerated(site) and not site["is_observed"]:
+        return site["packed"]["unscaled_log_prob"]
+    return packed.scale_and_mask(site["packed"]["unscaled_log_prob"], mask=site["packed"]["mask"])
+
+
 def _sum_except(term: Tensor, symbol: str | None) -> Tensor:
     """A packed term summed over every dimension but ``symbol``'s (a 0-d tensor without it)."""
     dims = getattr(term, "_pyro_dims", "")
@@ -277,10 +288,7 @@ def trace_log_joint(trace: Trace, particle_plate: str | None = None) -> Tensor:
         if enum_dims.isdisjoint(log_prob._pyro_dims):
             total = total + _sum_except(log_prob, keep)
             continue
-        inside = packed.scale_and_mask(
-            site["packed"]["unscaled_log_prob"], mask=site["packed"].get("mask")
-        )
-        factors.setdefault(ordinal[name], []).append(inside)
+        factors.setdefault(ordinal[name], []).append(_inside(site))
         scales.append((name, site["scale"]))
     if factors:
         scale = _common_scale(scales)
@@ -361,13 +369,10 @@ def pointwise_log_likelihood(trace: Trace, name: str) -> Tensor:
         tree: OrderedDict = OrderedDict()
         for n in names:
             s = factors[n]
-            inside = packed.scale_and_mask(
-                s["packed"]["unscaled_log_prob"], mask=s["packed"].get("mask")
-            )
             ordinal = frozenset(
                 trace.plate_to_symbol[f.name] for f in s["cond_indep_stack"] if f.vectorized
             )
-            tree.setdefault(ordinal, []).append(inside)
+            tree.setdefault(ordinal, []).append(_inside(s))
         return contract_to_tensor(tree, enum_dims & reached, target_ordinal=target)
 
     joint = packed.unpack(contracted(component), trace.symbol_to_dim)
