@@ -10,7 +10,8 @@ the ELBO (log Z = 0 for both targets, so -ELBO is the KL to the target), Pareto 
 per step, and a plot of its draws over the target's density contours.
 
 Run: ``python examples/funnel_and_banana.py`` (writes examples/results/funnel_and_banana.md and
-docs/assets/funnel_and_banana.png; ``--smoke`` is quick).
+docs/assets/funnel_and_banana.png; ``--smoke`` is quick). Fourteen fits of up to 2000 steps and
+their 10000-draw ELBOs and k̂: a few minutes on 2 CPU cores, with a progress bar over the fits.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
     AutoNormalizingFlow,
 )
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 
@@ -101,8 +103,10 @@ def main(smoke: bool = False) -> dict:
     num_steps, particles = (50, 500) if smoke else (2000, 10000)
     elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
     table, draws = {}, {}
+    bar = tqdm(total=14, desc="funnel and banana (fits)", disable=smoke)
     for target in (funnel, banana):
         for name, guide, seconds in fits(target, num_steps):
+            bar.update()
             value = -elbo.loss(target, guide)
             khat = pb.psis_diagnostic(target, guide, num_samples=particles).khat
             table[target.__name__, name] = (value, khat, 1000 * seconds)
@@ -110,6 +114,7 @@ def main(smoke: bool = False) -> dict:
                 draws[target.__name__, name] = pyro.infer.Predictive(
                     target, guide=guide, num_samples=500
                 )()
+    bar.close()
     lines = markdown_table(
         ["target", "guide", "ELBO (log Z = 0)", "Pareto k̂", "ms per step"],
         [

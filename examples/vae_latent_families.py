@@ -23,6 +23,8 @@ log-likelihood is the importance-weighted bound of ``pb.log_evidence`` (per imag
 Run: ``python examples/vae_latent_families.py`` (two latent dimensions, all four families; writes
 examples/results/vae_latent_families.md and docs/assets/vae_latent_families.png; ``--smoke`` is
 quick). ``python -m benchmarks.vae_families`` runs the full table over latent dimensions.
+Four fits of 150 epochs and their 500-particle test NLLs: one to two minutes on 2 CPU cores
+(the table's seconds column is the training alone), with a progress bar over the families.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.distributions import constraints
 from torch.nn.functional import softplus
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 from pyro_blr.distributions import VonMises
@@ -175,7 +178,7 @@ def main(smoke: bool = False) -> dict[str, float]:
     num_epochs, num_particles = (1, 10) if smoke else (150, 500)
     train_x, test_x, test_labels = load()
     vaes, nll, rows = {}, {}, []
-    for family in FAMILIES:
+    for family in tqdm(FAMILIES, "latent families", disable=smoke):
         vaes[family], seconds = train(family, 2, train_x, num_epochs)
         nll[family], stderr = test_nll(vaes[family], test_x, num_particles)
         rows.append((family, f"{nll[family]:.2f} ± {stderr:.2f}", f"{seconds:.0f}"))
