@@ -32,6 +32,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
+from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from pyro_blr.core.data_signature import data_checked
 from pyro_blr.core.layout import LatentLayout, LatentSite
@@ -52,7 +53,20 @@ VECTORIZATIONS = ("plate", "vmap", "loop")
 logger = logging.getLogger(__name__)
 
 
-def _to_constrained(site: LatentSite, unconstrained: Tensor, leading: int) -> tuple[Tensor, Tensor]:
+def _is_identity(transform) -> bool:
+    """Whether ``transform`` is the identity (``biject_to`` of a real support, maybe made
+    ``Independent``): its log-Jacobian is zero, and need not be computed at every run."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    return isinstance(transform, ComposeTransform) and not transform.parts
+
+
+def _to_constrained(
+    site: LatentSite, unconstrained: Tensor, leading: int
+) -> tuple[Tensor, Tensor | None]:
+    """A site's constrained value and its scaled log-Jacobian per particle (``None``: zero)."""
+    if _is_identity(site.transform):
+        return unconstrained, None
     value = site.transform(unconstrained)
     jacobian = site.transform.log_abs_det_jacobian(unconstrained, value)
     # A local site of a subsampled plate is scaled by N/B like the rest of the plate's terms.
@@ -144,7 +158,8 @@ def _neg_log_joint(
     log_det = theta.new_zeros(num_particles)
     for site, unconstrained in zip(layout.sites, layout.unpack(theta).values(), strict=True):
         values[site.name], jacobian = _to_constrained(site, unconstrained, num_particles)
-        log_det = log_det + jacobian
+        if jacobian is not None:
+            log_det = log_det + jacobian
     conditioned = poutine.condition(model, data={**values, **subsample})
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
         trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
@@ -197,7 +212,8 @@ def _conditioned_trace(
     for site in layout.sites:
         unconstrained = theta[site.block].reshape(site.shape)
         values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
-        log_det = log_det + jacobian
+        if jacobian is not None:
+            log_det = log_det + jacobian
     conditioned = poutine.condition(model, data={**values, **subsample})
     trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
     _check_all_latents_given(trace, values)

@@ -152,3 +152,22 @@ def test_a_fused_finite_check_finds_what_the_elementwise_one_finds():
         assert all_finite(*parts) == expected
     big = torch.full((4,), 3e38)  # finite elements whose sum overflows float32
     assert all_finite(big, -big.double())
+
+
+def test_real_sites_cost_no_log_jacobian_and_constrained_ones_keep_theirs(monkeypatch):
+    from torch.distributions.transforms import ComposeTransform
+
+    target = _target()  # w is real (identity), s positive (exp)
+    theta = torch.randn(3, target.layout.dim, dtype=torch.float64)
+    expected = target.neg_log_joint(theta)
+
+    original = ComposeTransform.log_abs_det_jacobian
+
+    def refuse(self, x, y):
+        if not self.parts:
+            raise AssertionError("the identity's log-Jacobian was computed")
+        return original(self, x, y)
+
+    monkeypatch.setattr(ComposeTransform, "log_abs_det_jacobian", refuse)
+    for mode in ("loop", "vmap"):
+        torch.testing.assert_close(target.neg_log_joint(theta, mode), expected, rtol=0, atol=1e-12)
