@@ -253,7 +253,6 @@ def test_the_check_of_the_runs_weighs_each_row_by_its_scale(scale):
     assert not reproduces((wrong, values), per_datum, scale, theta)
 
 
-@pytest.mark.slow  # 1200 steps: about 5 s
 def test_von_steps_average_the_probe_noise_to_the_exact_diagonal():
     # VON's precision under Hutchinson's diagonal, on a Gaussian target with a dense Hessian A
     # (off-diagonal mass 10% of the diagonal's square): its fixed point is diag(A) up to the
