@@ -109,7 +109,15 @@ def check_call(model: Callable, guide: Callable, args: tuple, kwargs: dict, entr
         )
     latent = _latent(model_trace)
     none_args = _none_arguments(model, args, kwargs)
-    named = sorted(latent & none_args)
+    sampled = _latent(guide_trace)
+    # A global site named like a None argument that the guide samples may be a parameter the
+    # model lets its caller fix (obs=theta with theta=None to infer it): only data are refused,
+    # a site in a plate or one the guide does not sample.
+    named = sorted(
+        n
+        for n in latent & none_args
+        if n not in sampled or model_trace.nodes[n]["cond_indep_stack"]
+    )
     if named:
         raise ValueError(
             f"{entry}: site '{named[0]}' is sampled, not observed: the model's argument "
@@ -117,7 +125,7 @@ def check_call(model: Callable, guide: Callable, args: tuple, kwargs: dict, entr
             f"latent variable; pass the data, as when fitting: {entry}(model, guide, *args, "
             f"{named[0]}=...) (or positionally)"
         )
-    unsampled = sorted(latent - _latent(guide_trace))
+    unsampled = sorted(latent - sampled)
     if unsampled and none_args:
         raise ValueError(
             f"{entry}: latent site '{unsampled[0]}' of the model is not sampled by the guide, "

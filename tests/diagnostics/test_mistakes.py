@@ -98,3 +98,15 @@ def test_right_call_passes_and_keeps_the_rng():
     assert torch.equal(torch.get_rng_state(), state)
     idata = pb.to_inference_data(model, guide, X, Y, num_samples=40)
     assert idata.posterior["w"].shape == (1, 40)
+
+
+def test_a_global_parameter_the_caller_may_fix_is_not_refused():
+    # obs=theta with theta=None: the caller lets the model infer theta; the guide samples it.
+    def model(x, y, theta=None):
+        theta = pyro.sample("theta", dist.Normal(0.0, 1.0), obs=theta)
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(theta * x, 1.0), obs=y)
+
+    guide = fitted(model, AutoNormal, X, Y)
+    idata = pb.to_inference_data(model, guide, X, Y, num_samples=40)
+    assert idata.posterior["theta"].shape == (1, 40)
