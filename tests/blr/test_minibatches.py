@@ -10,7 +10,7 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal
 
 import pyro_blr as pb
-from pyro_blr.blr.steppers.base import Minibatches, minibatch
+from pyro_blr.blr.steppers.minibatches import Minibatches, minibatch
 
 
 def vectorized(X, y):

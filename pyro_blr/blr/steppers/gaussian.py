@@ -42,15 +42,11 @@ from pyro_blr.blr.prior_scale import prior_scale
 from pyro_blr.blr.reused_hessian import ReusedHessian
 from pyro_blr.blr.rules import VON, Estimates, GaussianState
 from pyro_blr.blr.step_back import StepBack
-from pyro_blr.blr.steppers.base import (
-    Minibatches,
-    StepInfo,
-    Stepper,
-    prepare_layout,
-)
+from pyro_blr.blr.steppers.base import StepInfo, Stepper, prepare_layout
 from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
 from pyro_blr.blr.steppers.gaussian_diagnosis import update_error
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
+from pyro_blr.blr.steppers.minibatches import Minibatches
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
     Target,
