@@ -201,6 +201,12 @@ def datum_terms(
     return DatumTerms(torch.cat(rows), torch.cat(scales), rest, plates, trace)
 
 
+def _scaled(rows: Tensor, scale: Tensor) -> Tensor:
+    """Rows ``(B, D)`` times their scales ``(B,)``; the rows themselves where every scale is 1
+    (no ``(B, D)`` product)."""
+    return rows if bool((scale == 1).all()) else rows * scale[:, None]
+
+
 def _only(trace: Trace, names) -> Trace:
     """A shallow copy of ``trace`` holding only the sites ``names``, in its order."""
     kept = Trace()
@@ -311,7 +317,7 @@ def per_datum_jacobian(
         others = {k: v for k, v in subsample.items() if k != name}
         by_datum = rows_by_one_datum_runs(terms, row, name, indices, others)
         if by_datum is not None and reproduces(by_datum, per_datum, scale, row):
-            return by_datum[0] * scale[:, None], "one datum each"
+            return _scaled(by_datum[0], scale), "one datum each"
 
     def by_arguments() -> Tensor | None:
         """Runs on each datum's rows of the arguments: a model that reads its data whole."""
@@ -327,7 +333,7 @@ def per_datum_jacobian(
         by_datum = rows_by_one_datum_runs(cut_terms, row, name, indices, others, data)
         if by_datum is None or not reproduces(by_datum, per_datum, scale, row):
             return None
-        return by_datum[0] * scale[:, None]
+        return _scaled(by_datum[0], scale)
 
     def by_forward_mode() -> Tensor | None:
         jac = rows_by_forward_mode(terms, row, subsample)
