@@ -23,7 +23,8 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_blr.core.enumeration import enumerated_sites, nonfinite_reason
+from pyro_blr.core.enumerated_terms import nonfinite_reason
+from pyro_blr.core.enumeration import enumerated_sites
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs
 from pyro_blr.core.weights import enumerated_model_traces, vectorized_traces
 

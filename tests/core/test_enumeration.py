@@ -12,12 +12,12 @@ from pyro.ops.indexing import Vindex
 
 from pyro_blr.core import latent_layout
 from pyro_blr.core.autodiff import hessian_from_grad
+from pyro_blr.core.enumerated_terms import pointwise_log_likelihood
 from pyro_blr.core.enumeration import (
     enumerated_log_joint,
     enumerated_log_joints,
     enumerated_trace,
     model_enumerated_sites,
-    pointwise_log_likelihood,
 )
 
 F64 = torch.float64
