@@ -62,25 +62,20 @@ def write_params(writes: list[tuple[PyroModule, str, Tensor]]) -> None:
         >>> module.scale.detach()
         tensor([2., 3.])
     """
+
+    def target(module: PyroModule, name: str) -> Tensor:
+        if name in module._pyro_params:
+            return getattr(module, name + "_unconstrained")
+        return getattr(module, name)
+
     with torch.no_grad():
-        # Every new unconstrained value first (a transform that fails writes nothing), then
-        # the copies, undone together if anything interrupts them.
-        resolved = []
-        for module, name, value in writes:
-            if name in module._pyro_params:
-                constraint, _ = module._pyro_params[name]
-                tensor = getattr(module, name + "_unconstrained")
-                value = transform_to(constraint).inv(value)
-            else:
-                tensor = getattr(module, name)
-            resolved.append((tensor, value))
-        saved = [tensor.clone() for tensor, _ in resolved]
+        saved = [target(module, name).clone() for module, name, _ in writes]
         try:
-            for tensor, value in resolved:
-                tensor.copy_(value)
+            for module, name, value in writes:
+                write_param(module, name, value)
         except BaseException:
-            for (tensor, _), old in zip(resolved, saved, strict=True):
-                tensor.copy_(old)
+            for (module, name, _), old in zip(writes, saved, strict=True):
+                target(module, name).copy_(old)
             raise
 
 
