@@ -211,20 +211,26 @@ class Target:
         kind: str = "none",
         groups: Tensor | None = None,
         mode: str | None = None,
+        generator: torch.Generator | None = None,
     ) -> Any:
         """The value and gradient at each particle, with the curvature ``kind`` asks for.
 
         Args:
             theta: particles ``(S, D)``.
-            kind: ``"none"`` (value and gradient), ``"hessian"`` (the exact Hessian ``(S, D,
-                D)``), ``"diag"`` (its diagonal ``(S, D)``, one Hessian-vector product per
-                group of non-interacting coordinates, ``groups``; every coordinate its own
-                group by default) or ``"ggn"`` (the per-datum gradients of
-                :func:`pyro_blr.core.per_datum_gradients`, a :class:`~pyro_blr.core.PerDatum`,
-                without the weight decay).
-            groups: for ``"diag"``, each coordinate's group (see
-                :func:`pyro_blr.core.hessian_diagonal_from_grad`).
+            kind: ``"none"`` (value and gradient); ``"hessian"`` (the exact Hessian ``(S, D,
+                D)``, or with ``groups`` its exact diagonal ``(S, D)`` by one Hessian-vector
+                product per group of non-interacting coordinates); ``"diag"`` (the Hessian's
+                diagonal ``(S, D)``, never a ``D x D`` matrix: exact by groups up to
+                :data:`pyro_blr.core.autodiff.EXACT_DIAGONAL_MAX` of them, Hutchinson's
+                unbiased estimate above, see :func:`pyro_blr.core.derivatives`); or ``"ggn"``
+                (the per-datum gradients of :func:`pyro_blr.core.per_datum_gradients`, a
+                :class:`~pyro_blr.core.PerDatum`, without the weight decay).
+            groups: each coordinate's group (see
+                :func:`pyro_blr.core.hessian_diagonal_from_grad`); ``None``: one group per
+                coordinate.
             mode: as in :meth:`neg_log_joint`.
+            generator: draws the probes of an estimated ``"diag"`` (``None``: torch's global
+                generator).
 
         Returns:
             A :class:`~pyro_blr.core.Derivatives`, or for ``"ggn"`` a
@@ -236,10 +242,10 @@ class Target:
             return self.per_datum(theta)
         fn = lambda t: self.neg_log_joint(t, mode)  # noqa: E731
         if kind == "diag":
-            if groups is None:
-                groups = torch.arange(theta.shape[-1], device=theta.device)
-            return derivatives(fn, theta, hessian=True, groups=groups)
-        return derivatives(fn, theta, hessian=kind == "hessian")
+            return derivatives(fn, theta, "diag", groups, generator=generator)
+        if kind == "hessian":
+            return derivatives(fn, theta, True, groups)
+        return derivatives(fn, theta, False)
 
     def per_datum(self, theta: Tensor, rest_hessian: bool = False) -> PerDatum:
         """The negative log joint, its gradient and its per-datum gradients at each particle

@@ -1,11 +1,14 @@
 r"""The Monte Carlo estimates a Gaussian rule steps on: the expected gradient and curvature of
 :math:`\ell` under the guide, from particles :math:`\theta_s = m \pm S^{-1/2}\epsilon_s`.
 
-The curvature is the rule's: the exact Hessian by autograd (``"von"``, ``"newton"``; its
-diagonal by one product per coordinate of a plate row where the latents are local to a
-subsampled plate), IVON's reparameterization estimate :math:`\hat g\,(\theta - m)\,s`
-(``"ivon"``), or the Gauss--Newton sum of the per-datum gradients' outer products
-(``"vogn"``; their squares for a diagonal guide). Every estimate is checked finite, naming the
+The curvature is the rule's: the exact Hessian by autograd (``"von"``, ``"newton"``; for a
+diagonal guide only its diagonal, never a ``D x D`` matrix: exact by one product per group of
+non-interacting coordinates, a coordinate or a coordinate of a plate row where the latents are
+local to a subsampled plate, up to :data:`pyro_blr.core.autodiff.EXACT_DIAGONAL_MAX` groups, and
+Hutchinson's unbiased estimate above, see :meth:`pyro_blr.core.Target.derivatives`), IVON's
+reparameterization estimate :math:`\hat g\,(\theta - m)\,s` (``"ivon"``), or the
+Gauss--Newton sum of the per-datum gradients' outer products (``"vogn"``; their squares for a
+diagonal guide). Every estimate is checked finite, naming the
 sites at fault.
 """
 
@@ -129,8 +132,9 @@ class GaussianEstimates:
         mode = self._hessian_mode(exact)
         if exact and self._groups is not None and not self._groups_checked:
             self._check_groups(mode, loc, precision)
-        if exact and self._groups is not None:
-            d = self._target.derivatives(theta, "diag", self._groups, mode)
+        if exact and precision.dim() == 1:  # a diagonal guide: never a D x D matrix
+            generator = None if self.collective is None else self.collective.generator
+            d = self._target.derivatives(theta, "diag", self._groups, mode, generator)
             return d, d.hess
         d = self._target.derivatives(theta, "hessian" if exact else "none", mode=mode)
         if hessian_rule:  # d.hess is None between the Hessians of hessian_every
@@ -157,7 +161,7 @@ class GaussianEstimates:
         noise = torch.randn(2, loc.shape[-1], generator=generator, dtype=loc.dtype,
                             device=loc.device)  # fmt: skip
         points = loc + noise * precision.rsqrt()
-        grouped = self._target.derivatives(points, "diag", self._groups, mode).hess
+        grouped = self._target.derivatives(points, "hessian", self._groups, mode).hess
         full = self._target.derivatives(points, "hessian", mode=mode).hess
         diagonal = full.diagonal(dim1=-2, dim2=-1)
         rtol = max(1e-6, 1e3 * torch.finfo(loc.dtype).eps)
