@@ -208,12 +208,6 @@ def linear_regression(X, y):
         pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the stepper's wiring (Target.derivatives 'diag' -> derivatives(fn, theta, "
-    "'diag', groups, generator=...); GaussianEstimates._derivatives asks 'diag' for a diagonal "
-    "guide): remove this mark when it lands",
-)
 def test_von_on_a_diagonal_guide_never_builds_a_full_hessian(monkeypatch):
     # The wiring of the Gaussian stepper: VON on AutoNormal above EXACT_DIAGONAL_MAX
     # coordinates takes Hutchinson's diagonal, neither D x D matrix nor D products a step.

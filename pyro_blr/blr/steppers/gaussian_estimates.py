@@ -132,6 +132,13 @@ class GaussianEstimates:
         mode = self._hessian_mode(exact)
         if exact and self._groups is not None and not self._groups_checked:
             self._check_groups(mode, loc, precision)
+        if exact and precision.dim() == 1 and self.rule.at_mean:
+            # the delta method stays deterministic: the exact diagonal, one product per group
+            groups = self._groups
+            if groups is None:
+                groups = torch.arange(theta.shape[-1], device=theta.device)
+            d = self._target.derivatives(theta, "hessian", groups, mode)
+            return d, d.hess
         if exact and precision.dim() == 1:  # a diagonal guide: never a D x D matrix
             generator = None if self.collective is None else self.collective.generator
             d = self._target.derivatives(theta, "diag", self._groups, mode, generator)
