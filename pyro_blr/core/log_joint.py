@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from pyro_blr.core.data_signature import data_checked
+from pyro_blr.core.enumeration import enumerated_log_joint
 from pyro_blr.core.layout import LatentLayout, LatentSite
 from pyro_blr.core.model_errors import describe_error
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
@@ -142,6 +143,12 @@ def _neg_log_joint(
     subsample: dict[str, Tensor],
 ) -> Tensor:
     num_particles = theta.shape[0]
+    if layout.enumerated:  # one run per particle: torch.func cannot see through the sum
+        rows = [
+            _neg_log_joint_enumerated(model, layout, theta[s], args, kwargs, terms_out, subsample)
+            for s in range(num_particles)
+        ]
+        return torch.cat(rows)
     if mode == "vmap" and terms_out is None:
         if num_particles == 1:  # the vmapped function itself, without vmap's overhead
             with pyro.validation_enabled(False):
@@ -171,6 +178,31 @@ def _neg_log_joint(
     if terms_out is not None:
         terms_out.append([*terms, ("log|det J|", log_det)])
     return -(log_joint + log_det)
+
+
+def _neg_log_joint_enumerated(
+    model: Callable,
+    layout: LatentLayout,
+    theta: Tensor,
+    args: tuple,
+    kwargs: dict,
+    terms_out: list | None,
+    subsample: dict[str, Tensor],
+) -> Tensor:
+    r""":math:`\ell` of one particle ``(D,)`` with the model's enumerated sites summed out
+    (:func:`pyro_blr.core.enumeration.enumerated_log_joint`), shape ``(1,)``."""
+    values = {}
+    log_det = theta.new_zeros(1)
+    for site in layout.sites:
+        unconstrained = theta[site.block].reshape(site.shape)
+        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
+        if jacobian is not None:
+            log_det = log_det + jacobian
+    nesting = layout.max_plate_nesting
+    log_joint = enumerated_log_joint(model, args, kwargs, nesting, {**values, **subsample})
+    if terms_out is not None:
+        terms_out.append([("the enumerated sites summed out", log_joint), ("log|det J|", log_det)])
+    return -(log_joint.reshape(1) + log_det)
 
 
 def conditioned_trace(

@@ -132,6 +132,13 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         self.ess = self.opts.ess
         if self._starts and self.ess is None:  # only the start uses it
             self.ess = num_observations(trace_without_rng(self.model, args, kwargs, like))
+        if self.rule.curvature == "ggn" and self.layout.enumerated:
+            raise ValueError(
+                f"{type(self.rule).__name__} needs each datum's gradient, and the model's "
+                f"enumerated site(s) {list(self.layout.enumerated)} tie the data to a sum over "
+                "their values; use pb.VON(...), pb.IVON(...) or pb.Newton(...), which sum them "
+                "out exactly"
+            )
         if self.rule.curvature == "ggn":
             if self._local:
                 raise ValueError(
