@@ -19,6 +19,8 @@ from pyro_blr.core.checks import (
     nonfinite_term,
     rng_state,
 )
+from pyro_blr.core.enumerated_terms import pointwise_log_likelihood
+from pyro_blr.core.enumeration import enumerated_log_joint, enumerated_trace, model_enumerated_sites
 from pyro_blr.core.gaussian_guide import (
     GAUSSIAN_GUIDES,
     GaussianGuide,
@@ -107,6 +109,8 @@ __all__ = [
     "datum_terms",
     "derivatives",
     "draw_subsample",
+    "enumerated_log_joint",
+    "enumerated_trace",
     "full_size",
     "guess_max_plate_nesting",
     "hessian_diagonal_from_grad",
@@ -118,6 +122,7 @@ __all__ = [
     "log_joint",
     "log_weights",
     "max_plate_nesting",
+    "model_enumerated_sites",
     "model_keywords",
     "model_parameter_names",
     "neg_log_joint",
@@ -128,6 +133,7 @@ __all__ = [
     "per_datum_gradients",
     "per_datum_jacobian",
     "plate_draws",
+    "pointwise_log_likelihood",
     "replay_particles",
     "rng_kept",
     "rng_state",
