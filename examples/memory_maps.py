@@ -11,9 +11,9 @@ A handful of them are refitted without the example, and the estimated shifts are
 the refits; the leave-one-out estimate is compared with PSIS-LOO, with timings for each.
 
 Run: ``python examples/memory_maps.py`` (writes examples/results/memory_maps.md and
-docs/assets/memory_maps.png; ``--smoke`` is quick). The full run takes about 7 minutes on 2 CPU
-cores (600 fit steps and 6 refits of 200 at about 0.2 s a step: the table's timings), with a
-progress bar per fit.
+docs/assets/memory_maps.png; ``--smoke`` is quick). The full run takes about 4 minutes on 2 CPU
+cores (600 fit steps and 6 refits of 200 steps, measured on a shared machine), with a progress
+bar per fit.
 """
 
 from __future__ import annotations
