@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
@@ -96,7 +97,8 @@ def check_call(model: Callable, guide: Callable, args: tuple, kwargs: dict, entr
     if isinstance(model, AutoGuide) and not isinstance(guide, AutoGuide):
         raise ValueError(_swapped(model, guide, entry))
     like = next((a for a in args if torch.is_tensor(a)), torch.zeros(()))
-    with rng_kept(like), poutine.block(), torch.no_grad():
+    # only the structure is read here: a non-finite input is the next check's to name
+    with rng_kept(like), poutine.block(), torch.no_grad(), pyro.validation_enabled(False):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         observing = sorted(_observed(guide_trace))
         if observing:

@@ -691,7 +691,21 @@ def enumerated() -> Idiom:
     return Idiom(
         "enumerated", model, (y,), {"mu": mu_ref}, ev,
         guide_model=poutine.block(model, hide=["z"]), elbo="TraceEnum_ELBO",
-        expect=refuse([*BLR_ENTRIES, "svi_renyi", *DIAGNOSTIC_ENTRIES], "'z'"),
+        expect={  # the Gaussian and mixture rules, log_evidence and psis sum z out
+            **refuse(
+                ["blr_expfamily", "svi_renyi", "sgd_evidence", "to_inference_data",
+                 "loo_sensitivity"],
+                "'z'",
+            ),
+            **known(
+                ["psis_diagnostic"],
+                "pb.psis_diagnostic sums z out and gives k-hat 2.7-3.3 (seeds 0-2) at the "
+                "proposal's 15 VON steps, whose log-weights have sd 0.13 and effective sample "
+                "size 832-977 of 1000 (0.19 for an SVI fit of the same posterior): the Pareto "
+                "fit to nearly equal weights, as for the simplex idiom; a false alarm",
+                raises=AssertionError,
+            ),
+        },
     )  # fmt: skip
 
 

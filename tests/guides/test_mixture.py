@@ -64,7 +64,7 @@ def test_svi_stops_before_nan_gradients_reach_the_guide():
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
     guide()
     before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-    with pytest.raises(FloatingPointError, match=r"rule='mixture'"):
+    with pytest.raises(FloatingPointError, match=r"pb.MixtureRule\(\)"):
         svi.step()
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value.detach(), before[name]), name
@@ -76,7 +76,7 @@ def test_full_components_are_refused_by_svi_and_sampled_by_predictive():
         draws = Predictive(bimodal, guide=guide, num_samples=50)()["x"]
     assert draws.reshape(-1, 2).shape == (50, 2)
     svi = SVI(bimodal, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
-    with pytest.raises(NotImplementedError, match="rule='mixture'"):
+    with pytest.raises(NotImplementedError, match=r"pb.MixtureRule\(\)"):
         svi.step()
 
 
@@ -142,7 +142,7 @@ def test_expfamily_mixture_samples_under_no_grad_and_refuses_svi():
     idata = pb.to_inference_data(symmetric_binomial, guide, k, num_samples=50)
     assert idata.posterior["p"].shape == (1, 50)
     svi = SVI(symmetric_binomial, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
-    with pytest.raises(NotImplementedError, match="rule='mixture'"):
+    with pytest.raises(NotImplementedError, match=r"pb.MixtureRule\(\)"):
         svi.step(k)
 
 
