@@ -180,6 +180,19 @@ def _neg_log_joint(
     return -(log_joint + log_det)
 
 
+def _constrained_values(layout: LatentLayout, theta: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Each site's constrained value for one particle ``(D,)``, and the log-Jacobian of the map
+    to them, shape ``(1,)``."""
+    values = {}
+    log_det = theta.new_zeros(1)
+    for site in layout.sites:
+        unconstrained = theta[site.block].reshape(site.shape)
+        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
+        if jacobian is not None:
+            log_det = log_det + jacobian
+    return values, log_det
+
+
 def _neg_log_joint_enumerated(
     model: Callable,
     layout: LatentLayout,
@@ -191,13 +204,7 @@ def _neg_log_joint_enumerated(
 ) -> Tensor:
     r""":math:`\ell` of one particle ``(D,)`` with the model's enumerated sites summed out
     (:func:`pyro_blr.core.enumeration.enumerated_log_joint`), shape ``(1,)``."""
-    values = {}
-    log_det = theta.new_zeros(1)
-    for site in layout.sites:
-        unconstrained = theta[site.block].reshape(site.shape)
-        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
-        if jacobian is not None:
-            log_det = log_det + jacobian
+    values, log_det = _constrained_values(layout, theta)
     nesting = layout.max_plate_nesting
     log_joint = enumerated_log_joint(model, args, kwargs, nesting, {**values, **subsample})
     if terms_out is not None:
@@ -239,13 +246,7 @@ def _conditioned_trace(
     kwargs: dict,
     subsample: dict[str, Tensor],
 ) -> tuple[Trace, Tensor]:
-    values = {}
-    log_det = theta.new_zeros(1)
-    for site in layout.sites:
-        unconstrained = theta[site.block].reshape(site.shape)
-        values[site.name], jacobian = _to_constrained(site, unconstrained, 1)
-        if jacobian is not None:
-            log_det = log_det + jacobian
+    values, log_det = _constrained_values(layout, theta)
     conditioned = poutine.condition(model, data={**values, **subsample})
     trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
     _check_all_latents_given(trace, values)

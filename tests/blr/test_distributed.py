@@ -2,21 +2,17 @@
 data each equal one process with all of it, independent noise halves the variance, a failing
 rank makes both raise with the guides unchanged, and checkpoints move between world sizes."""
 
-import os
-import tempfile
-import time
-
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed
-import torch.multiprocessing as mp
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_blr as pb
 from pyro_blr.blr.distributed import RankFailed, shard_indices
 from pyro_blr.blr.rules import rule_from_name
+from tests.blr.gloo import run_ranks
 
 N = 40
 D = torch.float64
@@ -162,36 +158,9 @@ def resume_in_two_ranks(rank, world, state):
     return params(fit("ivon", AutoNormal, 2, half(rank), state=state)[0])
 
 
-def _worker(rank, world, init_file, out_dir, name, extra):
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
-    )
-    try:
-        result = globals()[name](rank, world, *extra)
-        torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def run_ranks(name, *extra, world=2, timeout=120):
-    """Run ``name(rank, world, *extra)`` in ``world`` spawned processes; their results."""
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        context = mp.spawn(
-            _worker, args=(world, init_file, tmp, name, extra), nprocs=world, join=False
-        )
-        deadline = time.monotonic() + timeout
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                pytest.fail(f"{name}: the ranks did not finish within {timeout} s (a hang)")
-        return [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
-
-
 # ------------------------------------------------------------------ the tests
 def test_two_ranks_with_half_the_data_equal_one_process_for_every_rule():
-    ranks = run_ranks("equal_to_one_process")
+    ranks = run_ranks(equal_to_one_process)
     for rule, guide_class in CASES:
         expected = params(fit(rule, guide_class, 3)[0])
         for result in ranks:
@@ -210,7 +179,7 @@ def test_two_ranks_with_half_the_data_equal_one_process_for_every_rule():
 
 
 def test_independent_noise_on_two_ranks_halves_the_variance():
-    two = run_ranks("independent_noise")[0]
+    two = run_ranks(independent_noise)[0]
     one = independent_noise(0, 1)
     ratio = two.var(0) / one.var(0)
     # Each variance from 150 repeats has relative sd sqrt(2/149) = 0.12, the ratio about 0.16:
@@ -219,7 +188,7 @@ def test_independent_noise_on_two_ranks_halves_the_variance():
 
 
 def test_a_failing_rank_makes_every_rank_raise_with_the_guide_unchanged():
-    first, second = run_ranks("failing_rank")
+    first, second = run_ranks(failing_rank)
     # Rank 1's NaN datum fails Pyro's support check (or makes the log joint NaN) there.
     assert second["raised"] in ("ValueError", "FloatingPointError")
     assert first["raised"] == "RankFailed"
@@ -227,13 +196,13 @@ def test_a_failing_rank_makes_every_rank_raise_with_the_guide_unchanged():
 
 
 def test_model_parameters_start_from_rank_0_and_stay_identical():
-    first, second = run_ranks("model_parameters")
+    first, second = run_ranks(model_parameters)
     for key, value in first.items():
         assert torch.equal(value, second[key]), key
 
 
 def test_a_set_up_that_fails_on_one_rank_is_retried_by_all():
-    first, second = run_ranks("setup_fails_then_retries", timeout=90)
+    first, second = run_ranks(setup_fails_then_retries, timeout=90)
     assert (first["first"], second["first"]) == ("RankFailed", "RuntimeError")
     for key, value in first.items():
         if key != "first":
@@ -241,12 +210,12 @@ def test_a_set_up_that_fails_on_one_rank_is_retried_by_all():
 
 
 def test_checkpoints_move_between_world_sizes():
-    two = run_ranks("resume_from_two_ranks")
+    two = run_ranks(resume_from_two_ranks)
     one, _ = fit("ivon", AutoNormal, 2, state=two[0]["checkpoint"])  # resumed in one process
     for key, value in params(one).items():
         torch.testing.assert_close(two[0]["final"][key], value, atol=1e-12, rtol=1e-12)
     _, state = fit("ivon", AutoNormal, 2)  # and the other way
-    resumed = run_ranks("resume_in_two_ranks", state)
+    resumed = run_ranks(resume_in_two_ranks, state)
     expected = params(fit("ivon", AutoNormal, 4)[0])
     for result in resumed:
         for key, value in expected.items():
