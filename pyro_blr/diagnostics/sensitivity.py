@@ -37,17 +37,16 @@ from torch import Tensor
 from pyro_blr.core import (
     GaussianGuide,
     LatentLayout,
+    Target,
     check_full_data,
     check_gaussian_guide,
     check_model_and_guide,
     choose_vectorization,
-    derivatives,
     full_size,
     initialize_guide,
     is_subsampled,
     latent_layout,
     model_keywords,
-    neg_log_joint,
     sample_sites,
     site_log_probs,
     trace_without_rng,
@@ -311,11 +310,7 @@ def loo_sensitivity(
     grad, hess = _derivatives(log_lik, loc)
     grad, hess = grad.to(loc.dtype), hess.to(loc.dtype)  # the data's dtype, whatever the model's
     curvature = -hess  # H_i
-    joint = derivatives(
-        lambda theta: neg_log_joint(model, layout, theta, args, kwargs, vectorize="loop"),
-        loc[None],
-        hessian=True,
-    )
+    joint = Target.build(model, args, kwargs, layout, "loop").derivatives(loc[None], "hessian")
     joint_grad, joint_hess = joint.grad[0].to(loc.dtype), joint.hess[0].to(loc.dtype)
     gaps = {"the delta method, pb.Newton": fixed_point_gap(joint_grad, joint_hess, precision)}
     if needs_second_opinion(gaps["the delta method, pb.Newton"]):
@@ -457,9 +452,7 @@ def _expected_gap(
     offsets = torch.linalg.solve_triangular(chol.mT, torch.cat([noise, -noise]).T, upper=True).T
     theta = loc + offsets
     mode = choose_vectorization(model, layout, theta[:2], args, kwargs)
-    expected = derivatives(
-        lambda t: neg_log_joint(model, layout, t, args, kwargs, vectorize=mode), theta, True
-    )
+    expected = Target.build(model, args, kwargs, layout, mode).derivatives(theta, "hessian")
     grad = expected.grad.mean(0).to(loc.dtype)
     return fixed_point_gap(grad, expected.hess.mean(0).to(loc.dtype), precision)
 
