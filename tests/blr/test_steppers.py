@@ -141,7 +141,7 @@ def test_an_option_exists_only_on_the_rule_that_uses_it(stepper, rule, kind):
         with pytest.raises(TypeError, match=f"unexpected keyword argument '{option}'"):
             rule_from_name(rule, **{option: value})
         # given to the driver, it is refused naming the rule to give it to
-        with pytest.raises(TypeError, match=rf"options of the rule.*BLR\(model, guide, pb\."):
+        with pytest.raises(TypeError, match=r"options of the rule.*BLR\(model, guide, pb\."):
             pb.BLR(model, GUIDES[kind](model), rule_from_name(rule), **{option: value})
 
 
