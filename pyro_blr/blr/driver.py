@@ -45,7 +45,7 @@ from pyro_blr.blr.options import (
 from pyro_blr.blr.rules import Rule, as_rule
 from pyro_blr.blr.steppers import stepper_for
 from pyro_blr.blr.steppers.base import step_options
-from pyro_blr.core import model_keywords
+from pyro_blr.core import DataStamp, model_keywords
 
 __all__ = ["BLR", "COMPARE_PARTICLES", "FitResult"]
 
@@ -378,13 +378,12 @@ class BLR:
     def _problem_size(self, args: tuple, kwargs: dict) -> float:
         """The number of observed data plus latent values on this data (see
         :func:`pyro_blr.blr.averaging.problem_size`), the same on every rank of a distributed
-        run (their mean); cached by the data's shapes in one process."""
+        run (their mean); cached while the data objects are the same in one process
+        (:class:`pyro_blr.core.DataStamp`: tensors inside dicts and lists included)."""
         collective = self._stepper.collective
-        key = tuple(tuple(a.shape) if torch.is_tensor(a) else id(a) for a in args) + tuple(
-            (k, tuple(v.shape) if torch.is_tensor(v) else id(v)) for k, v in kwargs.items()
-        )
-        if collective is None and self._sized is not None and self._sized[0] == key:
+        if collective is None and self._sized is not None and self._sized[0].matches(args, kwargs):
             return self._sized[1]
+        key = DataStamp.of(args, kwargs)
         size = float(problem_size(model_trace(self.model, self.guide, args, kwargs)))
         if collective is not None:
             (mean,) = collective.mean([torch.tensor([size], dtype=torch.float64)])

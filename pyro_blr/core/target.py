@@ -48,6 +48,11 @@ class DataStamp(NamedTuple):
         >>> y[0] = 1.0
         >>> stamp.matches((y,), {})
         False
+        >>> data = {"y": y}
+        >>> stamp = DataStamp.of((data,), {})
+        >>> data["y"] = torch.zeros(5)  # another batch in the same dict
+        >>> stamp.matches((data,), {})
+        False
     """
 
     args: tuple
@@ -71,8 +76,26 @@ class DataStamp(NamedTuple):
 
 
 def _versions(args: tuple, kwargs: dict) -> tuple:
-    values = [*args, *kwargs.values()]
-    return tuple(v._version if torch.is_tensor(v) else None for v in values)
+    """Every tensor among the arguments, inside dicts, lists, tuples and plain objects too (a
+    batch swapped into a dict the model reads is another batch): its identity, shape and
+    in-place version."""
+    return tuple(_tensor_stamps(v, depth=0) for v in [*args, *kwargs.values()])
+
+
+def _tensor_stamps(value, depth: int) -> tuple | None:
+    if torch.is_tensor(value):
+        return (id(value), tuple(value.shape), value._version)
+    if depth >= 3 or isinstance(value, (str, bytes, torch.nn.Module)):
+        return None
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    elif hasattr(value, "__dict__") and not callable(value):
+        items = list(vars(value).items())
+    else:
+        return None
+    return tuple((key, _tensor_stamps(item, depth + 1)) for key, item in items)
 
 
 class Target:
