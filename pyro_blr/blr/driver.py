@@ -546,7 +546,9 @@ class BLR:
                 "state_dict must be a dict with keys 'rule', 'num_steps' and 'state', as "
                 "BLR.state_dict() returns"
             )
-        if state_dict["rule"] != self.rule_name:
+        # a driver whose IVON was chosen by the guide runs VON on local latents (decided at set-up)
+        switches = getattr(self._stepper, "follows_guide", False) and self.rule_name == "ivon"
+        if state_dict["rule"] != self.rule_name and not (switches and state_dict["rule"] == "von"):
             raise ValueError(
                 f"state_dict is of rule {state_dict['rule']!r}, this driver runs {self.rule_name!r}"
             )

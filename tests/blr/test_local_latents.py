@@ -175,3 +175,27 @@ def test_rows_tied_where_the_first_particles_hide_it_are_caught(model, rule):
     blr = pb.BLR(model, guide, rule_from_name(rule, lr=0.3))
     blr.step(grouped_data())
     assert blr._stepper._groups is None
+
+
+def test_a_checkpoint_of_the_default_rule_loads_into_a_driver_built_alike():
+    # The guide's default rule on local latents is VON, decided at set-up: a new driver built
+    # the same way (still reporting IVON before its first step) takes the checkpoint.
+    import pyro_blr as pb
+
+    def model(y):
+        mu = pyro.sample("mu", pyro.distributions.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y), subsample_size=2) as idx:
+            z = pyro.sample("z", pyro.distributions.Normal(mu, 1.0))
+            pyro.sample("y", pyro.distributions.Normal(z, 1.0), obs=y[idx])
+
+    y = torch.arange(6.0)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    blr = pb.BLR(model, AutoNormal(model))
+    blr.step(y)
+    assert blr.rule_name == "von"
+    state = blr.state_dict()
+    fresh = pb.BLR(model, AutoNormal(model))
+    fresh.load_state_dict(state)
+    fresh.step(y)
+    assert fresh.rule_name == "von" and fresh.num_steps == 2

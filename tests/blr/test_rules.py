@@ -125,3 +125,27 @@ def test_each_gaussian_rule_updates_a_constructed_state_purely(name):
     else:  # Riemannian: 1 + 1 + 0.5 * 1 = 2.5; 0 + 2 / 2.5
         assert torch.allclose(new.precision, torch.tensor([2.5]))
         assert torch.allclose(new.loc, torch.tensor([0.8]))
+
+
+def test_options_other_than_lr_are_fixed_once_the_rule_is_built():
+    # the driver reads them when it is built: a later change would be silently ignored
+    import pyro_blr as pb
+
+    rule = pb.VON(lr=0.5, mc_samples=4)
+    with pytest.raises(AttributeError, match=r"VON.mc_samples is fixed when the rule is built"):
+        rule.mc_samples = 7
+    rule.lr = 0.25  # read at every step
+    assert rule.lr == 0.25
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        rule.lr = -1.0
+
+
+def test_an_optimizer_scheduler_is_refused_as_lr():
+    import pyro.optim
+
+    import pyro_blr as pb
+
+    scheduler = pyro.optim.ExponentialLR({"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.1},
+                                          "gamma": 0.9})  # fmt: skip
+    with pytest.raises(TypeError, match=r"write the schedule as a function"):
+        pb.VON(lr=scheduler)

@@ -31,6 +31,7 @@ from numbers import Real
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+from pyro.optim import PyroLRScheduler
 from torch import Tensor
 
 from pyro_blr.blr.numbers import check_lr, check_number, check_positive, check_positive_int
@@ -175,6 +176,12 @@ class Rule:
     State: ClassVar[type] = GaussianState
 
     def _set(self, lr: float | Callable[[int], float], **options: Any) -> None:
+        if isinstance(lr, (PyroLRScheduler, torch.optim.lr_scheduler.LRScheduler)):
+            raise TypeError(
+                f"{type(self).__name__}(lr=...) takes a number or a schedule step -> number, got "
+                f"the optimizer scheduler {type(lr).__name__}: write the schedule as a function, "
+                "e.g. lr=lambda t: 0.5 * 0.99**t"
+            )
         self.lr = lr if callable(lr) else check_lr(lr)
         for option, value in options.items():
             setattr(self, option, _CHECKS[option](value))
@@ -184,6 +191,18 @@ class Rule:
                 f"{type(self).__name__}: antithetic sampling draws pairs, so mc_samples must be "
                 f"even, got {self.mc_samples} (or pass antithetic=False)"
             )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The driver reads lr at every step; the other options are read when the driver is
+        # built, so changing one afterwards would be silently ignored.
+        if name in getattr(self, "_options", ()):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is fixed when the rule is built; build a new rule "
+                f"(and driver) with {name}={value!r}. Only lr may change during a fit"
+            )
+        if name == "lr" and hasattr(self, "lr") and not callable(value):
+            value = check_lr(value)
+        super().__setattr__(name, value)
 
     @property
     def options(self) -> dict[str, Any]:
