@@ -63,7 +63,14 @@ class VON(GaussianRule):
     at draws from the guide, and the positive-definite precision step :func:`von_update`.
 
     On a diagonal guide the curvature is the Hessian's diagonal (see
-    :mod:`pyro_blr.core.autodiff`); on ``AutoMultivariateNormal`` the whole Hessian.
+    :mod:`pyro_blr.core.autodiff`): exact up to 64 coordinates, above that Hutchinson's unbiased
+    estimate, whose noise the precision update's quadratic term turns into a bias towards
+    larger precisions of about :math:`\tfrac\rho2 \operatorname{Var}(\hat h_i)/h_i^2`: on a
+    conjugate regression with :math:`D = 100, N = 400` the variances came out 3.5% low (median)
+    at ``lr=0.5`` and unbiased at ``lr=0.1``, 7% low at :math:`D = 200`, 1.6% with
+    ``mc_samples=8``. For variances to a few percent above 64 coordinates, take ``lr`` at most
+    0.1 near the end of the fit (a decaying schedule) or more ``mc_samples``. On
+    ``AutoMultivariateNormal`` the whole Hessian, exactly.
 
     Args:
         lr: the step size :math:`\rho`, a float or a schedule ``step -> float``.
