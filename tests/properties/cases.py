@@ -194,13 +194,19 @@ class Case:
         return GUIDES[self.guide](model, init_scale=0.1 * unit, **init)
 
     def driver(self, model: Callable, guide, lr: float, **options) -> pb.BLR:
-        return pb.BLR(
-            model, guide, rule_from_name(self.rule, lr=lr, **dict(self.options), **options)
-        )
+        """The case's driver: ``options`` the driver takes go to it, the rest to the rule."""
+        driver = {k: options.pop(k) for k in list(options) if k in DRIVER_OPTIONS}
+        rule = rule_from_name(self.rule, lr=lr, **dict(self.options), **options)
+        return pb.BLR(model, guide, rule, **driver)
 
     def with_options(self, **options) -> Case:
         return replace(self, options=tuple(sorted({**dict(self.options), **options}.items())))
 
+
+DRIVER_OPTIONS = {
+    "model_optim", "process_group", "rank_noise", "vectorize_particles", "max_plate_nesting",
+    "model_steps",
+}  # fmt: skip
 
 CASES = [
     *(Case("ivon", g) for g in ("AutoNormal", "AutoDiagonalNormal")),
