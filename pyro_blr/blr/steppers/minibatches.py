@@ -61,8 +61,11 @@ class Minibatches:
     without touching the random stream, to learn its subsampled plates
     (:func:`pyro_blr.core.plate_draws`); every call then draws each plate's indices exactly as
     Pyro's plate draws them (:func:`pyro_blr.core.draw_subsample`: the same generator, calls and
-    order), so a seeded run draws what the model would and no model run is spent on finding
-    the minibatch. Indices the model gives itself (``pyro.plate(..., subsample=idx)``) are
+    order), so a seeded run of a model that draws no other random numbers before its plates
+    draws what the model would (one that does gets other, equally distributed minibatches), and
+    no model run is spent on finding the minibatch. Data the model reads from outside its
+    arguments (a module-level tensor) are not seen by the stamp: replacing them by data of
+    another size needs a new driver. Indices the model gives itself (``pyro.plate(..., subsample=idx)``) are
     those of that run while the data are the same, once a second run on another random stream
     gave the same ones (they are computed from the arguments, not drawn). A model this cannot
     be sure of (a sequential plate, a plate nested in another, indices the model draws itself)
