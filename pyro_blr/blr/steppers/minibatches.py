@@ -65,8 +65,9 @@ class Minibatches:
     draws what the model would (one that does gets other, equally distributed minibatches), and
     no model run is spent on finding the minibatch. Data the model reads from outside its
     arguments (a module-level tensor) are not seen by the stamp: replacing them by data of
-    another size needs a new driver. Indices the model gives itself (``pyro.plate(..., subsample=idx)``) are
-    those of that run while the data are the same, once a second run on another random stream
+    another size needs a new driver. Indices the model gives itself
+    (``pyro.plate(..., subsample=idx)``) are those of that run while the data are the same,
+    once a second run on another random stream
     gave the same ones (they are computed from the arguments, not drawn). A model this cannot
     be sure of (a sequential plate, a plate nested in another, indices the model draws itself)
     is run at every call, as Pyro would run it: correct first.
