@@ -44,10 +44,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor
 
 from pyro_blr.blr.averaging import diverging
+from pyro_blr.core import DataStamp
 
 __all__ = ["MAX_STEP_BACKS", "StepBack", "StepBacks", "data_stamp"]
 
@@ -77,23 +77,14 @@ class StepBack(NamedTuple):
     step_number: int
     loss: float
     halvings: int = 0
-    data: tuple = ()
+    data: DataStamp | tuple = ()
     estimates: Any = None
 
     def same_data(self, args: tuple, kwargs: dict) -> bool:
         """Whether the model gets the very objects this step was taken on, unmodified in place
         (only then are two steps' losses comparable: a step on other data may well have a
         larger loss)."""
-        if not self.data:
-            return False
-        last_args, last_kwargs, last_versions = self.data
-        return (
-            len(args) == len(last_args)
-            and all(a is b for a, b in zip(args, last_args, strict=True))
-            and kwargs.keys() == last_kwargs.keys()
-            and all(kwargs[k] is last_kwargs[k] for k in kwargs)
-            and data_stamp(args, kwargs)[2] == last_versions  # not refilled in place either
-        )
+        return bool(self.data) and self.data.matches(args, kwargs)
 
     @property
     def lr_now(self) -> float:
@@ -110,12 +101,10 @@ class StepBack(NamedTuple):
         return self._replace(halvings=self.halvings + 1)
 
 
-def data_stamp(args: tuple, kwargs: dict) -> tuple:
-    """The model's arguments with the in-place version counter of every tensor among them
-    (``y[:] = batch`` bumps it): what :meth:`StepBack.same_data` compares with."""
-    values = [*args, *kwargs.values()]
-    versions = tuple(v._version if torch.is_tensor(v) else None for v in values)
-    return args, dict(kwargs), versions
+def data_stamp(args: tuple, kwargs: dict) -> DataStamp:
+    """The model's arguments and their tensors' in-place versions, inside containers too
+    (:class:`pyro_blr.core.DataStamp`): what :meth:`StepBack.same_data` compares with."""
+    return DataStamp.of(args, kwargs)
 
 
 class StepBacks:
