@@ -224,10 +224,8 @@ class BLR:
         self.stepped_back = False
         self._skipped_params = False
         options = step_options(rule, vectorize_particles, max_plate_nesting)
-        if stepper.kind == "gaussian":
-            self._stepper = stepper(model, guide, rule, options, follows_guide=follows_guide)
-        else:
-            self._stepper = stepper(model, guide, rule, options)
+        self._stepper = stepper(model, guide, rule, options)
+        self._stepper.follows_guide = follows_guide
         self._stepper.collective = collective_for(process_group, rank_noise, stepper, rule.name)
         self._pending = None
         self._model_params = None
@@ -547,7 +545,7 @@ class BLR:
                 "BLR.state_dict() returns"
             )
         # a driver whose IVON was chosen by the guide runs VON on local latents (decided at set-up)
-        switches = getattr(self._stepper, "follows_guide", False) and self.rule_name == "ivon"
+        switches = self._stepper.follows_guide and self.rule_name == "ivon"
         if state_dict["rule"] != self.rule_name and not (switches and state_dict["rule"] == "von"):
             raise ValueError(
                 f"state_dict is of rule {state_dict['rule']!r}, this driver runs {self.rule_name!r}"

@@ -72,14 +72,13 @@ class StepOptions(NamedTuple):
 def step_options(rule: Any, vectorize_particles: bool | str, max_plate_nesting: int | None):
     """The :class:`StepOptions` a stepper reads: the rule's options and the driver's (an
     option the rule does not have keeps its default, which the stepper does not use)."""
-    own = {k: v for k, v in rule.options.items() if k in StepOptions._fields and v is not None}
-    if rule.option("antithetic", False) is None:
-        own.pop("antithetic", None)
-    for name in ("ess", "hess_init"):  # None means something for these two
-        if name in rule.options:
-            own[name] = rule.options[name]
-    if "clip_radius" in rule.options:
-        own["clip_radius"] = rule.options["clip_radius"]
+    # MixtureRule's antithetic=None means "the stepper's default"; None is a value elsewhere
+    # (ess, hess_init, clip_radius)
+    own = {
+        k: v
+        for k, v in rule.options.items()
+        if k in StepOptions._fields and not (k == "antithetic" and v is None)
+    }
     return StepOptions(
         **own, vectorize_particles=vectorize_particles, max_plate_nesting=max_plate_nesting
     )
@@ -119,6 +118,7 @@ class Stepper(ABC):
     def __init__(self, model: Callable, guide: Any, rule: Any, options: StepOptions):
         self.model, self.guide, self.rule, self.opts = model, guide, rule, options
         self.rule_name = rule.name
+        self.follows_guide = False  # set by the driver where the guide chose the rule
         self.collective = None  # set by the driver for a distributed run
         self.layout = None
         self._joined = False  # whether this rank has joined the distributed run

@@ -72,9 +72,8 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         full = isinstance(guide, AutoMultivariateNormal)
         return isinstance(guide, GAUSSIAN_GUIDES) and (rule.full_covariance or not full)
 
-    def __init__(self, model, guide, rule, options, follows_guide: bool = False):
+    def __init__(self, model, guide, rule, options):
         super().__init__(model, guide, rule, options)
-        self.follows_guide = follows_guide  # the rule was chosen by the guide, not the user
         self.layout, self.mode, self._io = None, None, None
         self._state = None
         self._local, self._per_step_minibatch, self._subsample = False, False, None
