@@ -262,7 +262,7 @@ class BLR:
     def _step_model_params(self, args: tuple, kwargs: dict) -> bool:
         """One optimizer step on the model's own parameters, on the ELBO gradient (as SVI);
         ``False`` when the step was skipped (a gradient that is not finite)."""
-        names, params, grads = self._stepper._together(
+        names, params, grads = self._stepper.together(
             self.num_steps, lambda: model_param_grads(self.model, self.guide, args, kwargs)
         )
         if not params:

@@ -123,7 +123,7 @@ class Stepper(ABC):
         self.layout = None
         self._joined = False  # whether this rank has joined the distributed run
 
-    def _together(self, step_number: int, fn: Callable[[], Any]) -> Any:
+    def together(self, step_number: int, fn: Callable[[], Any]) -> Any:
         """``fn()``; in a distributed run every rank learns whether every rank succeeded, and
         all raise if one did (so that no rank waits forever in a later collective). A set-up
         that failed on any rank is undone on every rank, so that a retry starts alike."""
@@ -149,8 +149,8 @@ class Stepper(ABC):
         (also after a checkpoint was loaded before the first step)."""
         if self.collective is None or self._joined:
             return
-        self._together(step_number, self._check_distributable)
-        signature = self._together(
+        self.together(step_number, self._check_distributable)
+        signature = self.together(
             step_number, lambda: run_signature(self.model, self.guide, self.layout, args, kwargs)
         )
         try:

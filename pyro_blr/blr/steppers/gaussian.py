@@ -178,7 +178,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         unknown, computed once per stepper (the same on every rank: averaged)."""
         if self._scale is None:
             fn = lambda: prior_scale(self.model, self.layout, args, kwargs, like)  # noqa: E731
-            scale = self._together(step_number, fn)
+            scale = self.together(step_number, fn)
             if scale is None:  # a prior without a sampler: unit scale, as before
                 scale = like.new_full((self.layout.dim,), math.nan)
             if self.collective is not None:
@@ -203,21 +203,21 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
                     reduce=None if self.collective is None else self.collective.mean,
                 )  # fmt: skip
 
-        out = self._together(step_number, start)  # the same on every rank: curvatures reduced
+        out = self.together(step_number, start)  # the same on every rank: curvatures reduced
         return out if precision.dim() == 1 else torch.diag_embed(out)
 
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
-            self._together(step_number, lambda: self._setup(args, kwargs))
+            self.together(step_number, lambda: self._setup(args, kwargs))
         self._join(step_number, args, kwargs)
         self._subsample = None
         if self._per_step_minibatch:
             like = next(iter(self.guide.parameters()))
-            self._subsample = self._together(
+            self._subsample = self.together(
                 step_number,
                 lambda: self._batches.draw(self.model, args, kwargs, self._latents(), like),
             )
-        self._target = self._together(step_number, lambda: self._target_for(args, kwargs))
+        self._target = self.together(step_number, lambda: self._target_for(args, kwargs))
         state = self._current_state()
         if state is not self._state or not self._same_data():
             self._undo = None  # first step, local rows, guide changed outside, other data
@@ -231,7 +231,7 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         family = gaussian_family(precision)
         fresh = self._reused is None or self._reused.due()
         try:
-            grad, hess, value = self._together(
+            grad, hess, value = self.together(
                 step_number,
                 lambda: self._estimate(loc, precision, step_number, fresh),
             )

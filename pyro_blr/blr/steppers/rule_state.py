@@ -151,12 +151,12 @@ class RuleStateStepper(Stepper):
     # ---------------------------------------------------------------- one step
     def step(self, args: tuple, kwargs: dict, lr: float, step_number: int) -> StepInfo:
         if self.layout is None:
-            self._together(step_number, lambda: self._set_up(args, kwargs))
+            self.together(step_number, lambda: self._set_up(args, kwargs))
         self._join(step_number, args, kwargs)
         state = self._current_state()
         self.step_backs.keep_if(state is self._state, args, kwargs)
         try:
-            loss, estimates = self._together(
+            loss, estimates = self.together(
                 step_number, lambda: self._estimate(state, args, kwargs, step_number)
             )
         except FloatingPointError as error:
