@@ -9,6 +9,8 @@ nothing. The command line, the markdown table and the Agg figure helpers are the
 from __future__ import annotations
 
 import platform
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import pyro
@@ -36,11 +38,34 @@ def command(name: str, smoke: bool) -> str:
     return f"python -m benchmarks.{name}" + (" --smoke" if smoke else "")
 
 
+def revision() -> str:
+    """The pyro_blr that measures: its version and the git commit of the checkout (with
+    "+ local changes" where ``pyro_blr/`` or ``benchmarks/`` differ from it), so that a results
+    file says which API and code it was measured with."""
+    try:
+        version = metadata.version("pyro-blr")
+    except metadata.PackageNotFoundError:
+        version = "(not installed)"
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "pyro_blr", "benchmarks")
+    except (OSError, subprocess.CalledProcessError):
+        return f"pyro_blr {version}"
+    return f"pyro_blr {version} at git {commit}" + (" + local changes" if dirty else "")
+
+
 def machine(name: str, smoke: bool) -> str:
     """'Machine: ..., threads, versions. Command: `...`.', the first line under every title."""
     return (
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, pyro {pyro.__version__}. Command: `{command(name, smoke)}`."
+        f"{torch.__version__}, pyro {pyro.__version__}, {revision()}. "
+        f"Command: `{command(name, smoke)}`."
     )
 
 
