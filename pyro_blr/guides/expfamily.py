@@ -43,6 +43,7 @@ from torch.distributions import transform_to
 
 from pyro_blr.core import check_prototype, is_subsampled, write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
+from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["AutoExpFamily"]
 
@@ -249,7 +250,13 @@ class AutoExpFamily(AutoGuide):
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
-        """Normal sites: the median; other families: the posterior mean."""
+        """Normal sites: the median; other families: the posterior mean.
+
+        Raises:
+            RuntimeError: called with no arguments before any fit, on a model that needs
+                some: fit the guide first, or pass the model's arguments.
+        """
+        setup_for(self, "median", self._setup_prototype, args, kwargs)
         return {name: d.mean for name, d in self.distributions(*args, **kwargs).items()}
 
     @torch.no_grad()

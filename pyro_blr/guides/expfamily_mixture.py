@@ -41,6 +41,7 @@ from torch.distributions import biject_to
 from pyro_blr.families import ExpFamily
 from pyro_blr.guides.expfamily import AutoExpFamily
 from pyro_blr.guides.mixture import AutoMixture, check_num_components
+from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["ExpFamilyMixture"]
 
@@ -168,9 +169,13 @@ class ExpFamilyMixture(AutoMixture, AutoExpFamily):
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
-        """The mean of the heaviest component."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+        """The mean of the heaviest component.
+
+        Raises:
+            RuntimeError: called with no arguments before any fit, on a model that needs
+                some: fit the guide first, or pass the model's arguments.
+        """
+        setup_for(self, "median", self._setup_prototype, args, kwargs)
         index = self.logits.argmax()
         return {name: self._component(name, index).mean for name in self._families}
 

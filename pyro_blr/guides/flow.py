@@ -52,6 +52,7 @@ from pyro_blr.core import (
 )
 from pyro_blr.guides.flow_factory import as_layer
 from pyro_blr.guides.flow_layers import FLOWS, Flow
+from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["DEFAULT_FLOW", "DEFAULT_WARM_FLOW", "FLOWS", "AutoFlow"]
 
@@ -218,9 +219,14 @@ class AutoFlow(AutoContinuous):
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
-        """The flow applied to the base median: :math:`m + L f(0)`, in constrained space."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+        """The flow applied to the base median: :math:`m + L f(0)`, in constrained space.
+
+        Raises:
+            RuntimeError: called with no arguments before any fit, on a model that needs
+                some: fit the guide first, or pass the model's arguments.
+        """
+        fit = "SVI(model, guide, optim, Trace_ELBO()).step(*args, **kwargs)"
+        setup_for(self, "median", self._setup_prototype, args, kwargs, fit)
         latent = self.get_transform()(torch.zeros_like(self.loc))
         return {
             site["name"]: biject_to(site["fn"].support)(value)

@@ -49,6 +49,7 @@ from pyro_blr.core import (
 )
 from pyro_blr.families.gaussian import precision_from_scale_tril, scale_tril_from_precision
 from pyro_blr.guides.mixture import AutoMixture, check_num_components
+from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["GaussianMixture"]
 
@@ -236,9 +237,13 @@ class GaussianMixture(AutoMixture, AutoContinuous):
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
-        """The mean of the heaviest component (a mixture has no closed-form median)."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+        """The mean of the heaviest component (a mixture has no closed-form median).
+
+        Raises:
+            RuntimeError: called with no arguments before any fit, on a model that needs
+                some: fit the guide first, or pass the model's arguments.
+        """
+        setup_for(self, "median", self._setup_prototype, args, kwargs)
         latent = self.locs[self.logits.argmax()]
         return {
             site["name"]: biject_to(site["fn"].support)(value)
