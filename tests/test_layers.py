@@ -1,7 +1,8 @@
 """The package's import graph: each package imports only the layers below it, through public
 names, with no cycle. Run alone with ``python -m pytest tests/test_layers.py -v``.
 
-    distributions -> families -> core -> guides, objectives -> blr, evidence, diagnostics
+    distributions -> families -> core -> guides, objectives -> blr, evidence, diagnostics,
+    samplers
 
 (families are pure maths with no Pyro traces, so they sit below core, whose Gaussian-guide view
 uses the Gaussian family's maps.)
@@ -22,6 +23,7 @@ RANK = {
     "blr": 4,
     "evidence": 4,
     "diagnostics": 4,
+    "samplers": 4,
 }
 ALLOWED_SAME_RANK = {("evidence", "objectives")}
 
