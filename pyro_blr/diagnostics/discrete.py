@@ -39,6 +39,7 @@ def discrete_draws(
     max_plate_nesting: int,
     particles: Sequence[Mapping[str, Tensor]],
     temperature: int = 1,
+    return_sites: Sequence[str] = (),
 ) -> dict[str, Tensor]:
     r"""One draw of every enumerated site of ``model`` per continuous draw in ``particles``.
 
@@ -52,10 +53,12 @@ def discrete_draws(
             enumerated_log_joint` takes them).
         temperature: 1 draws :math:`z_s \sim p(z \mid \mathcal D, \theta_s)`; 0 takes its
             mode.
+        return_sites: other sites (e.g. ``pyro.deterministic`` ones) whose values to return
+            from the same run, computed with the drawn :math:`z_s`.
 
     Returns:
         ``{site: values}`` with values of shape ``(S, *site_shape)``, in the order the model
-        samples the sites; empty when the model enumerates nothing.
+        samples the sites, then ``return_sites``; without enumerated sites only these.
 
     Raises:
         ValueError: ``particles`` is empty, ``temperature`` is not 0 or 1, or a site that
@@ -75,7 +78,7 @@ def discrete_draws(
         raise ValueError("particles is empty: give at least one continuous draw")
     if temperature not in (0, 1):
         raise ValueError(f"temperature must be 0 (the mode) or 1 (a draw), got {temperature!r}")
-    names = model_enumerated_sites(model, args, kwargs, particles[0])
+    names = (*model_enumerated_sites(model, args, kwargs, particles[0]), *return_sites)
     if not names:
         return {}
     found: dict[str, list[Tensor]] = {name: [] for name in names}

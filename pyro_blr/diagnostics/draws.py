@@ -35,6 +35,7 @@ from pyro_blr.core import (
     sum_per_particle,
     unsubsampled_scale,
 )
+from pyro_blr.diagnostics.enumerated_draws import enumerated_draws
 from pyro_blr.distributions import VonMises
 
 __all__ = ["Draws", "draw"]
@@ -86,17 +87,24 @@ def _natural(value: Tensor, num: int, shape: torch.Size, squeeze: list[int]) -> 
     return value.squeeze([a + 1 for a in squeeze]) if squeeze else value
 
 
-def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Trace:
-    """One full trace of ``model`` replayed on ``guide``, validated: no discrete site left to
-    enumeration, no latent site local to a subsampled plate."""
+def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, tuple]:
+    """One full trace of ``model`` replayed on ``guide``, validated: no discrete site the guide
+    leaves out unless it is marked for parallel enumeration (returned: those are summed out),
+    no latent site local to a subsampled plate, no subsampled plate beside an enumerated site."""
     with poutine.block():
         proto_guide = poutine.trace(guide).get_trace(*args, **kwargs)
         proto = poutine.trace(poutine.replay(model, trace=proto_guide)).get_trace(*args, **kwargs)
     # A vectorized minibatch is covered minibatch by minibatch below; a sequential plate's sites
     # are named by the indices drawn (y_3, y_7, ...), so the others cannot be addressed.
     check_full_data(proto, "to_inference_data", sequential_only=True)
-    check_model_and_guide(model, guide, args, kwargs)
+    enumerated = check_model_and_guide(model, guide, args, kwargs, summed=True)
     subsampled = _subsampled_plates(proto)
+    if enumerated and subsampled:
+        raise ValueError(
+            f"to_inference_data sums the enumerated site(s) {list(enumerated)} out over the "
+            f"full data only, and plate(s) {sorted(subsampled)} are subsampled: call the model "
+            "without subsample_size"
+        )
     for name, site in sample_sites(proto):
         local = [f.name for f in site["cond_indep_stack"] if f.name in subsampled]
         if local and not site["is_observed"]:
@@ -104,7 +112,7 @@ def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> T
                 f"latent site '{name}' is local to the subsampled plate {local}: its values for "
                 "all data do not exist; convert a full-data version of the model"
             )
-    return proto
+    return proto, enumerated
 
 
 def _subsampled_plates(proto: Trace) -> dict:
@@ -206,17 +214,26 @@ def draw(
 ) -> Draws:
     """Draw ``num_samples`` times from ``guide`` and evaluate ``model`` on the draws.
 
+    Sites marked ``infer={"enumerate": "parallel"}`` and left out of the guide are summed out of
+    ``log_p`` and of the pointwise log-likelihood, and drawn from their exact conditional given
+    each draw for the posterior and the predictive (see
+    :mod:`pyro_blr.diagnostics.enumerated_draws`).
+
     Raises:
         ValueError: a latent site local to a subsampled plate (its full-data values do not exist
-            in a minibatch guide), or a discrete latent site the guide does not sample.
+            in a minibatch guide), a discrete latent site the guide does not sample and the
+            model does not mark for parallel enumeration, or a subsampled plate in a model
+            with enumerated sites.
     """
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     nesting = max_plate_nesting
-    proto = _prototype(model, guide, args, kwargs)
+    proto, enumerated = _prototype(model, guide, args, kwargs)
     with poutine.block():
         with pyro.plate(PARTICLE_PLATE, num_samples, dim=-nesting - 1):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        if enumerated:
+            return _draw_enumerated(model, guide_trace, args, kwargs, num_samples, nesting, proto)
         model_trace, mode = replay_particles(model, guide_trace, args, kwargs, num_samples, nesting)
     posterior, dims, log_prior = _posterior(proto, model_trace, num_samples, nesting)
     log_q = _log_q(guide_trace, num_samples, nesting)
@@ -228,6 +245,59 @@ def draw(
     log_p = log_prior + sum(lp.reshape(num_samples, -1).sum(-1) for lp in log_lik.values())
     coords = _coords(proto, list(observed) + list(posterior))
     return Draws(posterior, log_p, log_q, log_lik, predictive, observed, dims, coords)
+
+
+def _draw_enumerated(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    num: int,
+    nesting: int,
+    proto: Trace,
+) -> Draws:
+    """:func:`draw` for a model with enumerated sites (full data): the marginal log joint and
+    pointwise log-likelihood, the enumerated sites drawn given each continuous draw, and a
+    predictive draw given both."""
+    sites = list(sample_sites(proto))
+    observed = [n for n, s in sites if s["is_observed"] and not _is_deterministic(s)]
+    deterministic = [n for n, s in sites if _is_deterministic(s)]
+    latents = [n for n, s in sites if not s["is_observed"] and n in guide_trace.nodes]
+    part = enumerated_draws(
+        model, guide_trace, args, kwargs, num, nesting, latents, observed, deterministic
+    )
+    posterior, dims = {}, {}
+    for name, site in sites:
+        if name in observed:
+            continue
+        if name in latents:
+            value = torch.stack([values[name] for values in part.particles])
+        else:  # an enumerated or a deterministic site, given each draw
+            value = part.sampled[name]
+        shape = site["value"].shape
+        batch_ndim = len(shape) if name in deterministic else len(shape) - site["fn"].event_dim
+        squeeze = _squeezable(site, shape, batch_ndim)
+        posterior[name] = _natural(value, num, shape, squeeze)
+        dims[name] = [n for a, n in enumerate(_names(site, shape, batch_ndim)) if a not in squeeze]
+    log_lik, predictive, data = {}, {name: [] for name in observed}, {}
+    for k, values in enumerate(part.particles):
+        given = {**values, **{name: part.sampled[name][k] for name in part.sampled}}
+        given = {name: value for name, value in given.items() if name not in deterministic}
+        trace = poutine.trace(_Resample(observed)(poutine.condition(model, data=given)))
+        resampled = trace.get_trace(*args, **kwargs)
+        for name in observed:
+            predictive[name].append(resampled.nodes[name]["value"])
+    for name in observed:
+        site = proto.nodes[name]
+        batch_shape, value_shape = site["fn"].batch_shape, site["value"].shape
+        predictive[name] = _per_draw(torch.stack(predictive[name]), num, value_shape)
+        data[name] = site["value"].reshape(value_shape)
+        if name in part.log_likelihood:
+            log_lik[name] = _per_draw(part.log_likelihood[name], num, batch_shape)
+        dims[name] = _names(site, value_shape, len(batch_shape))
+    log_q = _log_q(guide_trace, num, nesting)
+    coords = _coords(proto, observed + list(posterior))
+    return Draws(posterior, part.log_p, log_q, log_lik, predictive, data, dims, coords)
 
 
 def _minibatches(subsampled: dict) -> list[dict]:

@@ -47,12 +47,15 @@ from pyro_blr.core import (
     is_subsampled,
     latent_layout,
     model_keywords,
+    rng_kept,
     sample_sites,
     site_log_probs,
     trace_without_rng,
     validate_site_shapes,
 )
+from pyro_blr.core.enumeration import enumerated_trace
 from pyro_blr.diagnostics.arviz_compat import elpd_data, to_numpy
+from pyro_blr.diagnostics.enumerated_draws import marginal_mean, scaled_pointwise_log_likelihood
 from pyro_blr.diagnostics.fixed_point import (
     FixedPointGap,
     check_fixed_point,
@@ -290,14 +293,19 @@ def loo_sensitivity(
     check_call(model, guide, args, kwargs, entry)  # swapped, or data left out
     check_gaussian_guide(guide, entry)
     like = initialize_guide(guide, args, kwargs)
-    check_model_and_guide(model, guide, args, kwargs)  # the model's structure before the fit's
+    # the model's structure before the fit's; sites marked for parallel enumeration are summed
+    # out of each datum's likelihood
+    check_model_and_guide(model, guide, args, kwargs, summed=True)
     full_trace = trace_without_rng(model, args, kwargs, like)
     # a sequential plate is named here; a vectorized one by _data_plate, with the data plate
     check_full_data(full_trace, entry, " (leave-one-out needs every datum)", sequential_only=True)
     layout = latent_layout(guide.prototype_trace, full_trace)
     loc, precision = GaussianGuide(guide, layout).read()
     loc, precision = loc.detach(), precision.detach()
-    with pyro.validation_enabled(False), torch.no_grad():  # NaN or inf data: site and datum named
+    # NaN or inf data: site and datum named (a site the model enumerates is drawn from its prior
+    # in this run, which leaves the generator where it was: the same draws follow, enumerated
+    # or not)
+    with pyro.validation_enabled(False), torch.no_grad(), rng_kept(loc):
         check_finite_inputs(_condition(model, layout, loc, args, kwargs), entry)
     validate_site_shapes(full_trace)  # y of shape (N, 1) in a plate of N: named by Pyro
     plate, num_data, dim, data_sites = _data_plate(full_trace, layout, plate)
@@ -457,17 +465,29 @@ def _expected_gap(
     return fixed_point_gap(grad, expected.hess.mean(0).to(loc.dtype), precision)
 
 
-def _condition(model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict):
-    values = {
+def _values(layout: LatentLayout, theta: Tensor) -> dict[str, Tensor]:
+    """Each latent site's constrained value at the flat unconstrained ``theta`` ``(D,)``."""
+    return {
         site.name: site.transform(theta[site.block].reshape(site.shape)) for site in layout.sites
     }
+
+
+def _condition(model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict):
+    """One run of the model at ``theta``; the sites it enumerates are drawn from their prior
+    (callers that need them summed out use :func:`_enumerated`)."""
+    values = _values(layout, theta)
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
     for name, site in sample_sites(trace, deterministic=False):
-        if not site["is_observed"]:
+        if not site["is_observed"] and name not in layout.enumerated:
             raise ValueError(
                 f"latent site '{name}' is not in the guide: make the model sample it on every run"
             )
     return trace
+
+
+def _enumerated(model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict):
+    """One packed run of the model at ``theta`` with its enumerated sites enumerated."""
+    return enumerated_trace(model, args, kwargs, layout.max_plate_nesting, _values(layout, theta))
 
 
 def _by_datum(term: Tensor, dim: int, num_data: int, name: str) -> Tensor:
@@ -484,10 +504,18 @@ def _per_datum(
     args: tuple,
     kwargs: dict,
 ) -> Callable[[Tensor], Tensor]:
-    """:math:`\\theta \\mapsto (\\log p(y_i \\mid \\theta))_i`, one model run for all ``N``."""
+    """:math:`\\theta \\mapsto (\\log p(y_i \\mid \\theta))_i`, one model run for all ``N``;
+    the sites the model enumerates are summed out of each datum's term,
+    :math:`\\log p(y_i \\mid \\theta) = \\log \\sum_{z_i} p(z_i \\mid \\theta)\\,
+    p(y_i \\mid z_i, \\theta)` (a site shared by several data, which has no such term, is
+    refused by name)."""
 
     def log_lik(theta: Tensor) -> Tensor:
-        terms = dict(site_log_probs(_condition(model, layout, theta, args, kwargs)))
+        if layout.enumerated:
+            trace = _enumerated(model, layout, theta, args, kwargs)
+            terms = {name: scaled_pointwise_log_likelihood(trace, name) for name in sites}
+        else:
+            terms = dict(site_log_probs(_condition(model, layout, theta, args, kwargs)))
         return sum(_by_datum(terms[name], dim, num_data, name) for name in sites)
 
     return log_lik
@@ -515,12 +543,14 @@ def _derivatives(log_lik: Callable[[Tensor], Tensor], loc: Tensor) -> tuple[Tens
     jacfwd, jacrev = torch.func.jacfwd, torch.func.jacrev
     try:
         return jacfwd(quiet)(loc).detach(), _symmetric(jacfwd(jacfwd(quiet))(loc))
-    except (RuntimeError, NotImplementedError):  # an operator without a forward-mode rule
+    # an operator without a forward-mode rule (ValueError: the enumerated run names the
+    # failure; a real error in the model is raised again by the last way, outside torch.func)
+    except (RuntimeError, NotImplementedError, ValueError):
         pass
     with torch.enable_grad():
         try:
             return jacrev(quiet)(loc).detach(), _symmetric(jacfwd(jacrev(quiet))(loc))
-        except (RuntimeError, NotImplementedError):  # nor a batching rule: loop instead
+        except (RuntimeError, NotImplementedError, ValueError):  # nor a batching rule: loop
             jacobian = torch.autograd.functional.jacobian
             hess = jacobian(lambda t: jacobian(quiet, t, create_graph=True), loc)
             return jacobian(quiet, loc).detach(), _symmetric(hess)
@@ -540,19 +570,34 @@ def _prediction_error(
     args: tuple,
     kwargs: dict,
 ) -> Tensor:
-    """The residual of the likelihood's mean at ``loc``, per datum (a norm when vector-valued)."""
+    """The residual of the likelihood's mean at ``loc``, per datum (a norm when vector-valued);
+    the sites the model enumerates summed out of the mean by their prior
+    (:func:`~pyro_blr.diagnostics.enumerated_draws.marginal_mean`)."""
+    nesting = layout.max_plate_nesting
     with torch.no_grad():
-        trace = _condition(model, layout, loc, args, kwargs)
+        if layout.enumerated:
+            trace = _enumerated(model, layout, loc, args, kwargs)
+        else:
+            trace = _condition(model, layout, loc, args, kwargs)
         residuals = []
         for name in sites:
             site = trace.nodes[name]
             fn, value = site["fn"], site["value"]
-            try:
-                residual = (fn.mean - value).to(loc.dtype)
-            except NotImplementedError:  # a likelihood without a mean
+            batch_shape = fn.batch_shape
+            if layout.enumerated:
+                batch_shape = batch_shape[max(0, len(batch_shape) - nesting) :]
+                mean = marginal_mean(trace, name, nesting)
+            else:
+                try:
+                    mean = fn.mean
+                except NotImplementedError:  # a likelihood without a mean
+                    mean = None
+            if mean is None:
                 residual = torch.full_like(value, math.nan, dtype=loc.dtype)
-            residual = residual.expand(fn.batch_shape + fn.event_shape)
-            flat = residual.reshape(*fn.batch_shape, -1)  # the event flattened last
+            else:
+                residual = (mean - value).to(loc.dtype)
+            residual = residual.expand(batch_shape + fn.event_shape)
+            flat = residual.reshape(*batch_shape, -1)  # the event flattened last
             residuals.append(_by_datum_rows(flat, dim - 1, num_data, name))
         residual = torch.cat(residuals, -1)
     return residual[:, 0] if residual.shape[1] == 1 else residual.norm(dim=-1)
@@ -644,7 +689,9 @@ def _sampled_predictive(
             theta = (means[start:stop, :, None] + offsets).mT.reshape(-1, means.shape[1])
             try:
                 values = batched(theta)
-            except RuntimeError:  # a model that vmap cannot run: one run per draw
+            # a model that vmap cannot run (ValueError: the enumerated run, which names the
+            # failure): one run per draw, which raises a real error in the model again
+            except (RuntimeError, ValueError):
                 values = torch.stack([quiet(t) for t in theta])
             values = values.reshape(stop - start, num_samples, num_data)
             if num_gaussians == 1:

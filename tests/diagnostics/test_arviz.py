@@ -178,7 +178,24 @@ def test_bad_sample_counts_name_the_argument(options, message):
         pb.to_inference_data(s.model, AutoDiagonalNormal(s.model), s.X, s.y, **options)
 
 
-def test_an_enumerated_site_hidden_from_the_guide_is_refused():
-    # Replaying the mixture on the guide would draw k from its prior and score it as data.
-    with pytest.raises(ValueError, match=r"latent site 'k' .*marked for enumeration"):
-        pb.to_inference_data(mixture, mixture_guide(), MIXTURE_DATA, num_samples=20)
+def test_an_enumerated_site_hidden_from_the_guide_is_summed_out_and_drawn():
+    # It used to be refused (replaying would draw k from its prior and score it as data); it is
+    # now summed out of log p and log_likelihood and drawn given each draw: exactness against the
+    # hand-summed model in tests/diagnostics/test_enumerated_diagnostics.py
+    pyro.set_rng_seed(0)
+    idata = pb.to_inference_data(mixture, mixture_guide(), MIXTURE_DATA, num_samples=20)
+    assert idata.posterior["k"].dims == ("chain", "draw", "data")
+    assert set(idata.posterior["k"].values.flatten().tolist()) <= {0, 1}
+    assert idata.log_likelihood["x"].shape == (1, 20, len(MIXTURE_DATA))
+
+
+def test_a_discrete_site_hidden_from_the_guide_and_not_enumerated_is_refused():
+    def model(x):
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(2), 3.0).to_event(1))
+        with pyro.plate("data", len(x)):
+            k = pyro.sample("k", dist.Categorical(torch.ones(2)))
+            pyro.sample("x", dist.Normal(locs[k], 1.0), obs=x)
+
+    guide = AutoNormal(pyro.poutine.block(model, hide=["k"]))
+    with pytest.raises(ValueError, match=r"latent site 'k'.*infer=\{'enumerate': 'parallel'\}"):
+        pb.to_inference_data(model, guide, MIXTURE_DATA, num_samples=20)
