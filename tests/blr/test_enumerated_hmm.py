@@ -155,8 +155,8 @@ def test_newton_on_the_chain_lands_on_the_laplace_optimum_of_the_hand_summed_mod
 def test_von_on_the_chain_equals_von_on_the_hand_summed_model(guide_class, rule):
     # VON's fixed point is an expectation under q, reached through Monte Carlo draws: the same
     # seed gives both models the same draws, so the fits agree to round-off (1e-8). ``ess``:
-    # the hand-summed model has no data plate to count its 12 observations from, and the
-    # automatic start reads that count.
+    # the automatic start's cap reads a count of data from the observed sites (the largest
+    # one: 2 for the chain, 1 for the factor), so both are given the 12 observations.
     got = read(fit(hmm, guide_class, rule, 10))
     expected = read(fit(hand_summed, guide_class, rule, 10))
     for found, wanted in zip(got, expected, strict=True):
