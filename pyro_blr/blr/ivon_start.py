@@ -8,9 +8,9 @@ forget. IVON's own start (Shen et al. 2024) is :math:`N_i h_0`: a per-datum curv
 datum). By default ``ess`` counts each datum with the scale its log density carries
 (:func:`pyro_blr.core.num_observations`): ``poutine.scale(model, 2)`` counts each datum twice, as
 duplicated data would, so two models with the same log joint start alike. With
-:math:`h_0 = 1` it suits standardized data, and it is wrong by orders of magnitude on data in
-other units: eight schools' :math:`\log\tau` would start at 8 where the mean-field optimum's
-precision is 1.96.
+:math:`h_0 = 1` it suits standardized data, and it is wrong on data in other units: on eight
+schools it starts :math:`\log\tau` at :math:`N_i = 8`, several times more precise than the
+mean-field optimum (the docs' concept page, "IVON's hyperparameters in the data's units").
 
 The BLR's fixed point for a Gaussian (Khan & Rue 2023) is
 :math:`S = \mathbb E_q[\nabla^2 \ell(\theta)]`. With ``hess_init="auto"`` (the default, for
@@ -30,8 +30,10 @@ nonlinear model (an exponential link at ``init_scale=1``) from starting far abov
 curvature near its mean, an overestimate that would fade only at :math:`1-\beta_2` a step. The
 floor keeps a start far in a heavy-tailed prior's tail, where the log joint is nearly linear,
 from starting broader than the prior itself: eight schools' :math:`\log\tau_j` at
-:math:`\tau_j = 1` under a half-Cauchy(25) prior has curvature 0.006 (draws at
-:math:`\tau = e^{\pm 12}`, a first loss of :math:`10^{13}`), its prior a precision near 0.5.
+:math:`\tau_j = 1`, far in a half-Cauchy(25) prior's left tail, has an expected curvature far
+below its prior's precision, and a start at that curvature drew :math:`\tau` many orders of
+magnitude from 1 with an astronomical first loss (Pyro's eight-schools SVI example, kept as a
+test of this floor).
 Measured in :math:`s_i`, the start does not depend on the data's units (with
 :math:`s_i = 1`, a standard Normal prior, it is the earlier :math:`\max(N_i, H_{ii}(m))` cap).
 The Hessians cost :math:`D` Hessian-vector products at each of :math:`K + 1` points, once; above
@@ -39,9 +41,9 @@ The Hessians cost :math:`D` Hessian-vector products at each of :math:`K + 1` poi
 ``hess_init`` always gives :math:`N_i h_0`, in the data's units.
 
 Where the average is behind :math:`N_i`: a network whose first layers have almost no curvature
-at its start and few data to find it (the UCI benchmark's one-layer BNN, 455 data, started at
-zero weights: precision about 1.4 where :math:`N_i = 455`, and a test log-likelihood 0.06-0.07
-nats below ``hess_init=1``'s).
+at its start and few data to find it. The UCI benchmark's one-layer BNN, started at zero weights,
+is such a network: its first layer starts near the prior's precision, far below :math:`N_i`
+(``python -m benchmarks.uci_bnn --ivon-only --ivon-hess-init 1`` fits it from both starts).
 
 References:
     | Variational Learning is Effective for Large Deep Networks (Shen et al., ICML 2024)

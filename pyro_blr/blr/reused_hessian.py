@@ -13,8 +13,8 @@ says :math:`s^\top \hat H s / s^\top s` (the curvature pair of quasi-Newton meth
 Wright 2006, ch. 6). If the two differ by more than a factor of two, the next step computes a
 fresh Hessian. Only steps that leave the cloud of particles, :math:`\lVert s\rVert_S^2 > D`, are
 judged, so that Monte Carlo noise in :math:`\bar g` near convergence does not trigger it. Far from
-the posterior the curvature changes with the mean: on logistic regression from a poor start, a
-Hessian reused for ten steps sent Newton's mean off by nine orders of magnitude in the loss.
+the posterior the curvature changes with the mean, and a Hessian reused over several steps from a
+poor start can send Newton's mean far off where a fresh one would not: the check is for that.
 
 References:
     | Numerical Optimization, 2nd ed. (Nocedal & Wright, Springer 2006), chapter 6

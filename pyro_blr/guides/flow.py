@@ -21,8 +21,9 @@ builds one when called (zuko's flows: ``flow=lambda dim: zuko.flows.NSF(dim).tra
 coupling layers condition in the model's order in the last layer and in reverse in every other
 one (Pyro's helpers draw a random order per layer instead; on two dimensions that coin flip
 decided which of AutoFlow and ``AutoIAFNormal`` fitted a banana better, see
-``docs/guides/flows.md``). IAF layers all follow the model's order: measured better on the
-banana and the funnel.
+``docs/guides/flows.md``). IAF layers all follow the model's order, which fitted the banana
+and the funnel better when the two were compared (a comparison ``benchmarks/flows.py`` does not
+repeat; its table compares the flows as built).
 
 References:
     | Variational Inference with Normalizing Flows (Rezende & Mohamed, ICML 2015)
@@ -87,7 +88,8 @@ class AutoFlow(AutoContinuous):
             :mod:`~pyro_blr.guides.flow_layers`; hidden factors for the block flow).
         init_loc_fn: initial mean of the cold-started Gaussian.
         init_scale: initial scale of the cold-started Gaussian (1: the unit scale Pyro's flow
-            guides start at; 0.1 starved the layers of range in `benchmarks/flows.py`).
+            guides start at; a start at 0.1 starved the layers of range when it was tried, a
+            run that ``benchmarks/flows.py`` does not repeat).
 
     Raises:
         ValueError: an unknown flow; ``base=`` with a flow that has no identity
