@@ -191,12 +191,27 @@ def test_options_and_models_it_cannot_handle_are_refused(regression):
         removal_sensitivity(local, local_guide, y, groups=[[0]])
 
 
-def test_an_unfitted_guide_is_refused(regression):
+@pytest.mark.parametrize("method", ["newton", "diagonal"])
+def test_an_unfitted_guide_is_refused(regression, method):
     s, _ = regression
     pyro.clear_param_store()  # else the new guide takes the fitted one's parameters from it
     guide = AutoMultivariateNormal(s.model)
-    with pytest.raises(ValueError, match="fixed point"):
-        removal_sensitivity(s.model, guide, s.X, s.y, groups=[[0]])
+    message = "fixed point" if method == "newton" else "the fit's own error exceeds the shift"
+    with pytest.raises(ValueError, match=message):
+        removal_sensitivity(s.model, guide, s.X, s.y, groups=[[0]], method=method)
+
+
+def test_the_diagonal_method_warns_when_the_fit_error_is_a_tenth_of_a_shift(regression):
+    s, guide = regression
+    gaussian = GaussianGuide(guide, latent_layout(guide.prototype_trace))
+    loc, precision = gaussian.read()
+    # Move the mean 0.3 posterior sd off its fixed point along the first eigenvector.
+    eigenvalues, eigenvectors = torch.linalg.eigh(precision)
+    gaussian.write(loc + 0.3 * eigenvectors[:, 0] / eigenvalues[0].sqrt(), precision)
+    with pytest.warns(UserWarning, match="mean is 0.3 posterior standard deviations"):
+        removal = removal_sensitivity(s.model, guide, s.X, s.y, groups=[[0]], method="diagonal")
+    # Warned, not refused: the shift (measured 0.57) lies between the gap and ten times it.
+    assert 0.3 < float(removal.influence[0]) < 3
 
 
 def test_a_removal_leaving_no_positive_precision_names_the_group(regression):
