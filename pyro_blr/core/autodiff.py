@@ -56,19 +56,19 @@ DIAGONAL_CHUNK = 256
 HESSIAN_CHUNK = 1024
 """Hessian-vector products :func:`hessian_from_grad` batches at once: memory holds this many
 backward passes (on ``X @ w``, ``chunk x N`` floats per particle and intermediate), whatever
-``D``. Smaller chunks cost time: at ``N = 10^4, D = 1000`` (logistic regression, one CPU
-thread, a loaded machine) one chunk of 1000 took 0.90 s, chunks of 256 1.25 s, of 64 1.52 s,
-of 16 7.7 s, and a Python loop over the ``D`` products 11.0 s (equal to the batched Hessian to
-5e-6 of its largest entry, float32 rounding). Up to ``D = 1024`` the Hessian is one batched
-pass; above, memory stays bounded."""
+``D``. Smaller chunks cost time, and one product at a time costs the most, for the same Hessian
+to float32 rounding (the benchmark ``vectorization``, "Hessian chunks", at ``N = 10^4,
+D = 1000``). Up to ``D = 1024`` the Hessian is one batched pass; above, memory stays
+bounded."""
 
 EXACT_DIAGONAL_MAX = 64
 """Up to this many groups of coordinates (``D`` for a model without local latents) the
 ``"diag"`` curvature is exact, by one batched Hessian-vector product per group; above, it is
-Hutchinson's estimate. Measured on logistic regression (``N = 10^4``, one CPU thread;
-``python -m benchmarks.curvature_cost --diagonal``): ``D`` products batched under ``vmap`` cost
-about as much as one product plus ``D`` times the data's matrix-vector work, about 3 products'
-time at ``D = 64`` and growing linearly beyond, where the estimate stays at one product."""
+Hutchinson's estimate. The exact diagonal's cost grows with ``D`` (``D`` batched products, each
+with the data's matrix-vector work) where the estimate's stays at one product: up to this size
+it is a small multiple of the estimate's, beyond it the multiple keeps growing (the benchmark
+``vectorization``, "The Hessian's diagonal: exact or estimated", on logistic regression at
+``N = 10^4``)."""
 
 
 def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor:
@@ -78,10 +78,11 @@ def _hessian_products(grad: Tensor, theta: Tensor, probes: Tensor) -> Tensor:
 
     Many probes are batched by ``torch.func.vmap`` over the backward pass, whose batching rules
     turn a product with a batched vector into one matrix product: ``X @ w``'s double backward
-    reads ``X`` once for all probes, where ``is_grads_batched`` reads it once per probe (17
-    times slower at ``N = 10^5, D = 100``). Up to :data:`FEW_PROBES` probes the data are read
-    a few times at most, and ``is_grads_batched``, with less overhead per operation, is the
-    faster (15% a step on posteriordb's ``arma11``, a 200-step recursion with ``D = 4``).
+    reads ``X`` once for all probes, and was the faster with ``D = 100`` probes at
+    ``N = 10^5``. Up to :data:`FEW_PROBES` probes the data are read a few times at most, and
+    ``is_grads_batched``, with less overhead per operation, was the faster on a small model
+    (both measured by the benchmark ``vectorization``, "Hessian-vector products: vmap or
+    is_grads_batched").
     Either falls back to the other, then to a loop, where an operator has no batching rule
     for its backward."""
 
