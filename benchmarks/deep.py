@@ -13,9 +13,10 @@ permutation each epoch (the last partial batch dropped); 10 epochs (1890 steps) 
 leaves a ReLU net symmetric and IVON's small noise hardly breaks it). Methods, same model, same
 steps:
 
-- ``pb.BLR(model, AutoNormal(model), rule="ivon")`` at the package's defaults (constant lr 0.1,
-  two antithetic particles, ``hess_init="auto"``, which above 4096 coordinates starts the
-  precision at ``ess * 1``), and one row with hand-chosen settings
+- ``pb.BLR(model, AutoNormal(model), pb.IVON())`` at the package's defaults (constant lr 0.1,
+  two antithetic particles, ``hess_init="auto"``, which above 2048 coordinates starts the
+  precision at :math:`N_i / s_i^2`, ``ess`` in units of the prior's precision), and one row
+  with hand-chosen settings
   (``IVON_TUNED``, lr 0.1 decayed tenfold over the run);
 - ``SVI(model, AutoNormal(model, init_scale=0.01), Adam, Trace_ELBO())``: Bayes by backprop;
 - ``SVI(model, AutoDelta(model), Adam, Trace_ELBO())``: MAP, i.e. Adam on the weights with the

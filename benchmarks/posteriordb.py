@@ -24,7 +24,10 @@ alternatives to the BLR's default step size and particle count instead.
 
 Run: ``python -m benchmarks.posteriordb`` (writes benchmarks/results/posteriordb.md and
 docs/assets/posteriordb.png); ``python -m benchmarks.posteriordb --sweep`` (writes
-benchmarks/results/posteriordb_defaults.md); ``--smoke`` runs three posteriors at toy sizes.
+benchmarks/results/posteriordb_defaults.md); ``python -m benchmarks.posteriordb
+--defaults-only`` (the BLR's defaults alone, minutes where the full table takes much longer:
+writes benchmarks/results/posteriordb_blr_defaults.md); ``--smoke`` runs three posteriors at toy
+sizes.
 """
 
 from __future__ import annotations
@@ -218,7 +221,8 @@ def failure(e: Exception) -> str:
 
 
 # ------------------------------------------------------------------------------ the table
-def benchmark(sizes: Sizes, names: list[str]):
+def benchmark(sizes: Sizes, names: list[str], defaults_only: bool = False):
+    """Every method on every posterior (with ``defaults_only``, the BLR's defaults alone)."""
     rows, scores = [], {}
     for name in names:
         posterior = POSTERIORS[name]
@@ -233,6 +237,17 @@ def benchmark(sizes: Sizes, names: list[str]):
             else:
                 rows.append((name, method, result, "-", "-", "-"))
 
+        if defaults_only:
+            pyro.set_rng_seed(0)
+            try:
+                for suffix, result in evaluate(
+                    posterior, blr_fit(sizes.blr_steps), args, params, (ref_mean, ref_sd),
+                    sizes.num_draws, True,
+                ):  # fmt: skip
+                    record(BLR_DEFAULTS + suffix, result)
+            except (ValueError, RuntimeError, FloatingPointError) as e:
+                record(BLR_DEFAULTS, failure(e))
+            continue
         pyro.set_rng_seed(0)
         try:
             draws, seconds = run_nuts(posterior, args, params, sizes.nuts_draws)
@@ -395,6 +410,39 @@ def main(smoke: bool = False) -> str:
     return text
 
 
+def defaults_only(smoke: bool = False) -> str:
+    """The BLR's defaults alone on every posterior, with the main table's seeds and criteria:
+    a quick check of its headline (how many posteriors the defaults bring to NUTS quality)
+    after a change of the package, without NUTS and SVI."""
+    sizes = SMOKE if smoke else Sizes()
+    names = SMOKE_POSTERIORS if smoke else list(POSTERIORS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        rows, scores = benchmark(sizes, names, defaults_only=True)
+    reached = [
+        n
+        for n, r in scores.items()
+        if isinstance(r[BLR_DEFAULTS], Score)
+        and r[BLR_DEFAULTS].on_target
+        and r[BLR_DEFAULTS].seconds <= MAX_SECONDS
+    ]
+    header = ["posterior", "method", "worst mean error", "sd ratio", "Pareto k̂", "seconds"]
+    lines = [
+        "# The BLR's defaults on the reference posteriors (posteriordb)",
+        "",
+        f"{machine('posteriordb', smoke).replace('`.', ' --defaults-only`.')} The BLR's "
+        f"defaults alone ({BLR_DEFAULTS}; statistics and k̂ from {sizes.num_draws} draws), "
+        "seeded as in the main table.",
+        "",
+        f"The defaults reach NUTS quality (worst mean error ≤ {MAX_ERROR} reference sd, sd "
+        f"ratios within {MIN_RATIO}-{MAX_RATIO}, ≤ {MAX_SECONDS:g} s) on **{len(reached)} of "
+        f"{len(scores)}** posteriors.",
+        "",
+        *markdown_table(header, rows),
+    ]
+    return report(lines, "posteriordb_blr_defaults", smoke)
+
+
 # ------------------------------------------------------------------------------ the sweep
 def sweep(smoke: bool = False, seeds: int = 2) -> str:
     """The BLR (von, AutoMultivariateNormal, 300 averaged steps) at lr 0.3 / 0.5 / 1.0 and 2 / 4
@@ -461,8 +509,15 @@ if __name__ == "__main__":
     command_line.add_argument(
         "--sweep", action="store_true", help="step size and particle count of the BLR instead"
     )
+    command_line.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="the BLR's defaults alone (results/posteriordb_blr_defaults.md)",
+    )
     options = command_line.parse_args()
     if options.sweep:
         sweep(options.smoke)
+    elif options.defaults_only:
+        defaults_only(options.smoke)
     else:
         main(options.smoke)

@@ -42,7 +42,9 @@ Run: ``python -m benchmarks.uci_bnn`` (writes benchmarks/results/uci_bnn.md and
 docs/assets/uci_bnn.png); ``--smoke`` runs one split and a few steps; ``--splits N`` fewer
 splits; ``--datasets boston`` one data set; ``--ivon-hess-init 1`` starts IVON at ``ess * 1``
 instead of the default ``hess_init="auto"``; ``--jobs 2`` runs two fits at once, in forked
-processes of one thread each.
+processes of one thread each; ``--ivon-only`` runs IVON's rows alone, at the default start
+and at ``--ivon-hess-init``'s, and writes benchmarks/results/uci_bnn_ivon_start.md
+(``--ivon-only --ivon-hess-init 1``: the ``ess * 1`` start the docs compare with the default).
 """
 
 from __future__ import annotations
@@ -234,8 +236,17 @@ def _run_task(task: tuple[str, str, int, int]) -> tuple[float, float, float]:
 
 
 def main(
-    smoke=False, num_splits=None, datasets=("boston", "concrete"), ivon_hess_init="auto", jobs=1
+    smoke=False,
+    num_splits=None,
+    datasets=("boston", "concrete"),
+    ivon_hess_init="auto",
+    jobs=1,
+    ivon_only=False,
 ):
+    """Fit every method on every split and write the table (and the figure); with
+    ``ivon_only``, only IVON's rows, at the default start and at ``ivon_hess_init``, to
+    ``results/uci_bnn_ivon_start.md`` (the table the docs quote for IVON's start), without the
+    figure."""
     num_splits = num_splits or (1 if smoke else 20)
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
@@ -243,11 +254,21 @@ def main(
     ivon = "BLR ivon" if ivon_hess_init == "auto" else f"BLR ivon, hess_init={ivon_hess_init:g}"
     methods = {(ivon if k == "BLR ivon" else k): spec for k, spec in METHODS.items()}
     methods[ivon] = Method(model, functools.partial(ivon_fit, hess_init=ivon_hess_init))
+    if ivon_only:  # the default start beside another, measured in the same run
+        default = Method(model, functools.partial(ivon_fit, hess_init="auto"))
+        methods = {"BLR ivon": default, ivon: methods[ivon]}
     num_steps = 10 if smoke else 2000
+    header = machine("uci_bnn", smoke)
+    if ivon_only or ivon_hess_init != "auto":
+        flags = (" --ivon-only" if ivon_only else "") + (
+            "" if ivon_hess_init == "auto" else f" --ivon-hess-init {ivon_hess_init:g}"
+        )
+        header = header.replace("`.", f"{flags}`.")
+    title = "# BNN regression on UCI data" + (": IVON's start" if ivon_only else "")
     lines = [
-        "# BNN regression on UCI data",
+        title,
         "",
-        f"{machine('uci_bnn', smoke)} Fits in {jobs} process(es) at once. "
+        f"{header} Fits in {jobs} process(es) at once. "
         f"{num_splits} random 90/10 splits, {num_steps} full-batch "
         f"steps per fit ({num_steps // 4} for vogn); mean ± standard error over splits; seconds "
         "per fit.",
@@ -271,13 +292,13 @@ def main(
         for method, values in results[name].items():
             rmse, log_lik, seconds = (summary([v[i] for v in values]) for i in range(3))
             table.append((method, rmse, log_lik, seconds.split()[0]))
-        for method, (rmse, log_lik) in PUBLISHED[name].items():
+        for method, (rmse, log_lik) in PUBLISHED[name].items() if not ivon_only else ():
             table.append((f"{method} (published)", rmse, log_lik, "-"))
         section = markdown_table(["method", "test RMSE", "test log-likelihood", "seconds"], table)
         print("\n".join(section[2:]), flush=True)
         lines += ["", f"## {name} ({X.shape[0]} × {X.shape[1]})", "", *section]
-    text = report(lines, "uci_bnn", smoke, echo=False)
-    if not smoke:
+    text = report(lines, "uci_bnn_ivon_start" if ivon_only else "uci_bnn", smoke, echo=False)
+    if not smoke and not ivon_only:
         figure(
             {
                 name: {m: mean_and_stderr([v[1] for v in vs]) for m, vs in per_method.items()}
@@ -295,6 +316,16 @@ if __name__ == "__main__":
     command_line.add_argument(
         "--ivon-hess-init", type=float, default=None, help="IVON's hess_init (default: auto)"
     )
+    command_line.add_argument(
+        "--ivon-only", action="store_true", help="IVON's row only (results/uci_bnn_ivon_start.md)"
+    )
     options = command_line.parse_args()
     hess_init = "auto" if options.ivon_hess_init is None else options.ivon_hess_init
-    main(options.smoke, options.splits, tuple(options.datasets), hess_init, options.jobs)
+    main(
+        options.smoke,
+        options.splits,
+        tuple(options.datasets),
+        hess_init,
+        options.jobs,
+        options.ivon_only,
+    )
