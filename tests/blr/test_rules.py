@@ -149,3 +149,95 @@ def test_an_optimizer_scheduler_is_refused_as_lr():
                                           "gamma": 0.9})  # fmt: skip
     with pytest.raises(TypeError, match=r"write the schedule as a function"):
         pb.VON(lr=scheduler)
+
+
+# ---------------------------------------------------------------- the optimizers as BLR limits
+def torch_steps(make, grads_of, start, steps):
+    """``steps`` steps of the torch optimizer ``make`` on the gradient field ``grads_of``."""
+    param = start.clone().requires_grad_()
+    optimizer = make([param])
+    path = []
+    for _ in range(steps):
+        param.grad = grads_of(param.detach())
+        optimizer.step()
+        path.append(param.detach().clone())
+    return path
+
+
+def quadratic_gradient():
+    hess, mode = quadratic()
+    return lambda theta: hess @ (theta - mode)
+
+
+OPTIMIZER_LIMITS = {
+    "sgd": (
+        lambda: RULES["sgd"](lr=0.02, momentum=0.9, dampening=0.2),
+        lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.9, dampening=0.2),
+    ),
+    "sgd-nesterov": (
+        lambda: RULES["sgd"](lr=0.02, momentum=0.7, nesterov=True),
+        lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.7, nesterov=True),
+    ),
+    "rmsprop": (
+        lambda: RULES["rmsprop"](lr=0.05, alpha=0.9, eps=1e-3, momentum=0.6),
+        lambda p: torch.optim.RMSprop(p, lr=0.05, alpha=0.9, eps=1e-3, momentum=0.6),
+    ),
+    "adam": (
+        lambda: RULES["adam"](lr=0.05, beta1=0.8, beta2=0.95, eps=1e-3),
+        lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95), eps=1e-3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZER_LIMITS))
+def test_the_optimizer_rules_at_the_mean_are_torch_optims_updates(name):
+    # the pure update fed the gradient at the mean (and its square, the "squared_gradient"
+    # curvature at one particle) against torch.optim on the same gradient field, 50 steps in
+    # float64: equal to round-off (1e-12, a few ulps of the order-one iterates times 50 steps)
+    make_rule, make_optimizer = OPTIMIZER_LIMITS[name]
+    rule, grad_of = make_rule(), quadratic_gradient()
+    start = torch.linspace(-1.0, 1.0, 4, dtype=torch.float64)
+    precision = torch.full((4,), 7.0, dtype=torch.float64)
+    state = rule.init(GaussianState(start, precision))
+    expected = torch_steps(make_optimizer, grad_of, start, 50)
+    for step, want in enumerate(expected, 1):
+        grad = grad_of(state.loc)
+        state, _ = rule.update(state, Estimates(grad, grad * grad, step=step), rule.lr)
+        torch.testing.assert_close(state.loc, want, rtol=1e-12, atol=1e-12)
+        assert torch.equal(state.precision, precision)  # the fixed covariance: never moved
+    assert (expected[-1] - start).abs().max() > 0.1
+
+
+def test_vadam_precision_is_the_squared_gradients_over_n_plus_the_prior():
+    # with ess the perturbed rules write N(s + delta/N) = v_hat / N + delta (Khan et al. 2018)
+    from pyro_blr.blr.rules import AdamState, RMSpropState, adam_update, rmsprop_update
+
+    zeros, ones = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    grad = torch.tensor([3.0, -1.0], dtype=torch.float64)
+    squared = torch.tensor([10.0, 4.0], dtype=torch.float64)  # E[g^2] >= E[g]^2 at draws
+    delta = torch.tensor([0.25, 2.0], dtype=torch.float64)
+    state = AdamState(zeros, ones, zeros, zeros)
+    new = adam_update(state, grad, squared, 0.1, 1, 0.9, 0.99, 1e-8, ess=8.0, prior_precision=delta)
+    torch.testing.assert_close(new.precision, squared / 8.0 + delta)  # v_hat = E[g^2] at step 1
+    new = adam_update(new, grad, squared, 0.1, 2, 0.9, 0.99, 1e-8, ess=8.0, prior_precision=delta)
+    torch.testing.assert_close(new.precision, squared / 8.0 + delta)  # a constant stays put
+    state = RMSpropState(zeros, ones, zeros, zeros)
+    new = rmsprop_update(state, grad, squared, 0.1, 1, 0.5, ess=8.0, prior_precision=delta)
+    torch.testing.assert_close(new.precision, squared / 8.0 + delta)  # bias-corrected
+    # without ess the precision is the guide's, bit for bit
+    assert (
+        adam_update(AdamState(zeros, ones, zeros, zeros), grad, squared, 0.1, 1).precision is ones
+    )
+
+
+def test_the_optimizer_rules_refuse_options_that_would_be_ignored():
+    with pytest.raises(ValueError, match=r"Adam\(mc_samples=4\) applies only to the perturbed"):
+        RULES["adam"](mc_samples=4)
+    with pytest.raises(ValueError, match=r"RMSprop\(ess=100\) applies only.*perturb=True"):
+        RULES["rmsprop"](ess=100)
+    with pytest.raises(ValueError, match=r"nesterov=True\) needs momentum > 0 and dampening = 0"):
+        RULES["sgd"](nesterov=True)
+    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\), got 1.5"):
+        RULES["sgd"](momentum=1.5)
+    assert RULES["adam"](perturb=True, mc_samples=4).at_mean is False
+    assert RULES["adam"]().at_mean is True and RULES["sgd"]().at_mean is True

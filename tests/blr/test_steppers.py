@@ -48,9 +48,15 @@ GUIDES = {
 }
 # The stepper each guide kind takes, and the rules it runs (absent: no rule drives it).
 ACCEPTED = {
-    "AutoNormal": (GaussianStepper, ("ivon", "von", "vogn", "ogn", "newton")),
-    "AutoDiagonalNormal": (GaussianStepper, ("ivon", "von", "vogn", "ogn", "newton")),
-    "AutoMultivariateNormal": (GaussianStepper, ("von", "vogn", "ogn", "newton")),
+    "AutoNormal": (
+        GaussianStepper,
+        ("ivon", "von", "vogn", "ogn", "newton", "sgd", "rmsprop", "adam"),
+    ),
+    "AutoDiagonalNormal": (
+        GaussianStepper,
+        ("ivon", "von", "vogn", "ogn", "newton", "sgd", "rmsprop", "adam"),
+    ),
+    "AutoMultivariateNormal": (GaussianStepper, ("von", "vogn", "ogn", "newton", "sgd")),
     "AutoExpFamily": (ExpFamilyStepper, ("expfamily",)),
     "AutoMixture-diagonal": (GaussianMixtureStepper, ("mixture",)),
     "AutoMixture-full": (GaussianMixtureStepper, ("mixture",)),
@@ -59,9 +65,11 @@ ACCEPTED = {
 
 
 def test_the_rules_are_those_of_the_design():
-    assert sorted(RULES) == ["expfamily", "ivon", "mixture", "newton", "ogn", "vogn", "von"]
-    with pytest.raises(ValueError, match=r"unknown rule 'adam'; choose one of \['expfamily'"):
-        rule_from_name("adam")
+    assert sorted(RULES) == [
+        "adam", "expfamily", "ivon", "mixture", "newton", "ogn", "rmsprop", "sgd", "vogn", "von"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown rule 'lbfgs'; choose one of \['adam'"):
+        rule_from_name("lbfgs")
 
 
 def pairings():
@@ -100,7 +108,16 @@ NON_DEFAULT = {
     "ess": 1000.0,
     "hess_init": 3.0,
     "hessian_every": 2,  # the Gamma-Poisson part is not quadratic: step 2 reuses step 1's Hessian
+    "momentum": 0.5,
+    "dampening": 0.3,
+    "nesterov": True,
+    "alpha": 0.5,
+    "eps": 0.1,
+    "perturb": True,
 }
+# The options each rule needs for another to apply: SGD's dampening and Nesterov act on a
+# momentum; RMSprop's and Adam's draws (mc_samples, antithetic, ess) need perturb=True.
+BASE = {"sgd": {"momentum": 0.9}, "rmsprop": {"perturb": True}, "adam": {"perturb": True}}
 NO_PAIRS = ("antithetic", "AutoMixture-expfamily")  # the mixture rule's, for Gaussian components
 STRUCTURAL = {"vectorize_particles", "max_plate_nesting"}  # how, not what: the fit is the same
 # A guide each stepper's rules drive.
@@ -110,6 +127,9 @@ DRIVEN = [
     (GaussianStepper, "newton", "AutoDiagonalNormal"),
     (GaussianStepper, "vogn", "AutoNormal"),
     (GaussianStepper, "ogn", "AutoMultivariateNormal"),
+    (GaussianStepper, "sgd", "AutoMultivariateNormal"),
+    (GaussianStepper, "rmsprop", "AutoNormal"),
+    (GaussianStepper, "adam", "AutoDiagonalNormal"),
     (ExpFamilyStepper, "expfamily", "AutoExpFamily"),
     (GaussianMixtureStepper, "mixture", "AutoMixture-diagonal"),
     (GaussianMixtureStepper, "mixture", "AutoMixture-full"),
@@ -128,6 +148,7 @@ def test_every_rule_option_is_one_the_steppers_read():
 @pytest.mark.parametrize("stepper, rule, kind", DRIVEN, ids=DRIVEN_IDS)
 def test_an_option_exists_only_on_the_rule_that_uses_it(stepper, rule, kind):
     declared = set(rule_from_name(rule).options)
+    base = BASE.get(rule, {})
     for option, value in NON_DEFAULT.items():
         if option in STRUCTURAL:
             continue
@@ -136,7 +157,8 @@ def test_an_option_exists_only_on_the_rule_that_uses_it(stepper, rule, kind):
                 pb.BLR(model, GUIDES[kind](model), rule_from_name(rule, **{option: value}))
             continue
         if option in declared:
-            pb.BLR(model, GUIDES[kind](model), rule_from_name(rule, **{option: value}))
+            built = rule_from_name(rule, **{**base, option: value})
+            pb.BLR(model, GUIDES[kind](model), built)
             continue
         with pytest.raises(TypeError, match=f"unexpected keyword argument '{option}'"):
             rule_from_name(rule, **{option: value})
@@ -153,9 +175,9 @@ def test_a_driver_option_a_rule_does_not_use_is_refused(rule):
 
 def make_stepper(name, guide):
     """The stepper of rule ``name`` on ``guide``, with four particles where the rule draws."""
-    rule = rule_from_name(name)
+    rule = rule_from_name(name, **BASE.get(name, {}))
     if "mc_samples" in rule.options:
-        rule = rule_from_name(name, mc_samples=4)
+        rule = rule_from_name(name, **BASE.get(name, {}), mc_samples=4)
     return stepper_for(rule, guide)(model, guide, rule, step_options(rule, "auto", None))
 
 
@@ -182,9 +204,11 @@ def test_every_declared_option_changes_the_fit(stepper, rule, kind):
     for option in sorted(set(rule_from_name(rule).options) - {"lr"}):
         if (option, kind) == NO_PAIRS:
             continue
-        base = {"clip_radius": None} if rule == "ivon" else {}
-        if option == "ess":
+        base = {"clip_radius": None} if rule == "ivon" else dict(BASE.get(rule, {}))
+        if option == "ess" and "hess_init" in rule_from_name(rule).options:
             base["hess_init"] = 1.0
+        if option == "perturb":  # at the mean against drawn
+            base = {}
         default = two_steps(kind, rule, **base)
         changed = two_steps(kind, rule, **{**base, option: NON_DEFAULT[option]})
         assert any(not torch.equal(changed[n], default[n]) for n in default), option

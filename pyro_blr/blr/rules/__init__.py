@@ -9,6 +9,11 @@ A rule holds its options and implements ``init(params) -> state`` and the pure
 * :class:`VOGN` / :class:`OGN` -- Gauss--Newton curvature from per-datum gradients, at draws /
   at the mean;
 * :class:`Newton` -- the delta method (gradient and Hessian at the mean);
+* :class:`SGD` -- gradient descent (with ``torch.optim.SGD``'s momentum): a fixed-covariance
+  Gaussian by the delta method;
+* :class:`RMSprop` / :class:`Adam` -- ``torch.optim``'s, as the BLR with squared gradients for
+  the curvature, their square root and momentum; ``perturb=True`` draws from the posterior
+  they imply (Vadam);
 * :class:`ExpFamilyRule` -- any exponential family, in its natural parameters;
 * :class:`MixtureRule` -- mixtures (Lin, Khan & Schmidt 2019).
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyro_blr.blr.rules.adam import Adam, AdamState, adam_update, vadam_precision
 from pyro_blr.blr.rules.base import (
     Estimates,
     GaussianRule,
@@ -39,6 +45,8 @@ from pyro_blr.blr.rules.mixture import (
 )
 from pyro_blr.blr.rules.newton import Newton, newton_update
 from pyro_blr.blr.rules.ogn import OGN
+from pyro_blr.blr.rules.rmsprop import RMSprop, RMSpropState, rmsprop_update
+from pyro_blr.blr.rules.sgd import SGD, SGDState, sgd_update
 from pyro_blr.blr.rules.vogn import VOGN
 from pyro_blr.blr.rules.von import VON, von_update
 
@@ -46,8 +54,11 @@ __all__ = [
     "IVON",
     "OGN",
     "RULES",
+    "SGD",
     "VOGN",
     "VON",
+    "Adam",
+    "AdamState",
     "Estimates",
     "ExpFamilyMixtureState",
     "ExpFamilyRule",
@@ -58,8 +69,12 @@ __all__ = [
     "MixtureRule",
     "MixtureState",
     "Newton",
+    "RMSprop",
+    "RMSpropState",
     "Rule",
+    "SGDState",
     "UpdateInfo",
+    "adam_update",
     "as_rule",
     "default_rule",
     "expfamily_update",
@@ -68,7 +83,10 @@ __all__ = [
     "mixture_update",
     "newton_update",
     "riemannian_precision_update",
+    "rmsprop_update",
     "rule_from_name",
+    "sgd_update",
+    "vadam_precision",
     "von_update",
 ]
 
@@ -78,6 +96,9 @@ RULES: dict[str, type[Rule]] = {
     "vogn": VOGN,
     "ogn": OGN,
     "newton": Newton,
+    "sgd": SGD,
+    "rmsprop": RMSprop,
+    "adam": Adam,
     "expfamily": ExpFamilyRule,
     "mixture": MixtureRule,
 }

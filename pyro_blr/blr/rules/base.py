@@ -71,6 +71,11 @@ class Estimates(NamedTuple):
             :mod:`pyro_blr.blr.prior_scale`; NaN where the prior gives none), in which IVON's
             clip is measured; ``None``: unit scale.
         values: the mixture rule's expected objective per component, shape ``(K,)``.
+        ess: the effective sample size :math:`N` (the number of observed data, or the rule's
+            ``ess``) where the rule reads it (Vadam's posterior precision); ``None`` elsewhere.
+        prior_precision: the diagonal of the Hessian of the priors (and log-Jacobians, and
+            ``weight_decay``) at the mean, shape ``(D,)``, where the rule reads it (Vadam's
+            :math:`\delta`); ``None`` elsewhere.
     """
 
     grad: Any
@@ -78,6 +83,8 @@ class Estimates(NamedTuple):
     step: int = 1
     units: Any = None
     values: Any = None
+    ess: Any = None
+    prior_precision: Any = None
 
 
 class UpdateInfo(NamedTuple):
@@ -132,6 +139,28 @@ def _check_weight_decay(value: Any) -> float:
     return float(value)
 
 
+def _check_unit_interval(name: str) -> Callable[[Any], float]:
+    return lambda v: check_number(name, v, 0.0, 1.0, closed_high=False)
+
+
+def _check_non_negative(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be non-negative and finite, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _check_flag(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+        return value
+
+    return check
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "mc_samples": lambda v: check_positive_int("mc_samples", v),
     "antithetic": bool,
@@ -142,6 +171,12 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "ess": lambda v: None if v is None else check_positive("ess", v),
     "hess_init": _check_hess_init,
     "hessian_every": lambda v: check_positive_int("hessian_every", v),
+    "momentum": _check_unit_interval("momentum"),
+    "dampening": _check_unit_interval("dampening"),
+    "nesterov": _check_flag("nesterov"),
+    "alpha": _check_unit_interval("alpha"),
+    "eps": _check_non_negative("eps"),
+    "perturb": _check_flag("perturb"),
 }
 """Each option's check: a bad value raises ``ValueError`` naming the option and its range."""
 
@@ -165,8 +200,10 @@ class Rule:
     ``"expfamily"`` (:class:`pyro_blr.AutoExpFamily`) or ``"mixture"``
     (:class:`pyro_blr.AutoMixture`)."""
     curvature: ClassVar[str] = "none"
-    """``"hessian"`` (exact, by autograd), ``"reparam"`` (IVON's gradient-only estimate),
-    ``"ggn"`` (the Gauss--Newton sum over per-datum gradients) or ``"none"``."""
+    r"""``"hessian"`` (exact, by autograd), ``"reparam"`` (IVON's gradient-only estimate),
+    ``"ggn"`` (the Gauss--Newton sum over per-datum gradients), ``"squared_gradient"`` (the
+    particles' squared gradients :math:`\mathbb E_q[\nabla\ell \circ \nabla\ell]`, from which
+    RMSprop and Adam build their scale) or ``"none"`` (the gradient only: SGD)."""
     at_mean: ClassVar[bool] = False
     """Whether the estimates are taken at the mean (the delta method) instead of at draws."""
     full_covariance: ClassVar[bool] = True
@@ -203,6 +240,14 @@ class Rule:
         if name == "lr" and hasattr(self, "lr") and not callable(value):
             value = check_lr(value)
         super().__setattr__(name, value)
+
+    @property
+    def drives_local(self) -> bool:
+        """Whether the rule drives latents local to a subsampled plate: only where its state is
+        a Gaussian's mean and precision. A rule whose state keeps more (IVON's, SGD's, RMSprop's
+        and Adam's momentum and averages) keeps a history per coordinate, which would be needed
+        per datum."""
+        return len(self.State._fields) <= 2
 
     @property
     def options(self) -> dict[str, Any]:

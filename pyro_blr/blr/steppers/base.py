@@ -67,6 +67,12 @@ class StepOptions(NamedTuple):
     ess: float | None = None
     hess_init: float | str | None = "auto"
     hessian_every: int = 1
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    alpha: float = 0.99
+    eps: float = 1e-8
+    perturb: bool = False
 
 
 def step_options(rule: Any, vectorize_particles: bool | str, max_plate_nesting: int | None):

@@ -1,4 +1,5 @@
-r"""The Gaussian rules (``"ivon"``, ``"von"``, ``"newton"``) on Pyro's Gaussian autoguides.
+r"""The Gaussian rules (``"ivon"``, ``"von"``, ``"vogn"``, ``"ogn"``, ``"newton"``, and the
+optimizers as their limits, ``"sgd"``, ``"rmsprop"``, ``"adam"``) on Pyro's Gaussian autoguides.
 
 Each step reads the guide's mean and precision, draws particles :math:`\theta_s = m \pm
 S^{-1/2}\epsilon_s` (antithetic pairs by default; the mean itself for ``"newton"``), evaluates
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch import Tensor
@@ -61,8 +63,9 @@ __all__ = ["GaussianStepper"]
 
 
 class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
-    """Runs ``"ivon"``, ``"von"``, ``"vogn"`` or ``"newton"`` on ``AutoNormal``,
-    ``AutoDiagonalNormal`` or (``"von"``, ``"vogn"``, ``"newton"``) ``AutoMultivariateNormal``."""
+    """Runs the Gaussian rules on ``AutoNormal`` and ``AutoDiagonalNormal``, and those with
+    ``full_covariance`` (``"von"``, ``"vogn"``, ``"ogn"``, ``"newton"``, ``"sgd"``) on
+    ``AutoMultivariateNormal``."""
 
     kind = "gaussian"
     distributable = True
@@ -110,15 +113,19 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
                 "each step draws other rows, whose Hessian the last step's cannot stand for; "
                 "leave hessian_every=1"
             )
-        if self._local and self.rule_name == "ivon":
+        if self._local and not self.rule.drives_local:
             if self.follows_guide:  # the default rule follows the guide: VON for local latents
                 self.rule, self.rule_name = VON(lr=self.rule.lr), "von"
                 self.opts = self.opts._replace(beta1=0.9, beta2=0.999, clip_radius=0.1)
             else:
+                kept = (
+                    "a momentum" if self.rule_name == "ivon" else "a history (momentum, averages)"
+                )
                 raise ValueError(
                     f"sites local to the subsampled plate(s) {list(self.layout.local_plates)}: "
-                    "IVON keeps a momentum per coordinate, which would be needed per datum; use "
-                    "pb.VON(...) or pb.Newton(...) for local latents under subsampling"
+                    f"{type(self.rule).__name__} keeps {kept} per coordinate, which would be "
+                    "needed per datum; use pb.VON(...) or pb.Newton(...) for local latents under "
+                    "subsampling"
                 )
         # Every particle must see the same minibatch: one drawn per step unless the plate path
         # (one model run for all particles) draws it anyway, and always for local latents.
@@ -129,8 +136,11 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         # Two steps' losses compare only on the same data: minibatches differ step to step.
         self._steps_back = not subsampled
         self.ess = self.opts.ess
-        if self._starts and self.ess is None:  # only the start uses it
-            self.ess = num_observations(trace_without_rng(self.model, args, kwargs, like))
+        # the start and the perturbed RMSprop and Adam (Vadam's precision) use it
+        if (self._starts or self.opts.perturb) and self.ess is None:
+            # on the guide's starting values: a prior without a sampler is never sampled
+            replayed = poutine.replay(self.model, trace=self.guide.prototype_trace)
+            self.ess = num_observations(trace_without_rng(replayed, args, kwargs, like))
         if self.rule.curvature == "ggn" and self.layout.enumerated:
             raise ValueError(
                 f"{type(self.rule).__name__} needs each datum's gradient, and the model's "
@@ -245,22 +255,24 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
                 raise
             return self._step_back(step_number, str(error).split(": ", 1)[-1].split("; ")[0])
         if self.collective is not None:  # one all-reduce: every rank then takes the same step
-            if fresh:
+            if fresh and hess is not None:
                 grad, hess, value = self.collective.mean([grad, hess, value])
             else:
                 grad, value = self.collective.mean([grad, value])
         if self._reused is not None:
             hess = self._reused.use(loc, grad, hess if fresh else None, precision)
+        # the delta method's trace term needs a Hessian (or its Gauss-Newton stand-in)
+        curved = self.rule.at_mean and self.rule.curvature in ("hessian", "ggn")
         if self._local:  # local coordinates: their own terms exactly (see the module docstring)
             scale = self.layout.coordinate_scale(grad)
             grad, hess = grad / scale, hess / scale
             entropy = 0.5 * (scale * (1 + math.log(2 * math.pi) - precision.log())).sum()
             loss = value - entropy
-            if self.rule.at_mean:
+            if curved:
                 loss = loss + 0.5 * (scale * hess / precision).sum()
         else:
             loss = value - family.entropy(precision)
-            if self.rule.at_mean:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 (quadratic l)
+            if curved:  # delta method: E_q[l] = l(m) + tr(H S^-1) / 2 (quadratic l)
                 spread = family.solve(precision, hess)
                 loss = loss + 0.5 * (spread.sum() if family.diagonal else spread.diagonal().sum())
         loss = float(loss)
@@ -289,6 +301,45 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
             )  # fmt: skip
         return target.with_subsample(self._subsample)
 
+    def _prior_precision(self, state) -> Tensor:
+        r"""The diagonal of the Hessian of :math:`\ell`'s prior part (the model with its observed
+        sites blocked: priors, log-Jacobians and ``weight_decay``) at the mean: Vadam's
+        :math:`\delta`, :math:`1/s^2` for a ``Normal(., s)`` prior. Exact by one product per
+        coordinate up to :data:`pyro_blr.core.autodiff.EXACT_DIAGONAL_MAX` coordinates, above
+        by Rademacher probes from a fixed seed (exact where the priors do not couple
+        coordinates; the run's random stream is untouched).
+
+        Raises:
+            ValueError: a coordinate whose prior curvature is not positive at the mean,
+                naming its site.
+        """
+        target = self._target
+        blocked = poutine.block(self.model, hide_fn=lambda msg: msg.get("is_observed", False))
+        prior = Target.build(
+            blocked, target.args, target.kwargs, self.layout, self.mode,
+            weight_decay=self.opts.weight_decay,
+        ).with_subsample(self._subsample)  # fmt: skip
+        loc = state.loc
+        generator = torch.Generator(device=loc.device).manual_seed(0)
+        try:
+            delta = prior.derivatives(
+                loc[None].detach(), "diag", mode=self._hessian_mode(), generator=generator
+            ).hess[0]
+        except RuntimeError as error:  # autograd: no prior term depends on the latents at all
+            if "does not require grad" not in str(error):
+                raise
+            delta = torch.zeros_like(loc)
+        bad = ~(delta > 0) | ~torch.isfinite(delta)
+        if bad.any():
+            sites = sorted({self.layout.site_at(int(i)) for i in bad.nonzero()})
+            raise ValueError(
+                f"{type(self.rule).__name__}(perturb=True) draws from N(m, 1/(v/N + delta)) with "
+                f"delta the prior's curvature at the mean, which is not positive at site(s) "
+                f"{sites} (a flat or improper prior, or a heavy-tailed one far out): give them a "
+                "log-concave prior (e.g. Normal), add weight_decay, or use perturb=False"
+            )
+        return delta
+
     @torch.no_grad()
     def _finite_at(self, loc: Tensor) -> bool:
         """Whether the log joint is finite at ``loc``."""
@@ -299,9 +350,13 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         FloatingPointError with the guide unchanged if the update is not finite or its
         precision cannot be factorized."""
         units = self._scale if self.rule.option("clip_radius") is not None else None
+        ess, delta = None, None
+        if self.opts.perturb:  # Vadam's precision v / N + delta
+            ess, delta = self.ess, self.together(step_number, lambda: self._prior_precision(state))
 
         def update(state, grad, hess, lr, step):
-            return self.rule.update(state, Estimates(grad, hess, step, units), lr)[0]
+            estimates = Estimates(grad, hess, step, units, ess=ess, prior_precision=delta)
+            return self.rule.update(state, estimates, lr)[0]
 
         new_state, failure = None, None
         try:

@@ -101,6 +101,11 @@ def update_error(
     )
 
 
+def _double(hess: Tensor | None) -> Tensor | None:
+    """The curvature in float64 (``None`` for a rule that takes none: SGD)."""
+    return None if hess is None else hess.double()
+
+
 def _coordinates(mask: Tensor, dim: int) -> Tensor:
     """A per-coordinate mask from a mask shaped like a loc ``(D,)`` or a precision ``(D, D)``."""
     return mask.reshape(-1, dim).any(0) if mask.dim() < 2 else mask.any(0) | mask.any(1)
@@ -120,7 +125,7 @@ def _in_float64(
     options = {k: v.double() if torch.is_tensor(v) else v for k, v in options.items()}
     wide = type(state)(*(t.double() for t in state))
     try:
-        new = update(wide, grad.double(), hess.double(), lr, step, **options)
+        new = update(wide, grad.double(), _double(hess), lr, step, **options)
     except RuntimeError:  # LinAlgError included
         return None
     if not all(torch.isfinite(t).all() for t in new):
@@ -142,7 +147,7 @@ def condition_in_float64(
         return None
     wide = type(state)(*(t.double() for t in state))
     try:
-        updated = update(wide, grad.double(), hess.double(), lr, step, **options).precision
+        updated = update(wide, grad.double(), _double(hess), lr, step, **options).precision
         if not is_positive_definite(updated):
             return None
         eigenvalues = torch.linalg.eigvalsh(updated)

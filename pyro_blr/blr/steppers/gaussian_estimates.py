@@ -8,8 +8,10 @@ local to a subsampled plate, up to :data:`pyro_blr.core.autodiff.EXACT_DIAGONAL_
 Hutchinson's unbiased estimate above, see :meth:`pyro_blr.core.Target.derivatives`), IVON's
 reparameterization estimate :math:`\hat g\,(\theta - m)\,s` (``"ivon"``), or the
 Gauss--Newton sum of the per-datum gradients' outer products (``"vogn"``; their squares for a
-diagonal guide). Every estimate is checked finite, naming the
-sites at fault.
+diagonal guide), the particles' squared gradients :math:`\mathbb E_q[\nabla\ell\circ\nabla\ell]`
+(``"rmsprop"``, ``"adam"``: the average of each particle's, so that at the mean it is the
+gradient's square, as ``torch.optim`` takes it) or none (``"sgd"``). Every estimate is checked
+finite, naming the sites at fault.
 """
 
 from __future__ import annotations
@@ -107,7 +109,9 @@ class GaussianEstimates:
             hess = hess.mean(0)
             if hess.dim() == 2 and precision.dim() == 1:
                 hess = hess.diagonal()
-            if not self._started:  # the first step of this stepper (always with curvature)
+            # the first step of this stepper (always with curvature); a squared gradient is
+            # no curvature whose decay could make the precision improper
+            if not self._started and self.rule.curvature != "squared_gradient":
                 self._check_informative(d, hess)
         return d.grad.mean(0), hess, d.value.mean()
 
@@ -127,6 +131,9 @@ class GaussianEstimates:
         or Gauss--Newton's."""
         if self.rule.curvature == "ggn":
             return self._gauss_newton(theta, loc, precision)
+        if self.rule.curvature in ("none", "squared_gradient"):  # SGD; RMSprop and Adam
+            d = self._target.derivatives(theta, "none", mode=self.mode)
+            return d, d.grad.square() if self.rule.curvature == "squared_gradient" else None
         hessian_rule = self.rule.curvature == "hessian"
         exact = hessian_rule and curvature
         mode = self._hessian_mode(exact)
