@@ -15,13 +15,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from torch import Tensor
 
 from pyro_blr.core import (
@@ -36,7 +33,7 @@ from pyro_blr.core import (
     unsubsampled_scale,
 )
 from pyro_blr.diagnostics.enumerated_draws import enumerated_draws
-from pyro_blr.distributions import VonMises
+from pyro_blr.diagnostics.resample import Resample
 
 __all__ = ["Draws", "draw"]
 
@@ -263,34 +260,27 @@ def _draw_enumerated(
     observed = [n for n, s in sites if s["is_observed"] and not _is_deterministic(s)]
     deterministic = [n for n, s in sites if _is_deterministic(s)]
     latents = [n for n, s in sites if not s["is_observed"] and n in guide_trace.nodes]
+    summed = [n for n, s in sites if not s["is_observed"] and n not in guide_trace.nodes]
     part = enumerated_draws(
-        model, guide_trace, args, kwargs, num, nesting, latents, observed, deterministic
+        model, guide_trace, args, kwargs, num, nesting, latents, summed, observed, deterministic
     )
     posterior, dims = {}, {}
     for name, site in sites:
         if name in observed:
             continue
-        if name in latents:
-            value = torch.stack([values[name] for values in part.particles])
-        else:  # an enumerated or a deterministic site, given each draw
-            value = part.sampled[name]
+        # a continuous latent as the guide drew it; an enumerated or deterministic site given
+        # each draw
+        value = guide_trace.nodes[name]["value"] if name in latents else part.sampled[name]
         shape = site["value"].shape
         batch_ndim = len(shape) if name in deterministic else len(shape) - site["fn"].event_dim
         squeeze = _squeezable(site, shape, batch_ndim)
-        posterior[name] = _natural(value, num, shape, squeeze)
+        posterior[name] = _natural(_per_draw(value, num, shape), num, shape, squeeze)
         dims[name] = [n for a, n in enumerate(_names(site, shape, batch_ndim)) if a not in squeeze]
-    log_lik, predictive, data = {}, {name: [] for name in observed}, {}
-    for k, values in enumerate(part.particles):
-        given = {**values, **{name: part.sampled[name][k] for name in part.sampled}}
-        given = {name: value for name, value in given.items() if name not in deterministic}
-        trace = poutine.trace(_Resample(observed)(poutine.condition(model, data=given)))
-        resampled = trace.get_trace(*args, **kwargs)
-        for name in observed:
-            predictive[name].append(resampled.nodes[name]["value"])
+    log_lik, predictive, data = {}, {}, {}
     for name in observed:
         site = proto.nodes[name]
         batch_shape, value_shape = site["fn"].batch_shape, site["value"].shape
-        predictive[name] = _per_draw(torch.stack(predictive[name]), num, value_shape)
+        predictive[name] = _per_draw(part.predictive[name], num, value_shape)
         data[name] = site["value"].reshape(value_shape)
         if name in part.log_likelihood:
             log_lik[name] = _per_draw(part.log_likelihood[name], num, batch_shape)
@@ -314,36 +304,6 @@ def _minibatches(subsampled: dict) -> list[dict]:
     ]
 
 
-class _Resample(UnconditionMessenger):
-    """Draw the named observed sites from the model instead of observing them (and leave
-    ``pyro.deterministic`` sites, which Pyro also marks observed, alone)."""
-
-    def __init__(self, names: list[str]):
-        super().__init__()
-        self.names = set(names)
-
-    def _pyro_sample(self, msg: dict) -> None:
-        if msg["name"] in self.names:
-            super()._pyro_sample(msg)
-            msg["fn"] = _safe_sampler(msg["fn"])
-
-
-def _safe_sampler(fn):
-    """``fn`` with torch's von Mises sampler, which never returns at a huge concentration (its
-    rejection loop stops terminating near 1e17), replaced by this package's (Gaussian limit above
-    2^26): the same distribution, through Pyro's wrappers (independent, expanded, masked; a
-    mask does not change what is drawn)."""
-    if isinstance(fn, torch.distributions.VonMises) and not isinstance(fn, VonMises):
-        return VonMises(fn.loc, fn.concentration)
-    if isinstance(fn, torch.distributions.Independent):
-        return dist.Independent(_safe_sampler(fn.base_dist), fn.reinterpreted_batch_ndims)
-    if isinstance(fn, MaskedDistribution):
-        return _safe_sampler(fn.base_dist)
-    if isinstance(fn, ExpandedDistribution):
-        return _safe_sampler(fn.base_dist).expand(fn.batch_shape)
-    return fn
-
-
 def _per_draw(value: Tensor, num: int, shape: torch.Size) -> Tensor:
     """A value with or without the draws' dimension, as ``(S, *shape)``."""
     if value.numel() == num * math.prod(shape):
@@ -359,7 +319,7 @@ def _observed(
     log_lik, predictive, observed, gathered = {}, {}, {}, {}
     for indices in _minibatches(subsampled):
         conditioned = poutine.condition(model, indices)
-        resample = _Resample(names)(conditioned)
+        resample = Resample(names)(conditioned)
         with poutine.block():
             trace, _ = replay_particles(conditioned, guide_trace, args, kwargs, num, nesting, mode)
             resampled, _ = replay_particles(

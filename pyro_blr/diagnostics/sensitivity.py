@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from pyro_blr.core import (
+    PARTICLE_PLATE,
     GaussianGuide,
     LatentLayout,
     Target,
@@ -55,7 +56,6 @@ from pyro_blr.core import (
 )
 from pyro_blr.core.enumeration import enumerated_trace
 from pyro_blr.diagnostics.arviz_compat import elpd_data, to_numpy
-from pyro_blr.diagnostics.enumerated_draws import marginal_mean, scaled_pointwise_log_likelihood
 from pyro_blr.diagnostics.fixed_point import (
     FixedPointGap,
     check_fixed_point,
@@ -63,6 +63,7 @@ from pyro_blr.diagnostics.fixed_point import (
     needs_second_opinion,
 )
 from pyro_blr.diagnostics.inputs import check_finite_inputs
+from pyro_blr.diagnostics.marginal import marginal_mean, scaled_pointwise_log_likelihood
 from pyro_blr.diagnostics.mistakes import check_call
 from pyro_blr.diagnostics.psis import check_num_samples
 
@@ -315,7 +316,7 @@ def loo_sensitivity(
     log_lik = _per_datum(model, layout, dim, num_data, data_sites, args, kwargs)
     with torch.no_grad():
         value = log_lik(loc)  # validation on: Pyro's shape and support checks, once
-    grad, hess = _derivatives(log_lik, loc)
+    grad, hess = _derivatives(log_lik, loc, functorch=not layout.enumerated)
     grad, hess = grad.to(loc.dtype), hess.to(loc.dtype)  # the data's dtype, whatever the model's
     curvature = -hess  # H_i
     joint = Target.build(model, args, kwargs, layout, "loop").derivatives(loc[None], "hessian")
@@ -362,8 +363,11 @@ def loo_sensitivity(
     else:
         gen_shape = (num_samples, loc.shape[0])
         noise = torch.randn(gen_shape, dtype=loc.dtype, device=loc.device)
-        lpd = _sampled_predictive(log_lik, loc[None], chol[None], noise, num_data)
-        loo_lpd = _sampled_predictive(log_lik, loc + shift, loo_chol, noise, num_data)
+        batched = None
+        if layout.enumerated:  # vmap cannot run the enumeration: a particle plate can
+            batched = _enumerated_batch(model, layout, dim, num_data, data_sites, args, kwargs)
+        lpd = _sampled_predictive(log_lik, loc[None], chol[None], noise, num_data, batched)
+        loo_lpd = _sampled_predictive(log_lik, loc + shift, loo_chol, noise, num_data, batched)
         draws = num_samples
     elpd = loo_lpd.sum()
     se = (num_data * loo_lpd.var(correction=0)).sqrt()
@@ -490,6 +494,45 @@ def _enumerated(model: Callable, layout: LatentLayout, theta: Tensor, args: tupl
     return enumerated_trace(model, args, kwargs, layout.max_plate_nesting, _values(layout, theta))
 
 
+def _enumerated_batch(
+    model: Callable,
+    layout: LatentLayout,
+    dim: int,
+    num_data: int,
+    sites: tuple[str, ...],
+    args: tuple,
+    kwargs: dict,
+) -> Callable[[Tensor], Tensor]:
+    """:math:`\\theta \\mapsto (\\log p(y_i \\mid \\theta))_i` of many draws ``(B, D) -> (B, N)``
+    in one enumerated run inside a particle plate, the enumerated sites summed out of each
+    datum's term. The model must broadcast over the plate: the first three draws are checked
+    against one run each (to :math:`\\sqrt{\\epsilon}`), and a mismatch or a failure raises
+    ``ValueError``, on which the caller runs the draws one by one."""
+    one = _per_datum(model, layout, dim, num_data, sites, args, kwargs)
+    nesting = layout.max_plate_nesting
+
+    def batched(theta: Tensor) -> Tensor:
+        num = theta.shape[0]
+        unpacked = layout.unpack(theta).values()
+        values = {s.name: s.transform(u) for s, u in zip(layout.sites, unpacked, strict=True)}
+        trace = enumerated_trace(model, args, kwargs, nesting, values, (PARTICLE_PLATE, num))
+        rows = 0.0
+        for name in sites:
+            term = scaled_pointwise_log_likelihood(trace, name)
+            term = term.reshape((*(1,) * (nesting + 1 - term.dim()), *term.shape))
+            rows = rows + term.expand(num, *term.shape[1:]).movedim(dim, 1).reshape(
+                num, num_data, -1
+            ).sum(-1)
+        count = min(3, num)
+        exact = torch.stack([one(t) for t in theta[:count]])
+        tol = torch.finfo(exact.dtype).eps ** 0.5
+        if not torch.allclose(rows[:count], exact, rtol=tol, atol=tol, equal_nan=True):
+            raise ValueError("the particle plate gives other per-datum terms than one run each")
+        return rows
+
+    return batched
+
+
 def _by_datum(term: Tensor, dim: int, num_data: int, name: str) -> Tensor:
     """A site's term with the data plate's dimension first, summed over the rest: ``(N,)``."""
     return _by_datum_rows(term, dim, num_data, name).sum(-1)
@@ -532,28 +575,35 @@ def _quiet(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return quiet
 
 
-def _derivatives(log_lik: Callable[[Tensor], Tensor], loc: Tensor) -> tuple[Tensor, Tensor]:
+def _derivatives(
+    log_lik: Callable[[Tensor], Tensor], loc: Tensor, functorch: bool = True
+) -> tuple[Tensor, Tensor]:
     """Per-datum gradients ``(N, D)`` and Hessians ``(N, D, D)`` at ``loc``.
 
     Forward mode: each tangent is one model run over all ``N`` data, so the gradients cost
     :math:`D` runs and the Hessians :math:`D^2` (batched by ``vmap``), where reverse mode would
     need one backward pass per datum through the whole graph (:math:`N` times the work).
+    ``functorch=False`` goes straight to autograd's loop (Pyro's tensor contraction, which sums
+    enumerated sites out, has an ``autograd.Function`` that ``torch.func`` refuses).
     """
     quiet = _quiet(log_lik)
     jacfwd, jacrev = torch.func.jacfwd, torch.func.jacrev
-    try:
-        return jacfwd(quiet)(loc).detach(), _symmetric(jacfwd(jacfwd(quiet))(loc))
-    # an operator without a forward-mode rule (ValueError: the enumerated run names the
-    # failure; a real error in the model is raised again by the last way, outside torch.func)
-    except (RuntimeError, NotImplementedError, ValueError):
-        pass
     with torch.enable_grad():
-        try:
-            return jacrev(quiet)(loc).detach(), _symmetric(jacfwd(jacrev(quiet))(loc))
-        except (RuntimeError, NotImplementedError, ValueError):  # nor a batching rule: loop
-            jacobian = torch.autograd.functional.jacobian
-            hess = jacobian(lambda t: jacobian(quiet, t, create_graph=True), loc)
-            return jacobian(quiet, loc).detach(), _symmetric(hess)
+        if functorch:
+            try:
+                return jacfwd(quiet)(loc).detach(), _symmetric(jacfwd(jacfwd(quiet))(loc))
+            # an operator without a forward-mode rule (ValueError: the enumerated run names
+            # the failure; a real error in the model is raised again by the loop, outside
+            # torch.func)
+            except (RuntimeError, NotImplementedError, ValueError):
+                pass
+            try:
+                return jacrev(quiet)(loc).detach(), _symmetric(jacfwd(jacrev(quiet))(loc))
+            except (RuntimeError, NotImplementedError, ValueError):  # nor a batching rule
+                pass
+        jacobian = torch.autograd.functional.jacobian
+        hess = jacobian(lambda t: jacobian(quiet, t, create_graph=True), loc)
+        return jacobian(quiet, loc).detach(), _symmetric(hess)
 
 
 def _symmetric(hess: Tensor) -> Tensor:
@@ -572,7 +622,7 @@ def _prediction_error(
 ) -> Tensor:
     """The residual of the likelihood's mean at ``loc``, per datum (a norm when vector-valued);
     the sites the model enumerates summed out of the mean by their prior
-    (:func:`~pyro_blr.diagnostics.enumerated_draws.marginal_mean`)."""
+    (:func:`~pyro_blr.diagnostics.marginal.marginal_mean`)."""
     nesting = layout.max_plate_nesting
     with torch.no_grad():
         if layout.enumerated:
@@ -669,15 +719,17 @@ def _sampled_predictive(
     precision_chols: Tensor,
     noise: Tensor,
     num_data: int,
+    batched: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     r""":math:`\log \frac1S \sum_s p(y_i \mid \theta_{is})`, :math:`\theta_{is} = \mu_i +
     C_i^{-\top}\varepsilon_s` for ``K`` Gaussians (``means`` ``(K, D)``, Cholesky factors of their
     precisions ``(K, D, D)``): datum ``i`` under Gaussian ``i`` when ``K = N``, every datum
-    under the one Gaussian when ``K = 1`` (then ``(N,)`` is returned as well)."""
+    under the one Gaussian when ``K = 1`` (then ``(N,)`` is returned as well). ``batched``:
+    ``log_lik`` of many draws at once (by default ``vmap`` of it)."""
     num_gaussians = means.shape[0]
     num_samples = noise.shape[0]
     quiet = _quiet(log_lik)
-    batched = torch.func.vmap(quiet, randomness="different")
+    batched = batched or torch.func.vmap(quiet, randomness="different")
     rows = max(1, _MAX_ELEMENTS // (num_samples * num_data))
     out = []
     with torch.no_grad():

@@ -2,6 +2,7 @@
 the sites are summed out of log p and of each datum's likelihood (checked against the model
 summed by hand), and drawn from their exact conditional for the posterior and the predictive."""
 
+import logging
 import math
 
 import arviz as az
@@ -11,10 +12,11 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.ops.indexing import Vindex
 
 import pyro_blr as pb
 from pyro_blr.core.enumeration import enumerated_trace
-from pyro_blr.diagnostics.enumerated_draws import marginal_mean
+from pyro_blr.diagnostics.marginal import marginal_mean
 from tests.core.test_enumeration import (
     HMM_Y,
     SCALES,
@@ -40,14 +42,31 @@ def mixture_guide(model=mixture, data=X):
     return guide
 
 
+def mixture_vindex(x):
+    """``mixture`` written to broadcast over a batch of locations (``Vindex``): the draws are
+    evaluated in one run inside a particle plate."""
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(Vindex(loc)[..., z], SCALES[z]), obs=x)
+
+
+BOTH = pytest.mark.parametrize(
+    ("model", "mode"), [(mixture, "loop"), (mixture_vindex, "plate")], ids=["loop", "plate"]
+)
+
+
 def hand_pointwise(loc, x):
     """log sum_k w_k N(x_i; loc_k, s_k), per datum."""
     return dist.MixtureSameFamily(dist.Categorical(WEIGHTS), dist.Normal(loc, SCALES)).log_prob(x)
 
 
-def test_log_p_and_log_likelihood_are_the_hand_summed_marginals():
+@BOTH
+def test_log_p_and_log_likelihood_are_the_hand_summed_marginals(model, mode, caplog):
     pyro.set_rng_seed(0)
-    idata = pb.to_inference_data(mixture, mixture_guide(), X, num_samples=20)
+    with caplog.at_level(logging.INFO, logger="pyro_blr.diagnostics.enumerated_draws"):
+        idata = pb.to_inference_data(model, mixture_guide(model), X, num_samples=20)
+    assert ("run one by one" in caplog.text) == (mode == "loop")
     locs = torch.as_tensor(idata.posterior["loc"].values).reshape(20, 2)
     log_p = torch.as_tensor(idata.sample_stats["log_p"].values).reshape(20)
     expected = torch.stack([mixture_by_hand(loc, X) for loc in locs])
@@ -60,14 +79,14 @@ def test_log_p_and_log_likelihood_are_the_hand_summed_marginals():
     assert math.isfinite(float(getattr(loo, "elpd_loo", getattr(loo, "elpd", math.nan))))
 
 
-@pytest.fixture(scope="module")
-def repeated_draws():
+@pytest.fixture(scope="module", params=[mixture, mixture_vindex], ids=["loop", "plate"])
+def repeated_draws(request):
     # 50 copies of each datum: the assignments are independent given loc, so 200 draws give
     # 10,000 assignments per datum
-    copies, num = 50, 200
+    copies, num, model = 50, 200, request.param
     data = X.repeat(copies)
     pyro.set_rng_seed(1)
-    idata = pb.to_inference_data(mixture, mixture_guide(data=data), data, num_samples=num)
+    idata = pb.to_inference_data(model, mixture_guide(model, data), data, num_samples=num)
     locs = torch.as_tensor(idata.posterior["loc"].values).reshape(num, 2)
     z = torch.as_tensor(idata.posterior["z"].values).reshape(num, len(data))
     rep = torch.as_tensor(idata.posterior_predictive["x"].values).reshape(num, len(data))
@@ -97,12 +116,13 @@ def test_predictive_draws_from_the_component_drawn(repeated_draws):
     assert (residual.var() - 1).abs() < 0.03
 
 
-def test_deterministic_sites_follow_the_drawn_assignment():
+@pytest.mark.parametrize("index", [lambda loc, z: loc[z], lambda loc, z: Vindex(loc)[..., z]])
+def test_deterministic_sites_follow_the_drawn_assignment(index):
     def model(x):
         loc = pyro.sample("loc", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
-            center = pyro.deterministic("center", loc[z])
+            center = pyro.deterministic("center", index(loc, z))
             pyro.sample("x", dist.Normal(center, SCALES[z]), obs=x)
 
     pyro.set_rng_seed(2)
@@ -111,6 +131,7 @@ def test_deterministic_sites_follow_the_drawn_assignment():
     z = torch.as_tensor(idata.posterior["z"].values).reshape(30, len(X)).long()
     center = torch.as_tensor(idata.posterior["center"].values).reshape(30, len(X))
     torch.testing.assert_close(center, locs.gather(1, z), rtol=0, atol=0)
+    assert idata.posterior["center"].dims == ("chain", "draw", "data")
 
 
 def test_hmm_chain_is_sampled_and_its_observations_left_out_of_log_likelihood_by_name():
@@ -167,6 +188,15 @@ def local_mixture(y):
         pyro.sample("y", dist.Normal(locs[k], 0.7), obs=y)
 
 
+def local_mixture_vindex(y):
+    """``local_mixture`` written to broadcast over a batch of locations (one run for many
+    draws in the sampled predictive)."""
+    locs = pyro.sample("locs", dist.Normal(torch.zeros(2, dtype=F64), 2.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        k = pyro.sample("k", dist.Categorical(LOO_W), infer={"enumerate": "parallel"})
+        pyro.sample("y", dist.Normal(Vindex(locs)[..., k], 0.7), obs=y)
+
+
 def local_mixture_summed(y):
     """The same model with the assignment summed out by hand (MixtureSameFamily)."""
     locs = pyro.sample("locs", dist.Normal(torch.zeros(2, dtype=F64), 2.0).to_event(1))
@@ -193,12 +223,16 @@ def fitted_guides():
     return guide, summed
 
 
-@pytest.mark.parametrize("predictive", ["quadratic", "sample"])
-def test_loo_sensitivity_equals_the_hand_summed_model(fitted_guides, predictive):
+@pytest.mark.parametrize(
+    ("model", "predictive"),
+    [(local_mixture, "quadratic"), (local_mixture, "sample"), (local_mixture_vindex, "sample")],
+    ids=["quadratic", "sample-loop", "sample-plate"],
+)
+def test_loo_sensitivity_equals_the_hand_summed_model(fitted_guides, model, predictive):
     guide, summed = fitted_guides
     options = dict(predictive=predictive, num_samples=8)
     pyro.set_rng_seed(4)  # the same predictive draws for both
-    got = pb.loo_sensitivity(local_mixture, guide, LOO_Y, **options)
+    got = pb.loo_sensitivity(model, guide, LOO_Y, **options)
     pyro.set_rng_seed(4)
     exact = pb.loo_sensitivity(local_mixture_summed, summed, LOO_Y, **options)
     assert got.plate == exact.plate == "data" and got.method == exact.method == predictive
