@@ -272,7 +272,7 @@ def jaakkola_jordan_evidence(
 
 
 def _jacobian_rows(values: Tensor, theta: Tensor) -> Tensor:
-    """The Jacobian ``(N, D)`` of ``values`` (computed from ``theta`` with a graph, which they
+    r"""The Jacobian ``(N, D)`` of ``values`` (computed from ``theta`` with a graph, which they
     may not depend on) by the double-backward trick: :math:`g(v) = J^\top v` is linear in
     ``v``, so its gradient in ``v`` along coordinate ``i`` is the column :math:`J e_i` -- one
     backward pass per latent coordinate (usually far fewer than values), no model run under

@@ -18,6 +18,21 @@ With ``langevin=True`` each step adds :math:`\mathcal N(0, 2\beta T P)` noise, a
 power inequality, :math:`e^{2\mathbb H[X+Y]/D} \ge e^{2\mathbb H[X]/D} + e^{2\mathbb H[Y]/D}`, keeps
 the entropy a lower bound (Altieri & Duvenaud 2015).
 
+**Minibatches.** A model whose plate subsamples (``pyro.plate(..., subsample_size=B)``) gets
+stochastic gradient steps, and the bound stays valid: each step's minibatch :math:`\mathcal B_t`
+is drawn independently of the chains and shared by them, so given the minibatches the step is the
+deterministic map :math:`\theta \mapsto \theta - \beta P\nabla\hat\ell_{\mathcal
+B_t}(\theta)`, whose Jacobian :math:`I - \beta P \nabla^2\hat\ell_{\mathcal B_t}` (the
+minibatch Hessian, the one the step used) tracks the entropy exactly as above, and any
+distribution of the chains gives an ELBO. The energy term must still be the full data's: the
+unbiased minibatch estimate :math:`-\hat\ell_{\mathcal B_t}(\theta_t)` would make each
+:math:`\mathcal L_t` noisy, and their maximum over steps (the best bound) biased upward, far
+above :math:`\log p(\mathcal D)` for small minibatches (the lecture's SGLD evidence has this
+flaw). So :math:`\mathbb E_{q_t}\log p(\mathcal D, \theta_t)` is computed on the full data at
+every step, recovered exactly from forward runs of the unchanged model on minibatches that cover
+the plate (:func:`pyro_blr.evidence.minibatch.full_data_neg_log_joint`, no gradients): ``bound``
+and ``best`` mean what they mean without minibatches, with the same Monte Carlo error.
+
 References:
     | Early Stopping as Nonparametric Variational Inference (Duvenaud, Maclaurin & Adams,
       AISTATS 2016) https://arxiv.org/abs/1504.01344
@@ -37,17 +52,19 @@ from torch import Tensor
 
 from pyro_blr.core import (
     LatentLayout,
+    PlateDraw,
     check_latent_masks,
     choose_vectorization,
+    draw_subsample,
     hessian_from_grad,
     latent_layout,
     model_keywords,
     neg_log_joint,
     nonfinite_term,
     rng_kept,
-    subsampled_plates,
     validate_site_shapes,
 )
+from pyro_blr.evidence.minibatch import full_data_neg_log_joint, minibatch_plates
 
 __all__ = [
     "SGDEvidence",
@@ -65,7 +82,8 @@ class SGDEvidence(NamedTuple):
     """The entropy-via-optimization bound along the chains.
 
     Attributes:
-        bound: :math:`\\mathcal L_t` for :math:`t = 0, \\dots, T` (a tensor of shape ``(T + 1,)``).
+        bound: :math:`\\mathcal L_t` for :math:`t = 0, \\dots, T` (a tensor of shape ``(T + 1,)``),
+            on the full data even when the steps use minibatches.
         best: its maximum, a float.
         best_step: where the maximum is reached (the early-stopping point).
     """
@@ -279,21 +297,15 @@ def _probed_log_det(
 
 def _setup(
     model: Callable, args: tuple, kwargs: dict, init_loc: Tensor | None, preconditioner
-) -> tuple[LatentLayout, dict, Tensor, _Preconditioner]:
-    """The model's latent layout, the dtype and device of its values, m_0 and P."""
+) -> tuple[LatentLayout, dict, Tensor, _Preconditioner, tuple[PlateDraw, ...]]:
+    """The model's latent layout, the dtype and device of its values, m_0, P and the plates
+    whose minibatches each step draws."""
     with poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    for plate in subsampled_plates(trace).values():  # vectorized or sequential
-        form = "a sequential plate, for i in pyro.plate(...), " if plate.sequential else ""
-        raise ValueError(
-            f"sgd_evidence needs the full data, but plate '{plate.name}' is subsampled ({form}"
-            f"holding {plate.size} of its {plate.full_size} elements): the best bound, a maximum "
-            "over steps, would pick up the minibatch noise of each step's estimate and lie above "
-            "log p(D); call the model without subsample_size"
-        )
+    draws = minibatch_plates(model, args, kwargs, trace, "sgd_evidence")
     check_latent_masks(trace)
     validate_site_shapes(trace)  # a value broadcasting against a plate is named, not summed
-    layout = latent_layout(trace, trace)
+    layout = latent_layout(trace, trace)  # refuses a latent local to a subsampled plate
     like = trace.nodes[layout.sites[0].name]["value"]
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     options = {"dtype": dtype, "device": like.device}
@@ -304,14 +316,15 @@ def _setup(
     precond = _Preconditioner(
         torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
     )
-    return layout, options, loc, precond
+    return layout, options, loc, precond, draws
 
 
-def _vectorization(model: Callable, layout: LatentLayout, loc: Tensor, args, kwargs) -> str:
+def _vectorization(model: Callable, layout: LatentLayout, loc: Tensor, args, kwargs, draws) -> str:
     """Plate, vmap or loop: the fastest that matches one model run per chain (X @ w models)."""
     with rng_kept(loc):
         probe = loc + torch.randn(3, layout.dim, dtype=loc.dtype, device=loc.device)
-        return choose_vectorization(model, layout, probe, args, kwargs)
+        fixed = draw_subsample(draws) if draws else None
+        return choose_vectorization(model, layout, probe, args, kwargs, subsample=fixed)
 
 
 def _entropy_change(
@@ -348,6 +361,23 @@ def _check_arguments(hessian, num_chains, num_steps, step_size, temperature, ini
         raise ValueError(f"temperature must be non-negative and finite, got {temperature}")
     if not init_scale > 0 or not math.isfinite(init_scale):
         raise ValueError(f"init_scale must be positive and finite, got {init_scale}")
+
+
+def _full_data(values: Tensor, theta: Tensor, step: int, context: tuple) -> Tensor:
+    """The chains' full-data negative log joint: ``values`` themselves without minibatches,
+    else recovered from the plates' minibatch covers (no gradient)."""
+    model, layout, args, kwargs, mode, draws = context
+    if not draws:
+        return values
+    with torch.no_grad():
+        full = full_data_neg_log_joint(model, layout, theta.detach(), args, kwargs, mode, draws)
+    if not torch.isfinite(full).all():
+        raise ValueError(
+            f"at step {step} the full-data log joint is not finite on some chains although "
+            "their minibatch's is: a datum outside the minibatch is impossible there (check "
+            "the likelihood's support) or the chains diverged (lower step_size)"
+        )
+    return full
 
 
 def _check_finite(values: Tensor, terms: list, step: int) -> None:
@@ -403,8 +433,10 @@ def sgd_evidence(
 
     Args:
         model: the Pyro model (its latent sites are mapped to unconstrained coordinates).
-        *args: the model's positional arguments, with the full data: a subsampled plate is
-            refused (the maximum over steps of minibatch-noisy bounds is biased upward).
+        *args: the model's positional arguments. A vectorized plate with ``subsample_size``
+            gives stochastic gradient steps (see the module docstring; the bound itself is
+            evaluated on the full data, by :math:`N/\gcd(N, B)` forward runs per step and
+            plate); a sequential or nested subsampled plate is refused.
         num_chains: the number :math:`r` of chains.
         num_steps: the number :math:`T` of gradient steps.
         step_size: :math:`\beta`.
@@ -447,8 +479,8 @@ def sgd_evidence(
     kwargs = model_keywords(model, "sgd_evidence", options, kwargs, model_kwargs)
     _check_arguments(hessian, num_chains, num_steps, step_size, temperature, init_scale,
                      num_probes)  # fmt: skip
-    layout, options, loc, precond = _setup(model, args, kwargs, init_loc, preconditioner)
-    mode = _vectorization(model, layout, loc, args, kwargs)
+    layout, options, loc, precond, draws = _setup(model, args, kwargs, init_loc, preconditioner)
+    mode = _vectorization(model, layout, loc, args, kwargs, draws)
     dim = layout.dim
     noise_variance = 2 * temperature * step_size
     noise_entropy = gaussian_entropy(
@@ -459,14 +491,16 @@ def sgd_evidence(
     theta = loc + init_scale * torch.randn(num_chains, dim, **options)
     entropy = gaussian_entropy(dim, 2 * math.log(init_scale))
     bounds, worst, terms = [], 0.0, []
+    context = (model, layout, args, kwargs, mode, draws)
     for t in range(num_steps + 1):
+        batch = draw_subsample(draws) if draws else {}  # this step's minibatch, as Pyro draws it
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
             try:
-                values = neg_log_joint(model, layout, theta, args, kwargs, mode)
+                values = neg_log_joint(model, layout, theta, args, kwargs, mode, None, batch)
                 if not torch.isfinite(values).all():  # again, one chain at a time, to name it
                     with torch.no_grad():
-                        neg_log_joint(model, layout, theta, args, kwargs, "loop", terms_out=terms)
+                        neg_log_joint(model, layout, theta, args, kwargs, "loop", terms, batch)
                     _check_finite(values.detach(), [[x for run in terms for x in run]], t)
             except ValueError as error:  # e.g. a distribution refusing an overflowed parameter
                 if t == 0 or str(error).startswith(f"at step {t} "):
@@ -476,7 +510,7 @@ def sgd_evidence(
                     f"{str(error).splitlines()[0]}): the chains diverged; lower step_size"
                 ) from error
             (grad,) = torch.autograd.grad(values.sum(), theta, create_graph=t < num_steps)
-            bounds.append(evidence_bound(values, entropy))
+            bounds.append(evidence_bound(_full_data(values, theta, t, context), entropy))
             if t == num_steps:
                 break
             log_det, curvature = _entropy_change(

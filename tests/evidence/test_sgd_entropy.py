@@ -3,12 +3,15 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
 import pyro_blr as pb
+from pyro_blr.core import latent_layout, neg_log_joint, plate_draws
+from pyro_blr.evidence.minibatch import full_data_neg_log_joint, plate_cover
 from pyro_blr.evidence.sgd_entropy import (
     gaussian_entropy,
     hutchinson_traces,
@@ -121,11 +124,52 @@ def test_an_impossible_likelihood_is_blamed_on_its_site():
         pb.sgd_evidence(impossible_counts, torch.ones(6), None, num_chains=2, num_steps=2)
 
 
-def test_a_subsampled_plate_is_refused_by_name():
-    # The best bound is a maximum over steps: minibatch noise in each step's estimate would
-    # push it above log p(D) without a word.
-    with pytest.raises(ValueError, match="plate 'data' is subsampled"):
-        pb.sgd_evidence(impossible_counts, torch.ones(6), 3, num_chains=2, num_steps=2)
+@pytest.mark.parametrize("size", [5, 6])
+def test_the_minibatch_cover_gives_the_full_data_log_joint(size):
+    # B = 5 divides N = 20 (4 minibatches); B = 6 does not (N / gcd = 10 minibatches, each index
+    # held 3 times): either way the average of the N/B-scaled runs is the full log joint.
+    sub, full = linear_regression(subsample_size=size), linear_regression()
+    trace = poutine.trace(sub.model).get_trace(sub.X, sub.y)
+    layout = latent_layout(trace)
+    theta = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    draws = plate_draws(trace, set())
+    got = full_data_neg_log_joint(sub.model, layout, theta, (sub.X, sub.y), {}, "loop", draws)
+    exact = neg_log_joint(full.model, layout, theta, (full.X, full.y), {}, "loop")
+    torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-12)
+    assert len(plate_cover(draws[0])) == 20 // math.gcd(20, size)
+
+
+@pytest.mark.parametrize("size", [5, 2])
+def test_minibatch_steps_keep_a_full_data_bound(size):
+    # Stochastic gradient steps on minibatches of 5 or 2 of 20 (the entropy tracked with each
+    # step's minibatch Hessian), the bound evaluated on the full data at every step. Started at
+    # q0 = N(posterior mean, s^2 I), the first bound is q0's exact ELBO up to the chains' Monte
+    # Carlo error (4 sigma; a minibatch estimate of it would be off by several nats), and no step
+    # rises above log p(D) by more than that error.
+    s, chains, scale = linear_regression(subsample_size=size), 200, 0.1
+    precision, mean = s.posterior_precision, s.posterior_mean
+    A = scale**2 * precision  # q0's covariance against the posterior's
+    elbo = s.log_evidence - 0.5 * float(torch.trace(A) - 3 - torch.logdet(A))
+    sigma = math.sqrt(0.5 * float(torch.trace(A @ A)) / chains)  # sd of the chains' mean of -l
+    pyro.set_rng_seed(0)
+    result = pb.sgd_evidence(s.model, s.X, s.y, num_chains=chains, num_steps=15,
+                             step_size=0.001, hessian="exact", init_loc=mean,
+                             init_scale=scale)  # fmt: skip
+    assert abs(float(result.bound[0]) - elbo) < 4 * sigma
+    assert float(result.bound.max()) < s.log_evidence + 4 * sigma
+    assert result.best == float(result.bound.max())
+
+
+def test_a_sequential_subsampled_plate_is_refused_by_name():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        for i in pyro.plate("data", len(y), subsample_size=2):
+            pyro.sample(f"y_{i}", dist.Normal(mu, 1.0), obs=y[i])
+
+    with pytest.raises(
+        ValueError, match=r"sgd_evidence cannot draw the minibatches of plate 'data'.*sequential"
+    ):
+        pb.sgd_evidence(model, torch.zeros(6), num_chains=2, num_steps=2)
 
 
 def test_step_log_det_is_the_log_determinant_of_the_step():
