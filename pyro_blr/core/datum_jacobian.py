@@ -24,12 +24,14 @@ vector :math:`\theta \in \mathbb R^D`, the Jacobian rows :math:`\nabla\tilde\ell
 * **a batched backward pass** (:func:`rows_by_batched_backward`): :math:`B` vector-Jacobian
   products of the whole run, :math:`B^2` in all; always applicable.
 
-Per particle on one CPU thread (``python -m benchmarks.per_datum_cost``): on logistic regression
-written ``X @ w`` with :math:`N = 5000, D = 20`, forward mode takes 3.9 ms where the batched
-backward pass takes 564 ms; on a one-layer BNN with :math:`N = 455, D = 752`, the runs on one
-datum take 5.2 ms against 298 ms (4.6 gradients' worth). At :math:`N = 10^4, D = 1000`
-(``X @ w``) forward mode's :math:`D` passes are quadratic in :math:`D`; the runs on each datum's
-arguments are not (see ``benchmarks/per_datum_cost.py`` for the figures).
+What each way costs is measured by the benchmark ``per_datum_cost`` (``python -m
+benchmarks.per_datum_cost``; its table is on the docs' Benchmarks page, "What per-datum
+gradients cost"): on a model that reads ``X`` whole with few coordinates, forward mode costs a
+few gradients where the batched backward pass costs hundreds; on a network with more
+coordinates than data, the runs on one datum cost a few gradients where the other two cost
+hundreds; and with many data and coordinates (``X @ w`` at :math:`N = 10^4, D = 1000`) forward
+mode's :math:`D` passes grow quadratically in :math:`D` where the runs on each datum's arguments
+do not.
 
 References:
     | Jacobians, Hessians, hvp, vhp, and more: composing function transforms (PyTorch
@@ -55,8 +57,9 @@ FORWARD_CHUNK = 64
 
 FORWARD_MIN_DATA = 512
 """Forward mode only for minibatches of at least this many data: below, the batched backward
-pass costs less than forward mode's overhead under ``torch.func`` (0.7 ms against 1.8 ms a
-particle at ``B = 300, D = 3``; ``benchmarks/per_datum_cost.py``)."""
+pass costs less than forward mode's overhead under ``torch.func`` (the benchmark
+``per_datum_cost``'s logistic regression at ``B = 300, D = 3``; with more coordinates forward
+mode can win on fewer data)."""
 
 Terms = Callable[..., tuple[Tensor, Tensor]]
 """``(theta, subsample, *rows) -> (per-datum terms (B,), their scales (B,))`` from one model run
