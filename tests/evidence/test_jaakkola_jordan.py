@@ -236,3 +236,31 @@ def test_a_gaussian_observation_beside_the_bernoulli_is_exact_in_the_bound():
     log_z = float(torch.logsumexp(log_f, 0) + math.log(float(w[1] - w[0])))
     bound = jaakkola_jordan_evidence(model, X1, Y1).bound
     assert bound <= log_z < bound + 0.2
+
+
+def test_a_pyro_module_linear_model_gives_the_same_bound_as_x_at_w():
+    from pyro.nn import PyroModule, PyroSample
+
+    X = torch.stack([X2, X2.square() - 1], -1)
+
+    class Logistic(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[torch.nn.Linear](2, 1).double()
+            zero = torch.tensor(0.0, dtype=F64)
+            self.linear.weight = PyroSample(dist.Normal(zero, 1.0).expand([1, 2]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(zero, 1.0).expand([1]).to_event(1))
+
+        def forward(self, X, y):
+            logits = self.linear(X).squeeze(-1)  # weights sampled outside the data plate
+            with pyro.plate("data", X.shape[0]):
+                pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
+
+    def plain(X, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Bernoulli(logits=X @ w + b), obs=y)
+
+    module = jaakkola_jordan_evidence(Logistic(), X, Y2)
+    assert module.bound == pytest.approx(jaakkola_jordan_evidence(plain, X, Y2).bound, abs=1e-10)

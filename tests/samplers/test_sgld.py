@@ -140,6 +140,7 @@ def test_draws_work_with_predictive_and_arviz_diagnostics():
     diagnostics = sgld.diagnostics()
     assert set(diagnostics) == {"w", "b"} and diagnostics["w"]["r_hat"].shape == (2,)
     assert sgld.get_sample_stats()["step_size"].eq(1e-3).all()
+    assert samples["w"].dtype == torch.float32  # float32 data: float32 draws
 
 
 def test_thinning_and_burn_in_count_steps():
