@@ -48,6 +48,16 @@ def to_inference_data(
     independent, split into ``num_chains`` groups for ArviZ's chain dimension. Under
     ``pyro.plate(subsample_size=B)`` the log-likelihood and predictive cover all the data.
 
+    **Enumerated discrete sites.** A site marked ``infer={"enumerate": "parallel"}`` (or under
+    ``pyro.infer.config_enumerate``) and left out of the guide, as for ``TraceEnum_ELBO``, is
+    summed out of ``log_p`` (:math:`\log \sum_z p(\mathcal D, z, \theta)`) and of each
+    datum's ``log_likelihood`` (:math:`\log \sum_{z_i} p(z_i \mid \theta)\,
+    p(y_i \mid z_i, \theta)`, what ``az.loo`` needs); it appears in ``posterior`` drawn from
+    its exact conditional :math:`p(z \mid \mathcal D, \theta)` given each draw (Pyro's
+    ``infer_discrete``), and the predictive is drawn given both. An observed site whose
+    elements share an enumerated site (an HMM's chain, a global assignment) has no
+    per-element terms: it is left out of ``log_likelihood`` with a warning naming it.
+
     With ``psis=True`` the draws are resampled by their Pareto-smoothed importance weights
     :math:`\propto p(\mathcal D, z_s)/q(z_s)` (Yao et al. 2018), which moves a good-enough guide's
     estimates toward the exact posterior; :math:`\hat k` is stored in the attributes
@@ -76,9 +86,14 @@ def to_inference_data(
         TypeError: a model argument named like an option without ``model_kwargs=``.
         ValueError: a bad ``num_samples`` or ``num_chains``, a latent site local to a subsampled
             plate, a sequential plate (``for i in pyro.plate(...)``) that is subsampled, data or
-            inputs of an observed site holding NaN or inf (naming the site), or a discrete latent
-            site the guide does not sample (it would be drawn from
-            its prior and scored as data).
+            inputs of an observed site holding NaN or inf (naming the site), a discrete latent
+            site the guide does not sample and the model does not mark for parallel
+            enumeration (it would be drawn from its prior and scored as data), sequential or
+            Monte Carlo enumeration, or a subsampled plate in a model with enumerated sites
+            (each naming the site and the fix).
+
+    Warns:
+        UserWarning: observed sites left out of ``log_likelihood`` (see above), by name.
 
     References:
         | Yes, but Did It Work?: Evaluating Variational Inference (Yao et al., ICML 2018)

@@ -119,10 +119,12 @@ def enumerated_draws(
     count = min(_CHECKED, num)
     traces = enumerated_model_traces(model, guide_trace, args, kwargs, count, nesting)
     checked = _loop_terms(traces, observed)
-    for name, reason in checked.skipped.items():
+    if checked.skipped:  # one warning, naming every site and the first one's reason
+        first, reason = next(iter(checked.skipped.items()))
         warnings.warn(
-            f"to_inference_data leaves observed site '{name}' out of the log_likelihood "
-            f"group: {reason}",
+            f"to_inference_data leaves observed site(s) {list(checked.skipped)} out of the "
+            f"log_likelihood group, which has no per-element terms of theirs: '{first}': "
+            f"{reason}",
             UserWarning,
             stacklevel=4,
         )

@@ -188,6 +188,12 @@ def loo_sensitivity(
     mean-field optimum has the exact mean and precision :math:`\operatorname{diag} P`); its
     predictive densities are those of that refit, narrower than the exact posterior's.
 
+    A discrete site marked ``infer={"enumerate": "parallel"}`` and local to the data plate (a
+    mixture's assignment) is summed out of its datum's term,
+    :math:`\ell_i(\theta) = \log \sum_{z_i} p(z_i \mid \theta)\, p(y_i \mid z_i, \theta)`:
+    leaving the datum out removes its assignment with it. One shared by several data (a global
+    assignment, an HMM's chain) gives them no separate terms, and is refused by name.
+
     The guide must be fitted: its distance from a fixed point of the learning rule
     (:func:`~pyro_blr.diagnostics.fixed_point.fixed_point_gap`: the step from :math:`m` in
     posterior standard deviations, and the factor between :math:`S` and the curvature) is
@@ -240,7 +246,8 @@ def loo_sensitivity(
             data or inputs holding NaN or inf (naming the site), no observed site in a plate,
             observed sites in several plates and no
             ``plate=``, a subsampled data plate, a latent site local to the data plate (naming
-            it: leaving a datum out would also remove its latent), or a datum whose curvature
+            it: leaving a datum out would also remove its latent; an enumerated one is summed
+            out instead), an enumerated site shared by several data, or a datum whose curvature
             exceeds the posterior's (:math:`S - H_i` not positive definite: the guide is not at
             a fixed point of the learning rule for this model).
 

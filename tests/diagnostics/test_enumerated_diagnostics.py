@@ -138,7 +138,8 @@ def test_hmm_chain_is_sampled_and_its_observations_left_out_of_log_likelihood_by
     names = [f"s_{t}" for t in range(len(HMM_Y))]
     guide = AutoMultivariateNormal(poutine.block(hmm, hide=names))
     pyro.set_rng_seed(3)
-    with pytest.warns(UserWarning, match=r"observed site 'y_0'.*depend on the same enumerated"):
+    match = r"site\(s\) \['y_0', 'y_1', 'y_2', 'y_3'\].*'y_0'.*depend on the same enumerated"
+    with pytest.warns(UserWarning, match=match):
         idata = pb.to_inference_data(hmm, guide, HMM_Y, num_samples=5)
     assert set(names) <= set(idata.posterior.data_vars)
     assert not hasattr(idata, "log_likelihood")  # no site has per-element terms
