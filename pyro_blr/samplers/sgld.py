@@ -103,6 +103,13 @@ class SGLD:
             per chain, see :func:`pyro_blr.core.choose_vectorization`), ``"plate"``, ``"vmap"``
             or ``"loop"``.
 
+    Note:
+        The chains of one step share its minibatch (one model run for all of them), so their
+        gradient noise is shared too; it is :math:`O(\beta_t)` against the injected noise and
+        vanishes with a decaying schedule, but with a large constant step :math:`\hat R` may
+        look better than the chains are. With a decaying schedule, Welling & Teh weight each
+        draw by its step in posterior averages; ``get_sample_stats()["step_size"]`` holds it.
+
     Example:
         >>> import pyro, pyro.distributions as dist, torch
         >>> from pyro_blr.samplers import SGLD, RobbinsMonro
