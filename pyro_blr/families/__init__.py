@@ -1,7 +1,8 @@
 """Exponential families described once: natural and expectation parameters and their maps.
 
 One module per family (``normal``, ``gamma``, ``beta``, ``dirichlet``, ``von_mises``,
-``categorical``; the Gaussian's closed forms in ``gaussian``), the shared interface in ``base``,
+``bernoulli``, ``categorical``; the Gaussian's closed forms in ``gaussian``; latent Bernoulli
+sites on :math:`[0, 1]` in ``relaxation``), the shared interface in ``base``,
 and the registry below: :data:`FAMILIES` by name and :func:`family_for_site`, which picks the
 family of a site's support.
 """
@@ -9,6 +10,7 @@ family of a site's support.
 from __future__ import annotations
 
 from pyro_blr.families.base import ExpFamily, site_support
+from pyro_blr.families.bernoulli import Bernoulli
 from pyro_blr.families.beta import Beta
 from pyro_blr.families.categorical import Categorical
 from pyro_blr.families.dirichlet import Dirichlet
@@ -21,12 +23,14 @@ from pyro_blr.families.gaussian import (
     is_positive_definite,
 )
 from pyro_blr.families.normal import LogNormal, Normal
+from pyro_blr.families.relaxation import is_binary_site
 from pyro_blr.families.von_mises import VonMisesFamily
 
 __all__ = [
     "DIAGONAL",
     "FAMILIES",
     "FULL",
+    "Bernoulli",
     "Beta",
     "Categorical",
     "Dirichlet",
@@ -42,16 +46,27 @@ __all__ = [
 ]
 
 FAMILIES: dict[str, ExpFamily] = {
-    f.name: f for f in (Normal(), LogNormal(), Gamma(), Beta(), Dirichlet(), VonMisesFamily())
+    f.name: f
+    for f in (
+        Normal(),
+        LogNormal(),
+        Gamma(),
+        Beta(),
+        Dirichlet(),
+        VonMisesFamily(),
+        Bernoulli(),
+    )
 }
-"""The families of continuous sites, by name (the categorical of mixture weights takes K)."""
+"""The families of latent sites, by name (the categorical of mixture weights takes K)."""
 
-_AUTOMATIC = ("von_mises", "normal", "gamma", "beta", "dirichlet")  # first match wins
+_AUTOMATIC = ("bernoulli", "von_mises", "normal", "gamma", "beta", "dirichlet")  # first wins
 
 
 def family_for_site(site: dict, name: str | None = None) -> ExpFamily:
     """The family of a latent site: ``name`` if given (checked against the site's support),
-    else the first of von Mises, Normal, Gamma, Beta, Dirichlet that matches it.
+    else the first of Bernoulli, von Mises, Normal, Gamma, Beta, Dirichlet that matches it. A
+    binary site (:class:`pyro_blr.families.relaxation.BinarySite`) takes only a discrete family:
+    its support is the unit interval, but a Beta there would fit another model.
 
     Args:
         site: a sample site of a Pyro trace (its ``"name"`` and ``"fn"`` are read).
@@ -75,20 +90,25 @@ def family_for_site(site: dict, name: str | None = None) -> ExpFamily:
         families that fit it: ['gamma', 'lognormal']
     """
     site_name, fn = site["name"], site["fn"]
+    binary = is_binary_site(fn)
+
+    def fits(family: ExpFamily) -> bool:
+        return family.matches(fn) and family.discrete == binary
+
     if name is not None:
         if name not in FAMILIES:
             raise ValueError(
                 f"unknown family {name!r} for site '{site_name}'; choose one of {sorted(FAMILIES)}"
             )
-        if not FAMILIES[name].matches(fn):
-            fitting = sorted(n for n, f in FAMILIES.items() if f.matches(fn))
+        if not fits(FAMILIES[name]):
+            fitting = sorted(n for n, f in FAMILIES.items() if fits(f))
             raise ValueError(
                 f"family {name!r} does not fit site '{site_name}' with support "
                 f"{site_support(fn)}; families that fit it: {fitting}"
             )
         return FAMILIES[name]
     for candidate in _AUTOMATIC:
-        if FAMILIES[candidate].matches(fn):
+        if fits(FAMILIES[candidate]):
             return FAMILIES[candidate]
     choices = "|".join(f"'{n}'" for n in FAMILIES)
     raise ValueError(

@@ -128,6 +128,9 @@ class ExpFamily:
     distribution_class: type = dist.Distribution
     param_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
     param_event_dims: ClassVar[dict[str, int]] = {}
+    discrete: ClassVar[bool] = False
+    """Whether draws are discrete: the BLR then estimates its gradient on the relaxed draws of
+    :meth:`relaxed_draws`, and a guide reports :meth:`median` and the family's exact quantiles."""
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -171,6 +174,17 @@ class ExpFamily:
     def distribution(self, eta: Tensor) -> dist.Distribution:
         """The Pyro distribution with these natural parameters (reparameterized sampling)."""
         return self.distribution_class(**self.params(eta))
+
+    def relaxed_draws(self, eta: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+        """A discrete family's relaxed draws, one per row of ``eta``, and the log of their
+        weights (see :meth:`pyro_blr.families.Bernoulli.relaxed_draws`); continuous families
+        are drawn by ``distribution(eta).rsample()`` instead."""
+        raise NotImplementedError(f"the {self.name} family is not discrete")
+
+    def median(self, eta: Tensor) -> Tensor:
+        """The point a guide's ``median()`` reports: the distribution's mean (a discrete
+        family's median)."""
+        return self.distribution(eta).mean
 
     def check_resolved(self, eta: Tensor) -> None:
         """Raise ``FloatingPointError`` where ``eta``'s dtype cannot resolve a natural-gradient

@@ -10,6 +10,7 @@ the exponential family that lives on its support, in constrained space:
 | unit interval | Beta | concentration1, concentration0 |
 | simplex | Dirichlet | concentration |
 | circular (a von Mises prior) | von Mises | loc, concentration |
+| binary (a latent Bernoulli) | Bernoulli | logits |
 
 ``families={"site": "lognormal"}`` (or ``"normal"``, ``"gamma"``, ...) overrides the choice for a
 site; the family must live on the site's support. The families themselves -- their distributions,
@@ -20,9 +21,19 @@ log-parameterized) and exposes them in natural coordinates (:meth:`AutoExpFamily
 reparameterized everywhere (implicit reparameterization for Gamma, Beta, Dirichlet and von
 Mises), so the guide works with ``pyro.infer.SVI`` and every ELBO.
 
+A latent ``Bernoulli`` site that is not marked for enumeration gets a Bernoulli factor: its draws
+(``Predictive``, ``median()``, ``quantiles()``) are binary, and the BLR estimates its gradient on
+the Gumbel-softmax relaxation (:class:`pyro_blr.blr.rules.ExpFamilyRule`'s ``temperature``;
+BayesBiNN, Meng, Bachmann & Khan 2020), so the model must be defined for values in
+:math:`[0, 1]` there (``z * w``, not ``w[z]``), which the BLR checks, naming the site. The guide's
+prototype trace holds such a site as a
+:class:`~pyro_blr.families.relaxation.BinarySite` at its prior probability.
+
 References:
     | Implicit Reparameterization Gradients (Figurnov, Mohamed & Mnih, NeurIPS 2018)
     | https://arxiv.org/abs/1805.08498
+    | Training Binary Neural Networks using the Bayesian Learning Rule (Meng, Bachmann & Khan,
+      ICML 2020) https://arxiv.org/abs/2002.10778
 """
 
 from __future__ import annotations
@@ -43,6 +54,9 @@ from torch.distributions import transform_to
 
 from pyro_blr.core import check_prototype, is_subsampled, write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
+from pyro_blr.families.base import clamp_unit
+from pyro_blr.families.relaxation import binary_site
+from pyro_blr.guides.mixture import AutoMixture
 from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["AutoExpFamily"]
@@ -65,7 +79,8 @@ class AutoExpFamily(AutoGuide):
             scale for Normal, :math:`1/\sqrt{\alpha_0}` for Beta and Dirichlet).
 
     Raises:
-        ValueError: an unknown family name; (at the first call) a discrete or unsupported site,
+        ValueError: an unknown family name; (at the first call) a discrete site other than a
+            latent Bernoulli, an unsupported site,
             a family that does not fit its site's support, an override naming no latent site,
             or a latent site local to a subsampled plate.
 
@@ -109,10 +124,7 @@ class AutoExpFamily(AutoGuide):
         self.params = PyroModule()
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             if site["fn"].support.is_discrete:
-                raise ValueError(
-                    f"latent site '{name}' is discrete; AutoExpFamily needs continuous sites: "
-                    "enumerate it out (infer={'enumerate': 'parallel'}) or observe it"
-                )
+                self._keep_binary(name, site)
             for frame in site["cond_indep_stack"]:
                 if is_subsampled(frame):
                     raise ValueError(
@@ -132,6 +144,23 @@ class AutoExpFamily(AutoGuide):
                 f"families={self._overrides} names {unknown}, which are not latent sites of the "
                 f"model (its latent sites: {list(self._families)})"
             )
+
+    def _keep_binary(self, name: str, site: dict) -> None:
+        """Make a latent Bernoulli site of the prototype a
+        :class:`~pyro_blr.families.relaxation.BinarySite` (its value the prior's probability,
+        where the flat latent vector of the BLR starts); refuse any other discrete site."""
+        relaxed = None if site["infer"].get("enumerate") else binary_site(site["fn"])
+        if relaxed is None or isinstance(self, AutoMixture):
+            kind = type(site["fn"]).__name__
+            raise ValueError(
+                f"latent site '{name}' is discrete ({kind}); {type(self).__name__} gives a "
+                "Bernoulli factor to a latent Bernoulli site of AutoExpFamily only (neither "
+                "enumerated nor masked) and needs other sites continuous: enumerate it out "
+                "(infer={'enumerate': 'parallel'}, hidden from the guide), observe it, or "
+                "write a categorical choice as binary indicators"
+            )
+        site["fn"] = relaxed
+        site["value"] = clamp_unit(relaxed.mean.detach())
 
     def _event_dim(self, family: ExpFamily, param: str, value: Tensor, site: dict) -> int:
         """How many rightmost dimensions of a parameter are not plate dimensions: the family's
@@ -250,20 +279,32 @@ class AutoExpFamily(AutoGuide):
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
-        """Normal sites: the median; other families: the posterior mean.
+        r"""Normal sites: the median; Bernoulli sites: the median :math:`\mathbb 1[p > \tfrac12]`
+        (binary); other families: the posterior mean.
 
         Raises:
             RuntimeError: called with no arguments before any fit, on a model that needs
                 some: fit the guide first, or pass the model's arguments.
         """
         setup_for(self, "median", self._setup_prototype, args, kwargs)
-        return {name: d.mean for name, d in self.distributions(*args, **kwargs).items()}
+        out = {}
+        for name, d in self.distributions(*args, **kwargs).items():
+            family = self._families[name]
+            out[name] = family.median(family.natural_from(d)) if family.discrete else d.mean
+        return out
 
     @torch.no_grad()
     def quantiles(self, quantiles, *args, num_samples: int = 1000, **kwargs) -> dict[str, Tensor]:
-        """Quantiles of each site, estimated from ``num_samples`` draws."""
+        """Quantiles of each site, estimated from ``num_samples`` draws (exact, and binary, for
+        Bernoulli sites)."""
         out = {}
         for name, d in self.distributions(*args, **kwargs).items():
+            family = self._families[name]
+            if family.discrete:
+                eta = family.natural_from(d)
+                q = torch.as_tensor(quantiles, dtype=eta.dtype, device=eta.device)
+                out[name] = family.quantile(eta, q)
+                continue
             draws = d.sample((num_samples,))
             q = torch.as_tensor(quantiles, dtype=draws.dtype, device=draws.device)
             out[name] = torch.quantile(draws, q, dim=0)

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from pyro_blr.families import ExpFamily
 
-__all__ = ["controlled_gradient", "per_draw_leaves", "statistics_jacobian"]
+__all__ = ["controlled_gradient", "per_draw_leaves", "relaxed_gradient", "statistics_jacobian"]
 
 
 def per_draw_leaves(eta: Tensor, num: int) -> Tensor:
@@ -123,3 +123,52 @@ def _fit(gram: Tensor, rhs: Tensor) -> Tensor:
     coef = (vectors @ (projected / safe).unsqueeze(-1)).squeeze(-1) / scale
     usable = (full_rank & torch.isfinite(coef).all(-1)).unsqueeze(-1)
     return torch.where(usable, coef, torch.zeros_like(coef))
+
+
+def relaxed_gradient(fisher: Tensor, slopes: Tensor, log_weights: Tensor) -> Tensor:
+    r""":math:`\nabla_\lambda\mathbb E_q[\ell]` of a binary site from relaxed draws
+    :math:`x_s` (:meth:`pyro_blr.families.Bernoulli.relaxed_draws`), as :math:`F\hat g` with
+
+    .. math::
+        \hat g = \frac{\sum_s w_s\,\ell'(x_s)}{\sum_s w_s}, \qquad
+        w_s = \frac{\partial x_s}{\partial\lambda} = \frac{x_s(1-x_s)}{\tau},
+
+    the ratio :math:`\sum_s d_s / \sum_s D_s` of the per-draw gradients
+    :math:`d_s = \partial\ell(x_s)/\partial\lambda = w_s\ell'(x_s)` and
+    :math:`D_s = \partial x_s/\partial\lambda = w_s`: the gradient in the relaxation's own
+    expectation parameter :math:`\mu_\tau = \mathbb E[x_\tau]`, its Fisher information
+    estimated on the same draws. BayesBiNN's estimate (Meng et al. 2020, equation 11) divides
+    :math:`\frac1S\sum_s d_s` by the exact :math:`F = p(1-p)` instead; both tend to the same
+    limit as :math:`\tau \to 0`, but this one is
+
+    * exact where :math:`\ell` is linear in the site, at every temperature;
+    * bounded by the range of the slope :math:`\ell'` (BayesBiNN's is unbounded where :math:`p`
+      is near 0 or 1: its draws are mostly zero and rarely huge, and at :math:`\tau = 0.03` the
+      steps of a 4-indicator regression overflow in a few dozen steps);
+    * as :math:`\tau \to 0`, the weights pick :math:`x_s` uniform on :math:`(0, 1)` (given
+      :math:`w`, :math:`z = \operatorname{logit} x_s` is logistic), so
+      :math:`\hat g \to \mathbb E_{q_{-j}}[\ell(1, x_{-j}) - \ell(0, x_{-j})]`, the exact
+      :math:`\nabla_\mu\mathbb E_q[\ell]`, whatever the curvature of :math:`\ell` in the site.
+      At :math:`\tau > 0` the bias is :math:`O(\tau)` times that curvature.
+
+    The weights are normalized in log space (``log_weights``), so that saturated draws
+    (:math:`x_s` rounded to 0 or 1) keep theirs and the ratio is always defined.
+
+    Args:
+        fisher: :math:`F`, shape ``(*batch, 1, 1)``.
+        slopes: per-draw :math:`\ell'(x_s)`, ``(S, *batch)``.
+        log_weights: per-draw :math:`\log w_s`, ``(S, *batch)``.
+
+    Returns:
+        :math:`F\hat g`, shape ``(*batch, 1)``, in ``slopes``' dtype.
+
+    Example:
+        >>> import torch
+        >>> slopes = torch.tensor([[3.0], [3.0], [3.0]], dtype=torch.float64)  # linear in x
+        >>> log_w = torch.tensor([[-1.0], [-40.0], [-2.0]], dtype=torch.float64)
+        >>> relaxed_gradient(torch.tensor([[[0.25]]], dtype=torch.float64), slopes, log_w)
+        tensor([[0.7500]], dtype=torch.float64)
+    """
+    weights = torch.softmax(log_weights.double(), 0)
+    slope = (weights * slopes.double()).sum(0)
+    return (fisher.double() @ slope.unsqueeze(-1).unsqueeze(-1)).squeeze(-1).to(slopes.dtype)

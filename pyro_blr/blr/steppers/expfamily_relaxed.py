@@ -1,0 +1,152 @@
+r"""Binary latents under the ``"expfamily"`` rule: the model must be defined on relaxed values.
+
+The gradient of a Bernoulli site is estimated on Gumbel-softmax draws :math:`x_\tau \in (0, 1)`
+(:meth:`pyro_blr.families.Bernoulli.relaxed`), so the model's log joint :math:`f` runs there and
+is differentiated in :math:`x`. A model that uses the value as an index (``w[z]``), casts it
+(``z.long()``, ``z.bool()``) or branches on it (``if z:``, ``torch.where(z > 0.5, ...)``) either
+fails at such values or has a gradient that does not see the jump between 0 and 1: the
+estimate would be silently wrong. :func:`check_relaxed_model` runs before the first step and
+refuses both, naming the site, by the fundamental theorem of calculus along straight paths
+between binary points :math:`x_0, x_1` (others at their guide's median),
+
+.. math::
+    f(x_1) - f(x_0) = \int_0^1 \nabla f\big(x_0 + t(x_1 - x_0)\big)\cdot(x_1 - x_0)\,dt,
+
+the integral by 16-point Gauss--Legendre quadrature (exact for a log joint of degree up to 31
+in :math:`t`, e.g. any Gaussian likelihood of ``X @ (z * w)``). A cast or a branch makes the
+gradient blind to the jump, and the two sides differ by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pyro.poutine as poutine
+import torch
+from torch import Tensor
+
+from pyro_blr.core.model_errors import describe_error
+
+__all__ = ["NODES", "check_relaxed_model"]
+
+NODES = 16
+"""Gauss--Legendre nodes of the path integral."""
+
+_RTOL = 1e-3  # of the path's scale; a cast or branch misses a whole jump
+
+
+def _log_joint(model: Callable, values: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    return trace.log_prob_sum()
+
+
+def _fix(name: str) -> str:
+    return (
+        f"write the model so that site '{name}' may take values in [0, 1] and enters "
+        f"differentiably (e.g. '{name} * w' or 'X @ ({name} * w)', not 'w[{name}]', "
+        f"'{name}.long()', '{name}.bool()' or 'if {name}:'), or mark it "
+        "infer={'enumerate': 'parallel'} and hide it from the guide "
+        f"(poutine.block(model, hide=['{name}'])) so that it is summed out"
+    )
+
+
+def _path_mismatch(
+    model: Callable, values: dict[str, Tensor], name: str, ends: tuple, args: tuple, kwargs: dict
+) -> tuple[float, float, float]:
+    """``(f(x1) - f(x0), the path integral of the gradient, the path's scale)`` for site
+    ``name`` moved from ``ends[0]`` to ``ends[1]``; raises ``ValueError`` naming the site where
+    the model fails or is not finite inside the path."""
+    start, end = ends
+    with torch.no_grad():
+        f0 = _log_joint(model, {**values, name: start}, args, kwargs)
+        f1 = _log_joint(model, {**values, name: end}, args, kwargs)
+    nodes, weights = np.polynomial.legendre.leggauss(NODES)
+    integral, scale = 0.0, 0.0
+    for node, weight in zip((nodes + 1) / 2, weights / 2, strict=True):
+        x = (start + float(node) * (end - start)).requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                f = _log_joint(model, {**values, name: x}, args, kwargs)
+                (grad,) = torch.autograd.grad(f, x, allow_unused=True)
+        except Exception as error:  # any failure at a relaxed value is the model's reason
+            raise ValueError(
+                f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in (0, 1) "
+                f"(Gumbel-softmax), and the model fails there ({describe_error(error)}): "
+                f"{_fix(name)}"
+            ) from error
+        slope = 0.0 if grad is None else float((grad * (end - start)).sum())
+        if not (np.isfinite(slope) and torch.isfinite(f)):
+            raise ValueError(
+                f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in (0, 1), "
+                f"and the model's log joint or its gradient is not finite there: {_fix(name)}"
+            )
+        integral += weight * slope
+        scale += weight * abs(slope)
+    # round-off of the two ends (float32 log joints of many data) is no jump
+    eps = torch.finfo(f0.dtype).eps
+    ends_scale = abs(float(f1 - f0)) + 64 * eps / _RTOL * (abs(float(f0)) + abs(float(f1)))
+    return float(f1 - f0), integral, scale + ends_scale
+
+
+def check_relaxed_model(
+    model: Callable, median: dict[str, Tensor], names: Iterable[str], args: tuple, kwargs: dict
+) -> None:
+    """Refuse a model whose log joint is not a differentiable function of a binary site's
+    relaxed value (see the module docstring).
+
+    Two paths per site: all zeros to all ones, and an alternating pattern to its complement,
+    the other sites at ``median``. Nothing random is drawn (the generators are left where they
+    were).
+
+    Args:
+        model: the model with the binary sites relaxed
+            (:func:`pyro_blr.families.relaxation.relax_binary_sites`).
+        median: every latent site's value away from its path (e.g. the guide's ``median()``).
+        names: the binary sites.
+        args: the model's positional arguments.
+        kwargs: the model's keyword arguments.
+
+    Raises:
+        ValueError: naming the site and the fix, where the model fails or is not finite at a
+            relaxed value, or where its gradient misses a jump between 0 and 1.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro_blr.families.relaxation import relax_binary_sites
+        >>> w = torch.tensor([0.5, 2.0])
+        >>> def model():
+        ...     z = pyro.sample("z", dist.Bernoulli(torch.full((2,), 0.5)).to_event(1))
+        ...     pyro.sample("y", dist.Normal(w[z.long()].sum(), 1.0), obs=torch.tensor(1.0))
+        >>> relaxed = relax_binary_sites(model, ["z"])
+        >>> try:
+        ...     check_relaxed_model(relaxed, {"z": torch.zeros(2)}, ["z"], (), {})
+        ... except ValueError as error:
+        ...     print(str(error)[:70])
+        latent site 'z' is a Bernoulli that the BLR relaxes to values in (0, 1
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        for name in names:
+            base = median[name].detach()
+            pattern = (torch.arange(base.numel(), device=base.device) % 2).reshape(base.shape)
+            pattern = pattern.to(base.dtype)
+            values = {n: v.detach() for n, v in median.items()}
+            for ends in ((torch.zeros_like(base), torch.ones_like(base)), (pattern, 1 - pattern)):
+                change, integral, scale = _path_mismatch(model, values, name, ends, args, kwargs)
+                if abs(change - integral) > _RTOL * scale + 1e-6:
+                    raise ValueError(
+                        f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in "
+                        f"(0, 1) and differentiates there, but the model's log joint is not a "
+                        f"differentiable function of it: from {_describe(ends[0])} to "
+                        f"{_describe(ends[1])} it changes by {change:.6g}, its gradient adds up "
+                        f"to {integral:.6g} (a cast, an index or a branch on the value hides the "
+                        f"jump): {_fix(name)}"
+                    )
+
+
+def _describe(value: Any) -> str:
+    flat = value.reshape(-1)
+    shown = ", ".join(f"{int(v)}" for v in flat[:4].tolist())
+    return f"[{shown}{', ...' if flat.numel() > 4 else ''}]"
