@@ -262,3 +262,30 @@ def test_loo_sensitivity_refuses_an_enumerated_site_shared_by_every_datum():
     pb.BLR(model, guide, pb.Newton(lr=1.0)).fit(X, num_steps=20, progress=False)
     with pytest.raises(ValueError, match=r"'x' depends on enumerated site 'z'.*outside plate"):
         pb.loo_sensitivity(model, guide, X)
+
+
+def test_masked_and_scaled_sites_count_as_the_model_weighs_them():
+    # poutine.mask and poutine.scale, as without enumeration: a masked-out datum has no term (0)
+    # and the pointwise terms carry the scale. 'w' touches no enumerated site: its terms come
+    # from its own density, which pointwise_log_likelihood leaves unmasked (masked here).
+    keep = torch.tensor([True, False, True, True])
+
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+        with pyro.plate("data", len(x)), poutine.mask(mask=keep), poutine.scale(scale=2.0):
+            z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(loc[z], SCALES[z]), obs=x)
+            pyro.sample("w", dist.Normal(loc[0], 1.0), obs=x)
+
+    pyro.set_rng_seed(5)
+    idata = pb.to_inference_data(model, mixture_guide(model), X, num_samples=5)
+    locs = torch.as_tensor(idata.posterior["loc"].values).reshape(5, 2)
+    x_terms = torch.stack([2.0 * hand_pointwise(loc, X) * keep for loc in locs])
+    w_terms = torch.stack([2.0 * dist.Normal(loc[0], 1.0).log_prob(X) * keep for loc in locs])
+    for name, exact in (("x", x_terms), ("w", w_terms)):
+        found = torch.as_tensor(idata.log_likelihood[name].values).reshape(5, len(X))
+        torch.testing.assert_close(found, exact, rtol=1e-12, atol=1e-12)
+    prior = dist.Normal(torch.zeros(2, dtype=F64), 10.0).log_prob(locs).sum(-1)
+    log_p = torch.as_tensor(idata.sample_stats["log_p"].values).reshape(5)
+    expected = prior + x_terms.sum(-1) + w_terms.sum(-1)
+    torch.testing.assert_close(log_p, expected, rtol=1e-12, atol=1e-12)
