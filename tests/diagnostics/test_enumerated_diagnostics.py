@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from pyro.ops.indexing import Vindex
 
 import pyro_blr as pb
@@ -289,3 +289,25 @@ def test_masked_and_scaled_sites_count_as_the_model_weighs_them():
     log_p = torch.as_tensor(idata.sample_stats["log_p"].values).reshape(5)
     expected = prior + x_terms.sum(-1) + w_terms.sum(-1)
     torch.testing.assert_close(log_p, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_loo_sensitivity_of_a_diagonal_guide_equals_the_hand_summed_model():
+    # a diagonal guide takes the Newton step with the log joint's Hessian, the enumerated sites
+    # summed out of it too
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(poutine.block(local_mixture, hide=["k"]))
+    blr = pb.BLR(local_mixture, guide, pb.Newton(lr=1.0))
+    for _ in range(25):
+        blr.step(LOO_Y)
+    summed = AutoNormal(local_mixture_summed)
+    summed(LOO_Y)
+    with torch.no_grad():
+        mine = dict(guide.named_parameters())
+        for name, param in summed.named_parameters():
+            param.copy_(mine[name])
+    got = pb.loo_sensitivity(local_mixture, guide, LOO_Y, predictive="quadratic")
+    exact = pb.loo_sensitivity(local_mixture_summed, summed, LOO_Y, predictive="quadratic")
+    for field in got._fields:
+        value = getattr(got, field)
+        if torch.is_tensor(value):
+            torch.testing.assert_close(value, getattr(exact, field), rtol=1e-8, atol=1e-8)
