@@ -76,10 +76,15 @@ def enumerated_sites(trace: Trace, given: Container[str] = ()) -> tuple[str, ...
         if site["is_observed"] or name in given or not how:
             continue
         if how != "parallel":
+            # Pyro's TraceEnum_ELBO refuses it too ("model-side sequential enumeration is not
+            # implemented"); a sequential site in a plate would give every element one value.
             raise ValueError(
-                f"latent site '{name}' is marked infer={{'enumerate': {how!r}}}: only parallel "
-                "enumeration is summed out here; mark it infer={'enumerate': 'parallel'} (or "
-                "use pyro.infer.config_enumerate(model, 'parallel'))"
+                f"latent site '{name}' is marked infer={{'enumerate': {how!r}}}: a model site is "
+                "summed out only by parallel enumeration (as in Pyro's TraceEnum_ELBO); mark it "
+                "infer={'enumerate': 'parallel'} (or use pyro.infer.config_enumerate(model, "
+                "'parallel')), index tensors with its value through pyro.ops.indexing.Vindex, "
+                "and where the model branches in Python on its value, write the branches as "
+                "tensor operations (torch.where) first"
             )
         if site["infer"].get("num_samples") is not None:
             raise ValueError(
