@@ -155,7 +155,8 @@ class Adam(GaussianRule):
     beta2=b2, eps=e))`` takes the steps of ``torch.optim.Adam(params, lr, betas=(b1, b2),
     eps=e)`` on the model's negative log joint :math:`\ell` (the MAP loss; a Normal prior of
     scale :math:`s` is torch's coupled ``weight_decay`` of :math:`1/s^2`), to floating-point
-    round-off.
+    round-off (while the driver's step-back safeguard stays silent, see
+    :class:`~pyro_blr.blr.rules.sgd.SGD`).
 
     ``perturb=True``: Vadam. Each step draws ``mc_samples`` particles from the guide, whose
     precision is :math:`v/N + \delta` (:func:`vadam_precision`; :math:`\delta` the diagonal of

@@ -103,7 +103,8 @@ class RMSprop(GaussianRule):
     is (the family's fixed covariance): ``pb.BLR(model, guide, pb.RMSprop(lr, alpha=a, eps=e,
     momentum=mu))`` takes the steps of ``torch.optim.RMSprop(params, lr, alpha=a, eps=e,
     momentum=mu)`` on the model's negative log joint (a Normal prior of scale :math:`s` is
-    torch's ``weight_decay`` of :math:`1/s^2`), to floating-point round-off. torch's
+    torch's ``weight_decay`` of :math:`1/s^2`), to floating-point round-off (while the driver's
+    step-back safeguard stays silent, see :class:`~pyro_blr.blr.rules.sgd.SGD`). torch's
     ``centered=True`` has no counterpart here.
 
     ``perturb=True``: the gradient and squared gradient averaged over draws from the guide,

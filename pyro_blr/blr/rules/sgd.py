@@ -112,7 +112,10 @@ class SGD(GaussianRule):
 
     Note:
         The loss :meth:`pyro_blr.BLR.step` reports is the delta method's negative ELBO,
-        :math:`\ell(m)` minus the fixed Gaussian's entropy (a constant).
+        :math:`\ell(m)` minus the fixed Gaussian's entropy (a constant). The steps are
+        ``torch.optim``'s as long as the driver's step-back safeguard stays silent: a loss that
+        rises by more than :math:`100 + 10(N + D)` nats (see :mod:`pyro_blr.blr.averaging`) is
+        retaken with half the step size, which ``torch.optim`` would not do.
 
     References:
         | The Bayesian Learning Rule (Khan & Rue, JMLR 2023) https://arxiv.org/abs/2107.04562
