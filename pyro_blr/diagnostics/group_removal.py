@@ -41,13 +41,16 @@ from torch import Tensor
 from pyro_blr.core import (
     GaussianGuide,
     Target,
+    check_full_data,
     check_gaussian_guide,
     check_model_and_guide,
     initialize_guide,
     latent_layout,
     model_keywords,
     trace_without_rng,
+    validate_site_shapes,
 )
+from pyro_blr.core.log_joint import conditioned_trace
 from pyro_blr.diagnostics.datum_groups import DataGroups, data_groups, group_log_likelihood
 from pyro_blr.diagnostics.fixed_point import (
     FixedPointGap,
@@ -55,6 +58,8 @@ from pyro_blr.diagnostics.fixed_point import (
     fixed_point_gap,
     needs_second_opinion,
 )
+from pyro_blr.diagnostics.inputs import check_finite_inputs
+from pyro_blr.diagnostics.mistakes import check_call
 
 __all__ = ["METHODS", "GroupRemoval", "removal_sensitivity"]
 
@@ -156,7 +161,9 @@ def removal_sensitivity(
     Raises:
         TypeError: not a Gaussian guide, or a model argument named like an option without
             ``model_kwargs=``.
-        ValueError: an unknown method; a group that is empty, out of range or repeats a datum
+        ValueError: an unknown method; a model and guide swapped, data left out, NaN or inf
+            in the data, or an observed site whose shape does not match its plates (naming
+            the site); a group that is empty, out of range or repeats a datum
             (naming it); a subsampled data plate or a latent local to it; a guide far from a
             fixed point (``"diagonal"``: farther than a group's shift, naming it); or a
             removal that leaves a precision that is not positive definite (naming the group:
@@ -194,12 +201,17 @@ def removal_sensitivity(
     kwargs = model_keywords(model, entry, ("groups", "plate", "method"), kwargs, model_kwargs)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_call(model, guide, args, kwargs, entry)  # swapped, or data left out
     check_gaussian_guide(guide, entry)
     like = initialize_guide(guide, args, kwargs)
     check_model_and_guide(model, guide, args, kwargs)
     full_trace = trace_without_rng(model, args, kwargs, like)
+    check_full_data(full_trace, entry, " (removing a group needs every datum)", True)
     layout = latent_layout(guide.prototype_trace, full_trace)
     loc, precision = (t.detach() for t in GaussianGuide(guide, layout).read())
+    with pyro.validation_enabled(False), torch.no_grad():  # NaN or inf data: site and datum named
+        check_finite_inputs(conditioned_trace(model, layout, loc, args, kwargs, {})[0], entry)
+    validate_site_shapes(full_trace)  # y of shape (N, 1) in a plate of N: named by Pyro
     found = data_groups(full_trace, layout, plate, groups, loc)
     log_lik = group_log_likelihood(model, layout, found, args, kwargs)
     diagonal = precision.dim() == 1

@@ -174,6 +174,16 @@ def test_options_and_models_it_cannot_handle_are_refused(regression):
     s, guide = regression
     with pytest.raises(ValueError, match="method must be one of"):
         removal_sensitivity(s.model, guide, s.X, s.y, groups=[[0]], method="exact")
+    with pytest.raises(
+        ValueError, match=r"the first argument is a guide \(AutoMultivariateNormal\)"
+    ):
+        removal_sensitivity(guide, s.model, s.X, s.y, groups=[[0]])
+    y_nan = s.y.clone()
+    y_nan[3] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"observed site 'y' .* not finite at batch index \[\[3\]\]"
+    ):
+        removal_sensitivity(s.model, guide, s.X, y_nan, groups=[[0]])
     sub = linear_regression(num_data=24, dim=3, subsample_size=6)
     with pytest.raises(ValueError, match="plate 'data' is subsampled"):
         removal_sensitivity(sub.model, guide, s.X, s.y, groups=[[0]])
