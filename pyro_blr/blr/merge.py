@@ -177,10 +177,11 @@ def merge(
     Where the prior comes from (``prior=``):
 
     * ``"model"`` (the default): the model's latent sites read through a trace of
-      ``guides[0].model`` run with ``*args, **kwargs`` (any data set will do: only the latent
-      sites' distributions are read); each must be a ``Normal`` or ``MultivariateNormal`` with
-      fixed parameters over the real line (see :mod:`pyro_blr.blr.merge_prior`). For diagonal
-      guides a correlated prior is projected to its diagonal (same mean, diagonal precision);
+      ``guides[0].model`` run with ``*args, **kwargs`` (any of the data sets will do: only the
+      latent sites' distributions are read, and they must not depend on the data); each must
+      be a ``Normal`` or ``MultivariateNormal`` with fixed parameters over the real line (see
+      :mod:`pyro_blr.blr.merge_prior`). For diagonal guides a correlated prior is projected to
+      its diagonal (same mean, diagonal precision);
     * a fitted Gaussian guide: e.g. the pretrained model's posterior that every guide was
       fine-tuned from;
     * :class:`~pyro_blr.blr.merge_maths.GaussianNaturals` over the guides' flat latent vector.
@@ -263,6 +264,8 @@ def merge(
 
 
 def _model_of(guides: Sequence[AutoGuide]) -> Callable:
+    if isinstance(guides, AutoGuide):
+        raise TypeError("merge takes a list of guides, merge([guide_a, guide_b], *args)")
     if not guides:
         raise ValueError("merge needs at least one guide")
     check_gaussian_guide(guides[0], "merge: guide 0")

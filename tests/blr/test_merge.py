@@ -142,6 +142,8 @@ def test_guides_of_another_family_or_shape_are_named(halves):
     other = exact_fit(wider.model, AutoMultivariateNormal, wider.X, wider.y)
     with pytest.raises(ValueError, match=r"guide 2 has latent sites \[\('w', \(4,\)\)\]"):
         merge([*guides, other], s.X, s.y)
+    with pytest.raises(TypeError, match="merge takes a list of guides"):
+        merge(guides[0], s.X, s.y)
     with pytest.raises(TypeError, match="Gaussian guide"):
         merge([guides[0], pyro.infer.autoguide.AutoDelta(s.model)], s.X, s.y)
 

@@ -211,6 +211,17 @@ def test_an_unfitted_guide_is_refused(regression, method):
         removal_sensitivity(s.model, guide, s.X, s.y, groups=[[0]], method=method)
 
 
+def test_check_false_skips_the_fixed_point_check_for_estimates_during_training(regression):
+    s, _ = regression
+    pyro.clear_param_store()
+    guide = AutoMultivariateNormal(s.model)  # its initial state, as at the start of training
+    guide(s.X, s.y)
+    for method in ("newton", "diagonal"):
+        removal = removal_sensitivity(s.model, guide, s.X, s.y, groups=[[0]], method=method,
+                                      check=False)  # fmt: skip
+        assert torch.isfinite(removal.mean_shift).all()
+
+
 def test_the_diagonal_method_warns_when_the_fit_error_is_a_tenth_of_a_shift(regression):
     s, guide = regression
     gaussian = GaussianGuide(guide, latent_layout(guide.prototype_trace))
