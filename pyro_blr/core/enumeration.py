@@ -136,7 +136,8 @@ def enumerated_trace(
         ValueError: naming a latent site that is neither given nor enumerated (an unmarked
             discrete site, or a continuous site the values miss), a site marked for sequential
             or Monte Carlo enumeration, or a site whose shape does not fit
-            ``max_plate_nesting``.
+            ``max_plate_nesting``. An error the model raises at ``values`` without enumeration
+            too (a parameter out of its support) propagates as it is.
     """
     conditioned = poutine.condition(model, data=dict(values))
     nesting = max_plate_nesting
@@ -147,6 +148,8 @@ def enumerated_trace(
     try:
         trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
     except (ValueError, RuntimeError, IndexError) as error:
+        if _fails_without_enumeration(conditioned, args, kwargs, values):
+            raise  # the model's own error at these values (e.g. a scale of 0), not the dims'
         raise ValueError(
             f"the model raised when run with its enumerated sites in the batch dimensions left "
             f"of max_plate_nesting={max_plate_nesting} plate dimensions ({error}): give "
@@ -180,6 +183,20 @@ def enumerated_trace(
             ) from error
     trace.pack_tensors()
     return trace
+
+
+def _fails_without_enumeration(
+    conditioned: Callable, args: tuple, kwargs: dict, values: Mapping[str, Tensor]
+) -> bool:
+    """Whether the model raises at ``values`` run plainly, its enumerated sites drawn from their
+    priors (the random generators left where they were): then an error under enumeration is
+    the model's own, and no advice on the enumeration's dimensions fits it."""
+    like = next((v for v in values.values() if torch.is_tensor(v)), torch.zeros(()))
+    try:
+        trace_without_rng(conditioned, args, kwargs, like)
+    except Exception:
+        return True
+    return False
 
 
 def _in_plate(fn: Callable, name: str, size: int, dim: int) -> Callable:

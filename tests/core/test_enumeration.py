@@ -250,3 +250,20 @@ def test_pointwise_log_likelihoods_that_do_not_separate_are_refused_by_name():
     trace = enumerated_trace(global_site, (X,), {}, 1, {"loc": LOC})
     with pytest.raises(ValueError, match=r"'x' depends on enumerated site 'z'.*\['data'\]"):
         pointwise_log_likelihood(trace, "x")
+
+
+def test_an_error_of_the_model_itself_is_not_blamed_on_the_plate_nesting():
+    # A Newton step that underflows a float32 scale to 0 makes the model raise Pyro's own
+    # validation error, with or without enumeration: it must reach the caller as the model's
+    # error (which the BLR treats alike for every model), not as advice on max_plate_nesting.
+    def model(x):
+        scale = pyro.sample("scale", dist.LogNormal(torch.zeros((), dtype=F64), 2.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(LOC[z], scale), obs=x)
+
+    zero = torch.zeros((), dtype=F64)
+    with pytest.raises(ValueError) as raised:
+        enumerated_log_joint(model, (X,), {}, 1, {"scale": zero})
+    assert "satisfy the constraint" in str(raised.value)
+    assert "max_plate_nesting" not in str(raised.value)
