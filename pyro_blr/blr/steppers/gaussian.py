@@ -48,6 +48,7 @@ from pyro_blr.blr.steppers.base import StepInfo, Stepper, prepare_layout
 from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
 from pyro_blr.blr.steppers.gaussian_diagnosis import update_error
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
+from pyro_blr.blr.steppers.gaussian_prior import prior_precision
 from pyro_blr.blr.steppers.minibatches import Minibatches
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
@@ -302,43 +303,13 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
         return target.with_subsample(self._subsample)
 
     def _prior_precision(self, state) -> Tensor:
-        r"""The diagonal of the Hessian of :math:`\ell`'s prior part (the model with its observed
-        sites blocked: priors, log-Jacobians and ``weight_decay``) at the mean: Vadam's
-        :math:`\delta`, :math:`1/s^2` for a ``Normal(., s)`` prior. Exact by one product per
-        coordinate up to :data:`pyro_blr.core.autodiff.EXACT_DIAGONAL_MAX` coordinates, above
-        by Rademacher probes from a fixed seed (exact where the priors do not couple
-        coordinates; the run's random stream is untouched).
-
-        Raises:
-            ValueError: a coordinate whose prior curvature is not positive at the mean,
-                naming its site.
-        """
+        """Vadam's :math:`\\delta` at the state's mean (:func:`prior_precision`)."""
         target = self._target
-        blocked = poutine.block(self.model, hide_fn=lambda msg: msg.get("is_observed", False))
-        prior = Target.build(
-            blocked, target.args, target.kwargs, self.layout, self.mode,
-            weight_decay=self.opts.weight_decay,
-        ).with_subsample(self._subsample)  # fmt: skip
-        loc = state.loc
-        generator = torch.Generator(device=loc.device).manual_seed(0)
-        try:
-            delta = prior.derivatives(
-                loc[None].detach(), "diag", mode=self._hessian_mode(), generator=generator
-            ).hess[0]
-        except RuntimeError as error:  # autograd: no prior term depends on the latents at all
-            if "does not require grad" not in str(error):
-                raise
-            delta = torch.zeros_like(loc)
-        bad = ~(delta > 0) | ~torch.isfinite(delta)
-        if bad.any():
-            sites = sorted({self.layout.site_at(int(i)) for i in bad.nonzero()})
-            raise ValueError(
-                f"{type(self.rule).__name__}(perturb=True) draws from N(m, 1/(v/N + delta)) with "
-                f"delta the prior's curvature at the mean, which is not positive at site(s) "
-                f"{sites} (a flat or improper prior, or a heavy-tailed one far out): give them a "
-                "log-concave prior (e.g. Normal), add weight_decay, or use perturb=False"
-            )
-        return delta
+        return prior_precision(
+            self.model, target.args, target.kwargs, self.layout, self._hessian_mode(), state.loc,
+            weight_decay=self.opts.weight_decay, subsample=self._subsample,
+            rule_name=type(self.rule).__name__,
+        )  # fmt: skip
 
     @torch.no_grad()
     def _finite_at(self, loc: Tensor) -> bool:
