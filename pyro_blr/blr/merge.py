@@ -132,6 +132,8 @@ def _prior(prior: Any, guides, layout, args, kwargs, diagonal: bool) -> Gaussian
             "merge: prior must be 'model' (read from the model's latent sites), a Gaussian "
             f"guide or GaussianNaturals, not {type(prior).__name__}"
         )
+    like = next(iter(guides[0].parameters()))  # the guides' dtype and device
+    found = GaussianNaturals(found.eta.detach().to(like), found.precision.detach().to(like))
     if found.diagonal != diagonal:
         if not diagonal:
             found = GaussianNaturals(found.eta, torch.diag(found.precision))
