@@ -15,6 +15,15 @@ statistics, metrics on the original scale. Methods, each with 2000 full-batch st
   gradients (2 antithetic particles, lr 0.2 decayed to 0.02, a quarter of the steps, each of
   which costs ``D x D`` linear algebra; means at 0 as ``AutoNormal``'s, scales 0.05);
 - ``pb.RenyiELBO`` with alpha 0 (IWAE) and 0.5 + Adam (10 particles, as Adam above);
+- SVGD, Pyro's ``pyro.infer.SVGD`` on Liu & Wang's protocol (20 particles, the RBF kernel with
+  the median bandwidth, minibatches of 100 through the model's ``subsample_size``, 2000 steps of
+  Adam at lr 0.01 decayed to 0.001 (they used AdaGrad), particles started as their code starts
+  them: weights N(0, 1/(fan-in + 1)), biases 0, the noise precision from its prior); its test
+  metrics average over the 20 particles (``particles_to_inference_data``). Pyro's kernel takes one
+  median bandwidth per coordinate where theirs takes one for all, and its ``mode="multivariate"``
+  (used here) is their kernel; the default ``"univariate"`` is another method. The model is this
+  table's (fixed N(0, 1) weight prior) rather than theirs (Gamma hyperpriors on the precisions).
+  It costs ten times an Adam fit and more, so ``--svgd-only`` runs its row alone;
 - Adam and vogn again on the model with input-dependent noise (``noise_head=True`` of
   ``benchmarks.models.bnn``: the noise sd is ``precision^(-1/2) exp(2 tanh(h(x) . v / 2))``
   with N(0, 1) weights ``v`` on the hidden layer ``h``; 50 more coordinates), the model deep
@@ -36,7 +45,8 @@ decayed tenfold, initial scales 0.01) were not tuned.
 Test RMSE is that of the posterior predictive mean; the test log-likelihood per datum is
 :math:`\\log \\frac1S \\sum_s \\mathcal N(y; f_s(x), \\sigma_s^2)` over S = 500 guide draws,
 from the pointwise log-likelihood of ``pb.to_inference_data``. Mean ± standard error over
-splits, beside the published rows quoted in the docs (PBP, MC dropout, deep ensembles, Rényi VI).
+splits, beside the published rows quoted in the docs (PBP, MC dropout, deep ensembles, Rényi VI)
+and Liu & Wang's (2016, Table 2) SVGD and PBP test log-likelihoods.
 
 Run: ``python -m benchmarks.uci_bnn`` (writes benchmarks/results/uci_bnn.md and
 docs/assets/uci_bnn.png); ``--smoke`` runs one split and a few steps; ``--splits N`` fewer
@@ -44,7 +54,9 @@ splits; ``--datasets boston`` one data set; ``--ivon-hess-init 1`` starts IVON a
 instead of the default ``hess_init="auto"``; ``--jobs 2`` runs two fits at once, in forked
 processes of one thread each; ``--ivon-only`` runs IVON's rows alone, at the default start
 and at ``--ivon-hess-init``'s, and writes benchmarks/results/uci_bnn_ivon_start.md
-(``--ivon-only --ivon-hess-init 1``: the ``ess * 1`` start the docs compare with the default).
+(``--ivon-only --ivon-hess-init 1``: the ``ess * 1`` start the docs compare with the default);
+``--svgd-only`` runs SVGD's row alone beside the published rows and writes
+benchmarks/results/uci_bnn_svgd.md (``--svgd-only --splits 3``: the row quoted in uci_bnn.md).
 """
 
 from __future__ import annotations
@@ -58,14 +70,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pyro
+import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.distributions.transforms import biject_to
+from pyro.infer import SVGD, SVI, RBFSteinKernel, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_feasible
+from pyro.poutine.util import prune_subsample_sites
 
 import pyro_blr as pb
 from benchmarks import models
 from benchmarks._report import ASSETS, machine, markdown_table, parser, pyplot, report, save_figure
 from examples.renyi_bnn import split  # the same random 90/10 splits as the Rényi tutorial
+from pyro_blr.diagnostics.particles import particles_to_inference_data
 
 # (test RMSE, test log-likelihood) as published; Lakshminarayanan et al. (2017), Table 1, and
 # Li & Turner (2016), Table 2 (RMSE only).
@@ -77,6 +93,8 @@ PUBLISHED = {
         "Rényi VI α=0": ("2.85 ± 0.17", "-"),
         "Rényi VI α=0.5": ("2.85 ± 0.15", "-"),
         "VI (Li & Turner)": ("2.89 ± 0.17", "-"),
+        "SVGD (Liu & Wang)": ("-", "-2.504"),
+        "PBP (Liu & Wang)": ("-", "-2.579"),
     },
     "concrete": {
         "PBP": ("5.67", "-3.16"),
@@ -84,6 +102,8 @@ PUBLISHED = {
         "Rényi VI α=0": ("5.24", "-"),
         "Rényi VI α=0.5": ("5.34", "-"),
         "VI (Li & Turner)": ("5.42", "-"),
+        "SVGD (Liu & Wang)": ("-", "-3.082"),
+        "PBP (Liu & Wang)": ("-", "-3.137"),
     },
 }
 
@@ -143,6 +163,35 @@ def vogn_fit(model, X, y, num_steps, lr0=0.2):
     return guide
 
 
+def svgd_start(svgd: SVGD, X, y) -> None:
+    """Write the particles' start as Liu & Wang's code draws it (weights N(0, 1/(fan-in + 1)),
+    biases 0, the rest from the prior) before SVGD's first step would draw them from the prior
+    (whose N(0, 1) weights give outputs of sd ~18 on standardized data)."""
+    with poutine.block(), torch.no_grad():  # the vectorized model: sites (particles, 1, *shape)
+        trace = prune_subsample_sites(poutine.trace(svgd.model).get_trace(X, y))
+    parts = []
+    for name, site in trace.iter_stochastic_nodes():  # the order of SVGD's flat particle vector
+        value = site["value"]
+        if name in ("w1", "w2", "w_noise"):
+            fan_in = value.shape[-2] if name == "w1" else value.shape[-1]
+            value = torch.randn_like(value) / math.sqrt(fan_in + 1)
+        elif name in ("b1", "b2"):
+            value = torch.zeros_like(value)
+        parts.append(biject_to(site["fn"].support).inv(value).reshape(-1))
+    pyro.param("svgd_particles", torch.cat(parts))
+
+
+def svgd_fit(model, X, y, num_steps, num_particles=20, batch_size=100):
+    """Pyro's SVGD on Liu & Wang's protocol; returns the fitted ``SVGD`` (its particles)."""
+    minibatched = functools.partial(model, subsample_size=min(batch_size, len(y)))
+    optim = pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.1 ** (1 / num_steps)})
+    svgd = SVGD(minibatched, RBFSteinKernel(), optim, num_particles, 1, mode="multivariate")
+    svgd_start(svgd, X, y)
+    for _ in range(num_steps):
+        svgd.step(X, y)
+    return svgd
+
+
 class Method(NamedTuple):
     """A table row: the model, ``fit(model, X, y, num_steps) -> guide``, the data's dtype."""
 
@@ -162,6 +211,7 @@ METHODS = {
     "RenyiELBO α=0.5 + Adam": Method(
         model, svi_fit(lambda: pb.RenyiELBO(0.5, 10, max_plate_nesting=1), 0.01)
     ),
+    "SVGD, 20 particles (Pyro)": Method(model, svgd_fit),
     "AutoNormal + Adam (Pyro), input-dependent noise": Method(noise_model, adam_fit),
     # float64: in float32 the full precision's condition number outgrew single precision
     # (Boston splits 11 and 14: "cannot be factorized")
@@ -172,11 +222,16 @@ METHODS = {
 
 
 def evaluate(model, guide, X_test, y_test, y_mean, y_sd, num_samples=500):
-    """Test RMSE of the predictive mean and test log-likelihood per datum, original scale."""
+    """Test RMSE of the predictive mean and test log-likelihood per datum, original scale; a
+    fitted ``SVGD`` in the guide's place is averaged over its particles."""
     y_scaled = (y_test - y_mean) / y_sd
-    idata = pb.to_inference_data(
-        model, guide, X_test, y_scaled, num_samples=num_samples, max_plate_nesting=1
-    )
+    if isinstance(guide, SVGD):
+        idata = particles_to_inference_data(model, guide, X_test, y_scaled)
+        num_samples = guide.num_particles
+    else:
+        idata = pb.to_inference_data(
+            model, guide, X_test, y_scaled, num_samples=num_samples, max_plate_nesting=1
+        )
     mean = torch.as_tensor(idata.posterior["mean"].values[0]) * y_sd + y_mean
     rmse = float((mean.mean(0) - y_test).square().mean().sqrt())
     pointwise = torch.as_tensor(idata.log_likelihood["y"].values[0])
@@ -242,11 +297,13 @@ def main(
     ivon_hess_init="auto",
     jobs=1,
     ivon_only=False,
+    svgd_only=False,
 ):
     """Fit every method on every split and write the table (and the figure); with
     ``ivon_only``, only IVON's rows, at the default start and at ``ivon_hess_init``, to
     ``results/uci_bnn_ivon_start.md`` (the table the docs quote for IVON's start), without the
-    figure."""
+    figure; with ``svgd_only``, SVGD's row alone (beside the published ones) to
+    ``results/uci_bnn_svgd.md``."""
     num_splits = num_splits or (1 if smoke else 20)
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
@@ -257,14 +314,20 @@ def main(
     if ivon_only:  # the default start beside another, measured in the same run
         default = Method(model, functools.partial(ivon_fit, hess_init="auto"))
         methods = {"BLR ivon": default, ivon: methods[ivon]}
+    if svgd_only:
+        methods = {k: spec for k, spec in methods.items() if k.startswith("SVGD")}
     num_steps = 10 if smoke else 2000
     header = machine("uci_bnn", smoke)
-    if ivon_only or ivon_hess_init != "auto":
-        flags = (" --ivon-only" if ivon_only else "") + (
-            "" if ivon_hess_init == "auto" else f" --ivon-hess-init {ivon_hess_init:g}"
+    if ivon_only or svgd_only or ivon_hess_init != "auto":
+        flags = (
+            (" --ivon-only" if ivon_only else "")
+            + (" --svgd-only" if svgd_only else "")
+            + ("" if ivon_hess_init == "auto" else f" --ivon-hess-init {ivon_hess_init:g}")
         )
         header = header.replace("`.", f"{flags}`.")
-    title = "# BNN regression on UCI data" + (": IVON's start" if ivon_only else "")
+    title = "# BNN regression on UCI data" + (
+        ": IVON's start" if ivon_only else ": SVGD" if svgd_only else ""
+    )
     lines = [
         title,
         "",
@@ -297,8 +360,9 @@ def main(
         section = markdown_table(["method", "test RMSE", "test log-likelihood", "seconds"], table)
         print("\n".join(section[2:]), flush=True)
         lines += ["", f"## {name} ({X.shape[0]} × {X.shape[1]})", "", *section]
-    text = report(lines, "uci_bnn_ivon_start" if ivon_only else "uci_bnn", smoke, echo=False)
-    if not smoke and not ivon_only:
+    stem = "uci_bnn_ivon_start" if ivon_only else "uci_bnn_svgd" if svgd_only else "uci_bnn"
+    text = report(lines, stem, smoke, echo=False)
+    if not smoke and not ivon_only and not svgd_only:
         figure(
             {
                 name: {m: mean_and_stderr([v[1] for v in vs]) for m, vs in per_method.items()}
@@ -319,6 +383,9 @@ if __name__ == "__main__":
     command_line.add_argument(
         "--ivon-only", action="store_true", help="IVON's row only (results/uci_bnn_ivon_start.md)"
     )
+    command_line.add_argument(
+        "--svgd-only", action="store_true", help="SVGD's row only (results/uci_bnn_svgd.md)"
+    )
     options = command_line.parse_args()
     hess_init = "auto" if options.ivon_hess_init is None else options.ivon_hess_init
     main(
@@ -328,4 +395,5 @@ if __name__ == "__main__":
         hess_init,
         options.jobs,
         options.ivon_only,
+        options.svgd_only,
     )

@@ -1,5 +1,8 @@
 """The UCI BNN benchmark runs end to end on one split with a few steps."""
 
+import math
+
+import pyro
 import pytest
 import torch
 
@@ -74,3 +77,46 @@ def test_fits_in_two_processes_give_the_same_table(monkeypatch):
     assert numbers(one) == numbers(two) and len(numbers(one)) == 2 + len(
         uci_bnn.PUBLISHED["boston"]
     )
+
+
+def test_svgd_row_beside_liu_and_wangs_published_rows():
+    report = uci_bnn.main(smoke=True, datasets=("boston",), svgd_only=True)
+    assert report.startswith("# BNN regression on UCI data: SVGD")
+    assert "`python -m benchmarks.uci_bnn --smoke --svgd-only`" in report
+    table = {row["method"]: row for row in rows(report, "method")}
+    assert [m for m in table if "published" not in m] == ["SVGD, 20 particles (Pyro)"]
+    assert table["SVGD (Liu & Wang) (published)"]["test log-likelihood"] == "-2.504"
+    assert table["PBP (Liu & Wang) (published)"]["test log-likelihood"] == "-2.579"
+    row = table["SVGD, 20 particles (Pyro)"]
+    X, y = uci_bnn.load("boston")
+    (_, y_train), (_, y_test) = uci_bnn.split(X, y, seed=0)
+    constant_rmse = float((y_test - y_train.mean()).square().mean().sqrt())
+    constant = torch.distributions.Normal(y_train.mean(), y_train.std())
+    constant_log_lik = float(constant.log_prob(y_test).mean())
+    # ten minibatch steps from small weights: about the constant predictor, no better than the
+    # best published row (-2.41), finite
+    assert 0 < number(row["test RMSE"]) < 1.2 * constant_rmse, row
+    assert constant_log_lik - 0.5 < number(row["test log-likelihood"]) < -2.41, row
+    assert number(row["seconds"]) > 0, row
+
+
+def test_svgd_is_scored_on_its_particles():
+    X, y = uci_bnn.load("boston")
+    X, y = (X - X.mean(0)) / X.std(0), (y - y.mean()) / y.std()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svgd = uci_bnn.svgd_fit(uci_bnn.model, X[:100], y[:100], num_steps=2, num_particles=5)
+    particles = {k: v.detach() for k, v in svgd.get_named_particles().items()}
+    # the start was written before the first step: weights of sd 1/sqrt(fan-in + 1), not 1
+    assert float(particles["w1"].std()) < 0.6
+    zero, one = torch.tensor(0.0), torch.tensor(1.0)  # the targets' mean and sd
+    rmse, log_lik = uci_bnn.evaluate(uci_bnn.model, svgd, X[100:150], y[100:150], zero, one)
+    # by hand: the predictive mean and log-mean-exp over the 5 particles
+    w1, b1, w2, b2, prec = (particles[k].squeeze(1) for k in ("w1", "b1", "w2", "b2", "precision"))
+    hidden = torch.relu(torch.einsum("nd,sdh->snh", X[100:150], w1) + b1[:, None])
+    mean = torch.einsum("snh,sh->sn", hidden, w2) + b2[:, None]
+    expected_rmse = float((mean.mean(0) - y[100:150]).square().mean().sqrt())
+    pointwise = torch.distributions.Normal(mean, prec[:, None].rsqrt()).log_prob(y[100:150])
+    expected_log_lik = float((pointwise.logsumexp(0) - math.log(5)).mean())
+    assert math.isclose(rmse, expected_rmse, rel_tol=1e-4)
+    assert math.isclose(log_lik, expected_log_lik, rel_tol=1e-4)
