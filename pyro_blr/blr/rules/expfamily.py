@@ -208,10 +208,10 @@ class ExpFamilyRule(Rule):
             )
         super().__setattr__(name, value)
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """The rule's options (``lr`` and ``temperature`` included), by name."""
-        return {**super().options, "temperature": self.temperature}
+    def __repr__(self) -> str:
+        # temperature is read by the expfamily stepper from the rule itself, not from the
+        # driver's StepOptions (which has no field for it), so it is not in ``options``
+        return f"{super().__repr__()[:-1]}, temperature={self.temperature!r})"
 
     def update(self, state: ExpFamilyState, estimates: Estimates, lr: float):
         """Every site's step: ``(new state, UpdateInfo(halvings))``; raises

@@ -185,7 +185,7 @@ class ExpFamilyStepper(SiteFamiliesStepper):
     def __init__(self, model, guide, rule, options):
         super().__init__(model, guide, rule, options)
         self.written_model = model  # the model as written; self.model may relax binary sites
-        self.temperature = float(rule.options.get("temperature", 1.0))
+        self.temperature = float(getattr(rule, "temperature", 1.0))
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         initialize_guide(self.guide, args, kwargs)
