@@ -215,3 +215,11 @@ def test_the_perturbed_rule_refuses_a_prior_without_a_scale_naming_the_site():
     pb.BLR(improper, AutoNormal(improper, init_loc_fn=init), Adam()).step(
         y
     )  # at the mean: MAP needs no prior
+
+
+@pytest.mark.parametrize(
+    "optimizer", [torch.optim.Adam, pyro.optim.Adam({"lr": 0.01})], ids=["torch", "pyro"]
+)
+def test_an_optimizer_in_the_rules_place_is_pointed_to_its_rule(optimizer):
+    with pytest.raises(TypeError, match=r"SGD, RMSprop and Adam as rules .* pyro_blr.blr.rules"):
+        pb.BLR(model, AutoNormal(model), optimizer)

@@ -181,9 +181,11 @@ def _not_a_rule(rule: Any) -> str:
     if isinstance(rule, pyro.optim.PyroOptim) or issubclass(kind, torch.optim.Optimizer):
         return (
             f"BLR's third argument is the rule that steps the guide, e.g. {rules}, got the "
-            f"optimizer {what}: the rule takes its step size itself (pb.IVON(lr=0.1)); an "
-            "optimizer for the model's own parameters (pyro.param, nn.Parameter) goes in "
-            "model_optim=, e.g. model_optim=pyro.optim.Adam({'lr': 0.01})"
+            f"optimizer {what}: the rule takes its step size itself (pb.IVON(lr=0.1)); "
+            "torch.optim's SGD, RMSprop and Adam as rules (their steps exactly, or Vadam's "
+            "with perturb=True) are pyro_blr.blr.rules.SGD, RMSprop and Adam; an optimizer for "
+            "the model's own parameters (pyro.param, nn.Parameter) goes in model_optim=, e.g. "
+            "model_optim=pyro.optim.Adam({'lr': 0.01})"
         )
     if issubclass(kind, pyro.infer.ELBO):
         return (
