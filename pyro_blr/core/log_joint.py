@@ -278,11 +278,15 @@ def log_joint(
     args: tuple = (),
     kwargs: dict | None = None,
     vectorize: bool | str = True,
+    enumerated: bool = False,
 ) -> Tensor:
     r""":math:`\log p(\mathcal D, x_s)` for constrained latent values with the particles first.
 
     The model runs conditioned on the values, once on all particles inside a plate left of its
-    own plates (``vectorize=True``), or once per particle.
+    own plates (``vectorize=True``), or once per particle. With ``enumerated`` (the model has
+    sites marked ``infer={"enumerate": "parallel"}``, :attr:`pyro_blr.core.LatentLayout.enumerated`)
+    they are summed out, one run per particle
+    (:func:`pyro_blr.core.enumeration.enumerated_log_joint`), whatever ``vectorize`` says.
 
     Args:
         model: the Pyro model.
@@ -293,6 +297,7 @@ def log_joint(
         args: the model's positional arguments.
         kwargs: the model's keyword arguments.
         vectorize: ``"plate"`` (or ``True``), ``"vmap"`` or ``"loop"`` (or ``False``).
+        enumerated: sum the model's enumerated sites out.
 
     Example:
         >>> import math, pyro, pyro.distributions as dist, torch
@@ -305,6 +310,15 @@ def log_joint(
     kwargs = kwargs or {}
     num_particles = next(iter(values.values())).shape[0]
     mode = _mode(vectorize)
+    if enumerated:  # one run per particle: torch.func cannot see through the sum
+        return torch.stack(
+            [
+                enumerated_log_joint(
+                    model, args, kwargs, max_plate_nesting, {n: v[s] for n, v in values.items()}
+                )
+                for s in range(num_particles)
+            ]
+        )
 
     def run(data: dict[str, Tensor]) -> Tensor:
         trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)

@@ -19,6 +19,7 @@ from pyro_blr.core.enumeration import (
     enumerated_trace,
     model_enumerated_sites,
 )
+from pyro_blr.core.log_joint import log_joint
 
 F64 = torch.float64
 WEIGHTS = torch.tensor([0.3, 0.7], dtype=F64)
@@ -267,3 +268,13 @@ def test_an_error_of_the_model_itself_is_not_blamed_on_the_plate_nesting():
         enumerated_log_joint(model, (X,), {}, 1, {"scale": zero})
     assert "satisfy the constraint" in str(raised.value)
     assert "max_plate_nesting" not in str(raised.value)
+
+
+def test_log_joint_of_particles_sums_enumerated_sites_out_when_told():
+    # core.log_joint (the expfamily stepper's evaluation) on constrained particles: with
+    # enumerated=True each particle's value is the hand sum (1e-10), whatever vectorize says.
+    locs = torch.stack([LOC, LOC + 1.0, LOC - 2.0])
+    expected = torch.stack([mixture_by_hand(v, X) for v in locs])
+    for vectorize in ("plate", "vmap", "loop"):
+        found = log_joint(mixture, {"loc": locs}, {"loc": 0}, 1, (X,), {}, vectorize, True)
+        torch.testing.assert_close(found, expected, rtol=0, atol=1e-10)
