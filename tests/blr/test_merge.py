@@ -50,11 +50,13 @@ def test_posteriors_of_disjoint_parts_merge_into_the_full_data_posterior(num_par
     torch.testing.assert_close(covariance, s.posterior_covariance, **CLOSE)
     # Each part alone is far from the full posterior: the merge did the work.
     assert (posterior(guides[0])[0] - s.posterior_mean).abs().max() > 1e-2
-    # The merged guide is a guide: Predictive draws from it, in the data's dtype.
-    draws = Predictive(s.model, guide=merged, num_samples=4000)(s.X, s.y)["w"]
+    # The merged guide is a guide: Predictive draws from it, in the data's dtype, around the
+    # full-data posterior mean: 5 Monte Carlo standard errors sqrt(var / 200) per coordinate
+    # (a false alarm about once in 10^6 runs per coordinate; seeded).
+    draws = Predictive(s.model, guide=merged, num_samples=200)(s.X, s.y)["w"]
     assert draws.dtype == D
-    # Monte Carlo: each coordinate's mean has sd at most 0.1 / sqrt(4000) = 0.0016 here.
-    assert (draws.mean(0).squeeze() - s.posterior_mean).abs().max() < 0.01
+    tolerance = 5 * (s.posterior_covariance.diagonal() / 200).sqrt()
+    assert ((draws.reshape(200, 3).mean(0) - s.posterior_mean).abs() < tolerance).all()
 
 
 def independent_model(X, y):
