@@ -223,3 +223,35 @@ def test_the_perturbed_rule_refuses_a_prior_without_a_scale_naming_the_site():
 def test_an_optimizer_in_the_rules_place_is_pointed_to_its_rule(optimizer):
     with pytest.raises(TypeError, match=r"SGD, RMSprop and Adam as rules .* pyro_blr.blr.rules"):
         pb.BLR(model, AutoNormal(model), optimizer)
+
+
+def hierarchical(y):
+    """A hierarchical prior over 120 coordinates: w_i ~ Normal(0, tau), tau ~ LogNormal(0, 1)."""
+    tau = pyro.sample("tau", dist.LogNormal(y.new_zeros(()), 1.0))
+    w = pyro.sample("w", dist.Normal(y.new_zeros(()), tau).expand([120]).to_event(1))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(w[:4].sum(), 1.0), obs=y)
+
+
+def test_vadams_delta_is_the_priors_exact_curvature_for_a_hierarchical_prior():
+    # above 64 coordinates one product per site: exact here (each w_i's prior reads tau, and
+    # no prior reads two w's), against autograd's full Hessian of the prior's log density
+    from pyro_blr.blr.steppers.gaussian_prior import prior_groups, prior_precision
+    from pyro_blr.core import latent_layout
+
+    y = torch.arange(4, dtype=D)
+    trace = pyro.poutine.trace(hierarchical).get_trace(y)
+    layout = latent_layout(trace)
+    gen = torch.Generator().manual_seed(0)
+    loc = 0.5 * torch.randn(layout.dim, generator=gen, dtype=D)
+    groups = prior_groups(layout, trace)
+    assert groups.unique().numel() == 2  # two products, not 121
+    delta = prior_precision(hierarchical, (y,), {}, layout, "loop", loc, groups=groups)
+
+    def prior_part(theta):  # -log p(log tau) - log p(w | tau), the Jacobian of exp included
+        log_tau, w = theta[0], theta[1:]
+        lp = dist.LogNormal(0.0, 1.0).log_prob(log_tau.exp()) + log_tau
+        return -(lp + dist.Normal(0.0, log_tau.exp()).log_prob(w).sum())
+
+    exact = torch.autograd.functional.hessian(prior_part, loc).diagonal()
+    torch.testing.assert_close(delta, exact, rtol=1e-12, atol=1e-12)

@@ -48,7 +48,7 @@ from pyro_blr.blr.steppers.base import StepInfo, Stepper, prepare_layout
 from pyro_blr.blr.steppers.gaussian_checkpoints import GaussianCheckpoints
 from pyro_blr.blr.steppers.gaussian_diagnosis import update_error
 from pyro_blr.blr.steppers.gaussian_estimates import GaussianEstimates
-from pyro_blr.blr.steppers.gaussian_prior import prior_precision
+from pyro_blr.blr.steppers.gaussian_prior import prior_groups, prior_precision
 from pyro_blr.blr.steppers.minibatches import Minibatches
 from pyro_blr.core import (
     GAUSSIAN_GUIDES,
@@ -304,11 +304,12 @@ class GaussianStepper(GaussianEstimates, GaussianCheckpoints, Stepper):
 
     def _prior_precision(self, state) -> Tensor:
         """Vadam's :math:`\\delta` at the state's mean (:func:`prior_precision`)."""
-        target = self._target
+        target, loc = self._target, state.loc
+        groups = prior_groups(self.layout, self.guide.prototype_trace, loc.device)
         return prior_precision(
-            self.model, target.args, target.kwargs, self.layout, self._hessian_mode(), state.loc,
+            self.model, target.args, target.kwargs, self.layout, self._hessian_mode(), loc,
             weight_decay=self.opts.weight_decay, subsample=self._subsample,
-            rule_name=type(self.rule).__name__,
+            rule_name=type(self.rule).__name__, groups=groups,
         )  # fmt: skip
 
     @torch.no_grad()
