@@ -56,14 +56,18 @@ from pyro_blr.core import (
     check_latent_masks,
     choose_vectorization,
     draw_subsample,
+    enumerated_trace,
     hessian_from_grad,
     latent_layout,
     model_keywords,
     neg_log_joint,
     nonfinite_term,
     rng_kept,
+    sample_sites,
     validate_site_shapes,
 )
+from pyro_blr.core.checks import initialized_cuda_devices
+from pyro_blr.core.enumeration import enumerated_sites
 from pyro_blr.evidence.minibatch import full_data_neg_log_joint, minibatch_plates
 
 __all__ = [
@@ -299,13 +303,27 @@ def _setup(
     model: Callable, args: tuple, kwargs: dict, init_loc: Tensor | None, preconditioner
 ) -> tuple[LatentLayout, dict, Tensor, _Preconditioner, tuple[PlateDraw, ...]]:
     """The model's latent layout, the dtype and device of its values, m_0, P and the plates
-    whose minibatches each step draws."""
-    with poutine.block():
+    whose minibatches each step draws.
+
+    Sites marked ``infer={"enumerate": "parallel"}`` are summed out (the layout records them,
+    and :func:`pyro_blr.core.neg_log_joint` contracts them at every step): they are left out of
+    the flat vector, as a guide built on ``poutine.block(model, hide=[...])`` leaves them out.
+    The set-up runs leave the random generators where they were, so that the chains' draws do
+    not depend on how many values the model draws (a model and its hand-summed twin give the
+    same chains from the same seed)."""
+    with torch.random.fork_rng(devices=initialized_cuda_devices()), poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    draws = minibatch_plates(model, args, kwargs, trace, "sgd_evidence")
-    check_latent_masks(trace)
+        draws = minibatch_plates(model, args, kwargs, trace, "sgd_evidence")  # runs the model
+    enumerated = enumerated_sites(trace)  # refuses sequential and Monte Carlo enumeration
+    _check_discrete(trace, enumerated)
+    check_latent_masks(trace, enumerated)
     validate_site_shapes(trace)  # a value broadcasting against a plate is named, not summed
-    layout = latent_layout(trace, trace)  # refuses a latent local to a subsampled plate
+    prototype = trace.copy()  # the continuous latents only: the enumerated sites are summed
+    for name in enumerated:
+        prototype.remove_node(name)
+    layout = latent_layout(prototype, trace)  # refuses a latent local to a subsampled plate
+    if enumerated and draws:
+        _check_enumerated_minibatch(model, args, kwargs, trace, layout, draws)
     like = trace.nodes[layout.sites[0].name]["value"]
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     options = {"dtype": dtype, "device": like.device}
@@ -317,6 +335,68 @@ def _setup(
         torch.ones(dim, **options) if preconditioner is None else preconditioner.to(**options)
     )
     return layout, options, loc, precond, draws
+
+
+def _check_discrete(trace, enumerated: tuple[str, ...]) -> None:
+    """Refuse a discrete latent site the model does not mark for enumeration: gradient descent
+    moves continuous coordinates only (sgd_evidence takes no guide, so the fix is the model's)."""
+    for name, site in sample_sites(trace, deterministic=False):
+        fn = site["fn"]
+        discrete = getattr(fn, "has_enumerate_support", False) or fn.support.is_discrete
+        if site["is_observed"] or name in enumerated or not discrete:
+            continue
+        raise ValueError(
+            f"latent site '{name}' is discrete ({type(fn).__name__}): sgd_evidence runs gradient "
+            "descent on the continuous latents and sums discrete ones out only when the model "
+            f"marks them: sample '{name}' with infer={{'enumerate': 'parallel'}} (or wrap the "
+            "model in pyro.infer.config_enumerate), marginalize it out in the model by hand, or "
+            "observe it"
+        )
+
+
+def _check_enumerated_minibatch(
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    trace,
+    layout: LatentLayout,
+    draws: tuple[PlateDraw, ...],
+) -> None:
+    r"""Refuse minibatch steps where a site inside a subsampled plate depends on an enumerated
+    site outside it: :math:`\log\sum_z` of a minibatch's terms has no unbiased estimate (only
+    an enumerated site local to the plate, summed out per datum and scaled by :math:`N/B`
+    outside the sum, is exact). One enumerated run at the set-up values finds the dependence
+    (the packed dimensions each factor touches), the random generators left where they were."""
+    plates = {draw.name for draw in draws}
+    values = {site.name: trace.nodes[site.name]["value"] for site in layout.sites}
+    values.update({name: trace.nodes[name]["value"] for name in plates if name in trace.nodes})
+    like = next(iter(values.values()))
+    with rng_kept(like), poutine.block():
+        packed = enumerated_trace(model, args, kwargs, layout.max_plate_nesting, values)
+    plate_symbols = set(packed.plate_to_symbol.values())
+
+    def frames(site: dict) -> set[str]:
+        return {f.name for f in site["cond_indep_stack"]}
+
+    def dims(site: dict) -> set[str]:
+        return set(site["packed"]["log_prob"]._pyro_dims)
+
+    sites = dict(sample_sites(packed, deterministic=False))
+    for plate in sorted(plates):
+        for name in layout.enumerated:
+            if plate in frames(sites[name]):
+                continue  # local to the plate: summed out per datum, exact
+            own = dims(sites[name]) - plate_symbols
+            for other, site in sites.items():
+                if plate in frames(site) and dims(site) & own:
+                    raise ValueError(
+                        f"enumerated site '{name}' lies outside the subsampled plate '{plate}', "
+                        f"whose site '{other}' depends on it: the log of a sum over '{name}' "
+                        "has no unbiased minibatch estimate, so sgd_evidence cannot take "
+                        f"minibatch steps on it; put '{name}' inside plate '{plate}' with the "
+                        "data it explains (a local enumerated site is summed out per datum), "
+                        "or call the model without subsample_size"
+                    )
 
 
 def _vectorization(model: Callable, layout: LatentLayout, loc: Tensor, args, kwargs, draws) -> str:
