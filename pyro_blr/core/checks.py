@@ -30,6 +30,7 @@ from pyro_blr.core.weights import enumerated_model_traces, vectorized_traces
 
 __all__ = [
     "STRUCTURE_RUNS",
+    "SUMMING_ENTRY_POINTS",
     "check_finite_weights",
     "check_fixed_latent_sites",
     "check_latent_masks",
@@ -41,6 +42,16 @@ __all__ = [
     "rng_state",
     "warn_latents_below_data_precision",
 ]
+
+
+SUMMING_ENTRY_POINTS = (
+    "pb.BLR with a Gaussian rule (pb.VON, pb.IVON, pb.Newton) or pb.MixtureRule, "
+    "pb.log_evidence, pb.RenyiELBO, pb.psis_diagnostic, pb.to_inference_data, "
+    "pb.loo_sensitivity and pb.sgd_evidence"
+)
+"""The entry points that sum sites marked ``infer={"enumerate": "parallel"}`` out, as a refusal
+names them (the Gauss-Newton rules pb.VOGN and pb.OGN need each datum's gradient, which a sum
+over an enumerated site ties together, and refuse such sites; so does pb.ExpFamilyRule)."""
 
 
 def _is_discrete(site: dict) -> bool:
@@ -107,10 +118,9 @@ def check_no_enumerated_sites(
             "mark it infer={'enumerate': 'parallel'} (or wrap the model in "
             "pyro.infer.config_enumerate) and it is summed out exactly"
             if summed
-            else "this entry point does not sum enumerated sites out (pb.log_evidence, "
-            "pb.psis_diagnostic and pb.RenyiELBO do); marginalize it with Pyro's "
-            "TraceEnum_ELBO (and recover it with pyro.infer.infer_discrete), sum it out in "
-            "the model"
+            else f"this entry point does not sum enumerated sites out ({SUMMING_ENTRY_POINTS} "
+            "do); use one of those, marginalize it with Pyro's TraceEnum_ELBO (and recover it "
+            "with pyro.infer.infer_discrete), sum it out in the model"
         )
         raise ValueError(
             f"latent site '{name}' of the model ({type(site['fn']).__name__}, {how}) is not "

@@ -114,8 +114,13 @@ def test_psis_of_the_mixture_is_the_hand_summed_models():
 
 def test_other_entry_points_still_refuse_the_enumerated_site_by_name():
     guide = _guide(mixture, X, ["z"])
-    with pytest.raises(ValueError, match=r"'z'.*does not sum enumerated sites out"):
+    with pytest.raises(ValueError, match=r"'z'.*does not sum enumerated sites out") as caught:
         check_model_and_guide(mixture, guide, (X,), {})
+    # the refusal sends the user to every entry point that sums the site out
+    for name in ("pb.BLR with a Gaussian rule (pb.VON, pb.IVON, pb.Newton) or pb.MixtureRule",
+                 "pb.log_evidence", "pb.RenyiELBO", "pb.psis_diagnostic", "pb.to_inference_data",
+                 "pb.loo_sensitivity", "pb.sgd_evidence"):  # fmt: skip
+        assert name in str(caught.value), name
     assert check_model_and_guide(mixture, guide, (X,), {}, summed=True) == ("z",)
 
 
