@@ -10,10 +10,11 @@ reproducing-kernel Hilbert space,
         \bigl[k(\theta_j, \theta_i)\, \nabla_{\theta_j} \log p(\theta_j, \mathcal D)
         + \nabla_{\theta_j} k(\theta_j, \theta_i)\bigr],
 
-the minus the Stein operator applied to the kernel (their Algorithm 1). Pyro's
-``pyro.infer.SVGD`` runs it in the unconstrained space; its particles are the approximation, an
-empirical measure :math:`\frac1n \sum_i \delta_{\theta_i}` with **no density**. The model is
-replayed once on each particle (a guide of point masses), which gives everything
+the Stein operator of the posterior applied to the kernel, averaged over the particles
+(their Algorithm 1). Pyro's ``pyro.infer.SVGD`` runs it in the unconstrained space; its
+particles are the approximation, an empirical measure :math:`\frac1n \sum_i
+\delta_{\theta_i}` with **no density**. The model is replayed once on each particle (a
+guide of point masses), which gives everything
 :func:`~pyro_blr.diagnostics.arviz.to_inference_data` gives for a guide but ``log_q``.
 
 **No evidence.** A bound or estimate of :math:`\log p(\mathcal D)` needs
