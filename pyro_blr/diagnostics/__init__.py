@@ -3,17 +3,23 @@ leave-one-out sensitivity of a Gaussian posterior to each datum."""
 
 from pyro_blr.diagnostics.arviz import to_inference_data
 from pyro_blr.diagnostics.arviz_compat import elpd_summary, import_arviz, psis_smooth, to_numpy
+from pyro_blr.diagnostics.group_removal import GroupRemoval, removal_sensitivity
 from pyro_blr.diagnostics.psis import PSISDiagnostic, psis_diagnostic
+from pyro_blr.diagnostics.removal_predictions import RemovalPredictions, removal_predictions
 from pyro_blr.diagnostics.sensitivity import LOOSensitivity, loo_sensitivity
 
 __all__ = [
+    "GroupRemoval",
     "LOOSensitivity",
     "PSISDiagnostic",
+    "RemovalPredictions",
     "elpd_summary",
     "import_arviz",
     "loo_sensitivity",
     "psis_diagnostic",
     "psis_smooth",
+    "removal_predictions",
+    "removal_sensitivity",
     "to_inference_data",
     "to_numpy",
 ]
