@@ -2,7 +2,18 @@
 for unchanged Pyro models."""
 
 from pyro_blr.blr import BLR, merge
-from pyro_blr.blr.rules import IVON, OGN, VOGN, VON, ExpFamilyRule, MixtureRule, Newton
+from pyro_blr.blr.rules import (
+    IVON,
+    OGN,
+    SGD,
+    VOGN,
+    VON,
+    Adam,
+    ExpFamilyRule,
+    MixtureRule,
+    Newton,
+    RMSprop,
+)
 from pyro_blr.diagnostics import (
     loo_sensitivity,
     psis_diagnostic,
@@ -18,15 +29,18 @@ __all__ = [
     "BLR",
     "IVON",
     "OGN",
+    "SGD",
     "SGLD",
     "VOGN",
     "VON",
+    "Adam",
     "AutoExpFamily",
     "AutoFlow",
     "AutoMixture",
     "ExpFamilyRule",
     "MixtureRule",
     "Newton",
+    "RMSprop",
     "RenyiELBO",
     "RobbinsMonro",
     "jaakkola_jordan_evidence",

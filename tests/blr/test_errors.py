@@ -48,8 +48,8 @@ def test_ivon_refuses_a_full_covariance_guide(scenario):
 
 
 def test_an_unknown_rule_name_is_refused(scenario):
-    with pytest.raises(ValueError, match="unknown rule 'adam'; choose one of"):
-        pb.BLR(scenario.model, AutoNormal(scenario.model), "adam")
+    with pytest.raises(ValueError, match="unknown rule 'lbfgs'; choose one of"):
+        pb.BLR(scenario.model, AutoNormal(scenario.model), "lbfgs")
 
 
 @pytest.mark.parametrize(
