@@ -33,6 +33,15 @@ every step, recovered exactly from forward runs of the unchanged model on miniba
 the plate (:func:`pyro_blr.evidence.minibatch.full_data_neg_log_joint`, no gradients): ``bound``
 and ``best`` mean what they mean without minibatches, with the same Monte Carlo error.
 
+**Enumerated discrete sites.** A site marked ``infer={"enumerate": "parallel"}`` (Pyro's
+mixture and HMM tutorials) is summed out at every step, as ``TraceEnum_ELBO`` sums it
+(:func:`pyro_blr.core.enumerated_log_joint`): the chains move the continuous latents on
+:math:`\log\sum_z p(\mathcal D, \theta, z)`, with its gradient and Hessian by autograd, and the
+bound is on the same evidence. A local enumerated site inside a subsampled plate takes exact
+minibatch steps (its sum is per datum, :math:`N/B` outside it); an enumerated site outside a
+subsampled plate whose data depend on it is refused, naming both (:math:`\log\sum_z` of a
+minibatch has no unbiased estimate), and so is a discrete site the model does not mark.
+
 References:
     | Early Stopping as Nonparametric Variational Inference (Duvenaud, Maclaurin & Adams,
       AISTATS 2016) https://arxiv.org/abs/1504.01344
@@ -67,6 +76,7 @@ from pyro_blr.core import (
     validate_site_shapes,
 )
 from pyro_blr.core.checks import initialized_cuda_devices
+from pyro_blr.core.enumerated_terms import nonfinite_reason
 from pyro_blr.core.enumeration import enumerated_sites
 from pyro_blr.evidence.minibatch import full_data_neg_log_joint, minibatch_plates
 
@@ -476,6 +486,29 @@ def _check_finite(values: Tensor, terms: list, step: int) -> None:
     )
 
 
+def _explain_enumerated(
+    values: Tensor, theta: Tensor, step: int, context: tuple, batch: dict[str, Tensor]
+) -> None:
+    """Name the site whose log density makes the first non-finite chain's log joint, its
+    enumerated sites summed out, not finite (a site apart from them, or the sum over them)."""
+    model, layout, args, kwargs, _, _ = context
+    row = int((~torch.isfinite(values)).nonzero()[0, 0])
+    point = {
+        site.name: site.transform(theta[row, site.block].reshape(site.shape))
+        for site in layout.sites
+    }
+    with torch.no_grad(), poutine.block():
+        trace = enumerated_trace(
+            model, args, kwargs, layout.max_plate_nesting, {**point, **batch}
+        )  # fmt: skip
+    reason = nonfinite_reason(trace)
+    if reason is not None:
+        raise ValueError(
+            f"at step {step} on chain {row}, {reason}; if the chains diverged there, lower "
+            "step_size"
+        )
+
+
 def _warn_curvature(worst: float, hessian: str) -> None:
     limit = 1.0 if hessian == "exact" else 0.5
     if worst < limit:
@@ -512,7 +545,9 @@ def sgd_evidence(
     :math:`\log p(\mathcal D)` (see the module docstring for the maths).
 
     Args:
-        model: the Pyro model (its latent sites are mapped to unconstrained coordinates).
+        model: the Pyro model (its latent sites are mapped to unconstrained coordinates; sites
+            marked ``infer={"enumerate": "parallel"}`` are summed out, see the module
+            docstring).
         *args: the model's positional arguments. A vectorized plate with ``subsample_size``
             gives stochastic gradient steps (see the module docstring; the bound itself is
             evaluated on the full data, by :math:`N/\gcd(N, B)` forward runs per step and
@@ -578,6 +613,8 @@ def sgd_evidence(
             theta = theta.detach().requires_grad_(True)
             try:
                 values = neg_log_joint(model, layout, theta, args, kwargs, mode, None, batch)
+                if not torch.isfinite(values).all() and layout.enumerated:
+                    _explain_enumerated(values.detach(), theta.detach(), t, context, batch)
                 if not torch.isfinite(values).all():  # again, one chain at a time, to name it
                     with torch.no_grad():
                         neg_log_joint(model, layout, theta, args, kwargs, "loop", terms, batch)

@@ -127,3 +127,28 @@ def test_sequential_enumeration_is_refused():
 
     with pytest.raises(ValueError, match=r"latent site 'z' is marked .*'sequential'"):
         run(model, data())
+
+
+def uniform_model(y, x, width):
+    """Uniform likelihoods: far from the data some chains' log joint is -inf."""
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+    pyro.sample("x", dist.Uniform(mu - width, mu + width, validate_args=False), obs=x)
+    with pyro.plate("data", y.shape[0]):
+        z = pyro.sample("z", dist.Categorical(WEIGHTS), infer={"enumerate": "parallel"})
+        low, high = mu + SHIFTS[z] - 1, mu + SHIFTS[z] + 1
+        pyro.sample("y", dist.Uniform(low, high, validate_args=False), obs=y)
+
+
+@pytest.mark.parametrize(
+    "x, width, blamed",
+    [
+        (0.0, 100.0, r"enumerated site\(s\) \['z'\] is -inf"),  # x possible on every chain
+        (9.0, 1.0, r"model site 'x' \(observed\) is -inf"),  # blamed before the sum
+    ],
+)
+def test_impossible_data_are_named_through_the_sum(x, width, blamed):
+    """A chain whose data are impossible is named by the site at fault: a site apart from the
+    enumerated one, or the sum over the enumerated values (no pseudo-site)."""
+    y = torch.tensor([0.1, 0.5, 3.2], dtype=F64)
+    with pytest.raises(ValueError, match=rf"at step 0 on chain \d+, .*{blamed}"):
+        run(uniform_model, y, torch.tensor(x, dtype=F64), width, init_scale=3.0)
