@@ -419,13 +419,12 @@ def defaults_only(smoke: bool = False) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         rows, scores = benchmark(sizes, names, defaults_only=True)
-    reached = [
+    accurate = [
         n
         for n, r in scores.items()
-        if isinstance(r[BLR_DEFAULTS], Score)
-        and r[BLR_DEFAULTS].on_target
-        and r[BLR_DEFAULTS].seconds <= MAX_SECONDS
+        if isinstance(r[BLR_DEFAULTS], Score) and r[BLR_DEFAULTS].on_target
     ]
+    reached = [n for n in accurate if scores[n][BLR_DEFAULTS].seconds <= MAX_SECONDS]
     header = ["posterior", "method", "worst mean error", "sd ratio", "Pareto k̂", "seconds"]
     lines = [
         "# The BLR's defaults on the reference posteriors (posteriordb)",
@@ -436,7 +435,9 @@ def defaults_only(smoke: bool = False) -> str:
         "",
         f"The defaults reach NUTS quality (worst mean error ≤ {MAX_ERROR} reference sd, sd "
         f"ratios within {MIN_RATIO}-{MAX_RATIO}, ≤ {MAX_SECONDS:g} s) on **{len(reached)} of "
-        f"{len(scores)}** posteriors.",
+        f"{len(scores)}** posteriors; its accuracy, the seconds aside (which a loaded machine "
+        f"inflates), on **{len(accurate)} of {len(scores)}**"
+        + (f" (missed: {', '.join(n for n in scores if n not in accurate)})." if accurate else "."),
         "",
         *markdown_table(header, rows),
     ]
