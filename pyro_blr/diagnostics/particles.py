@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import pyro
@@ -41,6 +42,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import SVGD
 from pyro.poutine.runtime import get_plates
+from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
 from pyro_blr.core import PARTICLE_PLATE, model_keywords, sample_sites
@@ -101,10 +103,21 @@ def svgd_particles(model: Callable, svgd: SVGD, args: tuple, kwargs: dict) -> di
 
 class _PointMasses:
     """A guide that puts each latent site at the particles: particle ``s`` for draw ``s`` inside
-    a particle plate of ``n`` draws, the first particle outside one (a prototype trace)."""
+    a particle plate of ``n`` draws, the first particle outside one (a prototype trace). Each
+    site is drawn inside the model's plates of that site, as an autoguide draws it, so its batch
+    dimensions are known to whoever replays the draws."""
 
-    def __init__(self, particles: dict[str, Tensor], event_dims: dict[str, int], nesting: int):
-        self.particles, self.event_dims, self.nesting = particles, event_dims, nesting
+    def __init__(self, particles: dict[str, Tensor], trace: Trace, nesting: int):
+        self.particles, self.nesting = particles, nesting
+        self.event_dims = {name: trace.nodes[name]["fn"].event_dim for name in particles}
+        self.plates = {
+            name: [
+                (f.name, f.size, f.dim)
+                for f in trace.nodes[name]["cond_indep_stack"]
+                if f.vectorized
+            ]
+            for name in particles
+        }
         self.num = len(next(iter(particles.values())))
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,7 +133,10 @@ class _PointMasses:
                 )
             else:
                 value = value[0]
-            pyro.sample(name, dist.Delta(value, event_dim=event_dim))
+            with ExitStack() as stack:
+                for plate, size, dim in self.plates[name]:
+                    stack.enter_context(pyro.plate(plate, size, dim=dim))
+                pyro.sample(name, dist.Delta(value, event_dim=event_dim))
 
 
 def particles_to_inference_data(
@@ -185,9 +201,8 @@ def particles_to_inference_data(
     particles = svgd_particles(model, svgd, args, kwargs)
     with poutine.block(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    event_dims = {name: trace.nodes[name]["fn"].event_dim for name in particles}
     nesting = svgd.max_plate_nesting
-    guide = _PointMasses(particles, event_dims, nesting)
+    guide = _PointMasses(particles, trace, nesting)
     check_call(model, guide, args, kwargs, "particles_to_inference_data")
     check_finite_inputs_at_draw(model, guide, args, kwargs, "particles_to_inference_data")
     with torch.no_grad():

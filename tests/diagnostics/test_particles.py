@@ -101,3 +101,33 @@ def test_refuses_an_svgd_without_particles():
         particles_to_inference_data(normal_model, svgd, torch.randn(5))
     with pytest.raises(TypeError, match=r"pyro\.infer\.SVGD"):
         particles_to_inference_data(normal_model, object(), torch.randn(5))
+
+
+def hierarchical(y):  # y: (data, groups)
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    tau = pyro.sample("tau", dist.HalfNormal(1.0))
+    with pyro.plate("groups", y.shape[-1], dim=-1):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        with pyro.plate("data", y.shape[-2], dim=-2):
+            pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+
+def test_a_latent_inside_a_plate_keeps_its_plate_dims():
+    # the point-mass guide draws each site inside the model's plates of that site, as an
+    # autoguide does, so its group dimension is not taken for a particle dimension
+    pyro.set_rng_seed(3)
+    y = torch.randn(5, 3)
+    pyro.clear_param_store()
+    kernel, optim = RBFSteinKernel(), pyro.optim.Adam({"lr": 0.05})
+    svgd = SVGD(hierarchical, kernel, optim, 6, 3, mode="multivariate")  # nesting 3 > 2 used
+    for _ in range(3):
+        svgd.step(y)
+    idata = particles_to_inference_data(hierarchical, svgd, y)
+    theta = idata.posterior["theta"]
+    assert theta.dims == ("chain", "draw", "groups") and theta.shape == (1, 6, 3)
+    particles = svgd_particles(hierarchical, svgd, (y,), {})
+    assert torch.equal(torch.as_tensor(theta.values[0]), particles["theta"])
+    log_lik = idata.log_likelihood["y"]
+    assert log_lik.dims == ("chain", "draw", "data", "groups") and log_lik.shape == (1, 6, 5, 3)
+    expected = dist.Normal(particles["theta"][2], 1.0).log_prob(y)
+    assert torch.allclose(torch.as_tensor(log_lik.values[0, 2]), expected, atol=1e-5)
