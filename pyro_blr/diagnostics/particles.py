@@ -23,7 +23,8 @@ q(\theta)]`, or importance weights :math:`p(\mathcal D, \theta)/q(\theta)`), and
 measure has none: its entropy is :math:`-\infty` and its "ELBO" is :math:`-\infty`, and a kernel
 density put on the particles afterwards is a new approximation whose bound says nothing about SVGD's
 own. No evidence is returned here. What is honest: use the particles to build a proposal with a
-density (a Gaussian with their mean and covariance in the unconstrained space) and estimate
+density (a Gaussian with their mean and covariance in the unconstrained space,
+:func:`~pyro_blr.diagnostics.particle_proposal.particle_proposal`) and estimate
 :math:`\log p(\mathcal D)` by importance sampling from it with fresh draws
 (``pb.log_evidence(model, guide, method="iwae")``): the estimate is then that proposal's, valid
 whatever the proposal, and only as tight as the proposal is close to the posterior.

@@ -7,7 +7,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVGD, RBFSteinKernel
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 
+import pyro_blr as pb
+from pyro_blr.diagnostics.particle_proposal import particle_proposal
 from pyro_blr.diagnostics.particles import particles_to_inference_data, svgd_particles
 
 
@@ -131,3 +134,36 @@ def test_a_latent_inside_a_plate_keeps_its_plate_dims():
     assert log_lik.dims == ("chain", "draw", "data", "groups") and log_lik.shape == (1, 6, 5, 3)
     expected = dist.Normal(particles["theta"][2], 1.0).log_prob(y)
     assert torch.allclose(torch.as_tensor(log_lik.values[0, 2]), expected, atol=1e-5)
+
+
+def test_a_proposal_from_the_particles_estimates_the_exact_evidence():
+    pyro.set_rng_seed(4)
+    y = torch.randn(10) + 1.0
+    svgd = fit(normal_model, (y,), 50, 150)
+    guide = particle_proposal(normal_model, svgd, y)
+    assert isinstance(guide, AutoMultivariateNormal)  # 50 particles > 2 * 1 coordinate
+    particles = svgd_particles(normal_model, svgd, (y,), {})["mu"].double()
+    posterior = guide.get_posterior()
+    assert math.isclose(float(posterior.mean.detach()), float(particles.mean()), rel_tol=1e-5)
+    assert math.isclose(float(posterior.variance.detach()), float(particles.var()), rel_tol=1e-4)
+    # y ~ N(0, I + 11^T) marginally
+    exact = float(dist.MultivariateNormal(torch.zeros(10), torch.eye(10) + 1.0).log_prob(y))
+    estimate = pb.log_evidence(normal_model, guide, y, method="iwae", num_particles=2000)
+    # four standard errors of the estimate (a failure rate below 1e-4)
+    assert abs(estimate.value - exact) < 4 * estimate.stderr + 1e-3, (estimate, exact)
+
+
+def test_a_proposal_of_several_sites_has_their_covariance_in_unconstrained_space():
+    pyro.set_rng_seed(5)
+    X = torch.randn(15, 2)
+    y = (X * torch.tensor([1.0, -1.0])).sum(-1) + 0.5 * torch.randn(15)
+    svgd = fit(regression, (X, y), 6, 5)
+    particles = svgd_particles(regression, svgd, (X, y), {})
+    theta = torch.cat([particles["w"], particles["sigma"].log()[:, None]], -1)
+    guide = particle_proposal(regression, svgd, X, y)  # 6 particles <= 2 * 3: the diagonal
+    assert isinstance(guide, AutoDiagonalNormal)
+    assert torch.allclose(guide.loc, theta.mean(0), atol=1e-6)
+    assert torch.allclose(guide.scale, theta.std(0), atol=1e-6)
+    full = particle_proposal(regression, svgd, X, y, full_covariance=True)
+    covariance = full.get_posterior().covariance_matrix
+    assert torch.allclose(covariance, torch.cov(theta.T), atol=1e-5)
