@@ -12,6 +12,8 @@ from pyro_blr.diagnostics.calibration import (
     negative_log_likelihood,
 )
 from pyro_blr.diagnostics.group_removal import GroupRemoval, removal_sensitivity
+from pyro_blr.diagnostics.particle_proposal import particle_proposal
+from pyro_blr.diagnostics.particles import particles_to_inference_data
 from pyro_blr.diagnostics.psis import PSISDiagnostic, psis_diagnostic
 from pyro_blr.diagnostics.removal_predictions import RemovalPredictions, removal_predictions
 from pyro_blr.diagnostics.sensitivity import LOOSensitivity, loo_sensitivity
@@ -30,6 +32,8 @@ __all__ = [
     "import_arviz",
     "loo_sensitivity",
     "negative_log_likelihood",
+    "particle_proposal",
+    "particles_to_inference_data",
     "psis_diagnostic",
     "psis_smooth",
     "removal_predictions",

@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from pyro.infer import SVGD
 
 from pyro_blr.core import model_keywords
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, from_dict, psis_smooth, to_numpy
 from pyro_blr.diagnostics.draws import draw
 from pyro_blr.diagnostics.inputs import check_finite_inputs_at_draw
 from pyro_blr.diagnostics.mistakes import check_call
+from pyro_blr.diagnostics.particles import particles_to_inference_data
 from pyro_blr.diagnostics.psis import check_num_samples
 
 __all__ = ["to_inference_data"]
@@ -57,6 +59,11 @@ def to_inference_data(
     ``infer_discrete``), and the predictive is drawn given both. An observed site whose
     elements share an enumerated site (an HMM's chain, a global assignment) has no
     per-element terms: it is left out of ``log_likelihood`` with a warning naming it.
+
+    **SVGD.** A fitted ``pyro.infer.SVGD`` in the guide's place gives one draw per particle
+    (:func:`~pyro_blr.diagnostics.particles.particles_to_inference_data`): the particles have no
+    density, so ``sample_stats`` has ``log_p`` but no ``log_q``, and ``num_samples``,
+    ``num_chains`` and ``psis`` do not apply (leave them at their defaults).
 
     With ``psis=True`` the draws are resampled by their Pareto-smoothed importance weights
     :math:`\propto p(\mathcal D, z_s)/q(z_s)` (Yao et al. 2018), which moves a good-enough guide's
@@ -114,6 +121,9 @@ def to_inference_data(
         ((1, 200), ('chain', 'draw', 'data'))
     """
     options = ("num_samples", "num_chains", "psis", "max_plate_nesting")
+    if isinstance(guide, SVGD):
+        _check_particle_options(guide, num_samples, num_chains, psis)
+        return particles_to_inference_data(model, guide, *args, model_kwargs=model_kwargs, **kwargs)
     kwargs = model_keywords(model, "to_inference_data", options, kwargs, model_kwargs)
     num_samples = check_num_samples(num_samples, MIN_PSIS_SAMPLES if psis else 1)
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
@@ -149,3 +159,17 @@ def to_inference_data(
     }
     coords = {name: to_numpy(idx) for name, idx in draws.coords.items()}
     return from_dict(groups, coords, draws.dims, attrs)
+
+
+def _check_particle_options(svgd: SVGD, num_samples: int, num_chains: int, psis: bool) -> None:
+    """Refuse options that cannot apply to a particle approximation, naming each."""
+    if psis:
+        raise ValueError(
+            "to_inference_data: psis=True needs a guide with a density; SVGD's particles have "
+            "none (for importance weights fit particle_proposal(model, svgd, ...) and pass it)"
+        )
+    if num_samples not in (1000, svgd.num_particles) or num_chains != 1:
+        raise ValueError(
+            f"to_inference_data: the draws of an SVGD are its {svgd.num_particles} particles; "
+            f"num_samples={num_samples} and num_chains={num_chains} do not apply (leave them out)"
+        )
