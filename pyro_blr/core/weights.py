@@ -33,6 +33,7 @@ from pyro_blr.core.plates import full_size, is_subsampled, subsampled_plates
 from pyro_blr.core.traces import PARTICLE_PLATE, sample_sites, site_log_probs, sum_per_particle
 
 __all__ = [
+    "PROBE_PARTICLES",
     "LogWeights",
     "enumerated_model_traces",
     "log_weights",
@@ -239,6 +240,46 @@ def _plate_differs(plate: Trace, loop: Trace, num: int, count: int, nesting: int
     return None
 
 
+PROBE_PARTICLES = 3
+"""Particles on which :func:`replay_particles` (``mode="auto"``) first runs the model inside
+the particle plate and compares it with one run per particle, before it runs all of them in the
+plate. A model that broadcasts the particles wrong (``X @ W + b`` with ``W`` of shape
+``(K, 1, D, C)`` and ``b`` of ``(K, 1, C)`` gives logits of ``(K, K, N, C)``) builds a
+tensor ``K`` times too large in the plate: on the probe that is ``(3, 3, N, C)``, and the loop
+is taken without ever building the ``(K, K, N, C)`` one."""
+
+
+def _first_particles(guide_trace: Trace, count: int, num_particles: int) -> Trace:
+    """``guide_trace`` with the values of its sample sites cut to the first ``count``
+    particles (subsample indices, and values without the particle dimension, kept whole)."""
+    cut = guide_trace.copy()
+    for name, site in guide_trace.nodes.items():
+        value = site.get("value")
+        if site["type"] != "sample" or site_is_subsample(site) or not torch.is_tensor(value):
+            continue
+        if value.dim() > 0 and value.shape[0] == num_particles:
+            cut.nodes[name] = {**site, "value": value[:count]}
+    return cut
+
+
+def _plate_run(
+    model: Callable,
+    guide_trace: Trace,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int,
+    shared: dict[str, Tensor] | None = None,
+) -> Trace:
+    """``model`` run once inside the particle plate, replayed on ``guide_trace`` (and on the
+    minibatch ``shared``: plate name -> indices, when given)."""
+    replayed = poutine.replay(model, trace=guide_trace)
+    if shared:
+        replayed = poutine.condition(replayed, data=shared)
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        return poutine.trace(replayed).get_trace(*args, **kwargs)
+
+
 def replay_particles(
     model: Callable,
     guide_trace: Trace,
@@ -255,35 +296,46 @@ def replay_particles(
     ``"plate"`` runs the model once inside the particle plate (it must broadcast); ``"loop"``
     runs it once per particle (conditioned on that particle's values, every run on the same
     minibatch) and stacks the runs into one trace that reads like the plate's, so models
-    written ``X @ w`` or with ``nn.Linear`` are scored right. ``"auto"`` takes the plate when
-    it runs and every site's log density has the loop's shape per particle and the loop's
-    values on the first three particles (no extra runs beyond those three), else the loop. The
-    observed sites named in ``resampled`` are drawn by the model on purpose (a posterior
-    predictive); any other latent the guide did not draw is refused by name.
+    written ``X @ w`` or with ``nn.Linear`` are scored right. ``"auto"`` first runs the plate on
+    the first :data:`PROBE_PARTICLES` particles and compares every site's log density with
+    the loop's on them (shape per particle and values); when they agree it runs the plate on
+    all the particles and compares again on those three (no extra runs beyond them), else it
+    takes the loop, so that a model that broadcasts the particles wrong never builds a
+    tensor as many times too large as there are particles. The observed sites named in
+    ``resampled`` are drawn by the model on purpose (a posterior predictive); any other latent
+    the guide did not draw is refused by name.
     """
+    if mode == "plate":
+        return _plate_run(model, guide_trace, args, kwargs, num_particles, nesting), "plate"
     latents = set(_particle_values(guide_trace, 0, nesting))
-    model_trace = None
-    if mode in ("auto", "plate"):
+    if mode == "auto":
+        count = min(PROBE_PARTICLES, num_particles)
+        probe = guide_trace
+        if count < num_particles:
+            probe = _first_particles(guide_trace, count, num_particles)
         try:
-            with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-                replayed = poutine.replay(model, trace=guide_trace)
-                model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-        except Exception:
-            if mode == "plate":
-                raise
-    if mode == "auto" and model_trace is not None:
-        count = min(3, num_particles)
-        shared = _subsample_values(model_trace)  # the plate's minibatch, for a fair comparison
-        loop = _per_particle_traces(
-            model, guide_trace, args, kwargs, count, nesting, resampled, shared
-        )
-        loop = _stack(loop, nesting, latents)
-        reason = _plate_differs(model_trace, loop, num_particles, count, nesting)
-        if reason is None:
-            return model_trace, "plate"
+            model_trace = _plate_run(model, probe, args, kwargs, count, nesting)
+        except Exception as error:
+            reason = f"it raises {type(error).__name__}: {error}"
+        else:
+            shared = _subsample_values(model_trace)  # the plate's minibatch, for a fair test
+            loop = _per_particle_traces(
+                model, guide_trace, args, kwargs, count, nesting, resampled, shared
+            )
+            loop = _stack(loop, nesting, latents)
+            reason = _plate_differs(model_trace, loop, count, count, nesting)
+            if reason is None and count < num_particles:
+                try:
+                    model_trace = _plate_run(
+                        model, guide_trace, args, kwargs, num_particles, nesting, shared
+                    )
+                except Exception as error:
+                    reason = f"it raises {type(error).__name__}: {error}"
+                else:
+                    reason = _plate_differs(model_trace, loop, num_particles, count, nesting)
+            if reason is None:
+                return model_trace, "plate"
         logger.info("particles replayed one by one: the particle plate differs (%s)", reason)
-    elif mode == "plate":
-        return model_trace, "plate"
     shared = _subsample_values(guide_trace)  # a guide that subsamples chose the minibatch
     traces = _per_particle_traces(
         model, guide_trace, args, kwargs, num_particles, nesting, resampled, shared
@@ -434,31 +486,44 @@ def _enumerated_model_log(
         and not site_is_subsample(site)
         and not site["infer"].get("is_auxiliary")
     }
-    plate = None
-    try:
-        particles = (PARTICLE_PLATE, num)
-        plate_trace = enumerated_trace(
-            model, args, kwargs, nesting, {**latents, **shared}, particles
-        )
-        plate = trace_log_joint(plate_trace, PARTICLE_PLATE).expand(num)
-        shared = shared or _subsample_values(plate_trace)
-    except Exception as error:  # the model does not broadcast over particles: take the loop
-        logger.info("enumerated particles run one by one: the particle plate raised %s", error)
-    count = num if plate is None else min(3, num)
+    count = min(PROBE_PARTICLES, num)
+
+    def plate_log_joint(size: int, shared: dict) -> tuple[Tensor, dict] | None:
+        values = {n: v[:size] if v.dim() and v.shape[0] == num else v for n, v in latents.items()}
+        try:
+            plate_trace = enumerated_trace(
+                model, args, kwargs, nesting, {**values, **shared}, (PARTICLE_PLATE, size)
+            )
+            joint = trace_log_joint(plate_trace, PARTICLE_PLATE)
+        except Exception as error:  # the model does not broadcast over particles: the loop
+            logger.info("enumerated particles run one by one: the particle plate raised %s", error)
+            return None
+        if joint.dim() > 1 or joint.numel() not in (1, size):
+            return None
+        return joint.expand(size), shared or _subsample_values(plate_trace)
+
+    # As in replay_particles: the plate on the first PROBE_PARTICLES particles before all.
+    plate = plate_log_joint(count, shared)
+    if plate is not None:
+        shared = plate[1]
     traces = enumerated_model_traces(model, guide_trace, args, kwargs, count, nesting, shared)
     loop = torch.stack([trace_log_joint(trace) for trace in traces])
-    if plate is not None:
+
+    def agrees(rows: Tensor) -> bool:
         finite = torch.isfinite(loop)
-        rows = plate[:count]
-        if torch.equal(finite, torch.isfinite(rows)) and torch.allclose(
+        return torch.equal(finite, torch.isfinite(rows)) and torch.allclose(
             rows[finite], loop[finite], rtol=1e-4, atol=1e-4
-        ):
-            return plate, traces[0]
-        logger.info("enumerated particles run one by one: the particle plate differs")
-        rest = enumerated_model_traces(
-            model, guide_trace, args, kwargs, range(count, num), nesting, shared
         )
-        loop = torch.cat([loop, *(trace_log_joint(trace)[None] for trace in rest)])
+
+    if plate is not None and agrees(plate[0]):
+        full = plate if count == num else plate_log_joint(num, shared)
+        if full is not None and agrees(full[0][:count]):
+            return full[0], traces[0]
+    logger.info("enumerated particles run one by one: the particle plate differs")
+    rest = enumerated_model_traces(
+        model, guide_trace, args, kwargs, range(count, num), nesting, shared
+    )
+    loop = torch.cat([loop, *(trace_log_joint(trace)[None] for trace in rest)])
     return loop, traces[0]
 
 
