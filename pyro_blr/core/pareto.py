@@ -27,7 +27,14 @@ from torch import Tensor
 
 from pyro_blr.core.weights import log_weights
 
-__all__ = ["KHAT_THRESHOLD", "ParetoCheck", "pareto_check", "pareto_khat"]
+__all__ = [
+    "KHAT_THRESHOLD",
+    "ParetoCheck",
+    "pareto_check",
+    "pareto_khat",
+    "tail_length",
+    "tied_tail_khat",
+]
 
 KHAT_THRESHOLD = 0.7
 r"""Above this :math:`\hat k` the importance ratios' tail is too heavy for the guide to be
@@ -49,12 +56,104 @@ def _psislw() -> Callable[[np.ndarray], tuple[np.ndarray, float]]:
     return lambda log_ratios: array_stats.psislw(-log_ratios)  # 1.x negates a log-likelihood
 
 
+def _no_spread(ratios: np.ndarray, eps: float) -> bool:
+    """Whether finite log ratios are equal up to rounding in a dtype of epsilon ``eps``."""
+    return np.ptp(ratios) <= max(1e-9, 64 * eps) * max(1.0, float(np.abs(ratios).max()))
+
+
+def tail_length(num_samples: int) -> int:
+    r"""The number :math:`M = \lceil\min(S/5, 3\sqrt S)\rceil` of largest ratios a Pareto fit
+    uses on :math:`S` draws (ArviZ's, with relative efficiency 1; Vehtari et al. 2024).
+
+    Example:
+        >>> tail_length(500), tail_length(100)
+        (68, 20)
+    """
+    return int(np.ceil(min(0.2 * num_samples, 3 * np.sqrt(num_samples))))
+
+
+def tied_tail_khat(log_ratios: Tensor | np.ndarray) -> float | None:
+    r""":math:`\hat k` of log importance ratios whose tail ties, or ``None`` when it does not.
+
+    A generalized Pareto fit models a continuous tail, where two equal ratios have probability
+    zero. When the :math:`M + 1` largest finite ratios (the tail and its threshold, see
+    :func:`tail_length`) hold fewer than :math:`(M + 1)/2` distinct values, the ratios are
+    those of a few atoms (every latent site discrete, e.g. binary sites of
+    :class:`pyro_blr.AutoExpFamily`): the fit degenerates (:math:`\pm\infty` or a meaningless
+    negative value) and says nothing. The ratios are then bounded on the atoms drawn, and the
+    question :math:`\hat k` answers -- do :math:`S` draws suffice, or does the largest weight
+    dominate -- is answered by the largest ratio against the mean:
+
+    .. math::
+        \tilde k = \log\bigl(r_{(S)} / \bar r\bigr) \big/ \log S,
+        \qquad \bar r = \tfrac1S \textstyle\sum_s r_s .
+
+    For a Pareto-type tail of shape :math:`k < 1` the largest of :math:`S` ratios grows like
+    :math:`S^k` while their mean stays finite, so :math:`\tilde k \to k` (the log-maximum
+    estimate of a tail index; Embrechts, Klüppelberg & Mikosch 1997); for bounded ratios it
+    tends to 0, never below. At a finite :math:`S` it reads as the largest normalized weight
+    :math:`\bar w_{(S)} = S^{\tilde k - 1}`, near :math:`1/S` (:math:`\tilde k` near 0) for a
+    guide near the posterior. On atoms the largest ratio may be drawn several times, which
+    splits its weight and makes :math:`\tilde k` read low; the effective sample size
+    :math:`\mathrm{ESS} = 1/\sum_s \bar w_s^2` does not split. For :math:`1/2 < k < 1`,
+    :math:`\sum_s r_s^2` grows like :math:`S^{2k}` and :math:`\mathrm{ESS}` like
+    :math:`S^{2 - 2k}`, a second reading of the shape,
+
+    .. math::
+        k_{\mathrm{ESS}} = 1 - \log \mathrm{ESS} \big/ (2 \log S),
+
+    which below :math:`k = 1/2` tends to :math:`1/2` whatever :math:`k` (the ESS is then
+    linear in :math:`S`) and says nothing more. The result is :math:`\tilde k`, or
+    :math:`k_{\mathrm{ESS}}` where that is larger and above :data:`KHAT_THRESHOLD`, i.e.
+    where the ESS is below :math:`S^{0.6}` (42 of 500 draws): the guide is far from the
+    posterior.
+
+    Args:
+        log_ratios: 1-D log ratios :math:`\log p(\mathcal D, z_s) - \log q(z_s)`, finite or
+            :math:`-\infty` (a zero weight, counted in :math:`S`). Ratios equal up to
+            rounding (the guide is the posterior) have no tail: 0.
+
+    References:
+        | Modelling Extremal Events (Embrechts, Klüppelberg & Mikosch, Springer 1997)
+        | Pareto Smoothed Importance Sampling (Vehtari et al., JMLR 2024)
+        | https://arxiv.org/abs/1507.02646
+
+    Example:
+        >>> import torch
+        >>> atoms = torch.tensor([0.0, 0.1, 0.2]).repeat(100)  # three atoms, nearly equal
+        >>> round(tied_tail_khat(atoms), 3), tied_tail_khat(torch.randn(300)) is None
+        (0.017, True)
+    """
+    if torch.is_tensor(log_ratios):
+        log_ratios = log_ratios.detach().cpu().numpy()
+    ratios = np.asarray(log_ratios)
+    eps = float(np.finfo(ratios.dtype).eps) if np.issubdtype(ratios.dtype, np.floating) else 0.0
+    ratios = ratios.astype(np.float64)
+    finite = ratios[np.isfinite(ratios)]
+    size = min(tail_length(len(ratios)) + 1, len(finite))
+    if size < 2:
+        return None
+    if _no_spread(finite, eps):  # equal up to rounding: no tail, as pareto_khat reports it
+        return 0.0
+    tail = np.sort(finite)[-size:]
+    if 2 * len(np.unique(tail)) >= size:
+        return None
+    weights = np.exp(finite - finite.max())  # r_s / r_max
+    log_size = np.log(len(ratios))
+    largest = -np.log(weights.sum() / len(ratios)) / log_size  # log(r_max / r-bar) / log S
+    ess = weights.sum() ** 2 / np.square(weights).sum()
+    spread = 1 - np.log(ess) / (2 * log_size)
+    return float(max(0.0, largest, spread if spread > KHAT_THRESHOLD else 0.0))
+
+
 def pareto_khat(log_ratios: Tensor) -> float:
     r"""The Pareto shape :math:`\hat k` of the right tail of 1-D log importance ratios.
 
     Ratios equal up to rounding (the guide is the posterior up to a constant) have no tail:
-    :math:`\hat k = 0`. Ratios of :math:`-\infty` (draws the model rules out) are left out;
-    NaN or :math:`+\infty` give :math:`\hat k = \infty`, as does a tail ArviZ cannot fit.
+    :math:`\hat k = 0`. Ratios whose tail ties (a few atoms: every latent discrete) get
+    :func:`tied_tail_khat`, as a Pareto fit to them degenerates. Ratios of :math:`-\infty`
+    (draws the model rules out) are left out; NaN or :math:`+\infty` give
+    :math:`\hat k = \infty`, as does a tail ArviZ cannot fit.
 
     Args:
         log_ratios: at least 30 log ratios :math:`\log p(\mathcal D, z_s) - \log q(z_s)`.
@@ -74,8 +173,11 @@ def pareto_khat(log_ratios: Tensor) -> float:
     if len(ratios) < 30:
         return float("inf")
     eps = float(torch.finfo(log_ratios.dtype).eps) if log_ratios.is_floating_point() else 0.0
-    if np.ptp(ratios) <= max(1e-9, 64 * eps) * max(1.0, float(np.abs(ratios).max())):
+    if _no_spread(ratios, eps):
         return 0.0
+    tied = tied_tail_khat(log_ratios)
+    if tied is not None:
+        return tied
     with warnings.catch_warnings():  # ArviZ warns of a large k-hat: the caller decides on it
         warnings.simplefilter("ignore")
         khat = float(_psislw()(ratios - ratios.max())[1])

@@ -33,6 +33,7 @@ from pyro_blr.core import (
     rng_state,
 )
 from pyro_blr.core.checks import initialized_cuda_devices
+from pyro_blr.core.pareto import tied_tail_khat
 from pyro_blr.diagnostics.arviz_compat import MIN_PSIS_SAMPLES, import_arviz, psis_smooth
 from pyro_blr.diagnostics.mistakes import check_call
 
@@ -96,7 +97,12 @@ def psis_diagnostic(
     Returns:
         ``PSISDiagnostic(khat, ess)``. When every ratio is equal up to rounding (the guide is the
         posterior), :math:`\hat k = 0` and ``ess = num_samples`` (see
-        :func:`~pyro_blr.diagnostics.arviz_compat.psis_smooth`).
+        :func:`~pyro_blr.diagnostics.arviz_compat.psis_smooth`). When the largest ratios tie
+        (every latent site discrete, e.g. Bernoulli sites of :class:`pyro_blr.AutoExpFamily`:
+        the ratios are those of a few atoms), a Pareto fit is meaningless: :math:`\hat k` is
+        then :func:`pyro_blr.core.pareto.tied_tail_khat` (the largest ratio against the mean,
+        near 0 for a guide near the posterior, above 0.7 when one draw dominates) and ``ess``
+        that of the raw weights, which are bounded and need no smoothing.
 
     Raises:
         TypeError: a model argument named like an option without ``model_kwargs=``.
@@ -144,5 +150,10 @@ def psis_diagnostic(
         check_finite_weights(
             model, guide, args, kwargs, num_samples, max_plate_nesting, state, enumerated
         )
+    tied = tied_tail_khat(joint)
+    if tied is not None:  # a few atoms: bounded ratios, nothing to smooth (see tied_tail_khat)
+        ratios = joint.detach().to("cpu", torch.float64).numpy()
+        weights = np.exp(ratios - ratios.max())
+        return PSISDiagnostic(tied, float(weights.sum() ** 2 / np.square(weights).sum()))
     smoothed, khat = psis_smooth(joint)
     return PSISDiagnostic(khat, float(1.0 / np.exp(2 * smoothed).sum()))
