@@ -4,8 +4,8 @@ enumerated assignment summed out, against NUTS with enumeration on the same mode
 The posterior of the tutorial's five points has two regimes: two clusters, each component
 explaining one (the scale near the clusters' spread, about 1), and one component explaining all
 five (the scale near 5, the other component's location drawn from its prior), which holds about
-14% of the mass (by quadrature on a 57 x 71 x 401 x 401 grid of the unconstrained latents: 86%
-has scale < 3, and the means of the sorted locations given scale < 1, 2 or 3 agree to 0.04).
+14% of the mass (by quadrature, :func:`test_quadrature_sees_two_regimes`: 86% has scale < 3,
+and the means of the sorted locations given scale < 1, 2 or 3 agree to 0.04 = 0.05 sd).
 A Gaussian guide describes the first regime. NUTS's draws are compared on it: their locations
 sorted (label switching: NUTS's chain swaps the components through the second regime), and
 kept where scale < 3.
@@ -139,3 +139,59 @@ def test_the_blr_reaches_the_component_means_nuts_gives():
     for rule, steps in [(pb.Newton(lr=0.5), 40), (von, 150)]:
         found = blr_locs(rule, steps).double()
         assert ((found - mean).abs() < tolerance).all(), (type(rule).__name__, found, mean, sd)
+
+
+def quadrature(max_scale):
+    """The posterior mass with scale < ``max_scale`` and the mean and sd of the sorted locations
+    there, by the rectangle rule on a 57 x 71 x 401 x 401 grid of the unconstrained latents
+    (logit weight, log scale, two locations; spacing 0.25 in the locations, a third of their
+    smallest posterior sd), with the hand-summed log joint and its log-Jacobian, in float64."""
+    f64 = torch.float64
+    x = data.to(f64)
+    logits = torch.linspace(-14, 14, 57, dtype=f64)
+    log_scales = torch.linspace(-3, 4, 71, dtype=f64)[:, None, None]
+    grid = torch.linspace(-50, 50, 401, dtype=f64)
+    first, second = grid[:, None], grid[None, :]
+    low, high = torch.minimum(first, second), torch.maximum(first, second)
+    prior_locs = dist.Normal(0.0, 10.0).log_prob(first) + dist.Normal(0.0, 10.0).log_prob(second)
+    scale = log_scales.exp()
+    kept = (scale < max_scale).to(f64)
+    log_p_scale = dist.LogNormal(0.0, 2.0).log_prob(scale) + log_scales
+    moments, shifts = [], []
+    for a in logits:
+        w = torch.sigmoid(a)
+        log_p_w = dist.Beta(0.5, 0.5).log_prob(w) + w.log() + (-w).log1p()  # K=2 Dirichlet
+        log_p = log_p_w + log_p_scale + prior_locs
+        for xi in x:
+            near = dist.Normal(first, scale).log_prob(xi) + w.log()
+            far = dist.Normal(second, scale).log_prob(xi) + (-w).log1p()
+            log_p = log_p + torch.logaddexp(near, far)
+        shift = log_p.max()
+        p = (log_p - shift).exp()
+        moments.append(
+            torch.stack(
+                [p.sum(), (kept * p).sum()]
+                + [(kept * p * v).sum() for v in (low, high, low**2, high**2)]
+            )
+        )
+        shifts.append(shift)
+    weights = (torch.stack(shifts) - max(shifts)).exp()[:, None]
+    total, mass, m1, m2, s1, s2 = (torch.stack(moments) * weights).sum(0)
+    means = torch.stack([m1, m2]) / mass
+    sds = (torch.stack([s1, s2]) / mass - means**2).sqrt()
+    return float(mass / total), means, sds
+
+
+@pytest.mark.slow
+def test_quadrature_sees_two_regimes():
+    # The figures the module docstring quotes (a deterministic sum: no Monte Carlo error).
+    fractions, all_means = [], []
+    for max_scale in (1.0, 2.0, 3.0, 1e9):
+        fraction, means, sds = quadrature(max_scale)
+        fractions.append(fraction)
+        all_means.append(means)
+    assert abs(fractions[2] - 0.86) < 0.01 and fractions[3] == pytest.approx(1.0)
+    regime = torch.stack(all_means[:3])
+    assert (regime.max(0).values - regime.min(0).values).max() < 0.04
+    # and the full posterior's means lie off them by more than 0.1 sd: the second regime
+    assert ((all_means[2] - all_means[3]).abs() / sds).max() > 0.1
