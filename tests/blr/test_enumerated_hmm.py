@@ -157,14 +157,14 @@ def test_von_on_the_chain_equals_von_on_the_hand_summed_model(guide_class, rule)
     # seed gives both models the same draws, so the fits agree to round-off (1e-8). ``ess``:
     # the automatic start's cap reads a count of data from the observed sites (the largest
     # one: 2 for the chain, 1 for the factor), so both are given the 12 observations.
-    got = read(fit(hmm, guide_class, rule, 10))
-    expected = read(fit(hand_summed, guide_class, rule, 10))
+    got = read(fit(hmm, guide_class, rule, 6))
+    expected = read(fit(hand_summed, guide_class, rule, 6))
     for found, wanted in zip(got, expected, strict=True):
         torch.testing.assert_close(found, wanted, rtol=1e-8, atol=1e-8)
 
 
 def test_log_evidence_of_the_chain_agrees_with_the_hand_summed_model():
-    guide = fit(hmm, AutoMultivariateNormal, pb.Newton(lr=1.0), 12)
+    guide = fit(hmm, AutoMultivariateNormal, pb.Newton(lr=1.0), 9)
     for method in ("elbo", "iwae"):
         estimates = []
         for seed, model in [(1, hmm), (2, hand_summed), (1, hand_summed)]:
