@@ -2,9 +2,9 @@
 
 One module per family (``normal``, ``gamma``, ``beta``, ``dirichlet``, ``von_mises``,
 ``bernoulli``, ``categorical``; the Gaussian's closed forms in ``gaussian``; latent Bernoulli
-sites on :math:`[0, 1]` in ``relaxation``), the shared interface in ``base``,
-and the registry below: :data:`FAMILIES` by name and :func:`family_for_site`, which picks the
-family of a site's support.
+and one-hot sites, relaxed to :math:`[0, 1]` and the simplex, in ``relaxation``), the shared
+interface in ``base``, and the registry below: :data:`FAMILIES` by name and
+:func:`family_for_site`, which picks the family of a site's support.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyro_blr.families.base import ExpFamily, site_support
 from pyro_blr.families.bernoulli import Bernoulli
 from pyro_blr.families.beta import Beta
-from pyro_blr.families.categorical import Categorical
+from pyro_blr.families.categorical import Categorical, OneHotCategorical
 from pyro_blr.families.dirichlet import Dirichlet
 from pyro_blr.families.gamma import Gamma
 from pyro_blr.families.gaussian import (
@@ -23,7 +23,7 @@ from pyro_blr.families.gaussian import (
     is_positive_definite,
 )
 from pyro_blr.families.normal import LogNormal, Normal
-from pyro_blr.families.relaxation import is_binary_site
+from pyro_blr.families.relaxation import is_relaxed_site
 from pyro_blr.families.von_mises import VonMisesFamily
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "GaussianFamily",
     "LogNormal",
     "Normal",
+    "OneHotCategorical",
     "VonMisesFamily",
     "family_for_site",
     "gaussian_family",
@@ -55,18 +56,28 @@ FAMILIES: dict[str, ExpFamily] = {
         Dirichlet(),
         VonMisesFamily(),
         Bernoulli(),
+        OneHotCategorical(),
     )
 }
 """The families of latent sites, by name (the categorical of mixture weights takes K)."""
 
-_AUTOMATIC = ("bernoulli", "von_mises", "normal", "gamma", "beta", "dirichlet")  # first wins
+_AUTOMATIC = (
+    "bernoulli",
+    "one_hot_categorical",
+    "von_mises",
+    "normal",
+    "gamma",
+    "beta",
+    "dirichlet",
+)  # first wins
 
 
 def family_for_site(site: dict, name: str | None = None) -> ExpFamily:
     """The family of a latent site: ``name`` if given (checked against the site's support),
-    else the first of Bernoulli, von Mises, Normal, Gamma, Beta, Dirichlet that matches it. A
-    binary site (:class:`pyro_blr.families.relaxation.BinarySite`) takes only a discrete family:
-    its support is the unit interval, but a Beta there would fit another model.
+    else the first of Bernoulli, OneHotCategorical, von Mises, Normal, Gamma, Beta, Dirichlet
+    that matches it. A relaxed discrete site (:class:`pyro_blr.families.relaxation.BinarySite`,
+    :class:`~pyro_blr.families.relaxation.OneHotSite`) takes only a discrete family: its support
+    is the unit interval or the simplex, but a Beta or a Dirichlet there would fit another model.
 
     Args:
         site: a sample site of a Pyro trace (its ``"name"`` and ``"fn"`` are read).
@@ -90,10 +101,10 @@ def family_for_site(site: dict, name: str | None = None) -> ExpFamily:
         families that fit it: ['gamma', 'lognormal']
     """
     site_name, fn = site["name"], site["fn"]
-    binary = is_binary_site(fn)
+    relaxed = is_relaxed_site(fn)
 
     def fits(family: ExpFamily) -> bool:
-        return family.matches(fn) and family.discrete == binary
+        return family.matches(fn) and family.discrete == relaxed
 
     if name is not None:
         if name not in FAMILIES:

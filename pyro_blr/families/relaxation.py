@@ -1,16 +1,25 @@
-r"""Latent Bernoulli sites as the Bayesian learning rule sees them: on :math:`[0, 1]`.
+r"""Latent discrete sites as the Bayesian learning rule sees them: relaxed, on :math:`[0, 1]` or
+the simplex.
 
 A latent ``Bernoulli`` site that is not marked for enumeration gets a Bernoulli factor in
 :class:`pyro_blr.AutoExpFamily`; its gradient is estimated on relaxed values
-:math:`x \in (0, 1)` (:meth:`pyro_blr.families.Bernoulli.relaxed`). The model then runs at
+:math:`x \in (0, 1)` (:meth:`pyro_blr.families.Bernoulli.relaxed_draws`). The model then runs at
 such values, so the site's distribution is replaced by :class:`BinarySite`, whose log density
 is the Bernoulli's own log mass :math:`x\lambda - \log(1 + e^\lambda)` extended to
 :math:`[0, 1]` (what torch computes for a Bernoulli without validation) and whose support is the
 unit interval, so that Pyro's validation and this package's flat latent vector
-(:mod:`pyro_blr.core.layout`, by the sigmoid bijection) take it. :func:`relax_binary_sites`
-makes the replacement in a model, by site name.
+(:mod:`pyro_blr.core.layout`, by the sigmoid bijection) take it.
 
-Only models whose likelihood is defined, and differentiable, at relaxed values (``x * w``,
+A latent ``OneHotCategorical`` site is the same over :math:`K` outcomes: its value is a one-hot
+vector, relaxed to a point of the simplex (:meth:`pyro_blr.families.OneHotCategorical.
+relaxed_draws`), and :class:`OneHotSite` extends its log mass :math:`\sum_k x_k\log\pi_k` to the
+simplex (support ``simplex``: stick-breaking in the flat latent vector). A ``Categorical`` site
+yields an integer index, which has no relaxed value: it is refused (see
+:class:`pyro_blr.AutoExpFamily`); write it ``OneHotCategorical`` and use the value as a
+vector (``z @ locs``, not ``locs[z.argmax(-1)]``), or enumerate it.
+
+:func:`relax_binary_sites` makes both replacements in a model, by site name. Only models whose
+likelihood is defined, and differentiable, at relaxed values (``x * w``, ``z @ locs``;
 ``torch.where(x > 0, ...)`` is not) give the right gradient; the BLR's expfamily stepper checks
 that before its first step and names the site otherwise.
 """
@@ -27,7 +36,17 @@ from pyro.distributions import TorchDistribution, constraints
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-__all__ = ["BinarySite", "binary_site", "is_binary_site", "relax_binary_sites"]
+__all__ = [
+    "BinarySite",
+    "OneHotSite",
+    "binary_site",
+    "is_binary_site",
+    "is_one_hot_site",
+    "is_relaxed_site",
+    "one_hot_site",
+    "relax_binary_sites",
+    "relaxed_site",
+]
 
 
 class BinarySite(TorchDistribution):
@@ -101,9 +120,94 @@ def is_binary_site(fn: dist.Distribution) -> bool:
     return isinstance(fn, BinarySite)
 
 
+class OneHotSite(TorchDistribution):
+    r"""A OneHotCategorical extended to the simplex:
+    :math:`\log p(x) = \sum_k x_k \log\pi_k`, :math:`\pi` the OneHotCategorical's
+    probabilities (what torch computes for it without validation).
+
+    Draws (:meth:`sample`) are the OneHotCategorical's own, one-hot, so that a model run on them
+    is the model as written; its ``mean`` is the probabilities.
+
+    Args:
+        base: the site's OneHotCategorical (any batch shape).
+
+    Example:
+        >>> import torch, pyro.distributions as dist
+        >>> base = dist.OneHotCategorical(torch.tensor([0.2, 0.3, 0.5]))
+        >>> site = OneHotSite(base)
+        >>> vertex = torch.tensor([0.0, 1.0, 0.0])
+        >>> torch.allclose(site.log_prob(vertex), base.log_prob(vertex))
+        True
+        >>> site.support, site.event_shape
+        (Simplex(), torch.Size([3]))
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.simplex
+    has_rsample = False
+
+    def __init__(self, base: torch.distributions.OneHotCategorical):
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> OneHotSite:
+        return OneHotSite(self.base.expand(batch_shape))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.base.probs
+
+    def sample(self, sample_shape: tuple = ()) -> Tensor:
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return (value * self.base.logits).sum(-1)
+
+
+def one_hot_site(fn: dist.Distribution) -> dist.Distribution | None:
+    """``fn`` with its OneHotCategorical replaced by a :class:`OneHotSite` (under ``to_event``
+    too), or ``None`` where ``fn`` is no OneHotCategorical (a masked one included).
+
+    Example:
+        >>> import torch, pyro.distributions as dist
+        >>> type(one_hot_site(dist.OneHotCategorical(torch.ones(2, 3) / 3))).__name__
+        'OneHotSite'
+        >>> one_hot_site(dist.Categorical(torch.ones(3) / 3)) is None
+        True
+    """
+    if isinstance(fn, OneHotSite):
+        return fn
+    if isinstance(fn, torch.distributions.OneHotCategorical):
+        return OneHotSite(fn)
+    if isinstance(fn, torch.distributions.Independent):
+        inner = one_hot_site(fn.base_dist)
+        return None if inner is None else inner.to_event(fn.reinterpreted_batch_ndims)
+    return None
+
+
+def is_one_hot_site(fn: dist.Distribution) -> bool:
+    """Whether ``fn`` is a :class:`OneHotSite` (under ``to_event`` too)."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return isinstance(fn, OneHotSite)
+
+
+def relaxed_site(fn: dist.Distribution) -> dist.Distribution | None:
+    """``fn`` relaxed: a Bernoulli as a :class:`BinarySite`, a OneHotCategorical as a
+    :class:`OneHotSite` (under ``to_event`` too); ``None`` for any other distribution."""
+    relaxed = binary_site(fn)
+    return relaxed if relaxed is not None else one_hot_site(fn)
+
+
+def is_relaxed_site(fn: dist.Distribution) -> bool:
+    """Whether ``fn`` is a :class:`BinarySite` or a :class:`OneHotSite` (under ``to_event``)."""
+    return is_binary_site(fn) or is_one_hot_site(fn)
+
+
 class _RelaxSites(Messenger):
-    """Replaces the distribution of the named latent Bernoulli sites by their
-    :class:`BinarySite` (the model's own plates have broadcast it already)."""
+    """Replaces the distribution of the named latent Bernoulli and OneHotCategorical sites by
+    their :class:`BinarySite` or :class:`OneHotSite` (the model's own plates have broadcast it
+    already)."""
 
     def __init__(self, names: Iterable[str]):
         super().__init__()
@@ -111,14 +215,15 @@ class _RelaxSites(Messenger):
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["name"] in self.names and not msg["is_observed"]:
-            relaxed = binary_site(msg["fn"])
+            relaxed = relaxed_site(msg["fn"])
             if relaxed is not None:
                 msg["fn"] = relaxed
 
 
 def relax_binary_sites(model: Callable, names: Iterable[str]) -> Callable:
     """``model`` with the latent Bernoulli sites ``names`` taking values in :math:`[0, 1]` (see
-    :class:`BinarySite`); the model's signature is kept (``functools.wraps``).
+    :class:`BinarySite`) and its OneHotCategorical sites ``names`` values on the simplex (see
+    :class:`OneHotSite`); the model's signature is kept (``functools.wraps``).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch

@@ -11,6 +11,7 @@ the exponential family that lives on its support, in constrained space:
 | simplex | Dirichlet | concentration |
 | circular (a von Mises prior) | von Mises | loc, concentration |
 | binary (a latent Bernoulli) | Bernoulli | logits |
+| one-hot (a latent OneHotCategorical) | OneHotCategorical | logits |
 
 ``families={"site": "lognormal"}`` (or ``"normal"``, ``"gamma"``, ...) overrides the choice for a
 site; the family must live on the site's support. The families themselves -- their distributions,
@@ -29,11 +30,22 @@ BayesBiNN, Meng, Bachmann & Khan 2020), so the model must be defined for values 
 prototype trace holds such a site as a
 :class:`~pyro_blr.families.relaxation.BinarySite` at its prior probability.
 
+A latent ``OneHotCategorical`` site is kept the same way, with a categorical factor
+(:class:`pyro_blr.families.OneHotCategorical`): one-hot draws, ``median()`` the mode's one-hot
+vector, ``quantiles()`` each indicator's exact marginal quantiles; the BLR relaxes it to the
+simplex (Gumbel-softmax; Jang et al. 2017, Maddison et al. 2017), so the model must use the value
+as a vector (``z @ locs``, not ``locs[z.argmax(-1)]``). A ``Categorical`` site, whose value is an
+integer index with no relaxed counterpart, is refused naming the fix: write it
+``OneHotCategorical`` (``pyro.sample("z", dist.OneHotCategorical(probs))`` and ``z @ locs``
+where ``locs[k]`` was), or enumerate it.
+
 References:
     | Implicit Reparameterization Gradients (Figurnov, Mohamed & Mnih, NeurIPS 2018)
     | https://arxiv.org/abs/1805.08498
     | Training Binary Neural Networks using the Bayesian Learning Rule (Meng, Bachmann & Khan,
       ICML 2020) https://arxiv.org/abs/2002.10778
+    | Categorical Reparameterization with Gumbel-Softmax (Jang, Gu & Poole, ICLR 2017)
+      https://arxiv.org/abs/1611.01144
 """
 
 from __future__ import annotations
@@ -55,11 +67,28 @@ from torch.distributions import transform_to
 from pyro_blr.core import check_prototype, is_subsampled, write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
 from pyro_blr.families.base import clamp_unit
-from pyro_blr.families.relaxation import binary_site
+from pyro_blr.families.relaxation import is_one_hot_site, relaxed_site
 from pyro_blr.guides.mixture import AutoMixture
 from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["AutoExpFamily"]
+
+
+def _one_hot_mode_first(init_loc_fn: Callable) -> Callable:
+    """``init_loc_fn`` with latent OneHotCategorical sites started at their prior's mode (Pyro's
+    strategies fall back to ``init_to_feasible``, which has no transform for one-hot values);
+    the guide then starts them from their prior's probabilities (see ``_keep_relaxed``)."""
+
+    def init(site: dict) -> Tensor:
+        base = site["fn"]
+        while isinstance(base, torch.distributions.Independent):
+            base = base.base_dist
+        if isinstance(base, torch.distributions.OneHotCategorical):
+            probs = site["fn"].mean
+            return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+        return init_loc_fn(site)
+
+    return init
 
 
 class AutoExpFamily(AutoGuide):
@@ -80,7 +109,8 @@ class AutoExpFamily(AutoGuide):
 
     Raises:
         ValueError: an unknown family name; (at the first call) a discrete site other than a
-            latent Bernoulli, an unsupported site,
+            latent Bernoulli or OneHotCategorical (a ``Categorical`` index: the message says
+            to write it ``OneHotCategorical`` or enumerate it), an unsupported site,
             a family that does not fit its site's support, an override naming no latent site,
             or a latent site local to a subsampled plate.
 
@@ -113,7 +143,7 @@ class AutoExpFamily(AutoGuide):
                 )
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
-        super().__init__(InitMessenger(init_loc_fn)(model))
+        super().__init__(InitMessenger(_one_hot_mode_first(init_loc_fn))(model))
         self._overrides = dict(families or {})
         self._init_scale = init_scale
 
@@ -124,7 +154,7 @@ class AutoExpFamily(AutoGuide):
         self.params = PyroModule()
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             if site["fn"].support.is_discrete:
-                self._keep_binary(name, site)
+                self._keep_relaxed(name, site)
             for frame in site["cond_indep_stack"]:
                 if is_subsampled(frame):
                     raise ValueError(
@@ -145,22 +175,42 @@ class AutoExpFamily(AutoGuide):
                 f"model (its latent sites: {list(self._families)})"
             )
 
-    def _keep_binary(self, name: str, site: dict) -> None:
-        """Make a latent Bernoulli site of the prototype a
-        :class:`~pyro_blr.families.relaxation.BinarySite` (its value the prior's probability,
+    def _keep_relaxed(self, name: str, site: dict) -> None:
+        """Make a latent Bernoulli or OneHotCategorical site of the prototype a
+        :class:`~pyro_blr.families.relaxation.BinarySite` or
+        :class:`~pyro_blr.families.relaxation.OneHotSite` (its value the prior's probabilities,
         where the flat latent vector of the BLR starts); refuse any other discrete site."""
-        relaxed = None if site["infer"].get("enumerate") else binary_site(site["fn"])
+        relaxed = None if site["infer"].get("enumerate") else relaxed_site(site["fn"])
         if relaxed is None or isinstance(self, AutoMixture):
             kind = type(site["fn"]).__name__
+            base = site["fn"]
+            while isinstance(base, torch.distributions.Independent):
+                base = base.base_dist
+            index = isinstance(base, torch.distributions.Categorical) and not site["infer"].get(
+                "enumerate"
+            )
             raise ValueError(
                 f"latent site '{name}' is discrete ({kind}); {type(self).__name__} gives a "
-                "Bernoulli factor to a latent Bernoulli site of AutoExpFamily only (neither "
-                "enumerated nor masked) and needs other sites continuous: enumerate it out "
-                "(infer={'enumerate': 'parallel'}, hidden from the guide), observe it, or "
-                "write a categorical choice as binary indicators"
+                "Bernoulli or categorical factor to a latent Bernoulli or OneHotCategorical site "
+                "of AutoExpFamily only (neither enumerated nor masked) and needs other sites "
+                "continuous: "
+                + (
+                    f"its value is an integer index, which the BLR cannot relax: write it "
+                    f"pyro.sample('{name}', dist.OneHotCategorical(probs)) and use the one-hot "
+                    f"value as a vector ('{name} @ locs' where 'locs[{name}]' was), or "
+                    if index and not isinstance(self, AutoMixture)
+                    else ""
+                )
+                + "enumerate it out (infer={'enumerate': 'parallel'}, hidden from the guide), "
+                "observe it, or write a categorical choice as binary indicators"
             )
         site["fn"] = relaxed
-        site["value"] = clamp_unit(relaxed.mean.detach())
+        mean = relaxed.mean.detach()
+        if is_one_hot_site(relaxed):  # an interior point of the simplex
+            mean = mean.clamp_min(torch.finfo(mean.dtype).eps)
+            site["value"] = mean / mean.sum(-1, keepdim=True)
+        else:
+            site["value"] = clamp_unit(mean)
 
     def _event_dim(self, family: ExpFamily, param: str, value: Tensor, site: dict) -> int:
         """How many rightmost dimensions of a parameter are not plate dimensions: the family's
@@ -280,7 +330,8 @@ class AutoExpFamily(AutoGuide):
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
         r"""Normal sites: the median; Bernoulli sites: the median :math:`\mathbb 1[p > \tfrac12]`
-        (binary); other families: the posterior mean.
+        (binary); OneHotCategorical sites: the mode's one-hot vector; other families: the
+        posterior mean.
 
         Raises:
             RuntimeError: called with no arguments before any fit, on a model that needs
@@ -296,7 +347,7 @@ class AutoExpFamily(AutoGuide):
     @torch.no_grad()
     def quantiles(self, quantiles, *args, num_samples: int = 1000, **kwargs) -> dict[str, Tensor]:
         """Quantiles of each site, estimated from ``num_samples`` draws (exact, and binary, for
-        Bernoulli sites)."""
+        Bernoulli sites and for each indicator of a OneHotCategorical site)."""
         out = {}
         for name, d in self.distributions(*args, **kwargs).items():
             family = self._families[name]

@@ -45,6 +45,7 @@ from pyro_blr.blr.steppers.expfamily_estimates import (
     controlled_gradient,
     per_draw_leaves,
     relaxed_gradient,
+    relaxed_simplex_gradient,
     statistics_jacobian,
 )
 from pyro_blr.blr.steppers.expfamily_relaxed import check_relaxed_model
@@ -173,8 +174,9 @@ class SiteFamiliesStepper(RuleStateStepper):
 class ExpFamilyStepper(SiteFamiliesStepper):
     """Runs the ``"expfamily"`` rule on every site of an ``AutoExpFamily`` guide.
 
-    Bernoulli sites (binary latents) are differentiated on the Gumbel-softmax relaxation at the
-    rule's ``temperature``: the model is run with them in :math:`[0, 1]`
+    Bernoulli sites (binary latents) and OneHotCategorical sites (one-hot latents) are
+    differentiated on the Gumbel-softmax relaxation at the rule's ``temperature``: the model is
+    run with them in :math:`[0, 1]` or on the simplex
     (:func:`pyro_blr.families.relaxation.relax_binary_sites`), after
     :func:`~pyro_blr.blr.steppers.expfamily_relaxed.check_relaxed_model` has checked that it is
     defined and differentiable there.
@@ -189,15 +191,21 @@ class ExpFamilyStepper(SiteFamiliesStepper):
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         initialize_guide(self.guide, args, kwargs)
-        binary = [n for n, f in self.guide.site_families().items() if f.discrete]
+        families = self.guide.site_families()
+        discrete = [n for n, f in families.items() if f.discrete]
         self.model = self.written_model
-        if binary:
-            self.model = relax_binary_sites(self.written_model, binary)
+        if discrete:
+            self.model = relax_binary_sites(self.written_model, discrete)
             median = self.guide.median(*args, **kwargs)
-            check_relaxed_model(self.model, median, binary, args, kwargs)
+            check_relaxed_model(self.model, median, discrete, args, kwargs)
             if self.opts.mc_samples < FEW_DRAWS:
+                kind = (
+                    "binary"
+                    if all(families[n].name == "bernoulli" for n in discrete)
+                    else "discrete"
+                )
                 warnings.warn(
-                    f"binary site(s) {binary} with mc_samples={self.opts.mc_samples}: their "
+                    f"{kind} site(s) {discrete} with mc_samples={self.opts.mc_samples}: their "
                     "relaxed gradient is a ratio over the draws, biased at few draws toward "
                     "probabilities nearer 1/2 (on a 4-indicator regression at temperature 0.03, "
                     "probabilities off by up to 0.14 at mc_samples=2, 0.03 at 100, 0.004 at "
@@ -241,16 +249,17 @@ class ExpFamilyStepper(SiteFamiliesStepper):
         num, families, etas = self.opts.mc_samples, self.families, state.natural
         with torch.enable_grad():
             leaves = {n: per_draw_leaves(eta, num) for n, eta in etas.items()}
-            log_weights = {}
+            log_weights, one_hot = {}, set()
             with rank_stream(self.collective, next(iter(etas.values())).device):
                 draws = {}
                 for n, family in families.items():
                     if not family.discrete:
                         draws[n] = family.distribution(leaves[n]).rsample()
                         continue
-                    relaxed, log_w = family.relaxed_draws(
-                        etas[n].expand(num, *etas[n].shape), self.temperature
-                    )
+                    expanded = etas[n].expand(num, *etas[n].shape)
+                    relaxed, log_w = family.relaxed_draws(expanded, self.temperature)
+                    if relaxed.dim() == expanded.dim():  # outcomes in the last dimension
+                        one_hot.add(n)
                     log_weights[n] = log_w.detach()
                     leaves[n] = draws[n] = relaxed.detach().requires_grad_(True)
             sample = SiteDraws(self, draws)
@@ -262,19 +271,19 @@ class ExpFamilyStepper(SiteFamiliesStepper):
                     f"BLR step {step_number}: the log joint is not finite at site(s) {bad}; {KEPT}"
                 )
             per_draw = torch.autograd.grad(values.sum(), list(leaves.values()), retain_graph=True)
-            grads = {
-                n: relaxed_gradient(families[n].fisher(etas[n]), d, log_weights[n])
-                if families[n].discrete  # d: the slope in the relaxed value
-                else controlled_gradient(
-                    families[n].fisher(etas[n]),
-                    d,
-                    statistics_jacobian(families[n], draws[n], leaves[n]),
-                )
-                for n, d in zip(leaves, per_draw, strict=True)
-            }
-            if any(f.discrete for f in families.values()):  # the loss at exact draws
+            grads = {}
+            for n, d in zip(leaves, per_draw, strict=True):
+                fisher = families[n].fisher(etas[n])
+                if n in one_hot:  # d: the slope in the relaxed value
+                    grads[n] = relaxed_simplex_gradient(fisher, d, log_weights[n])
+                elif n in log_weights:
+                    grads[n] = relaxed_gradient(fisher, d, log_weights[n])
+                else:
+                    jacobian = statistics_jacobian(families[n], draws[n], leaves[n])
+                    grads[n] = controlled_gradient(fisher, d, jacobian)
+            if log_weights:  # the loss at exact draws
                 draws = {
-                    n: (d.detach() > 0.5).to(d.dtype) if families[n].discrete else d
+                    n: _exact_draws(d, log_weights[n], n in one_hot) if n in log_weights else d
                     for n, d in draws.items()
                 }
                 with torch.no_grad():
@@ -288,3 +297,12 @@ class ExpFamilyStepper(SiteFamiliesStepper):
                 log_q_over_h = log_q_over_h + terms.reshape(num, -1).sum(-1)
             loss = (values.detach() + log_q_over_h).mean()  # l = -log p + log h
         return loss, Estimates(grads, None, step_number)
+
+
+def _exact_draws(relaxed: Tensor, log_weights: Tensor, one_hot: bool) -> Tensor:
+    """The exact discrete draws behind relaxed ones: a binary draw rounded at 1/2, a one-hot
+    draw the argmax of its logarithm (the Gumbel-max trick)."""
+    if one_hot:
+        index = log_weights.argmax(-1)
+        return torch.nn.functional.one_hot(index, relaxed.shape[-1]).to(relaxed.dtype)
+    return (relaxed.detach() > 0.5).to(relaxed.dtype)

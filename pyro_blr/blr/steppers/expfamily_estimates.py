@@ -46,7 +46,13 @@ from torch import Tensor
 
 from pyro_blr.families import ExpFamily
 
-__all__ = ["controlled_gradient", "per_draw_leaves", "relaxed_gradient", "statistics_jacobian"]
+__all__ = [
+    "controlled_gradient",
+    "per_draw_leaves",
+    "relaxed_gradient",
+    "relaxed_simplex_gradient",
+    "statistics_jacobian",
+]
 
 
 def per_draw_leaves(eta: Tensor, num: int) -> Tensor:
@@ -172,3 +178,71 @@ def relaxed_gradient(fisher: Tensor, slopes: Tensor, log_weights: Tensor) -> Ten
     weights = torch.softmax(log_weights.double(), 0)
     slope = (weights * slopes.double()).sum(0)
     return (fisher.double() @ slope.unsqueeze(-1).unsqueeze(-1)).squeeze(-1).to(slopes.dtype)
+
+
+def relaxed_simplex_gradient(fisher: Tensor, slopes: Tensor, log_draws: Tensor) -> Tensor:
+    r""":math:`\nabla_\lambda\mathbb E_q[\ell]` of a one-hot site over :math:`K` outcomes from
+    Gumbel-softmax draws :math:`x_s` on the simplex
+    (:meth:`pyro_blr.families.OneHotCategorical.relaxed_draws`): :func:`relaxed_gradient` on
+    every edge of the simplex.
+
+    With :math:`T(x) = (x_1, \dots, x_{K-1})` and :math:`u_{jk} = e_j - e_k` (its :math:`K`-th
+    coordinate dropped), the Jacobian of a relaxed draw is a sum over the edges,
+
+    .. math::
+        D_s = \frac{\partial T(x_s)}{\partial\lambda}
+            = \frac1\tau\big(\operatorname{diag}(x_s) - x_s x_s^\top\big)_{<K}
+            = \sum_{j<k} w_{s,jk}\,u_{jk}u_{jk}^\top, \qquad
+        w_{s,jk} = \frac{x_{s,j}x_{s,k}}{\tau},
+
+    and the per-draw gradient is :math:`d_s = D_s g_s = \sum_{j<k} w_{s,jk}\,
+    \ell'_{s,jk}\,u_{jk}`, :math:`\ell'_{s,jk} = \partial_j\ell(x_s) - \partial_k\ell(x_s)`
+    the slope along the edge. On each edge, as for a binary site, the slope is averaged with
+    the self-normalized weights, :math:`c_{jk} = \sum_s w_{s,jk}\ell'_{s,jk} / \sum_s w_{s,jk}`
+    (an estimate of the chord :math:`\ell(e_j) - \ell(e_k)`), and the edges are weighed by
+    their weights' expectation as :math:`\tau \to 0`,
+    :math:`\mathbb E[w_{s,jk}] \to \pi_j\pi_k`, whose sum
+    :math:`\sum_{j<k}\pi_j\pi_k u_{jk}u_{jk}^\top` is the Fisher information :math:`F`
+    (:math:`-F_{jk}` and the row sums of :math:`F` are those weights):
+
+    .. math::
+        \widehat{\nabla_\lambda\mathbb E_q[\ell]} = \sum_{j<k}\pi_j\pi_k\,c_{jk}\,u_{jk}.
+
+    (The plain ratio :math:`(\sum_s D_s)^{-1}\sum_s d_s` weighs the edges by their draws'
+    :math:`\sum_s w_{s,jk}`, which span hundreds of orders of magnitude at a low temperature, so
+    that a few draws near one edge make the system singular.) Where :math:`\ell` is linear in
+    the site, :math:`\ell(x) = \langle a, x\rangle`, every :math:`c_{jk} = a_j - a_k` and the
+    estimate is :math:`F(a_{<K} - a_K)`, the exact :math:`F\nabla_\mu\mathbb E_q[\ell]`, at
+    every temperature; bounded by the range of the slopes; :math:`K = 2` is
+    :func:`relaxed_gradient`. The weights are normalized in log space (from ``log_draws``), so
+    that saturated draws keep theirs.
+
+    Args:
+        fisher: :math:`F`, shape ``(*batch, K-1, K-1)``.
+        slopes: per-draw :math:`\partial\ell(x_s)/\partial x`, all :math:`K` coordinates,
+            ``(S, *batch, K)``.
+        log_draws: per-draw :math:`\log x_s`, ``(S, *batch, K)``.
+
+    Returns:
+        The estimate, shape ``(*batch, K-1)``, in ``slopes``' dtype.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)  # l(x) = <a, x>
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> z = 30 * torch.randn(5, 3, generator=gen, dtype=torch.float64)  # saturated draws
+        >>> log_x = torch.log_softmax(z, -1)
+        >>> fisher = torch.tensor([[0.25, -0.125], [-0.125, 0.1875]], dtype=torch.float64)
+        >>> torch.allclose(relaxed_simplex_gradient(fisher, a.expand(5, 3), log_x),
+        ...                fisher @ torch.tensor([0.5, -2.5], dtype=torch.float64))
+        True
+    """
+    log_x, g, f = log_draws.double(), slopes.double(), fisher.double()
+    along = g.unsqueeze(-1) - g.unsqueeze(-2)  # (S, *batch, K, K): the slope from k to j
+    weights = torch.softmax(log_x.unsqueeze(-1) + log_x.unsqueeze(-2), 0)
+    chords = (weights * along).sum(0)  # (*batch, K, K), antisymmetric
+    edges = -f.clone()  # pi_j pi_k for j != k < K; pi_j pi_K is the row sum of F
+    edges.diagonal(dim1=-2, dim2=-1).zero_()
+    last = f.sum(-1, keepdim=True)
+    estimate = (edges * chords[..., :-1, :-1]).sum(-1) + (last * chords[..., :-1, -1:]).sum(-1)
+    return estimate.to(slopes.dtype)

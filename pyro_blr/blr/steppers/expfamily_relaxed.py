@@ -16,6 +16,12 @@ the integral by adaptive 8-point Gauss--Legendre quadrature (an interval is halv
 halves agree with it; exact at once for a log joint of degree up to 15 in :math:`t`, e.g. any
 Gaussian likelihood of ``X @ (z * w)``). A cast or a branch makes the gradient blind to the
 jump, and the two sides differ by it.
+
+A OneHotCategorical site over :math:`K` outcomes is relaxed to the simplex; its paths run between
+one-hot values (every element from outcome 1 to outcome :math:`k`, for each :math:`k`, and a
+pattern of outcomes to the next ones), so that a model that takes ``z.argmax(-1)``, indexes
+with it or branches on it is refused the same way, naming the site and the fix
+(``z @ locs``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from torch import Tensor
 
 from pyro_blr.core.model_errors import describe_error
+from pyro_blr.families.relaxation import is_one_hot_site
 
 __all__ = ["NODES", "check_relaxed_model"]
 
@@ -45,18 +52,57 @@ def _log_joint(model: Callable, values: dict[str, Tensor], args: tuple, kwargs: 
     return trace.log_prob_sum()
 
 
-def _fix(name: str) -> str:
+def _fix(name: str, one_hot: bool = False) -> str:
+    how = (
+        f"may take values on the simplex and enters differentiably (e.g. '{name} @ locs', "
+        f"not 'locs[{name}.argmax(-1)]', '{name}.long()' or 'if {name}[..., 0]:')"
+        if one_hot
+        else f"may take values in [0, 1] and enters differentiably (e.g. '{name} * w' or "
+        f"'X @ ({name} * w)', not 'w[{name}]', '{name}.long()', '{name}.bool()' or 'if {name}:')"
+    )
     return (
-        f"write the model so that site '{name}' may take values in [0, 1] and enters "
-        f"differentiably (e.g. '{name} * w' or 'X @ ({name} * w)', not 'w[{name}]', "
-        f"'{name}.long()', '{name}.bool()' or 'if {name}:'), or mark it "
+        f"write the model so that site '{name}' {how}, or mark it "
         "infer={'enumerate': 'parallel'} and hide it from the guide "
         f"(poutine.block(model, hide=['{name}'])) so that it is summed out"
     )
 
 
+def _what(name: str, one_hot: bool) -> str:
+    if one_hot:
+        return (
+            f"latent site '{name}' is a OneHotCategorical that the BLR relaxes to points of "
+            "the simplex"
+        )
+    return f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in (0, 1)"
+
+
+def _paths(base: Tensor, one_hot: bool) -> list[tuple[Tensor, Tensor]]:
+    """The paths of a site whose value away from them is ``base``: binary, all zeros to all
+    ones and an alternating pattern to its complement; one-hot, every element from outcome 1
+    to outcome k (each k > 1) and outcomes 1, 2, ..., K, 1, ... to the next ones."""
+    if not one_hot:
+        pattern = (torch.arange(base.numel(), device=base.device) % 2).reshape(base.shape)
+        pattern = pattern.to(base.dtype)
+        return [(torch.zeros_like(base), torch.ones_like(base)), (pattern, 1 - pattern)]
+    k = base.shape[-1]
+    first = torch.zeros(base.shape[:-1], dtype=torch.long, device=base.device)
+    index = (torch.arange(first.numel(), device=base.device) % k).reshape(first.shape)
+
+    def vertex(outcomes: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(outcomes, k).to(base.dtype)
+
+    ends = [(vertex(first), vertex(first + m)) for m in range(1, k)]
+    return [*ends, (vertex(index), vertex((index + 1) % k))]
+
+
 def _path_mismatch(
-    model: Callable, values: dict[str, Tensor], name: str, ends: tuple, args: tuple, kwargs: dict
+    model: Callable,
+    values: dict[str, Tensor],
+    name: str,
+    ends: tuple,
+    args: tuple,
+    kwargs: dict,
+    one_hot: bool = False,
 ) -> tuple[float, float, float]:
     """``(f(x1) - f(x0), the path integral of the gradient, the path's scale)`` for site
     ``name`` moved from ``ends[0]`` to ``ends[1]``; raises ``ValueError`` naming the site where
@@ -78,15 +124,14 @@ def _path_mismatch(
                 (grad,) = torch.autograd.grad(f, x, allow_unused=True)
         except Exception as error:  # any failure at a relaxed value is the model's reason
             raise ValueError(
-                f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in (0, 1) "
-                f"(Gumbel-softmax), and the model fails there ({describe_error(error)}): "
-                f"{_fix(name)}"
+                f"{_what(name, one_hot)} (Gumbel-softmax), and the model fails there "
+                f"({describe_error(error)}): {_fix(name, one_hot)}"
             ) from error
         value = 0.0 if grad is None else float((grad * (end - start)).sum())
         if not (np.isfinite(value) and torch.isfinite(f)):
             raise ValueError(
-                f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in (0, 1), "
-                f"and the model's log joint or its gradient is not finite there: {_fix(name)}"
+                f"{_what(name, one_hot)}, and the model's log joint or its gradient is not "
+                f"finite there: {_fix(name, one_hot)}"
             )
         return value
 
@@ -125,9 +170,10 @@ def check_relaxed_model(
     """Refuse a model whose log joint is not a differentiable function of a binary site's
     relaxed value (see the module docstring).
 
-    Two paths per site: all zeros to all ones, and an alternating pattern to its complement,
-    the other sites at ``median``. Nothing random is drawn (the generators are left where they
-    were).
+    Two paths per binary site: all zeros to all ones, and an alternating pattern to its
+    complement; :math:`K` paths per one-hot site over :math:`K` outcomes (see the module
+    docstring); the other sites at ``median``. Nothing random is drawn (the generators are left
+    where they were).
 
     Args:
         model: the model with the binary sites relaxed
@@ -157,25 +203,29 @@ def check_relaxed_model(
     """
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
+        values = {n: v.detach() for n, v in median.items()}
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         for name in names:
-            base = median[name].detach()
-            pattern = (torch.arange(base.numel(), device=base.device) % 2).reshape(base.shape)
-            pattern = pattern.to(base.dtype)
-            values = {n: v.detach() for n, v in median.items()}
-            for ends in ((torch.zeros_like(base), torch.ones_like(base)), (pattern, 1 - pattern)):
-                change, integral, scale = _path_mismatch(model, values, name, ends, args, kwargs)
+            one_hot = is_one_hot_site(trace.nodes[name]["fn"])
+            for ends in _paths(values[name], one_hot):
+                change, integral, scale = _path_mismatch(
+                    model, values, name, ends, args, kwargs, one_hot
+                )
                 if abs(change - integral) > _RTOL * scale + 1e-6:
                     raise ValueError(
-                        f"latent site '{name}' is a Bernoulli that the BLR relaxes to values in "
-                        f"(0, 1) and differentiates there, but the model's log joint is not a "
-                        f"differentiable function of it: from {_describe(ends[0])} to "
-                        f"{_describe(ends[1])} it changes by {change:.6g}, its gradient adds up "
-                        f"to {integral:.6g} (a cast, an index or a branch on the value hides the "
-                        f"jump): {_fix(name)}"
+                        f"{_what(name, one_hot)} and differentiates there, but the model's log "
+                        f"joint is not a differentiable function of it: from "
+                        f"{_describe(ends[0], one_hot)} to {_describe(ends[1], one_hot)} it "
+                        f"changes by {change:.6g}, its gradient adds up to {integral:.6g} (a "
+                        f"cast, an index or a branch on the value hides the jump): "
+                        f"{_fix(name, one_hot)}"
                     )
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, one_hot: bool = False) -> str:
+    if one_hot:
+        value = value.argmax(-1)
+        return f"outcomes {_describe(value)} (counted from 0)"
     flat = value.reshape(-1)
     shown = ", ".join(f"{int(v)}" for v in flat[:4].tolist())
     return f"[{shown}{', ...' if flat.numel() > 4 else ''}]"
