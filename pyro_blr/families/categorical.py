@@ -179,9 +179,15 @@ class OneHotCategorical(ExpFamily):
 
     def fisher(self, eta: Tensor) -> Tensor:
         r""":math:`F = \operatorname{diag}(\mu) - \mu\mu^\top`, shape ``(..., K-1, K-1)``
-        (closed form)."""
-        mu = self.mean_params(eta)
-        return torch.diag_embed(mu) - mu.unsqueeze(-1) * mu.unsqueeze(-2)
+        (closed form; the diagonal as :math:`\pi_j\sum_{k \ne j}\pi_k`, so that it does not
+        cancel to 0 where :math:`\pi_j` rounds to 1)."""
+        probs = self.probs(eta)
+        mu = probs[..., :-1]
+        k = probs.shape[-1]
+        others = ~torch.eye(k, dtype=torch.bool, device=eta.device)[:-1]  # (K-1, K): i != j
+        rest = (probs.unsqueeze(-2) * others).sum(-1)  # 1 - pi_j, summed, not subtracted
+        off = -mu.unsqueeze(-1) * mu.unsqueeze(-2)
+        return off - torch.diag_embed(off.diagonal(dim1=-2, dim2=-1)) + torch.diag_embed(mu * rest)
 
     def from_mean(self, mu: Tensor, eta: Tensor | None = None, **_) -> Tensor:
         r"""Closed form: :math:`\lambda = \log\mu - \log(1 - \sum\mu)`."""

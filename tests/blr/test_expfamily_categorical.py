@@ -55,9 +55,10 @@ def test_two_outcomes_are_the_binary_estimate():
     z = 10 * torch.randn(50, 4, generator=gen, dtype=D)  # many saturated draws
     log_x = torch.stack([torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)], -1)
     slopes = torch.randn(50, 4, generator=gen, dtype=D)
-    fisher = torch.rand(4, 1, 1, generator=gen, dtype=D)
-    one_hot = relaxed_simplex_gradient(fisher, torch.stack([slopes, 0 * slopes], -1), log_x)
-    binary = relaxed_gradient(fisher, slopes, log_x.sum(-1))
+    p = torch.rand(4, generator=gen, dtype=D)
+    probs = torch.stack([p, 1 - p], -1)
+    one_hot = relaxed_simplex_gradient(probs, torch.stack([slopes, 0 * slopes], -1), log_x)
+    binary = relaxed_gradient((p * (1 - p)).reshape(4, 1, 1), slopes, log_x.sum(-1))
     torch.testing.assert_close(one_hot, binary, rtol=1e-12, atol=0)
 
 

@@ -63,3 +63,15 @@ def test_one_hot_sites_take_the_one_hot_family_and_run_on_the_simplex():
     conditioned = pyro.poutine.condition(relax_binary_sites(model, ["z"]), {"z": point})
     trace = pyro.poutine.trace(conditioned).get_trace()
     torch.testing.assert_close(trace.log_prob_sum(), (point * prior.logits).sum())
+
+
+def test_one_hot_fisher_stays_positive_definite_where_a_probability_rounds_to_one():
+    # pi = (1 - 1e-17.., e^-45, e^-40): diag(mu) - mu mu^T cancels to 0 in its first entry
+    family = OneHotCategorical()
+    eta = torch.tensor([40.0, -5.0], dtype=D)
+    probs = family.probs(eta)
+    assert probs[0] == 1.0  # rounded
+    fisher = family.fisher(eta)
+    exact = probs[0] * (probs[1] + probs[2])
+    torch.testing.assert_close(fisher[0, 0], exact, rtol=1e-14, atol=0)
+    assert torch.linalg.cholesky_ex(fisher).info == 0

@@ -275,7 +275,8 @@ class ExpFamilyStepper(SiteFamiliesStepper):
             for n, d in zip(leaves, per_draw, strict=True):
                 fisher = families[n].fisher(etas[n])
                 if n in one_hot:  # d: the slope in the relaxed value
-                    grads[n] = relaxed_simplex_gradient(fisher, d, log_weights[n])
+                    probs = families[n].distribution(etas[n]).probs
+                    grads[n] = relaxed_simplex_gradient(probs, d, log_weights[n])
                 elif n in log_weights:
                     grads[n] = relaxed_gradient(fisher, d, log_weights[n])
                 else:

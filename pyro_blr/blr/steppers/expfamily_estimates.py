@@ -180,7 +180,7 @@ def relaxed_gradient(fisher: Tensor, slopes: Tensor, log_weights: Tensor) -> Ten
     return (fisher.double() @ slope.unsqueeze(-1).unsqueeze(-1)).squeeze(-1).to(slopes.dtype)
 
 
-def relaxed_simplex_gradient(fisher: Tensor, slopes: Tensor, log_draws: Tensor) -> Tensor:
+def relaxed_simplex_gradient(probs: Tensor, slopes: Tensor, log_draws: Tensor) -> Tensor:
     r""":math:`\nabla_\lambda\mathbb E_q[\ell]` of a one-hot site over :math:`K` outcomes from
     Gumbel-softmax draws :math:`x_s` on the simplex
     (:meth:`pyro_blr.families.OneHotCategorical.relaxed_draws`): :func:`relaxed_gradient` on
@@ -202,8 +202,7 @@ def relaxed_simplex_gradient(fisher: Tensor, slopes: Tensor, log_draws: Tensor) 
     (an estimate of the chord :math:`\ell(e_j) - \ell(e_k)`), and the edges are weighed by
     their weights' expectation as :math:`\tau \to 0`,
     :math:`\mathbb E[w_{s,jk}] \to \pi_j\pi_k`, whose sum
-    :math:`\sum_{j<k}\pi_j\pi_k u_{jk}u_{jk}^\top` is the Fisher information :math:`F`
-    (:math:`-F_{jk}` and the row sums of :math:`F` are those weights):
+    :math:`\sum_{j<k}\pi_j\pi_k u_{jk}u_{jk}^\top` is the Fisher information :math:`F`:
 
     .. math::
         \widehat{\nabla_\lambda\mathbb E_q[\ell]} = \sum_{j<k}\pi_j\pi_k\,c_{jk}\,u_{jk}.
@@ -218,7 +217,7 @@ def relaxed_simplex_gradient(fisher: Tensor, slopes: Tensor, log_draws: Tensor) 
     that saturated draws keep theirs.
 
     Args:
-        fisher: :math:`F`, shape ``(*batch, K-1, K-1)``.
+        probs: the site's probabilities :math:`\pi`, shape ``(*batch, K)``.
         slopes: per-draw :math:`\partial\ell(x_s)/\partial x`, all :math:`K` coordinates,
             ``(S, *batch, K)``.
         log_draws: per-draw :math:`\log x_s`, ``(S, *batch, K)``.
@@ -232,17 +231,15 @@ def relaxed_simplex_gradient(fisher: Tensor, slopes: Tensor, log_draws: Tensor) 
         >>> gen = torch.Generator().manual_seed(0)
         >>> z = 30 * torch.randn(5, 3, generator=gen, dtype=torch.float64)  # saturated draws
         >>> log_x = torch.log_softmax(z, -1)
-        >>> fisher = torch.tensor([[0.25, -0.125], [-0.125, 0.1875]], dtype=torch.float64)
-        >>> torch.allclose(relaxed_simplex_gradient(fisher, a.expand(5, 3), log_x),
+        >>> probs = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+        >>> fisher = torch.diag(probs[:2]) - probs[:2, None] * probs[:2]
+        >>> torch.allclose(relaxed_simplex_gradient(probs, a.expand(5, 3), log_x),
         ...                fisher @ torch.tensor([0.5, -2.5], dtype=torch.float64))
         True
     """
-    log_x, g, f = log_draws.double(), slopes.double(), fisher.double()
+    log_x, g, p = log_draws.double(), slopes.double(), probs.double()
     along = g.unsqueeze(-1) - g.unsqueeze(-2)  # (S, *batch, K, K): the slope from k to j
     weights = torch.softmax(log_x.unsqueeze(-1) + log_x.unsqueeze(-2), 0)
-    chords = (weights * along).sum(0)  # (*batch, K, K), antisymmetric
-    edges = -f.clone()  # pi_j pi_k for j != k < K; pi_j pi_K is the row sum of F
-    edges.diagonal(dim1=-2, dim2=-1).zero_()
-    last = f.sum(-1, keepdim=True)
-    estimate = (edges * chords[..., :-1, :-1]).sum(-1) + (last * chords[..., :-1, -1:]).sum(-1)
-    return estimate.to(slopes.dtype)
+    chords = (weights * along).sum(0)  # (*batch, K, K), antisymmetric, zero diagonal
+    edges = p.unsqueeze(-1) * p.unsqueeze(-2)  # pi_j pi_k
+    return (edges * chords).sum(-1)[..., :-1].to(slopes.dtype)
