@@ -6,12 +6,12 @@ Stan program's transformed data computed in the loader. Where Stan puts a flat (
 on a parameter, the port uses a proper stand-in far wider than the posterior (N(0, 1e6^2),
 HalfNormal(1e6); see :mod:`~benchmarks.posteriordb_models.regressions`, which bounds its effect)
 rather than ``dist.ImproperUniform``: ``pb.BLR`` traces the model from its prior when it sets
-up, and ``ImproperUniform`` cannot be sampled. The HMM's ordered means are the one other
-departure (:mod:`~benchmarks.posteriordb_models.hmm`). A prior that wide would make a random
-initial point meaningless, so every posterior comes with ``init``: explicit initial values for
-its stand-in sites (the origin of the unconstrained space, the point ``init_to_feasible`` gives
-every other site). :func:`init_loc_fn` turns them into the ``init_loc_fn``/``init_strategy``
-every method of the benchmark starts from.
+up, and ``ImproperUniform`` cannot be sampled. The HMM's ordered means are Stan's, with a
+sampler (:class:`~benchmarks.posteriordb_models.hmm.PositiveOrderedNormal`). A prior that wide
+would make a random initial point meaningless, so every posterior comes with ``init``: explicit
+initial values for its stand-in sites (the origin of the unconstrained space, the point
+``init_to_feasible`` gives every other site). :func:`init_loc_fn` turns them into the
+``init_loc_fn``/``init_strategy`` every method of the benchmark starts from.
 
 The models broadcast over a batch of particles left of their plates (``(X * beta).sum(-1)``
 rather than ``X @ beta``, ``...`` indexing): ``pb.BLR`` would also fit ``X @ beta`` (it
