@@ -66,29 +66,11 @@ from torch.distributions import transform_to
 
 from pyro_blr.core import check_prototype, is_subsampled, write_params
 from pyro_blr.families import FAMILIES, ExpFamily, family_for_site
-from pyro_blr.families.base import clamp_unit
-from pyro_blr.families.relaxation import is_one_hot_site, relaxed_site
 from pyro_blr.guides.mixture import AutoMixture
+from pyro_blr.guides.relaxed_sites import keep_relaxed, one_hot_mode_first
 from pyro_blr.guides.unfitted import setup_for
 
 __all__ = ["AutoExpFamily"]
-
-
-def _one_hot_mode_first(init_loc_fn: Callable) -> Callable:
-    """``init_loc_fn`` with latent OneHotCategorical sites started at their prior's mode (Pyro's
-    strategies fall back to ``init_to_feasible``, which has no transform for one-hot values);
-    the guide then starts them from their prior's probabilities (see ``_keep_relaxed``)."""
-
-    def init(site: dict) -> Tensor:
-        base = site["fn"]
-        while isinstance(base, torch.distributions.Independent):
-            base = base.base_dist
-        if isinstance(base, torch.distributions.OneHotCategorical):
-            probs = site["fn"].mean
-            return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
-        return init_loc_fn(site)
-
-    return init
 
 
 class AutoExpFamily(AutoGuide):
@@ -143,7 +125,7 @@ class AutoExpFamily(AutoGuide):
                 )
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
-        super().__init__(InitMessenger(_one_hot_mode_first(init_loc_fn))(model))
+        super().__init__(InitMessenger(one_hot_mode_first(init_loc_fn))(model))
         self._overrides = dict(families or {})
         self._init_scale = init_scale
 
@@ -154,7 +136,7 @@ class AutoExpFamily(AutoGuide):
         self.params = PyroModule()
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             if site["fn"].support.is_discrete:
-                self._keep_relaxed(name, site)
+                keep_relaxed(type(self).__name__, name, site, isinstance(self, AutoMixture))
             for frame in site["cond_indep_stack"]:
                 if is_subsampled(frame):
                     raise ValueError(
@@ -174,43 +156,6 @@ class AutoExpFamily(AutoGuide):
                 f"families={self._overrides} names {unknown}, which are not latent sites of the "
                 f"model (its latent sites: {list(self._families)})"
             )
-
-    def _keep_relaxed(self, name: str, site: dict) -> None:
-        """Make a latent Bernoulli or OneHotCategorical site of the prototype a
-        :class:`~pyro_blr.families.relaxation.BinarySite` or
-        :class:`~pyro_blr.families.relaxation.OneHotSite` (its value the prior's probabilities,
-        where the flat latent vector of the BLR starts); refuse any other discrete site."""
-        relaxed = None if site["infer"].get("enumerate") else relaxed_site(site["fn"])
-        if relaxed is None or isinstance(self, AutoMixture):
-            kind = type(site["fn"]).__name__
-            base = site["fn"]
-            while isinstance(base, torch.distributions.Independent):
-                base = base.base_dist
-            index = isinstance(base, torch.distributions.Categorical) and not site["infer"].get(
-                "enumerate"
-            )
-            raise ValueError(
-                f"latent site '{name}' is discrete ({kind}); {type(self).__name__} gives a "
-                "Bernoulli or categorical factor to a latent Bernoulli or OneHotCategorical site "
-                "of AutoExpFamily only (neither enumerated nor masked) and needs other sites "
-                "continuous: "
-                + (
-                    f"its value is an integer index, which the BLR cannot relax: write it "
-                    f"pyro.sample('{name}', dist.OneHotCategorical(probs)) and use the one-hot "
-                    f"value as a vector ('{name} @ locs' where 'locs[{name}]' was), or "
-                    if index and not isinstance(self, AutoMixture)
-                    else ""
-                )
-                + "enumerate it out (infer={'enumerate': 'parallel'}, hidden from the guide), "
-                "observe it, or write a categorical choice as binary indicators"
-            )
-        site["fn"] = relaxed
-        mean = relaxed.mean.detach()
-        if is_one_hot_site(relaxed):  # an interior point of the simplex
-            mean = mean.clamp_min(torch.finfo(mean.dtype).eps)
-            site["value"] = mean / mean.sum(-1, keepdim=True)
-        else:
-            site["value"] = clamp_unit(mean)
 
     def _event_dim(self, family: ExpFamily, param: str, value: Tensor, site: dict) -> int:
         """How many rightmost dimensions of a parameter are not plate dimensions: the family's
