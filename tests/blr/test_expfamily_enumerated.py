@@ -3,20 +3,14 @@
 so its iterates equal those on the same model with the sum written by hand (MixtureSameFamily),
 step for step from the same seed (the guides draw the same mu and scale: float64 round-off, 1e-8).
 
-Today the expfamily stepper's log joint (``SiteDraws.neg_log_target`` in
-pyro_blr/blr/steppers/expfamily.py, through ``pyro_blr.core.log_joint``) does not sum the site
-out and refuses it by name; the change that makes this test pass is described in job J's report
-(issue 31): when ``layout.enumerated`` is not empty, one
-``pyro_blr.core.enumerated_log_joint(model, args, kwargs, layout.max_plate_nesting, draw)`` per
-draw. Measured with that change: the parameters agree to 2.5e-13 after 12 steps. The strict xfail
-turns into a failure as soon as the change lands: then remove the marker.
+The expfamily stepper's log joint (``SiteDraws.neg_log_target``) sums the site out per draw
+(``pyro_blr.core.log_joint(..., enumerated=True)``).
 """
 
 from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
-import pytest
 import torch
 from pyro import poutine
 
@@ -59,12 +53,6 @@ def fit(model, guide_model, y, steps=12):
     return params, losses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="the expfamily stepper does not sum enumerated sites out yet (issue 31, job J's "
-    "report: SiteDraws.neg_log_target needs enumerated_log_joint per draw)",
-)
 def test_expfamily_iterates_equal_the_hand_summed_models():
     y = data()
     got, got_losses = fit(enumerated_model, poutine.block(enumerated_model, hide=["z"]), y)

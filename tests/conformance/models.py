@@ -695,9 +695,6 @@ def enumerated() -> Idiom:
         guide_model=poutine.block(model, hide=["z"]), elbo="TraceEnum_ELBO",
         loo=lambda: LOOAnswer("data", None, loo_lpd),
         expect={  # every other entry point sums z out (to_inference_data also draws it)
-            # ExpFamilyRule's stepper does not sum z out yet and refuses it by name: see
-            # tests/blr/test_expfamily_enumerated.py for the change and its exact test
-            **refuse(["blr_expfamily"], "'z'"),
             **known(
                 ["psis_diagnostic"],
                 "pb.psis_diagnostic sums z out and gives k-hat 2.7-3.3 (seeds 0-2) at the "

@@ -107,6 +107,7 @@ class SiteDraws:
             args,
             kwargs,
             stepper.mode,
+            enumerated=bool(layout.enumerated),  # summed out per draw, as TraceEnum_ELBO does
         )
         for name, family in stepper.families.items():
             base = family.log_base_measure(self.draws[name])
