@@ -108,10 +108,11 @@ class IVON(GaussianRule):
             coordinate :math:`i` (:mod:`pyro_blr.blr.prior_scale`). ``"auto"`` (the default):
             the expected Hessian diagonal at draws from the guide as it is, bounded below by
             the prior's precision :math:`1/s_i^2` and capped by
-            :math:`\max(N_i/s_i^2, H_{ii}(m))`, up to 2048 coordinates; above that,
-            :math:`N_i/s_i^2`. A number: the per-datum curvature :math:`h_0` in the data's
-            units, the precision starting at :math:`N_i h_0`. ``None`` keeps the guide's own
-            precision (to continue an earlier fit).
+            :math:`\max(N_i/s_i^2, H_{ii}(m))`, up to 2048 coordinates; above that, each
+            site's mean expected curvature (Hutchinson's estimate at the same draws) within
+            the same floor and the cap :math:`N_i/s_i^2`. A number: the per-datum curvature
+            :math:`h_0` in the data's units, the precision starting at :math:`N_i h_0`.
+            ``None`` keeps the guide's own precision (to continue an earlier fit).
         beta1: the gradient's momentum.
         beta2: the Hessian estimate's momentum.
         clip_radius: the per-coordinate clip of the mean's update before the step size, in
