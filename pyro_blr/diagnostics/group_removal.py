@@ -30,7 +30,6 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -52,6 +51,7 @@ from pyro_blr.core import (
 )
 from pyro_blr.core.log_joint import conditioned_trace
 from pyro_blr.diagnostics.datum_groups import DataGroups, data_groups, group_log_likelihood
+from pyro_blr.diagnostics.fit_gap import check_mean_gap, newton_step
 from pyro_blr.diagnostics.fixed_point import (
     FixedPointGap,
     check_fixed_point,
@@ -305,36 +305,26 @@ def _expected_gap(target: Target, loc: Tensor, precision: Tensor) -> FixedPointG
 def _check_mean_gap(target: Target, result: GroupRemoval, precision: Tensor, entry: str) -> None:
     r"""The diagonal method's check: the guide's mean gap :math:`r` (a Newton step from
     :math:`m` in posterior standard deviations, at the mean and in expectation under the guide,
-    the smaller) against the shifts it estimates. Starting the step from a mean :math:`r`
-    away from a fixed point puts an error of about :math:`r` in every shift, so a shift smaller
-    than :math:`r` is refused and one smaller than :math:`10 r` warned about. (An absolute
-    threshold would refuse every stochastic fit of a network: the gap is a norm over :math:`D`
-    coordinates, and grows like :math:`\sqrt D` with the fit's per-coordinate noise.)"""
+    the smaller) against every shift it estimates (see
+    :func:`~pyro_blr.diagnostics.fit_gap.check_mean_gap`)."""
     loc = result.loc
-
-    def mean_gap(grad: Tensor) -> float:
-        grad = grad.to(loc.dtype)
-        if precision.dim() == 1:
-            return float((grad.square() / precision).sum().sqrt())
-        return float((grad @ _solve(precision, grad[None])[0]).clamp(min=0).sqrt())
-
-    gaps = {"the delta method, pb.Newton": mean_gap(target.derivatives(loc[None]).grad[0])}
     expected = target.derivatives(_draws(loc, precision)).grad.mean(0)
-    gaps["the variational one, 'von', 'ivon' or SVI"] = mean_gap(expected)
-    rule, gap = min(gaps.items(), key=lambda item: item[1])
+    steps = {
+        "the delta method, pb.Newton": newton_step(
+            target.derivatives(loc[None]).grad[0], precision
+        ),
+        "the variational one, 'von', 'ivon' or SVI": newton_step(expected, precision),
+    }
     smallest = int(result.influence.argmin())
     shift = float(result.influence[smallest])
-    stated = (
-        f"the guide's mean is {gap:.3g} posterior standard deviations from the closest fixed "
-        f"point ({rule}), and the smallest shift estimated, of group "
-        f"{result.labels[smallest]!r}, is {shift:.3g}"
+    label = result.labels[smallest]
+    check_mean_gap(
+        steps,
+        precision,
+        entry,
+        error=lambda step, gap: gap,  # about r in every shift
+        reference=shift,
+        compared=f"the smallest shift estimated, of group {label!r}, is {shift:.3g}",
+        fix="fit the guide longer (e.g. with a decaying lr), or remove larger groups",
+        reference_name="the shift",
     )
-    fix = "fit the guide longer (e.g. with a decaying lr), or remove larger groups"
-    if gap > shift:
-        raise ValueError(f"{entry}: {stated}: the fit's own error exceeds the shift; {fix}")
-    if gap > 0.1 * shift:
-        warnings.warn(
-            f"{entry}: {stated}: the shifts carry an error of about {gap:.3g}; {fix}",
-            UserWarning,
-            stacklevel=3,
-        )

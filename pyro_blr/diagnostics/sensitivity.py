@@ -25,54 +25,58 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
 from pyro_blr.core import (
-    PARTICLE_PLATE,
     GaussianGuide,
-    LatentLayout,
     Target,
     check_full_data,
     check_gaussian_guide,
     check_model_and_guide,
-    choose_vectorization,
-    full_size,
     initialize_guide,
-    is_subsampled,
     latent_layout,
     model_keywords,
     rng_kept,
-    sample_sites,
-    site_log_probs,
     trace_without_rng,
     validate_site_shapes,
 )
-from pyro_blr.core.enumeration import enumerated_trace
 from pyro_blr.diagnostics.arviz_compat import elpd_data, to_numpy
+from pyro_blr.diagnostics.datum_terms import (
+    conditioned_run,
+    data_plate,
+    per_datum_derivatives,
+    per_datum_log_likelihood,
+    prediction_error,
+)
+from pyro_blr.diagnostics.fit_gap import (
+    FIXED_POINT_DRAWS,
+    check_mean_gap,
+    check_precision_gap,
+    newton_step,
+    variational_gap,
+)
 from pyro_blr.diagnostics.fixed_point import (
-    FixedPointGap,
-    check_fixed_point,
+    MEAN_GAP_ERROR,
+    MEAN_GAP_WARNING,
     fixed_point_gap,
     needs_second_opinion,
 )
 from pyro_blr.diagnostics.inputs import check_finite_inputs
-from pyro_blr.diagnostics.marginal import marginal_mean, scaled_pointwise_log_likelihood
+from pyro_blr.diagnostics.loo_predictive import predictive_densities
 from pyro_blr.diagnostics.mistakes import check_call
 from pyro_blr.diagnostics.psis import check_num_samples
 
-__all__ = ["PREDICTIVES", "LOOSensitivity", "loo_sensitivity"]
+__all__ = ["FIXED_POINT_DRAWS", "PREDICTIVES", "LOOSensitivity", "loo_sensitivity"]
 
 PREDICTIVES = ("auto", "quadratic", "sample")
 """How :func:`loo_sensitivity` computes the predictive densities :math:`\\log p(y_i \\mid q)`."""
 
-_MAX_ELEMENTS = 1 << 22  # per-datum log-likelihoods held at once by the Monte Carlo predictive
+MAX_ELEMENTS = 1 << 22  # per-datum log-likelihoods held at once by the Monte Carlo predictive
 
 
 class LOOSensitivity(NamedTuple):
@@ -199,9 +203,15 @@ def loo_sensitivity(
     posterior standard deviations, and the factor between :math:`S` and the curvature) is
     measured first, to the delta method's fixed point (derivatives at :math:`m`, where
     ``pb.Newton`` stops) and, when that one is not met, to the variational one (expected
-    derivatives under :math:`q`, where ``pb.VON``, ``pb.IVON`` and SVI stop); a guide far from
-    both is refused (e.g. one never fitted), one near but not at the closer is warned about with
-    the error it implies. The LOO predictive density
+    derivatives under :math:`q`, where ``pb.VON``, ``pb.IVON`` and SVI stop). A precision
+    off the curvature at both by more than a factor 4 is refused (e.g. a guide never fitted),
+    by more than 1.5 warned about; the mean gap :math:`r`, which grows like :math:`\sqrt D`
+    with a stochastic fit's noise (a network fitted by ``pb.IVON``), by the error it puts in
+    :math:`\mathrm{elpd}_{\mathrm{loo}}`, :math:`|\sum_i \nabla\ell_i^\top\delta|` to first
+    order for the Newton step :math:`\delta`
+    (:func:`~pyro_blr.diagnostics.fit_gap.check_mean_gap`): refused where :math:`r > 1` and
+    that error exceeds the estimate's standard error, warned
+    about where :math:`r > 0.1`. The LOO predictive density
     :math:`\log p(y_i \mid q_{\setminus i}) = \log \mathbb E_{q_{\setminus i}}\, e^{\ell_i}`
     is computed
 
@@ -241,7 +251,9 @@ def loo_sensitivity(
     Raises:
         TypeError: the guide is not one of Pyro's Gaussian autoguides, or a model argument
             named like an option without ``model_kwargs=``.
-        ValueError: a guide far from a fixed point (never fitted), a subsampled plate
+        ValueError: a guide far from a fixed point (never fitted: a precision off by more
+            than a factor 4, or a mean whose error in ``elpd_loo`` exceeds its standard error),
+            a subsampled plate
             (vectorized or sequential), an observed site whose shape does not match its plates,
             data or inputs holding NaN or inf (naming the site), no observed site in a plate,
             observed sites in several plates and no
@@ -305,7 +317,7 @@ def loo_sensitivity(
     # out of each datum's likelihood
     check_model_and_guide(model, guide, args, kwargs, summed=True)
     full_trace = trace_without_rng(model, args, kwargs, like)
-    # a sequential plate is named here; a vectorized one by _data_plate, with the data plate
+    # a sequential plate is named here; a vectorized one by data_plate, with the data plate
     check_full_data(full_trace, entry, " (leave-one-out needs every datum)", sequential_only=True)
     layout = latent_layout(guide.prototype_trace, full_trace)
     loc, precision = GaussianGuide(guide, layout).read()
@@ -314,26 +326,29 @@ def loo_sensitivity(
     # in this run, which leaves the generator where it was: the same draws follow, enumerated
     # or not)
     with pyro.validation_enabled(False), torch.no_grad(), rng_kept(loc):
-        check_finite_inputs(_condition(model, layout, loc, args, kwargs), entry)
+        check_finite_inputs(conditioned_run(model, layout, loc, args, kwargs), entry)
     validate_site_shapes(full_trace)  # y of shape (N, 1) in a plate of N: named by Pyro
-    plate, num_data, dim, data_sites = _data_plate(full_trace, layout, plate)
+    plate, num_data, dim, data_sites = data_plate(full_trace, layout, plate)
     diagonal = precision.dim() == 1
     precision_matrix = torch.diag_embed(precision) if diagonal else precision
 
-    log_lik = _per_datum(model, layout, dim, num_data, data_sites, args, kwargs)
+    log_lik = per_datum_log_likelihood(model, layout, dim, num_data, data_sites, args, kwargs)
     with torch.no_grad():
         value = log_lik(loc)  # validation on: Pyro's shape and support checks, once
-    grad, hess = _derivatives(log_lik, loc, functorch=not layout.enumerated)
+    grad, hess = per_datum_derivatives(log_lik, loc, functorch=not layout.enumerated)
     grad, hess = grad.to(loc.dtype), hess.to(loc.dtype)  # the data's dtype, whatever the model's
     curvature = -hess  # H_i
     joint = Target.build(model, args, kwargs, layout, "loop").derivatives(loc[None], "hessian")
     joint_grad, joint_hess = joint.grad[0].to(loc.dtype), joint.hess[0].to(loc.dtype)
     gaps = {"the delta method, pb.Newton": fixed_point_gap(joint_grad, joint_hess, precision)}
+    steps = {"the delta method, pb.Newton": newton_step(joint_grad, precision)}
     if needs_second_opinion(gaps["the delta method, pb.Newton"]):
-        gaps["the variational one, 'von', 'ivon' or SVI"] = _expected_gap(
+        rule = "the variational one, 'von', 'ivon' or SVI"
+        gaps[rule], expected = variational_gap(
             model, layout, loc, precision, precision_matrix, args, kwargs
         )
-    check_fixed_point(gaps, entry)
+        steps[rule] = newton_step(expected, precision)
+    check_precision_gap(gaps, entry)  # absolute: a factor per coordinate
     # The Newton step to the leave-one-out mean needs the full curvature of the remaining data:
     # a full guide's precision is that curvature at its fixed point, a diagonal guide's is only
     # its diagonal, so for it the Hessian of the log joint is used. The leave-one-out guide then
@@ -357,27 +372,35 @@ def loo_sensitivity(
     influence = (shift * (precision_matrix @ shift[..., None])[..., 0]).sum(-1).clamp(min=0).sqrt()
     chol = torch.linalg.cholesky(precision_matrix)
     variance = torch.cholesky_solve(curvature, chol).diagonal(dim1=-2, dim2=-1).sum(-1)
-    error = _prediction_error(model, layout, dim, num_data, data_sites, loc, args, kwargs)
+    error = prediction_error(model, layout, dim, num_data, data_sites, loc, args, kwargs)
 
-    if predictive == "auto":
-        quadratic = _is_quadratic(log_lik, loc, chol, value, grad, hess)
-        predictive = "quadratic" if quadratic else "sample"
-    if predictive == "quadratic":
-        lpd = _quadratic_predictive(value, grad, curvature, torch.zeros_like(shift),
-                                    precision_matrix.expand_as(curvature))  # fmt: skip
-        loo_lpd = _quadratic_predictive(value, grad, curvature, shift, loo_precision)
-        draws = 0
-    else:
-        gen_shape = (num_samples, loc.shape[0])
-        noise = torch.randn(gen_shape, dtype=loc.dtype, device=loc.device)
-        batched = None
-        if layout.enumerated:  # vmap cannot run the enumeration: a particle plate can
-            batched = _enumerated_batch(model, layout, dim, num_data, data_sites, args, kwargs)
-        lpd = _sampled_predictive(log_lik, loc[None], chol[None], noise, num_data, batched)
-        loo_lpd = _sampled_predictive(log_lik, loc + shift, loo_chol, noise, num_data, batched)
-        draws = num_samples
+    def judge(se: float | None) -> None:
+        # The mean gap grows like sqrt(D) with a stochastic fit's noise: it is judged by the
+        # error it puts in elpd_loo (sum_i grad l_i . delta to first order) against its se.
+        def moved(step: Tensor, gap: float) -> float:
+            return float((grad @ step.to(grad.dtype)).sum().abs())
+
+        compared = (
+            f"elpd_loo's standard error is {se:.3g} nats" if se is not None else
+            "elpd_loo could not be computed to judge it against"
+        )  # fmt: skip
+        check_mean_gap(steps, precision, entry, error=moved, reference=se or 0.0,
+                       compared=compared, reference_name="its standard error",
+                       refuse_above=MEAN_GAP_ERROR, warn_above=MEAN_GAP_WARNING)  # fmt: skip
+
+    try:
+        lpd, loo_lpd, predictive = predictive_densities(
+            predictive, log_lik, layout, loc, shift, chol, loo_chol, value, grad, hess,
+            curvature, precision_matrix, loo_precision, num_samples, num_data,
+            (model, dim, data_sites, args, kwargs),
+        )  # fmt: skip
+    except ValueError:
+        judge(None)  # no estimate to judge the gap against: the absolute level (1 sd) alone
+        raise
+    draws = num_samples if predictive == "sample" else 0
     elpd = loo_lpd.sum()
     se = (num_data * loo_lpd.var(correction=0)).sqrt()
+    judge(float(se))
     return LOOSensitivity(
         plate=plate,
         mean_shift=shift,
@@ -393,369 +416,3 @@ def loo_sensitivity(
         method=predictive,
         num_samples=draws,
     )
-
-
-def _data_plate(
-    trace, layout: LatentLayout, plate: str | None
-) -> tuple[str, int, int, tuple[str, ...]]:
-    """The data plate's name, size and dim, and the observed sites inside it."""
-    observed = [
-        (name, site)
-        for name, site in sample_sites(trace, deterministic=False)
-        if site["is_observed"]
-    ]
-    plates: dict[str, list[str]] = {}
-    frames = {}
-    for name, site in observed:
-        for frame in site["cond_indep_stack"]:
-            if frame.vectorized:
-                plates.setdefault(frame.name, []).append(name)
-                frames[frame.name] = frame
-    if plate is None:
-        if not plates:
-            names = [name for name, _ in observed] or "none"
-            raise ValueError(
-                f"no observed site lies in a pyro.plate (observed sites: {names}): the data "
-                "must be the elements of a vectorized plate"
-            )
-        if len(plates) > 1:
-            where = "; ".join(f"'{p}': {sites}" for p, sites in plates.items())
-            raise ValueError(
-                f"the observed sites lie in several plates ({where}): say which plate holds the "
-                "data with plate=..."
-            )
-        plate = next(iter(plates))
-    if plate not in plates:
-        raise ValueError(
-            f"no observed site lies in plate '{plate}' (plates of observed sites: {list(plates)})"
-        )
-    frame = frames[plate]
-    if is_subsampled(frame):
-        raise ValueError(
-            f"plate '{plate}' is subsampled ({frame.size} of {full_size(frame)}): leave-one-out "
-            "sensitivity needs the full data; call the model without subsample_size"
-        )
-    for latent in layout.sites:
-        stack = trace.nodes[latent.name]["cond_indep_stack"]
-        if any(f.name == plate for f in stack):
-            raise ValueError(
-                f"latent site '{latent.name}' is local to the data plate '{plate}': leaving a "
-                "datum out would also remove its latent, which the memory-perturbation "
-                "equation does not cover; marginalize it out in the model"
-            )
-    return plate, frame.size, frame.dim, tuple(plates[plate])
-
-
-FIXED_POINT_DRAWS = 32
-"""Antithetic pairs of draws from the guide that estimate its expected gradient and Hessian."""
-
-
-def _expected_gap(
-    model: Callable,
-    layout: LatentLayout,
-    loc: Tensor,
-    precision: Tensor,
-    precision_matrix: Tensor,
-    args: tuple,
-    kwargs: dict,
-) -> FixedPointGap:
-    r"""The guide's gaps to the variational fixed point, :math:`\mathbb E_q[\nabla\ell] = 0`,
-    :math:`S = \mathbb E_q[\nabla^2\ell]`, from :data:`FIXED_POINT_DRAWS` antithetic pairs
-    :math:`m \pm C^{-\top}\varepsilon` (their gradients' linear part cancels exactly; seeded,
-    so the check is the same on every call and leaves the RNG alone)."""
-    generator = torch.Generator(device=loc.device).manual_seed(0)
-    noise = torch.randn(
-        (FIXED_POINT_DRAWS, loc.shape[0]), generator=generator, dtype=loc.dtype, device=loc.device
-    )
-    chol = torch.linalg.cholesky(precision_matrix)
-    offsets = torch.linalg.solve_triangular(chol.mT, torch.cat([noise, -noise]).T, upper=True).T
-    theta = loc + offsets
-    mode = choose_vectorization(model, layout, theta[:2], args, kwargs)
-    expected = Target.build(model, args, kwargs, layout, mode).derivatives(theta, "hessian")
-    grad = expected.grad.mean(0).to(loc.dtype)
-    return fixed_point_gap(grad, expected.hess.mean(0).to(loc.dtype), precision)
-
-
-def _values(layout: LatentLayout, theta: Tensor) -> dict[str, Tensor]:
-    """Each latent site's constrained value at the flat unconstrained ``theta`` ``(D,)``."""
-    return {
-        site.name: site.transform(theta[site.block].reshape(site.shape)) for site in layout.sites
-    }
-
-
-def _condition(model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict):
-    """One run of the model at ``theta``; the sites it enumerates are drawn from their prior
-    (callers that need them summed out use :func:`_enumerated`)."""
-    values = _values(layout, theta)
-    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-    for name, site in sample_sites(trace, deterministic=False):
-        if not site["is_observed"] and name not in layout.enumerated:
-            raise ValueError(
-                f"latent site '{name}' is not in the guide: make the model sample it on every run"
-            )
-    return trace
-
-
-def _enumerated(model: Callable, layout: LatentLayout, theta: Tensor, args: tuple, kwargs: dict):
-    """One packed run of the model at ``theta`` with its enumerated sites enumerated."""
-    return enumerated_trace(model, args, kwargs, layout.max_plate_nesting, _values(layout, theta))
-
-
-def _enumerated_batch(
-    model: Callable,
-    layout: LatentLayout,
-    dim: int,
-    num_data: int,
-    sites: tuple[str, ...],
-    args: tuple,
-    kwargs: dict,
-) -> Callable[[Tensor], Tensor]:
-    """:math:`\\theta \\mapsto (\\log p(y_i \\mid \\theta))_i` of many draws ``(B, D) -> (B, N)``
-    in one enumerated run inside a particle plate, the enumerated sites summed out of each
-    datum's term. The model must broadcast over the plate: the first three draws are checked
-    against one run each (to :math:`\\sqrt{\\epsilon}`), and a mismatch or a failure raises
-    ``ValueError``, on which the caller runs the draws one by one."""
-    one = _per_datum(model, layout, dim, num_data, sites, args, kwargs)
-    nesting = layout.max_plate_nesting
-
-    def batched(theta: Tensor) -> Tensor:
-        num = theta.shape[0]
-        unpacked = layout.unpack(theta).values()
-        values = {s.name: s.transform(u) for s, u in zip(layout.sites, unpacked, strict=True)}
-        trace = enumerated_trace(model, args, kwargs, nesting, values, (PARTICLE_PLATE, num))
-        rows = 0.0
-        for name in sites:
-            term = scaled_pointwise_log_likelihood(trace, name)
-            term = term.reshape((*(1,) * (nesting + 1 - term.dim()), *term.shape))
-            rows = rows + term.expand(num, *term.shape[1:]).movedim(dim, 1).reshape(
-                num, num_data, -1
-            ).sum(-1)
-        count = min(3, num)
-        exact = torch.stack([one(t) for t in theta[:count]])
-        tol = torch.finfo(exact.dtype).eps ** 0.5
-        if not torch.allclose(rows[:count], exact, rtol=tol, atol=tol, equal_nan=True):
-            raise ValueError("the particle plate gives other per-datum terms than one run each")
-        return rows
-
-    return batched
-
-
-def _by_datum(term: Tensor, dim: int, num_data: int, name: str) -> Tensor:
-    """A site's term with the data plate's dimension first, summed over the rest: ``(N,)``."""
-    return _by_datum_rows(term, dim, num_data, name).sum(-1)
-
-
-def _per_datum(
-    model: Callable,
-    layout: LatentLayout,
-    dim: int,
-    num_data: int,
-    sites: tuple[str, ...],
-    args: tuple,
-    kwargs: dict,
-) -> Callable[[Tensor], Tensor]:
-    """:math:`\\theta \\mapsto (\\log p(y_i \\mid \\theta))_i`, one model run for all ``N``;
-    the sites the model enumerates are summed out of each datum's term,
-    :math:`\\log p(y_i \\mid \\theta) = \\log \\sum_{z_i} p(z_i \\mid \\theta)\\,
-    p(y_i \\mid z_i, \\theta)` (a site shared by several data, which has no such term, is
-    refused by name)."""
-
-    def log_lik(theta: Tensor) -> Tensor:
-        if layout.enumerated:
-            trace = _enumerated(model, layout, theta, args, kwargs)
-            terms = {name: scaled_pointwise_log_likelihood(trace, name) for name in sites}
-        else:
-            terms = dict(site_log_probs(_condition(model, layout, theta, args, kwargs)))
-        return sum(_by_datum(terms[name], dim, num_data, name) for name in sites)
-
-    return log_lik
-
-
-def _quiet(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``fn`` with Pyro's validation off: its support checks are data-dependent control flow,
-    which ``torch.func`` transforms refuse (validation runs once, outside)."""
-
-    def quiet(theta: Tensor) -> Tensor:
-        with pyro.validation_enabled(False):
-            return fn(theta)
-
-    return quiet
-
-
-def _derivatives(
-    log_lik: Callable[[Tensor], Tensor], loc: Tensor, functorch: bool = True
-) -> tuple[Tensor, Tensor]:
-    """Per-datum gradients ``(N, D)`` and Hessians ``(N, D, D)`` at ``loc``.
-
-    Forward mode: each tangent is one model run over all ``N`` data, so the gradients cost
-    :math:`D` runs and the Hessians :math:`D^2` (batched by ``vmap``), where reverse mode would
-    need one backward pass per datum through the whole graph (:math:`N` times the work).
-    ``functorch=False`` goes straight to autograd's loop (Pyro's tensor contraction, which sums
-    enumerated sites out, has an ``autograd.Function`` that ``torch.func`` refuses).
-    """
-    quiet = _quiet(log_lik)
-    jacfwd, jacrev = torch.func.jacfwd, torch.func.jacrev
-    with torch.enable_grad():
-        if functorch:
-            try:
-                return jacfwd(quiet)(loc).detach(), _symmetric(jacfwd(jacfwd(quiet))(loc))
-            # an operator without a forward-mode rule (ValueError: the enumerated run names
-            # the failure; a real error in the model is raised again by the loop, outside
-            # torch.func)
-            except (RuntimeError, NotImplementedError, ValueError):
-                pass
-            try:
-                return jacrev(quiet)(loc).detach(), _symmetric(jacfwd(jacrev(quiet))(loc))
-            except (RuntimeError, NotImplementedError, ValueError):  # nor a batching rule
-                pass
-        jacobian = torch.autograd.functional.jacobian
-        hess = jacobian(lambda t: jacobian(quiet, t, create_graph=True), loc)
-        return jacobian(quiet, loc).detach(), _symmetric(hess)
-
-
-def _symmetric(hess: Tensor) -> Tensor:
-    return (0.5 * (hess + hess.mT)).detach()
-
-
-def _prediction_error(
-    model: Callable,
-    layout: LatentLayout,
-    dim: int,
-    num_data: int,
-    sites: tuple[str, ...],
-    loc: Tensor,
-    args: tuple,
-    kwargs: dict,
-) -> Tensor:
-    """The residual of the likelihood's mean at ``loc``, per datum (a norm when vector-valued);
-    the sites the model enumerates summed out of the mean by their prior
-    (:func:`~pyro_blr.diagnostics.marginal.marginal_mean`)."""
-    nesting = layout.max_plate_nesting
-    with torch.no_grad():
-        if layout.enumerated:
-            trace = _enumerated(model, layout, loc, args, kwargs)
-        else:
-            trace = _condition(model, layout, loc, args, kwargs)
-        residuals = []
-        for name in sites:
-            site = trace.nodes[name]
-            fn, value = site["fn"], site["value"]
-            batch_shape = fn.batch_shape
-            if layout.enumerated:
-                batch_shape = batch_shape[max(0, len(batch_shape) - nesting) :]
-                mean = marginal_mean(trace, name, nesting)
-            else:
-                try:
-                    mean = fn.mean
-                except NotImplementedError:  # a likelihood without a mean
-                    mean = None
-            if mean is None:
-                residual = torch.full_like(value, math.nan, dtype=loc.dtype)
-            else:
-                residual = (mean - value).to(loc.dtype)
-            residual = residual.expand(batch_shape + fn.event_shape)
-            flat = residual.reshape(*batch_shape, -1)  # the event flattened last
-            residuals.append(_by_datum_rows(flat, dim - 1, num_data, name))
-        residual = torch.cat(residuals, -1)
-    return residual[:, 0] if residual.shape[1] == 1 else residual.norm(dim=-1)
-
-
-def _by_datum_rows(term: Tensor, dim: int, num_data: int, name: str) -> Tensor:
-    """``term`` with the data plate's dimension first and the rest flattened: ``(N, K)``."""
-    if term.dim() < -dim or term.shape[dim] != num_data:
-        raise ValueError(
-            f"observed site '{name}' has shape {tuple(term.shape)}, without the data plate's "
-            f"{num_data} elements at dim {dim}"
-        )
-    return term.movedim(dim, 0).reshape(num_data, -1)
-
-
-def _is_quadratic(
-    log_lik: Callable[[Tensor], Tensor],
-    loc: Tensor,
-    chol: Tensor,
-    value: Tensor,
-    grad: Tensor,
-    hess: Tensor,
-) -> bool:
-    """Whether every :math:`\\ell_i` equals its second-order expansion at ``loc`` to round-off,
-    on four points one posterior standard deviation away along two fixed directions."""
-    dim = loc.shape[0]
-    ones = torch.ones(dim, dtype=loc.dtype, device=loc.device)
-    alternating = ones.clone()
-    alternating[1::2] = -1.0
-    directions = torch.stack([ones, alternating, -ones, -alternating]) / math.sqrt(dim)
-    steps = torch.linalg.solve_triangular(chol.mT, directions.T, upper=True).T  # ~ N(0, S^-1)
-    eps = torch.finfo(loc.dtype).eps
-    with torch.no_grad():
-        for step in steps:
-            linear = grad @ step
-            quadratic = 0.5 * (step @ hess @ step)
-            expansion = value + linear + quadratic
-            actual = log_lik(loc + step)
-            scale = value.abs() + linear.abs() + quadratic.abs() + 1.0
-            if not bool(((actual - expansion).abs() <= 1e3 * eps * scale).all()):
-                return False
-    return True
-
-
-def _quadratic_predictive(
-    value: Tensor, grad: Tensor, curvature: Tensor, shift: Tensor, precision: Tensor
-) -> Tensor:
-    r""":math:`\log \int e^{\tilde\ell_i(\theta)}\, \mathcal N(\theta; m + \delta_i, P_i^{-1})\,
-    d\theta` for the second-order expansion :math:`\tilde\ell_i` at :math:`m`, per datum."""
-    pull = grad + (precision @ shift[..., None])[..., 0]
-    joint = precision + curvature
-    joint_chol, info = torch.linalg.cholesky_ex(joint)
-    if (info != 0).any():
-        bad = torch.nonzero(info).flatten()[:5].tolist()
-        raise ValueError(
-            f"the log-likelihood of datum {bad} curves upward faster than the posterior "
-            "narrows (P + H_i is not positive definite): use predictive='sample'"
-        )
-    solved = torch.cholesky_solve(pull[..., None], joint_chol)[..., 0]
-    log_det_joint = 2 * joint_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    log_det = torch.linalg.cholesky(precision).diagonal(dim1=-2, dim2=-1).log().sum(-1) * 2
-    penalty = (shift * (precision @ shift[..., None])[..., 0]).sum(-1)
-    return value - 0.5 * penalty + 0.5 * (pull * solved).sum(-1) - 0.5 * (log_det_joint - log_det)
-
-
-def _sampled_predictive(
-    log_lik: Callable[[Tensor], Tensor],
-    means: Tensor,
-    precision_chols: Tensor,
-    noise: Tensor,
-    num_data: int,
-    batched: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    r""":math:`\log \frac1S \sum_s p(y_i \mid \theta_{is})`, :math:`\theta_{is} = \mu_i +
-    C_i^{-\top}\varepsilon_s` for ``K`` Gaussians (``means`` ``(K, D)``, Cholesky factors of their
-    precisions ``(K, D, D)``): datum ``i`` under Gaussian ``i`` when ``K = N``, every datum
-    under the one Gaussian when ``K = 1`` (then ``(N,)`` is returned as well). ``batched``:
-    ``log_lik`` of many draws at once (by default ``vmap`` of it)."""
-    num_gaussians = means.shape[0]
-    num_samples = noise.shape[0]
-    quiet = _quiet(log_lik)
-    batched = batched or torch.func.vmap(quiet, randomness="different")
-    rows = max(1, _MAX_ELEMENTS // (num_samples * num_data))
-    out = []
-    with torch.no_grad():
-        for start in range(0, num_gaussians, rows):
-            stop = min(start + rows, num_gaussians)
-            offsets = torch.linalg.solve_triangular(
-                precision_chols[start:stop].mT, noise.T.expand(stop - start, -1, -1), upper=True
-            )  # (B, D, S)
-            theta = (means[start:stop, :, None] + offsets).mT.reshape(-1, means.shape[1])
-            try:
-                values = batched(theta)
-            # a model that vmap cannot run (ValueError: the enumerated run, which names the
-            # failure): one run per draw, which raises a real error in the model again
-            except (RuntimeError, ValueError):
-                values = torch.stack([quiet(t) for t in theta])
-            values = values.reshape(stop - start, num_samples, num_data)
-            if num_gaussians == 1:
-                out.append(values[0].logsumexp(0))
-            else:
-                index = torch.arange(start, stop, device=values.device)
-                out.append(values[torch.arange(stop - start), :, index].logsumexp(-1))
-    return torch.cat(out) - math.log(num_samples)
