@@ -129,6 +129,7 @@ def check_mean_gap(
     reference_name: str = "it",
     refuse_above: float = 0.0,
     warn_above: float | None = None,
+    stacklevel: int = 3,
 ) -> float:
     r"""Refuse or warn about a guide whose mean is too far from a fixed point *for what is
     estimated from it*.
@@ -167,6 +168,7 @@ def check_mean_gap(
         reference_name: what the reference is, for the message.
         refuse_above: a gap at or below it is never refused.
         warn_above: an absolute warning level for the gap (``None``: relative, above).
+        stacklevel: the warning's, as for ``warnings.warn`` from the caller.
 
     Returns:
         The smallest mean gap :math:`r`.
@@ -209,7 +211,7 @@ def check_mean_gap(
         warnings.warn(
             f"{entry}: {stated}: the estimates carry an error of about {found:.3g}; {fix}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return gap
 

@@ -327,4 +327,5 @@ def _check_mean_gap(target: Target, result: GroupRemoval, precision: Tensor, ent
         compared=f"the smallest shift estimated, of group {label!r}, is {shift:.3g}",
         fix="fit the guide longer (e.g. with a decaying lr), or remove larger groups",
         reference_name="the shift",
+        stacklevel=4,  # the caller of removal_sensitivity
     )

@@ -386,7 +386,8 @@ def loo_sensitivity(
         )  # fmt: skip
         check_mean_gap(steps, precision, entry, error=moved, reference=se or 0.0,
                        compared=compared, reference_name="its standard error",
-                       refuse_above=MEAN_GAP_ERROR, warn_above=MEAN_GAP_WARNING)  # fmt: skip
+                       refuse_above=MEAN_GAP_ERROR, warn_above=MEAN_GAP_WARNING,
+                       stacklevel=4)  # fmt: skip
 
     try:
         lpd, loo_lpd, predictive = predictive_densities(
