@@ -37,7 +37,14 @@ from pyro_blr.core.log_joint import (
     neg_log_joint,
 )
 from pyro_blr.core.model_kwargs import model_keywords, model_parameter_names
-from pyro_blr.core.pareto import KHAT_THRESHOLD, ParetoCheck, pareto_check, pareto_khat
+from pyro_blr.core.pareto import (
+    KHAT_THRESHOLD,
+    ParetoCheck,
+    pareto_check,
+    pareto_khat,
+    tail_length,
+    tied_tail_khat,
+)
 from pyro_blr.core.per_datum import (
     DataPlate,
     DatumTerms,
@@ -141,6 +148,8 @@ __all__ = [
     "site_log_probs",
     "subsampled_plates",
     "sum_per_particle",
+    "tail_length",
+    "tied_tail_khat",
     "trace_without_rng",
     "traced_subsamples",
     "unsubsampled_scale",

@@ -39,6 +39,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from pyro_blr.core import tied_tail_khat
+
 __all__ = [
     "MIN_PSIS_SAMPLES",
     "ELPDSummary",
@@ -135,7 +137,9 @@ def psis_smooth(log_ratios: Any) -> tuple[np.ndarray, float]:
     posterior up to a constant), there is no tail to fit: the weights are uniform and
     :math:`\hat k` is reported as ``0.0`` -- an exponential tail, inside the "good" range, since
     every moment of a constant ratio is finite -- rather than the :math:`\pm\infty` a fit to
-    nothing would give. :math:`\hat k` is never :math:`-\infty`.
+    nothing would give. :math:`\hat k` is never :math:`-\infty`. When the tail ties (a few
+    atoms, e.g. every latent binary), the raw weights are returned unsmoothed with the
+    :math:`\hat k` of :func:`pyro_blr.core.pareto.tied_tail_khat`.
 
     Args:
         log_ratios: :math:`S \ge` :data:`MIN_PSIS_SAMPLES` log ratios (tensor on any device, or
@@ -175,6 +179,10 @@ def psis_smooth(log_ratios: Any) -> tuple[np.ndarray, float]:
     if _is_degenerate(ratios[finite], eps):  # uniform over the draws the model allows
         log_weights = np.where(finite, -np.log(finite.sum()), -np.inf)
         return log_weights, 0.0
+    tied = tied_tail_khat(ratios[finite])
+    if tied is not None:  # a few atoms: the raw weights are bounded, no tail to smooth
+        log_weights = np.where(finite, ratios, -np.inf)
+        return log_weights - np.logaddexp.reduce(log_weights[finite]), tied
     ratios = ratios - ratios.max()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # log(0) for zero weights

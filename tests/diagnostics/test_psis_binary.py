@@ -75,3 +75,15 @@ def test_continuous_ratios_keep_the_pareto_fit():
     # float32 round-off ties a few large ratios of a big log joint: still a continuous tail.
     big = (-3e4 + ratios).float()
     assert len(np.unique(big.numpy())) < 500 and tied_tail_khat(big) is None
+
+
+def test_psis_smooth_leaves_tied_ratios_unsmoothed_with_the_tied_khat():
+    from pyro_blr.core import tied_tail_khat
+    from pyro_blr.diagnostics import psis_smooth
+
+    # three atoms (e.g. every latent binary): the 57 largest ratios are all one value
+    ratios = np.repeat([0.0, -1.0, -2.0], [200, 100, 50])
+    log_weights, khat = psis_smooth(ratios)
+    want = ratios - np.logaddexp.reduce(ratios)
+    np.testing.assert_allclose(log_weights, want, rtol=0, atol=1e-12)
+    assert khat == tied_tail_khat(ratios)
