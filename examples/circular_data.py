@@ -20,6 +20,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 
@@ -68,7 +69,7 @@ def main(smoke: bool = False) -> dict:
     pyro.clear_param_store()
     guide = pb.AutoExpFamily(model)
     blr = pb.BLR(model, guide, pb.ExpFamilyRule(lr=lambda t: 1 / (t + 1), mc_samples=64))
-    blr.fit(angles, num_steps=10 if smoke else 200, progress=False)
+    blr.fit(angles, num_steps=10 if smoke else 200, progress=not smoke)
     von_mises = guide.distributions(angles)["mean"]
     vm_draws = von_mises.sample((4000,))
 
@@ -76,7 +77,7 @@ def main(smoke: bool = False) -> dict:
     pyro.set_rng_seed(1)  # each fit from its own seed: a row does not move with the other's draws
     normal = AutoNormal(model)
     svi = SVI(model, normal, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
-    for _ in range(50 if smoke else 2000):
+    for _ in tqdm(range(50 if smoke else 2000), "SVI + Adam", disable=smoke):
         svi.step(angles)
     normal_draws = pyro.infer.Predictive(model, guide=normal, num_samples=4000)(angles)["mean"]
     normal_draws = normal_draws.flatten().double()
