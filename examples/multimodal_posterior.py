@@ -17,6 +17,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 
@@ -52,7 +53,7 @@ def main(smoke: bool = False) -> dict:
     pyro.clear_param_store()
     normal = AutoNormal(model, init_loc_fn=pyro.infer.autoguide.init_to_sample)
     svi = SVI(model, normal, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
-    for _ in range(50 if smoke else 2000):
+    for _ in tqdm(range(50 if smoke else 2000), "SVI + Adam", disable=smoke):
         svi.step(y)
     normal_draws = Predictive(model, guide=normal, num_samples=4000)(y)["theta"].flatten()
     rows = {"AutoNormal + Adam": (-elbo.loss(model, normal, y), normal_draws)}
@@ -60,7 +61,7 @@ def main(smoke: bool = False) -> dict:
     pyro.clear_param_store()
     mixture = pb.AutoMixture(model, num_components=2)
     blr = pb.BLR(model, mixture, pb.MixtureRule(lr=lambda t: 0.3 / (1 + t / 50), mc_samples=16))
-    blr.fit(y, num_steps=30 if smoke else 300, progress=False)
+    blr.fit(y, num_steps=30 if smoke else 300, progress=not smoke)
     mixture_draws = Predictive(model, guide=mixture, num_samples=4000)(y)["theta"].flatten()
     rows["AutoMixture (K=2) + BLR"] = (-elbo.loss(model, mixture, y), mixture_draws)
 
