@@ -70,13 +70,13 @@ def model(x: torch.Tensor) -> None:
         pyro.sample("x", dist.MixtureSameFamily(mix, dist.Normal(mu, 1.0)), obs=x)
 
 
-def blr_fit(guide, x: torch.Tensor, start: torch.Tensor, num_steps: int):
+def blr_fit(guide, x: torch.Tensor, start: torch.Tensor, num_steps: int, progress: bool = False):
     guide(x)
     loc = guide.loc if isinstance(guide, AutoMultivariateNormal) else guide.locs.mu_unconstrained
     with torch.no_grad():  # start next to where CAVI ended
         loc.copy_(start)
     blr = pb.BLR(model, guide, pb.VON(lr=lambda t: 0.5 / (1 + t / 20), mc_samples=8))
-    return blr.fit(x, num_steps=num_steps, progress=False).seconds
+    return blr.fit(x, num_steps=num_steps, progress=progress).seconds
 
 
 def main(smoke: bool = False) -> dict:
@@ -93,7 +93,7 @@ def main(smoke: bool = False) -> dict:
     }
     for name, guide in guides.items():
         pyro.clear_param_store()
-        seconds = blr_fit(guide, x, start_means, 10 if smoke else 100)
+        seconds = blr_fit(guide, x, start_means, 10 if smoke else 100, progress=not smoke)
         means = guide.median(x)["mu"].detach()
         rows[name] = (means, -elbo.loss(model, guide, x), seconds)
     table = []
