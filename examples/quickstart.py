@@ -17,6 +17,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 from sklearn.datasets import load_breast_cancer
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 
@@ -75,7 +76,7 @@ def main(smoke: bool = False) -> dict:
     svi = SVI(model, adam_guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
     num_steps = 20 if smoke else 2000
     start = time.perf_counter()
-    for _ in range(num_steps):
+    for _ in tqdm(range(num_steps), "SVI + Adam", disable=smoke):
         svi.step(X, y)
     adam_seconds = time.perf_counter() - start
     adam_elbo = elbo(adam_guide, X, y)
