@@ -15,7 +15,8 @@ steps:
 
 - ``pb.BLR(model, AutoNormal(model), pb.IVON())`` at the package's defaults (constant lr 0.1,
   two antithetic particles, ``hess_init="auto"``, which above 2048 coordinates starts the
-  precision at :math:`N_i / s_i^2`, ``ess`` in units of the prior's precision), and one row
+  precision at each site's measured expected curvature, within the prior's precision
+  :math:`1/s_i^2` and :math:`N_i / s_i^2`; see :mod:`pyro_blr.blr.ivon_start`), and one row
   with hand-chosen settings
   (``IVON_TUNED``, lr 0.1 decayed tenfold over the run);
 - ``SVI(model, AutoNormal(model, init_scale=0.01), Adam, Trace_ELBO())``: Bayes by backprop;
