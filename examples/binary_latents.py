@@ -30,6 +30,7 @@ import time
 import pyro
 import pyro.distributions as dist
 import torch
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 
@@ -60,7 +61,9 @@ def model(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
         pyro.sample("y", dist.Normal(X @ (z * w), SIGMA), obs=y)
 
 
-def gibbs(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, num_sweeps: int) -> torch.Tensor:
+def gibbs(
+    X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, num_sweeps: int, progress: bool = False
+) -> torch.Tensor:
     """Posterior inclusion probabilities by single-site Gibbs sampling of the indicators,
     Rao-Blackwellized: the average of P(z_j = 1 | the others, y) over the second half."""
     gen = torch.Generator().manual_seed(1)
@@ -69,7 +72,7 @@ def gibbs(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, num_sweeps: int) ->
     quadratic = (w**2 * (X**2).sum(0) / (2 * SIGMA**2)).tolist()
     prior_logit = math.log(PI / (1 - PI))
     total = torch.zeros(P, dtype=X.dtype)
-    for sweep in range(num_sweeps):
+    for sweep in tqdm(range(num_sweeps), "Gibbs sweeps", disable=not progress):
         uniforms = torch.rand(P, generator=gen, dtype=X.dtype).tolist()
         for j in range(P):
             r = residual + X[:, j] * (w[j] * z[j])  # the residual without feature j
@@ -82,14 +85,14 @@ def gibbs(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, num_sweeps: int) ->
     return total / (num_sweeps - num_sweeps // 2)
 
 
-def blr_fit(X, y, w, num_steps: int) -> tuple[torch.Tensor, float]:
+def blr_fit(X, y, w, num_steps: int, progress: bool = False) -> tuple[torch.Tensor, float]:
     pyro.clear_param_store()
     guide = pb.AutoExpFamily(model)
     rule = pb.ExpFamilyRule(lr=lambda t: 0.3 / (1 + t / 50), mc_samples=256, temperature=0.1)
     blr = pb.BLR(model, guide, rule)
     start = time.perf_counter()
     total = 0.0
-    for t in range(num_steps):
+    for t in tqdm(range(num_steps), "BLR steps", disable=not progress):
         blr.step(X, y, w)
         if t >= num_steps // 2:  # average the late iterates (the rule is linear in lambda)
             total = total + guide.natural_params()["z"][..., 0]
@@ -101,9 +104,9 @@ def main(smoke: bool = False) -> dict:
     pyro.set_rng_seed(0)
     X, y, w, on = make_data()
     active = on > 0
-    pip_blr, blr_seconds = blr_fit(X, y, w, 40 if smoke else 400)
+    pip_blr, blr_seconds = blr_fit(X, y, w, 40 if smoke else 400, progress=not smoke)
     start = time.perf_counter()
-    pip_gibbs = gibbs(X, y, w, 20 if smoke else 2000)
+    pip_gibbs = gibbs(X, y, w, 20 if smoke else 2000, progress=not smoke)
     gibbs_seconds = time.perf_counter() - start
     rows = []
     for name, pip, seconds in (
