@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 from pyro_blr.blr.merge import merge, natural_parameters
@@ -83,7 +84,7 @@ def _main(smoke: bool) -> dict:
     full = moments(laplace(X, y))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     rows, results = [], {}
-    for num_shards in (3,) if smoke else (2, 3, 5, 10):
+    for num_shards in tqdm((3,) if smoke else (2, 3, 5, 10), "shard counts", disable=smoke):
         shards = order.tensor_split(num_shards)
         guides = [laplace(X[i], y[i]) for i in shards]
         merged = moments(merge(guides, X, y))
