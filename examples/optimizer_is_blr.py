@@ -29,6 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoNormal, init_to_value
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 from pyro_blr.blr.rules.adam import Adam
@@ -89,14 +90,15 @@ def start(seed: int = 1) -> dict:
     }
 
 
-def fit_blr(rule, x, y, steps: int):
-    """``steps`` BLR steps from :func:`start`; the guide and the seconds they took."""
+def fit_blr(rule, x, y, steps: int, progress: str | None = None):
+    """``steps`` BLR steps from :func:`start`; the guide and the seconds they took. A
+    ``progress`` label shows a progress bar under that name."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model, init_loc_fn=init_to_value(values=start()))
     blr = pb.BLR(model, guide, rule)
     began = time.perf_counter()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), progress, disable=progress is None):
         blr.step(x, y)
     return guide, time.perf_counter() - began
 
@@ -173,7 +175,16 @@ REGIONS = {
 }
 
 
-def bayesian(x, y, x_test, y_test, steps: int, num_samples: int, reference: bool = True) -> dict:
+def bayesian(
+    x,
+    y,
+    x_test,
+    y_test,
+    steps: int,
+    num_samples: int,
+    reference: bool = True,
+    progress: bool = False,
+) -> dict:
     """Adam at the mean (the optimizer) and perturbed (Vadam), same lr and steps, scored on each
     held-out region; and the predictive draws for the figure."""
     fits = {}
@@ -185,7 +196,7 @@ def bayesian(x, y, x_test, y_test, steps: int, num_samples: int, reference: bool
     if not reference:
         del rules["IVON (for reference)"]
     for name, rule in rules.items():
-        guide, seconds = fit_blr(rule, x, y, steps)
+        guide, seconds = fit_blr(rule, x, y, steps, progress=name if progress else None)
         if rule.option("perturb") is not False:
             draws = predictive(guide, x_test, num_samples)
         else:  # a point estimate: the network at the mean, no spread
@@ -205,7 +216,8 @@ def main(smoke: bool = False, plot: bool | None = None) -> dict:
     x, y, x_test, y_test = load_data()
     equal = side_by_side(x, y, steps=100)
     steps, num_samples = (200, 100) if smoke else (2000, 1000)
-    fits = bayesian(x, y, x_test, y_test, steps, num_samples, reference=not smoke)
+    fits = bayesian(x, y, x_test, y_test, steps, num_samples, reference=not smoke,
+                    progress=not smoke)  # fmt: skip
 
     lines = [
         "**Part 1: the same 100 steps.** Largest difference between the parameters of "
