@@ -23,6 +23,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoNormal
+from tqdm.auto import tqdm
 
 import pyro_blr as pb
 from pyro_blr.diagnostics.group_removal import removal_sensitivity
@@ -106,7 +107,9 @@ def _main(smoke: bool, plot: bool | None) -> dict:
     (X, y), (X_test, y_test) = load_data()
     num_steps = 250 if smoke else 1000
     removed_classes = REMOVED[:1] if smoke else REMOVED
+    trainings = tqdm(total=len(removed_classes) + 2, desc="trainings", disable=smoke)
     guide, train_seconds = train(X, y, num_steps, seed=0)
+    trainings.update()
     before = probabilities(guide, X_test)
     accuracy = float((before.argmax(-1) == y_test).double().mean())
     rows, results = [], {}
@@ -118,6 +121,7 @@ def _main(smoke: bool, plot: bool | None) -> dict:
         estimate_seconds = time.process_time() - started
         keep = y != removed
         retrained, retrain_seconds = train(X[keep], y[keep], num_steps, seed=0)
+        trainings.update()
         actual = probabilities(retrained, X_test) - before
         own = y_test == removed  # the test images of the removed class
         results[removed] = {
@@ -146,7 +150,9 @@ def _main(smoke: bool, plot: bool | None) -> dict:
     noise = math.nan  # the noise floor needs another full training: not in a smoke run
     if not smoke:
         other, _ = train(X, y, num_steps, seed=1)
+        trainings.update()
         noise = rms(probabilities(other, X_test) - before)
+    trainings.close()
     header = ["removed class", "training images", "shift (posterior sd)",
               "correlation", "RMSE", "RMS actual change",
               "drop of p(own class): predicted / actual", "same argmax",
