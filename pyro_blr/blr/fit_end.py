@@ -275,7 +275,9 @@ def check_pareto(
     if not pareto.usable:
         warnings.warn(
             f"BLR.fit: Pareto k-hat of log p - log q is {pareto.khat:.2f} (above "
-            f"{KHAT_THRESHOLD} on {CHECK_PARTICLES} draws of the fitted guide): the guide "
+            f"{KHAT_THRESHOLD} on {CHECK_PARTICLES} draws of the fitted guide, whose raw "
+            f"weights have an effective sample size of {pareto.ess:.0f}{_equal_weights(pareto)}"
+            "): the guide "
             "cannot represent this posterior (a funnel, hierarchical scales, a skewed or "
             "heavy tail) and its means and spreads may be off. Use a richer guide "
             "(pb.AutoMixture, pb.AutoFlow), raise mc_samples, or reweight the guide's "
@@ -285,3 +287,15 @@ def check_pareto(
             stacklevel=3,
         )
     return pareto
+
+
+def _equal_weights(pareto: ParetoCheck) -> str:
+    """A clause for the warning when the raw weights are nearly equal (effective sample size
+    above 90% of the draws): then k-hat reads the shape of log p - log q beyond the draws
+    (see :class:`pyro_blr.core.ParetoCheck`), not a draw that dominates."""
+    if not pareto.ess > 0.9 * pareto.num_samples:
+        return ""
+    return (
+        "; the weights are nearly equal, so k-hat reads how log p - log q rises beyond the "
+        "draws (e.g. mass between modes the guide does not cover), not a draw that dominates"
+    )

@@ -192,11 +192,20 @@ class ParetoCheck(NamedTuple):
         num_samples: the draws it was estimated on.
         subsampled: the model's subsampled plates (then the ratios are a minibatch's and
             ``khat`` is ``nan``: no check).
+        ess: the effective sample size :math:`1/\sum_s \bar w_s^2` of the raw normalized
+            weights (``nan`` when not computed). A :math:`\hat k` above the threshold with
+            ``ess`` near ``num_samples`` means the ratios' tail *shape* is heavy while no draw
+            dominates yet: :math:`\hat k` does not depend on the spread of
+            :math:`\log r` (as that spread shrinks, it tends to the tail shape of
+            :math:`\log r` itself), so nearly equal weights whose log ratios rise faster than
+            quadratically in a tail of :math:`q` (mass between two modes, a second small bump)
+            read :math:`\hat k > 0.7`.
     """
 
     khat: float
     num_samples: int
     subsampled: tuple[str, ...]
+    ess: float = float("nan")
 
     @property
     def usable(self) -> bool:
@@ -223,4 +232,10 @@ def pareto_check(
         weights = log_weights(model, guide, args, kwargs, num_samples, max_plate_nesting, False)
     if weights.subsampled:
         return ParetoCheck(float("nan"), num_samples, weights.subsampled)
-    return ParetoCheck(pareto_khat(weights.joint), num_samples, ())
+    ratios = weights.joint.detach().to("cpu", torch.float64)
+    finite = ratios[torch.isfinite(ratios)]
+    ess = float("nan")
+    if len(finite):
+        normalized = torch.softmax(finite, 0)
+        ess = float(1.0 / normalized.square().sum())
+    return ParetoCheck(pareto_khat(weights.joint), num_samples, (), ess)
