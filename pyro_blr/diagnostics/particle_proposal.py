@@ -54,7 +54,7 @@ def particle_proposal(
 
     Args:
         model: the Pyro model the SVGD object was built with.
-        svgd: a fitted ``pyro.infer.SVGD``.
+        svgd: a fitted ``pyro_blr.samplers.SVGD`` (or ``pyro.infer.SVGD`` on one latent site).
         *args: the model's positional arguments.
         full_covariance: an ``AutoMultivariateNormal`` with the particles' covariance (``True``)
             or an ``AutoDiagonalNormal`` with their variances (``False``); by default the full
@@ -66,8 +66,10 @@ def particle_proposal(
         The guide, ready for ``pb.log_evidence``, ``Predictive`` or ``pb.to_inference_data``.
 
     Raises:
-        ValueError: a coordinate with no spread over the particles (naming its site), or a
-            particle covariance that is not positive definite with ``full_covariance=True``.
+        ValueError: a coordinate with no spread over the particles (naming its site), a
+            particle covariance that is not positive definite with ``full_covariance=True``, or
+            Pyro 1.9.2's own ``SVGD`` on more than one latent site, whose particles are mixed
+            across sites (use ``pyro_blr.samplers.SVGD``).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch

@@ -52,7 +52,31 @@ from pyro_blr.diagnostics.draws import draw
 from pyro_blr.diagnostics.inputs import check_finite_inputs_at_draw
 from pyro_blr.diagnostics.mistakes import check_call
 
-__all__ = ["particles_to_inference_data", "svgd_particles"]
+__all__ = ["check_particle_packing", "particles_to_inference_data", "svgd_particles"]
+
+
+def check_particle_packing(svgd: SVGD, sites: list[str]) -> None:
+    """Refuse the particles of Pyro 1.9.2's own ``SVGD.step`` on more than one latent site.
+
+    Pyro packs ``svgd_particles`` site by site (every particle's first site, then every
+    particle's second) and its ``step`` reshapes them particle by particle, so with two or more
+    sites each row its kernel sees mixes coordinates of different particles: the particles are
+    not SVGD's. A subclass that overrides ``step`` (``pyro_blr.samplers.SVGD``) is trusted.
+
+    Args:
+        svgd: the fitted SVGD.
+        sites: the names of its latent sites.
+
+    Raises:
+        ValueError: ``svgd`` runs Pyro's own ``step`` on more than one latent site (naming them).
+    """
+    if type(svgd).step is SVGD.step and len(sites) > 1 and svgd.num_particles > 1:
+        raise ValueError(
+            f"this pyro.infer.SVGD has latent sites {sites}: Pyro 1.9.2's SVGD.step packs "
+            "particles site by site but reshapes them particle by particle, so its kernel mixes "
+            "particles across these sites and its particles are not SVGD's; fit with "
+            "pyro_blr.samplers.SVGD (same arguments), or write the latents as one site"
+        )
 
 
 def svgd_particles(model: Callable, svgd: SVGD, args: tuple, kwargs: dict) -> dict[str, Tensor]:
@@ -63,7 +87,9 @@ def svgd_particles(model: Callable, svgd: SVGD, args: tuple, kwargs: dict) -> di
 
     Raises:
         ValueError: ``svgd`` has no particles in the param store (never stepped, or the store was
-            cleared), or its sites are not the latent sites of ``model`` (naming them).
+            cleared), or its sites are not the latent sites of ``model`` (naming them), or
+            it is Pyro 1.9.2's own ``SVGD`` on more than one latent site (see
+            :func:`check_particle_packing`).
     """
     if not isinstance(svgd, SVGD):
         raise TypeError(f"expected a fitted pyro.infer.SVGD, got {type(svgd).__name__}")
@@ -80,6 +106,7 @@ def svgd_particles(model: Callable, svgd: SVGD, args: tuple, kwargs: dict) -> di
         for name, site in sample_sites(trace, deterministic=False)
         if not site["is_observed"]
     }
+    check_particle_packing(svgd, sorted(named))
     missing, extra = sorted(set(latent) - set(named)), sorted(set(named) - set(latent))
     if missing or extra:
         raise ValueError(
@@ -180,7 +207,8 @@ def particles_to_inference_data(
     Raises:
         TypeError: ``svgd`` is not a ``pyro.infer.SVGD``.
         ValueError: no particles in the param store, particles that do not match the model's
-            latent sites (naming them), or anything :func:`to_inference_data` refuses.
+            latent sites (naming them), Pyro 1.9.2's own ``SVGD`` on more than one latent site
+            (use ``pyro_blr.samplers.SVGD``), or anything :func:`to_inference_data` refuses.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch

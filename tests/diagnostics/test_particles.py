@@ -12,6 +12,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 import pyro_blr as pb
 from pyro_blr.diagnostics.particle_proposal import particle_proposal
 from pyro_blr.diagnostics.particles import particles_to_inference_data, svgd_particles
+from pyro_blr.samplers import SVGD as CorrectedSVGD
 
 
 def normal_model(y):
@@ -28,10 +29,10 @@ def regression(X, y):  # broadcasting, as pyro.infer.SVGD requires: (X * w).sum(
         pyro.sample("y", dist.Normal(mean, sigma), obs=y)
 
 
-def fit(model, args, num_particles, num_steps, lr=0.1):
+def fit(model, args, num_particles, num_steps, lr=0.1, cls=CorrectedSVGD):
     pyro.clear_param_store()
     kernel = RBFSteinKernel()
-    svgd = SVGD(model, kernel, pyro.optim.Adam({"lr": lr}), num_particles, 1, mode="multivariate")
+    svgd = cls(model, kernel, pyro.optim.Adam({"lr": lr}), num_particles, 1, mode="multivariate")
     for _ in range(num_steps):
         svgd.step(*args)
     return svgd
@@ -122,7 +123,9 @@ def test_a_latent_inside_a_plate_keeps_its_plate_dims():
     y = torch.randn(5, 3)
     pyro.clear_param_store()
     kernel, optim = RBFSteinKernel(), pyro.optim.Adam({"lr": 0.05})
-    svgd = SVGD(hierarchical, kernel, optim, 6, 3, mode="multivariate")  # nesting 3 > 2 used
+    svgd = CorrectedSVGD(
+        hierarchical, kernel, optim, 6, 3, mode="multivariate"
+    )  # nesting 3 > 2 used
     for _ in range(3):
         svgd.step(y)
     idata = particles_to_inference_data(hierarchical, svgd, y)
@@ -167,3 +170,27 @@ def test_a_proposal_of_several_sites_has_their_covariance_in_unconstrained_space
     full = particle_proposal(regression, svgd, X, y, full_covariance=True)
     covariance = full.get_posterior().covariance_matrix
     assert torch.allclose(covariance, torch.cov(theta.T), atol=1e-5)
+
+
+def test_refuses_pyros_own_svgd_on_two_latent_sites():
+    # Pyro 1.9.2's SVGD.step mixes particles across sites: its particles are not SVGD's
+    pyro.set_rng_seed(6)
+    X = torch.randn(15, 2)
+    y = (X * torch.tensor([1.0, -1.0])).sum(-1) + 0.5 * torch.randn(15)
+    svgd = fit(regression, (X, y), 6, 2, cls=SVGD)
+    match = r"\['sigma', 'w'\].*pyro_blr\.samplers\.SVGD.*one site"
+    with pytest.raises(ValueError, match=match):
+        particles_to_inference_data(regression, svgd, X, y)
+    with pytest.raises(ValueError, match=match):
+        svgd_particles(regression, svgd, (X, y), {})
+    with pytest.raises(ValueError, match=match):
+        particle_proposal(regression, svgd, X, y)
+    with pytest.raises(ValueError, match=match):
+        pb.to_inference_data(regression, svgd, X, y)
+
+
+def test_accepts_pyros_own_svgd_on_one_latent_site():
+    pyro.set_rng_seed(7)
+    y = torch.randn(5)
+    svgd = fit(normal_model, (y,), 4, 2, cls=SVGD)
+    assert svgd_particles(normal_model, svgd, (y,), {})["mu"].shape == (4,)
