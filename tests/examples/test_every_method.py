@@ -8,6 +8,7 @@ import pytest
 import torch
 from pyro.infer import SVGD, RBFSteinKernel
 
+from pyro_blr.samplers import SVGD as CorrectedSVGD
 from tests.scenarios import load_example
 
 GUIDES = [
@@ -30,8 +31,8 @@ def test_every_method_smoke_rows(smoke):
     module, results = smoke
     assert list(results) == [p.name for p in module.problems()]
     for problem, rows in results.items():
-        # The logistic regression also runs SVGD on its one-site rewrite (a Pyro workaround).
-        extra = [module.ONE_SITE] if problem == module.problems()[0].name else []
+        # The logistic regression also runs Pyro 1.9.2's SVGD as written, for comparison.
+        extra = [module.PYRO_SVGD] if problem == module.problems()[0].name else []
         assert set(module.METHODS + extra) <= set(rows), problem
         for name in module.METHODS + extra:
             row = rows[name]
@@ -42,7 +43,7 @@ def test_every_method_smoke_rows(smoke):
         nuts = rows["NUTS (reference)"]
         assert nuts["error"] == 0 and nuts["sd_low"] == pytest.approx(1) == nuts["sd_high"]
         # Draws without a density have no evidence; every guide and SVGD's proposal have one.
-        for name in SAMPLERS:
+        for name in SAMPLERS + extra:
             assert rows[name]["evidence"] is None, (problem, name)
         for name in [*GUIDES, SVGD_ROW]:
             value, stderr = rows[name]["evidence"]
@@ -57,7 +58,7 @@ def test_every_method_smoke_evidence_in_range(smoke):
     # every estimate stays below 0 by far. The Jaakkola-Jordan bound is deterministic (the same
     # fixed point in smoke and full runs) and a lower bound: below 0 and above the prior
     # predictive's crude level of N log(1/2) = -394 for 569 labels (measured -112.35).
-    for name in [*GUIDES, SVGD_ROW, module.ONE_SITE]:
+    for name in [*GUIDES, SVGD_ROW]:
         assert logistic[name]["evidence"][0] < 0, name
     assert -394 < logistic["jaakkola_jordan"] < 0
     assert -394 < logistic["sgd_evidence"] < 0  # a lower bound up to its MC error (< 1 nat)
@@ -83,21 +84,22 @@ def test_every_method_smoke_schools_accuracy(smoke):
     assert schools["nuts_vs_posteriordb"] < 1.0
 
 
-def _one_svgd_step(model, flat: torch.Tensor) -> dict:
-    """One SGD(lr=1) step of Pyro's SVGD from the flat particle vector ``flat``."""
+def _one_svgd_step(cls, model, flat: torch.Tensor) -> dict:
+    """One SGD(lr=1) step of ``cls`` (an SVGD) from the flat particle vector ``flat``."""
     pyro.clear_param_store()
     pyro.param("svgd_particles", flat.clone())  # SVGD's guide then starts from it
-    svgd = SVGD(model, RBFSteinKernel(), pyro.optim.SGD({"lr": 1.0}), 3, 0)
+    svgd = cls(model, RBFSteinKernel(), pyro.optim.SGD({"lr": 1.0}), 3, 0)
     svgd.step()
     return {k: v.detach() for k, v in svgd.get_named_particles().items()}
 
 
-def test_pyro_svgd_mixes_particles_across_sites():
-    # Why the tutorial adds the one-site row: Pyro's SVGD packs its particles site by site and
-    # reshapes them particle by particle, so a model with two latent sites gets another update
-    # than the same density written as one site. The same three particles (a_i, b_i), the same
-    # standard-normal target: a correct SVGD step is the same on both (it is deterministic).
-    # If this fails, Pyro has fixed it and the one-site row can go.
+@pytest.mark.parametrize("cls", [SVGD, CorrectedSVGD], ids=["pyro", "pyro_blr"])
+def test_pyro_svgd_mixes_particles_across_sites(cls):
+    # Why the tutorial uses pyro_blr.samplers.SVGD: Pyro's SVGD packs its particles site by site
+    # and reshapes them particle by particle, so a model with two latent sites gets another
+    # update than the same density written as one site. The same three particles (a_i, b_i), the
+    # same standard-normal target: a correct SVGD step is the same on both (it is deterministic).
+    # If the Pyro case fails, Pyro has fixed it and the Pyro 1.9.2 row can go.
     def two_sites():
         pyro.sample("a", dist.Normal(0.0, 1.0))
         pyro.sample("b", dist.Normal(0.0, 1.0))
@@ -106,8 +108,9 @@ def test_pyro_svgd_mixes_particles_across_sites():
         pyro.sample("ab", dist.Normal(torch.zeros(2), 1.0).to_event(1))
 
     a, b = torch.tensor([-1.0, 0.2, 1.5]), torch.tensor([0.5, -0.7, 2.0])
-    split = _one_svgd_step(two_sites, torch.cat([a, b]))  # site by site: a's, then b's
-    joint = _one_svgd_step(one_site, torch.stack([a, b], -1).reshape(-1))  # particle by particle
+    split = _one_svgd_step(cls, two_sites, torch.cat([a, b]))  # site by site: a's, then b's
+    joint = _one_svgd_step(cls, one_site, torch.stack([a, b], -1).reshape(-1))  # per particle
     moved = torch.stack([split["a"].reshape(3), split["b"].reshape(3)], -1)
     assert joint["ab"].reshape(3, 2).sub(torch.stack([a, b], -1)).abs().max() > 0.1  # it moved
-    assert not torch.allclose(moved, joint["ab"].reshape(3, 2), atol=1e-3)
+    same = torch.allclose(moved, joint["ab"].reshape(3, 2), atol=1e-6)
+    assert same == (cls is CorrectedSVGD)
