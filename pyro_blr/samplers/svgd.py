@@ -15,10 +15,11 @@ import pyro
 import pyro.infer
 import torch
 from pyro import poutine
+from pyro.infer.svgd import SteinKernel
 from pyro.infer.util import zero_grads
 from torch import Tensor
 
-__all__ = ["SVGD", "particle_rows", "site_packing"]
+__all__ = ["SVGD", "MedianRBFKernel", "particle_rows", "site_packing"]
 
 
 def particle_rows(guide, packed: Tensor, num_particles: int) -> Tensor:
@@ -58,6 +59,47 @@ def site_packing(guide, rows: Tensor, num_particles: int) -> Tensor:
             "pass the rows built by particle_rows from this guide"
         )
     return torch.cat(blocks)
+
+
+def column_sites(guide, packed: Tensor, num_particles: int) -> list[str]:
+    """The site name of each column of :func:`particle_rows`'s matrix of ``packed``."""
+    names = []
+    for site, value in guide._unpack_latent(packed):
+        names += [site["name"]] * (value.numel() // num_particles)
+    return names
+
+
+class MedianRBFKernel(SteinKernel):
+    r"""Liu & Wang's RBF kernel: one bandwidth for all coordinates, from the median distance.
+
+    .. math::
+
+        k(x, x') = \exp\bigl(-\lVert x - x' \rVert^2 / h\bigr), \qquad
+        h = \operatorname{med}^2 / \log(n + 1),
+
+    where :math:`\operatorname{med}` is the median pairwise distance between the :math:`n`
+    particles (Liu & Wang 2016, Section 5). Pyro's ``RBFSteinKernel`` takes one median per
+    coordinate instead, which is 0 (and the kernel NaN) on a coordinate every particle shares,
+    such as biases started at 0. Returned per coordinate, as Pyro's ``SVGD`` expects: with
+    ``mode="multivariate"`` the per-coordinate log kernels sum to :math:`\log k(x, x')`.
+
+    Example:
+        >>> k = MedianRBFKernel()
+        >>> log_k, grad = k.log_kernel_and_grad(torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 4.0]]))
+        >>> bool(torch.isfinite(log_k).all()), tuple(grad.shape)
+        (True, (3, 3, 2))
+    """
+
+    @torch.no_grad()
+    def log_kernel_and_grad(self, particles: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-coordinate log kernel and kernel gradient, shapes ``(N, N, D)``."""
+        delta = particles.unsqueeze(0) - particles.unsqueeze(1)  # [n, m] = x_m - x_n
+        norm_sq = delta.pow(2.0)
+        num = particles.size(0)
+        upper = torch.ones(num, num, dtype=torch.bool).triu(1)
+        median = norm_sq.sum(-1)[upper].median()
+        h = median / torch.log(torch.tensor(num + 1.0, dtype=particles.dtype))
+        return -(norm_sq / h), 2.0 * delta / h
 
 
 class SVGD(pyro.infer.SVGD):
@@ -109,6 +151,7 @@ class SVGD(pyro.infer.SVGD):
         with torch.enable_grad(), poutine.trace(param_only=True) as param_capture:
             loss = self.loss(self.model, self.guide, *args, **kwargs)
             loss.backward()
+        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
 
         particles = pyro.param("svgd_particles").unconstrained()
         num = self.num_particles
@@ -116,6 +159,15 @@ class SVGD(pyro.infer.SVGD):
         rows_grad = particle_rows(self.guide, particles.grad, num)
 
         log_kernel, kernel_grad = self.kernel.log_kernel_and_grad(rows)
+        self._check_finite(params, rows_grad, "the log joint's gradient", "check the model")
+        self._check_finite(
+            params,
+            log_kernel.isfinite().logical_and(kernel_grad.isfinite()).all(0).all(0),
+            "the kernel",
+            "a per-coordinate bandwidth (pyro.infer.RBFSteinKernel) is 0 where every particle "
+            "shares a value: start the particles apart, or use "
+            "pyro_blr.samplers.svgd.MedianRBFKernel (one bandwidth for all coordinates)",
+        )
         if self.mode == "multivariate":
             kernel = log_kernel.sum(-1).exp()
             attractive = torch.mm(kernel, rows_grad)
@@ -130,7 +182,20 @@ class SVGD(pyro.infer.SVGD):
             site["name"]: value.mean().item()
             for site, value in self.guide._unpack_latent(particles.grad.pow(2.0))
         }
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         self.optim(params)
         zero_grads(params)
         return squared_gradients
+
+    def _check_finite(self, params: set, values: Tensor, what: str, fix: str) -> None:
+        """Raise before any update (the gradients zeroed), naming the sites whose coordinates
+        ``values`` (rows, or a per-column mask) are not all finite."""
+        finite = values if values.dtype == torch.bool else values.isfinite().all(0)
+        if bool(finite.all()):
+            return
+        packed = pyro.param("svgd_particles").unconstrained().detach()
+        names = column_sites(self.guide, packed, self.num_particles)
+        bad = sorted({name for name, ok in zip(names, finite.tolist(), strict=True) if not ok})
+        zero_grads(params)
+        raise ValueError(
+            f"SVGD step: {what} is not finite at sites {bad}; no particle was moved. Fix: {fix}"
+        )

@@ -9,6 +9,7 @@ import torch
 from pyro.infer import RBFSteinKernel
 
 from pyro_blr.samplers import SVGD
+from pyro_blr.samplers.svgd import MedianRBFKernel
 
 X = torch.tensor([[1.0, 1.0], [1.0, -0.5], [0.3, 2.0], [1.0, 0.0]], dtype=torch.float64)
 Y = torch.tensor([2.0, 0.5, 3.0, 1.5], dtype=torch.float64)
@@ -91,3 +92,34 @@ def test_two_site_conjugate_model_mean_is_the_exact_posterior_mean():
     # the corrected particles' mean is within 0.05 posterior sd, Pyro 1.9.2's is >= 0.2 sd off
     assert error(SVGD) < 0.05
     assert error(pyro.infer.SVGD) > 0.2
+
+
+def test_a_shared_coordinate_is_refused_naming_its_site_and_nothing_moves():
+    # every particle's b at 0: Pyro's per-coordinate median bandwidth is 0 there, its kernel NaN
+    num = 6
+    rows = torch.randn(num, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rows[:, 2:] = 0.0
+    packed = torch.cat([rows[:, :2].reshape(-1), rows[:, 2:].reshape(-1)])
+    pyro.clear_param_store()
+    pyro.param("svgd_particles", packed.clone())
+    Xd = torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    svgd = SVGD(vector_sites, RBFSteinKernel(), pyro.optim.Adam({"lr": 0.1}), num, 1)
+    with pytest.raises(ValueError, match=r"kernel is not finite at sites \['v'\].*MedianRBFKernel"):
+        svgd.step(Xd, Y)
+    after = pyro.param("svgd_particles").unconstrained()
+    assert torch.equal(after.detach(), packed)  # no particle moved
+    assert after.grad is None or not after.grad.any()  # and no gradient left behind
+    # Liu & Wang's single bandwidth is positive while any coordinate differs: the step runs
+    svgd = SVGD(vector_sites, MedianRBFKernel(), pyro.optim.Adam({"lr": 0.1}), num, 1)
+    svgd.step(Xd, Y)
+    assert torch.isfinite(pyro.param("svgd_particles")).all()
+    assert not torch.equal(pyro.param("svgd_particles").detach(), packed)
+
+
+def test_median_kernel_is_one_rbf_bandwidth_over_all_coordinates():
+    x = torch.randn(7, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    log_k, grad = MedianRBFKernel().log_kernel_and_grad(x)
+    sq = torch.cdist(x, x).pow(2)
+    h = sq[torch.triu_indices(7, 7, 1).unbind()].median() / torch.log(torch.tensor(8.0))
+    torch.testing.assert_close(log_k.sum(-1), -sq / h)
+    torch.testing.assert_close(grad, 2 * (x.unsqueeze(0) - x.unsqueeze(1)) / h)
