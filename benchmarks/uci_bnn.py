@@ -15,13 +15,16 @@ minibatches) and the same ``AutoNormal`` guide (means at 0, scales 0.05 unless s
   gradients (2 antithetic particles, lr 0.2 decayed to 0.02, a quarter of the steps, each of
   which costs ``D x D`` linear algebra; means at 0 as ``AutoNormal``'s, scales 0.05);
 - ``pb.RenyiELBO`` with alpha 0 (IWAE) and 0.5 + Adam (10 particles, as Adam above);
-- SVGD, Pyro's ``pyro.infer.SVGD`` on Liu & Wang's protocol (20 particles, the RBF kernel with
-  the median bandwidth, minibatches of 100 through the model's ``subsample_size``, 2000 steps of
+- SVGD, ``pyro_blr.samplers.SVGD`` (Pyro's ``SVGD`` with the particles unpacked per site;
+  Pyro 1.9.2's own step mixes particles across sites) on Liu & Wang's protocol (20 particles,
+  their RBF kernel with one median bandwidth, ``MedianRBFKernel``, minibatches of 100 through
+  the model's ``subsample_size``, 2000 steps of
   Adam at lr 0.01 decayed to 0.001 (they used AdaGrad), particles started as their code starts
   them: weights N(0, 1/(fan-in + 1)), biases 0, the noise precision from its prior); its test
-  metrics average over the 20 particles (``particles_to_inference_data``). Pyro's kernel takes one
-  median bandwidth per coordinate where theirs takes one for all, and its ``mode="multivariate"``
-  (used here) is their kernel; the default ``"univariate"`` is another method. The model is this
+  metrics average over the 20 particles (``particles_to_inference_data``). Pyro's
+  ``RBFSteinKernel`` takes one median bandwidth per coordinate, 0 (a NaN kernel) on their
+  all-zero biases; ``mode="multivariate"`` (used here) is their kernel, the default
+  ``"univariate"`` another method. The model is this
   table's (fixed N(0, 1) weight prior) rather than theirs (Gamma hyperpriors on the precisions).
   It costs ten times an Adam fit and more, so ``--svgd-only`` runs its row alone;
 - Adam and vogn again on the model with input-dependent noise (``noise_head=True`` of
