@@ -87,11 +87,12 @@ def test_two_site_conjugate_model_mean_is_the_exact_posterior_mean():
         particles = torch.stack([named["a"].reshape(-1), named["b"].reshape(-1)], 1)
         return ((particles.mean(0) - mean) / sd).abs().max().item()
 
-    # SVGD with an RBF kernel keeps a Gaussian target's mean exactly at its fixed point (the
-    # repulsive terms cancel in the sum over particles); after 200 Adam steps from the seeded init
-    # the corrected particles' mean is within 0.05 posterior sd, Pyro 1.9.2's is >= 0.2 sd off
+    # Deterministic given the seed (no MC error): SVGD's fixed point on a Gaussian target has
+    # the exact mean up to the kernel's finite-particle bias, so after 200 Adam steps from the
+    # seeded start the corrected particles' mean is within 0.05 posterior sd (measured 0.008);
+    # Pyro 1.9.2's mixed rows stop more than 0.1 sd away (measured 0.20), a 2x margin each side
     assert error(SVGD) < 0.05
-    assert error(pyro.infer.SVGD) > 0.2
+    assert error(pyro.infer.SVGD) > 0.1
 
 
 def test_a_shared_coordinate_is_refused_naming_its_site_and_nothing_moves():
