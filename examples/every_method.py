@@ -200,7 +200,7 @@ def svgd_row(model: Callable, flat: Callable, args: tuple, smoke: bool, particle
 
 
 def pyro_svgd_row(model: Callable, flat: Callable, args: tuple, smoke: bool) -> Row:
-    """Pyro 1.9.2's own SVGD, the settings of :func:`svgd_row`: its particles read raw, no
+    """Pyro 1.9.2's own SVGD, the settings of `svgd_row`: its particles read raw, no
     evidence (see PYRO_SVGD)."""
     svgd = pyro.infer.SVGD(
         model,

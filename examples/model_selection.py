@@ -14,7 +14,7 @@ design, and the preconditioner closes most of it.
 rises while the chains move into the posterior and falls once gradient descent has shrunk them
 below the posterior's width (the "overfitting start"; its maximum is the early-stopping point),
 with the log-determinants exact and by Hutchinson probes; with Langevin noise of variance
-:math:`2\beta` the bound stays near the evidence instead of falling. Beside it, the numbers behind
+2β the bound stays near the evidence instead of falling. Beside it, the numbers behind
 the notes on where the lecture's formulas differ from the package's (the ½ in the entropy
 expansion, the Langevin noise variance).
 
@@ -183,7 +183,7 @@ class Curves(NamedTuple):
 def evidence_curve(smoke: bool = False, plot: bool | None = None, degree: int = 3) -> Curves:
     """``pb.sgd_evidence``'s bound against the step on one degree: plain and preconditioned
     gradient descent, exact and Hutchinson log-determinants, and Langevin chains (noise
-    variance :math:`2\beta`, and :math:`\beta`, i.e. temperature 1/2)."""
+    variance 2β, and β, i.e. temperature 1/2)."""
     x, y = make_data()
     X = features(x, degree)
     exact = exact_log_evidence(X, y)

@@ -91,7 +91,7 @@ def start(seed: int = 1) -> dict:
 
 
 def fit_blr(rule, x, y, steps: int, progress: str | None = None):
-    """``steps`` BLR steps from :func:`start`; the guide and the seconds they took. A
+    """``steps`` BLR steps from `start`; the guide and the seconds they took. A
     ``progress`` label shows a progress bar under that name."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
