@@ -202,7 +202,8 @@ def from_dict(groups: dict, coords: dict, dims: dict, attrs: dict) -> Any:
 
     Args:
         groups: group name -> {variable name -> NumPy array}; sample groups have
-            ``(chain, draw)`` leading dimensions, ``observed_data`` none.
+            ``(chain, draw)`` leading dimensions, ``observed_data`` none. An empty group is
+            left out.
         coords: dimension name -> coordinate values.
         dims: variable name -> names of its dimensions after ``(chain, draw)``.
         attrs: global attributes (``idata.attrs``).
@@ -214,6 +215,8 @@ def from_dict(groups: dict, coords: dict, dims: dict, attrs: dict) -> Any:
         ((1, 5), 'demo')
     """
     az = import_arviz()
+    # ArviZ 0.x leaves an empty group out, 1.x keeps it: leave it out in both
+    groups = {name: group for name, group in groups.items() if group}
     parameters = inspect.signature(az.from_dict).parameters
     if "posterior" in parameters:  # ArviZ 0.x: one keyword per group, flat attributes
         return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)

@@ -134,9 +134,11 @@ def test_from_dict_uses_the_arviz_1_call_when_groups_are_not_keywords(monkeypatc
     monkeypatch.setattr(
         arviz_compat, "import_arviz", lambda: types.SimpleNamespace(from_dict=from_dict_1x)
     )
-    groups = {"posterior": {"x": np.zeros((1, 4))}}
+    groups = {"posterior": {"x": np.zeros((1, 4))}, "log_likelihood": {}}
     assert from_dict(groups, {"c": [0]}, {"x": []}, {"note": 1}) == "tree"
-    assert received["data"] is groups and received["attrs"] == {"/": {"note": 1}}
+    # the empty group is left out, as ArviZ 0.x leaves it out
+    assert received["data"] == {"posterior": groups["posterior"]}
+    assert received["attrs"] == {"/": {"note": 1}}
     monkeypatch.undo()
     idata = from_dict(groups, {}, {}, {"note": 1})  # the installed ArviZ (0.x here)
     assert idata.attrs["note"] == 1 and idata.posterior["x"].shape == (1, 4)
