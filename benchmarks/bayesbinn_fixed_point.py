@@ -21,25 +21,32 @@ import pyro_blr as pb
 from tests.blr.test_expfamily_binary import _cavi, _spike_and_slab
 
 
+def late_average(model, args: tuple, steps: int, mc_samples: int, temperature: float, seed: int):
+    """The BLR's natural parameters of site ``z`` averaged over the last half of ``steps`` steps
+    (``pb.ExpFamilyRule``, lr 0.5 / (1 + t / 20)) from ``seed``: the rule is linear in them, so
+    the average of the late iterates is its estimate of the fixed point."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = pb.AutoExpFamily(model)
+    rule = pb.ExpFamilyRule(
+        lr=lambda t: 0.5 / (1 + t / 20), mc_samples=mc_samples, temperature=temperature
+    )
+    blr = pb.BLR(model, guide, rule)
+    total = 0.0
+    for t in range(steps):
+        blr.step(*args)
+        if t >= steps // 2:
+            total = total + guide.natural_params()["z"]
+    return total / (steps - steps // 2)
+
+
 def main(steps: int = 150, mc_samples: int = 1000, temperature: float = 0.03, seeds: int = 10):
     model, X, y = _spike_and_slab()
     cavi = _cavi(model, (X, y))
     print("CAVI fixed point", cavi.numpy().round(4))
     errors = []
     for seed in range(seeds):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        guide = pb.AutoExpFamily(model)
-        rule = pb.ExpFamilyRule(
-            lr=lambda t: 0.5 / (1 + t / 20), mc_samples=mc_samples, temperature=temperature
-        )
-        blr = pb.BLR(model, guide, rule)
-        total = 0.0
-        for t in range(steps):
-            blr.step(X, y)
-            if t >= steps // 2:
-                total = total + guide.natural_params()["z"][..., 0]
-        logits = total / (steps - steps // 2)
+        logits = late_average(model, (X, y), steps, mc_samples, temperature, seed)[..., 0]
         error = torch.sigmoid(logits) - cavi
         errors.append(error)
         logit_error = float((logits - torch.logit(cavi)).abs().max())

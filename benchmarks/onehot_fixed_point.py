@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import sys
 
-import pyro
 import torch
 
-import pyro_blr as pb
+from benchmarks.bayesbinn_fixed_point import late_average
 from tests.blr.test_expfamily_categorical import _cavi, _choices
 
 
@@ -27,19 +26,7 @@ def main(steps: int = 150, mc_samples: int = 1000, temperature: float = 0.03, se
     print("CAVI fixed point", cavi.numpy().round(4).tolist())
     errors = []
     for seed in range(seeds):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        guide = pb.AutoExpFamily(model)
-        rule = pb.ExpFamilyRule(
-            lr=lambda t: 0.5 / (1 + t / 20), mc_samples=mc_samples, temperature=temperature
-        )
-        blr = pb.BLR(model, guide, rule)
-        total = 0.0
-        for t in range(steps):
-            blr.step(X, y)
-            if t >= steps // 2:
-                total = total + guide.natural_params()["z"]
-        eta = total / (steps - steps // 2)
+        eta = late_average(model, (X, y), steps, mc_samples, temperature, seed)
         fitted = torch.softmax(torch.cat([eta, torch.zeros_like(eta[..., :1])], -1), -1)
         error = fitted - cavi
         errors.append(error)
